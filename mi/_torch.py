@@ -1,0 +1,193 @@
+"""The CPU backend: the soft (joint) histogram op and its backward in plain torch ops.
+
+Works in *bin coordinates* (bin centres at 0..K-1). For every pixel only the W bins
+of its window are touched, per axis (W = 2R+1 with R = ceil(5.77 sigma) for the
+Gaussian, 4 for the cubic B-spline, 1 for the box), so the work is O(N W^2) and,
+since pixels are processed in chunks, the memory is O(K^2 + chunk * W^2) whatever
+N is: no N x K tensor is ever built. Sums are accumulated in float64, so the
+result is the dense formula to float32 rounding.
+
+The same functions run on CUDA tensors (the fallback when Triton is missing, and
+the path for float64 on a GPU); the Triton kernels in `mi.kernels` compute the
+same thing, fused.
+"""
+
+import math
+
+import torch
+
+# The Gaussian is below float32 resolution (2**-24 of its peak) beyond this many sigmas,
+# and below float64 resolution (2**-53) beyond the second.
+GAUSS_SUPPORT = math.sqrt(48.0 * math.log(2.0))
+GAUSS_SUPPORT_F64 = math.sqrt(106.0 * math.log(2.0))
+KERNELS = ("gaussian", "bspline", "box")
+# Budget for the per-chunk temporaries (indices + values of chunk * W^2 entries).
+CHUNK_BYTES = 32 * 2**20
+
+
+def support(kernel: str, sigma: float, double: bool = False) -> float:
+    """Radius r (bin widths) beyond which the window is zero, or below the float32 (float64
+    when ``double``) resolution of its peak."""
+    if kernel == "gaussian":
+        return (GAUSS_SUPPORT_F64 if double else GAUSS_SUPPORT) * sigma
+    if kernel == "bspline":
+        return 2.0
+    if kernel == "box":
+        return 0.5
+    raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+
+
+def window_size(kernel: str, sigma: float, num_bins: int, double: bool = False) -> int:
+    """W = ceil(2 r) bins per axis that one pixel touches, at most ``num_bins``.
+
+    The bins a with |u - a| < r are at most ceil(2 r) consecutive integers starting at
+    floor(u - r) + 1 (for sigma = 0.4, 5 bins where a window of round(u) +- ceil(5.77 sigma)
+    would take 7).
+    """
+    return min(math.ceil(2.0 * support(kernel, sigma, double)), num_bins)
+
+
+def _weights(u, kernel, sigma, num_bins, width, need_grad):
+    """Window start (M,) long, weights (M, W) and their derivatives d/du (or None).
+
+    The window start is clamp(floor(u - r) + 1, 0, K - W): every bin within the
+    kernel's support that exists is in the window, and no index is out of range.
+    """
+    r = support(kernel, sigma, u.dtype == torch.float64)
+    uc = u.clamp(-width - 1.0, num_bins + width + 1.0)  # keeps floor() finite-sized
+    start = (torch.floor(uc - r) + 1.0).clamp_(0, num_bins - width)
+    d = u[:, None] - (start[:, None] + torch.arange(width, dtype=u.dtype, device=u.device))
+    dw = None
+    if kernel == "gaussian":
+        w = torch.exp(d * d * (-0.5 / sigma**2))
+        if need_grad:
+            dw = d * w * (-1.0 / sigma**2)
+    elif kernel == "bspline":
+        a = d.abs()
+        inner, outer = a < 1.0, a < 2.0
+        t = (2.0 - a).clamp(min=0.0)
+        w = torch.where(inner, 2.0 / 3.0 - a * a + 0.5 * a**3, t**3 / 6.0)
+        if need_grad:
+            slope = torch.where(inner, -2.0 * a + 1.5 * a * a, -0.5 * t * t)
+            dw = torch.where(outer, slope * torch.sign(d), torch.zeros_like(d))
+    else:  # box: the nearest bin, [c - 0.5, c + 0.5); flat, so no gradient
+        w = ((d >= -0.5) & (d < 0.5)).to(u.dtype)
+        if need_grad:
+            dw = torch.zeros_like(d)
+    return start.long(), w, dw
+
+
+def _chunks(total: int, per_item: int):
+    # Chunks of a few MB: large enough to amortise the per-op overhead, small enough
+    # that the temporaries come from the allocator's reused memory, not fresh pages.
+    step = max(1024, CHUNK_BYTES // max(per_item, 1))
+    for lo in range(0, total, step):
+        yield lo, min(total, lo + step)
+
+
+def _acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class _Windows:
+    """Window starts, weights and derivatives of one chunk of pixels for one axis."""
+
+    def __init__(self, x, kernel, sigma, num_bins, need_grad):
+        self.width = window_size(kernel, sigma, num_bins, x.dtype == torch.float64)
+        self.start, self.w, self.dw = _weights(x, kernel, sigma, num_bins, self.width, need_grad)
+
+
+def _joint_chunks(u, v, m, num_bins, sigma, kernel_u, kernel_v, need_grad):
+    """Yield (lo, hi, flat index (M, Wu, Wv) into (B*K*K,), windows of u, windows of v, m)."""
+    B, N = u.shape
+    K = num_bins
+    dbl = u.dtype == torch.float64
+    wu_n, wv_n = window_size(kernel_u, sigma, K, dbl), window_size(kernel_v, sigma, K, dbl)
+    per_pixel = 16 * wu_n * wv_n
+    uf, vf = u.reshape(-1), v.reshape(-1)
+    mf = None if m is None else m.reshape(-1)
+    # int32 indices when they fit: half the memory traffic of int64 for the (M, Wu, Wv) index.
+    itype = torch.int32 if B * K * K < 2**31 else torch.int64
+    offs = (torch.arange(wu_n, device=u.device)[:, None] * K + torch.arange(wv_n, device=u.device))
+    offs = offs.to(itype)
+    for lo, hi in _chunks(B * N, per_pixel):
+        wu = _Windows(uf[lo:hi], kernel_u, sigma, K, need_grad)
+        wv = _Windows(vf[lo:hi], kernel_v, sigma, K, need_grad)
+        batch = torch.arange(lo, hi, device=u.device) // N
+        base = ((batch * K + wu.start) * K + wv.start).to(itype)  # J[b, su, sv], flat
+        idx = base[:, None, None] + offs  # (M, Wu, Wv)
+        yield lo, hi, idx, wu, wv, None if mf is None else mf[lo:hi]
+
+
+def joint_hist_forward(u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian"):
+    """J[b, a, c] = sum_n m[b, n] w_u(u[b, n] - a) w_v(v[b, n] - c); u, v, m (B, N) -> (B, K, K)."""
+    B, K = u.shape[0], num_bins
+    out = torch.zeros(B * K * K, dtype=torch.float64, device=u.device)
+    for _, _, idx, wu, wv, mc in _joint_chunks(u, v, m, K, sigma, kernel_u, kernel_v, False):
+        a = wu.w.double()
+        if mc is not None:
+            a = a * mc[:, None]
+        out.index_add_(0, idx.reshape(-1), (a[:, :, None] * wv.w.double()[:, None, :]).reshape(-1))
+    return out.view(B, K, K).to(_acc_dtype(u.dtype))
+
+
+def joint_hist_backward(
+    grad, u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", needs_m=True
+):
+    """Gradients (du, dv, dm) of sum(grad * J), gathered from grad (B, K, K); dm is None without m."""
+    g = grad.reshape(-1).to(_acc_dtype(u.dtype))
+    du, dv = torch.empty_like(u).view(-1), torch.empty_like(v).view(-1)
+    dm = torch.empty_like(m).view(-1) if (m is not None and needs_m) else None
+    for lo, hi, idx, wu, wv, mc in _joint_chunks(
+        u, v, m, num_bins, sigma, kernel_u, kernel_v, True
+    ):
+        gw = g[idx]  # (M, Wu, Wv)
+        gv = torch.einsum("mij,mj->mi", gw, wv.w)  # sum_c G[a, c] w_v(v - c), per window row a
+        gu = torch.einsum("mij,mi->mj", gw, wu.w)
+        su, sv = (wu.dw * gv).sum(1), (wv.dw * gu).sum(1)
+        if mc is not None:
+            su, sv = su * mc, sv * mc
+            if dm is not None:
+                dm[lo:hi] = (wu.w * gv).sum(1)
+        du[lo:hi], dv[lo:hi] = su, sv
+    return du.view(u.shape), dv.view(v.shape), None if dm is None else dm.view(m.shape)
+
+
+def _hist_chunks(u, m, num_bins, sigma, kernel, need_grad):
+    B, N = u.shape
+    K = num_bins
+    uf = u.reshape(-1)
+    mf = None if m is None else m.reshape(-1)
+    for lo, hi in _chunks(B * N, 16 * window_size(kernel, sigma, K, u.dtype == torch.float64)):
+        wu = _Windows(uf[lo:hi], kernel, sigma, K, need_grad)
+        batch = torch.arange(lo, hi, device=u.device) // N
+        idx = (batch * K + wu.start)[:, None] + torch.arange(wu.width, device=u.device)
+        yield lo, hi, idx, wu, None if mf is None else mf[lo:hi]
+
+
+def hist_forward(u, m, num_bins, sigma, kernel="gaussian"):
+    """H[b, a] = sum_n m[b, n] w(u[b, n] - a); u, m (B, N) -> (B, K)."""
+    B, K = u.shape[0], num_bins
+    out = torch.zeros(B * K, dtype=torch.float64, device=u.device)
+    for _, _, idx, wu, mc in _hist_chunks(u, m, K, sigma, kernel, False):
+        w = wu.w.double()
+        if mc is not None:
+            w = w * mc[:, None]
+        out.index_add_(0, idx.reshape(-1), w.reshape(-1))
+    return out.view(B, K).to(_acc_dtype(u.dtype))
+
+
+def hist_backward(grad, u, m, num_bins, sigma, kernel="gaussian", needs_m=True):
+    """Gradients (du, dm) of sum(grad * H), gathered from grad (B, K); dm is None without m."""
+    g = grad.reshape(-1).to(_acc_dtype(u.dtype))
+    du = torch.empty_like(u).view(-1)
+    dm = torch.empty_like(m).view(-1) if (m is not None and needs_m) else None
+    for lo, hi, idx, wu, mc in _hist_chunks(u, m, num_bins, sigma, kernel, True):
+        gw = g[idx]
+        d = (wu.dw * gw).sum(1)
+        if mc is not None:
+            d = d * mc
+            if dm is not None:
+                dm[lo:hi] = (wu.w * gw).sum(1)
+        du[lo:hi] = d
+    return du.view(u.shape), None if dm is None else dm.view(m.shape)

@@ -1,0 +1,510 @@
+"""Public functions: argument checks, mapping to bin coordinates, backend dispatch.
+
+The heavy lifting is one op (``mi._autograd``): the soft (joint) histogram in bin
+coordinates, with a hand-written backward, run by the torch backend (CPU, or any
+device) or by the Triton kernels (CUDA). Everything after the histogram is ordinary
+autograd on (B, K, K) tensors (``mi.information``).
+"""
+
+import math
+import os
+import warnings
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from . import _autograd
+from .information import (
+    check_base,
+    check_normalize,
+    entropies_from_joint,
+    joint_pdf,
+    mutual_information_from_joint,
+)
+
+BACKENDS = ("auto", "torch", "triton")
+PUBLIC_KERNELS = ("gaussian", "bspline")
+ValueRange = Union[str, Tuple[float, float], Sequence[float]]
+
+_TRITON_OK = None
+
+
+def triton_available() -> bool:
+    """True when the Triton kernels import (Triton installed; no GPU needed to import)."""
+    global _TRITON_OK
+    if _TRITON_OK is None:
+        try:
+            from . import kernels  # noqa: F401
+
+            _TRITON_OK = True
+        except Exception:  # triton missing or broken: the torch backend does everything
+            _TRITON_OK = False
+    return _TRITON_OK
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+# ---------------------------------------------------------------- argument checks
+
+
+def _check_tensor(name: str, t, floating=True) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if floating and not t.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {t.dtype}")
+    return t
+
+
+def _check_sigma(sigma, name="sigma") -> float:
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+        raise TypeError(f"{name} must be a positive number, got {type(sigma).__name__}")
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {sigma!r}")
+    return float(sigma)
+
+
+def _check_num_bins(num_bins) -> int:
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int):
+        raise TypeError(f"num_bins must be an int, got {type(num_bins).__name__}")
+    if num_bins < 2:
+        raise ValueError(f"num_bins must be at least 2, got {num_bins}")
+    return num_bins
+
+
+def _check_kernel(kernel) -> str:
+    if kernel not in PUBLIC_KERNELS:
+        raise ValueError(f"kernel must be one of {PUBLIC_KERNELS}, got {kernel!r}")
+    return kernel
+
+
+def _resolve_backend(backend, t: Tensor) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    on_gpu = t.device.type == "cuda"
+    if backend == "auto":
+        if on_gpu and t.dtype != torch.float64 and triton_available():
+            return "triton"
+        return "torch"
+    if backend == "triton":
+        if not triton_available():
+            raise ValueError("backend='triton' needs the triton package (pip install triton)")
+        if not on_gpu and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(
+                f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1), got device {t.device}"
+            )
+        if t.dtype == torch.float64:
+            raise ValueError("backend='triton' accumulates in float32; use backend='torch' for float64")
+    return backend
+
+
+def _check_weights(name: str, w, like: Tensor) -> Optional[Tensor]:
+    """A per-sample weight/mask: bool or floating, broadcastable to ``like``; -> float, expanded."""
+    if w is None:
+        return None
+    if not isinstance(w, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(w).__name__}")
+    if not (w.dtype == torch.bool or w.is_floating_point()):
+        raise TypeError(f"{name} must be a bool or floating tensor, got {w.dtype}")
+    if w.device != like.device:
+        raise ValueError(f"{name} is on {w.device} but the data are on {like.device}")
+    try:
+        w = w.expand(like.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{name} of shape {tuple(w.shape)} does not broadcast to the data's shape {tuple(like.shape)}"
+        ) from None
+    return w.to(_acc_dtype(like.dtype))
+
+
+def _acc_dtype(dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_values(named: dict, weights: Optional[Tensor] = None, wname="weights"):
+    """Data checks (one host sync): NaN/Inf in the samples, negative or NaN weights.
+
+    Skipped while ``torch.compile`` traces, so ``fullgraph=True`` has no graph break.
+    """
+    if _compiling():
+        return
+    flags = [torch.isfinite(t).all() for t in named.values()]
+    if weights is not None:
+        flags.append((weights >= 0).all())  # False for NaN too
+    flags = torch.stack(flags).tolist()
+    for name, ok in zip(named, flags):
+        if not ok:
+            raise ValueError(f"{name} contains NaN or Inf")
+    if weights is not None and not flags[-1]:
+        raise ValueError(f"{wname} must be non-negative (and not NaN)")
+
+
+# ---------------------------------------------------------------- histograms in data units
+
+
+def _bin_layout(bins) -> Tuple[float, float, int]:
+    """(first centre, step, K) of equally spaced increasing bin centres."""
+    if isinstance(bins, Tensor):
+        if bins.is_complex() or bins.dtype == torch.bool:
+            raise TypeError(f"bins must be a real tensor, got {bins.dtype}")
+        b = bins.detach().double().cpu()
+    else:
+        try:
+            b = torch.as_tensor(bins, dtype=torch.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"bins must be a 1-D tensor of bin centres, got {type(bins).__name__}") from None
+    if b.ndim != 1:
+        raise ValueError(f"bins must be 1-D (the bin centres), got shape {tuple(b.shape)}")
+    if b.numel() < 2:
+        raise ValueError(f"bins must hold at least 2 bin centres, got {b.numel()}")
+    if not torch.isfinite(b).all():
+        raise ValueError("bins contains NaN or Inf")
+    k = b.numel()
+    step = (b[-1] - b[0]).item() / (k - 1)
+    if not step > 0:
+        raise ValueError("bins must be increasing")
+    # linspace in float32 rounds each centre to ~1e-7 relative: allow that, not more.
+    dev = (b - (b[0] + step * torch.arange(k, dtype=torch.float64))).abs().max().item()
+    if dev > 1e-4 * step + 1e-6 * b.abs().max().item():
+        raise ValueError(
+            f"bins must be equally spaced (centres of a uniform grid); the largest deviation "
+            f"from a uniform grid is {dev:.3g} for a step of {step:.3g}"
+        )
+    return b[0].item(), step, k
+
+
+def _warn_binning(u: Tensor, num_bins: int, name: str, data_units: bool = True):
+    """Warn when the bins cannot be what the caller meant (one host sync; skipped when compiling)."""
+    if _compiling() or u.numel() == 0:
+        return
+    ud = u.detach()
+    outside, lo, hi = torch.stack(
+        [((ud < -1.0) | (ud > num_bins)).float().mean(), ud.amin(), ud.amax()]
+    ).tolist()
+    hint = (
+        " Are x and bins in the same units? (Unlike the seed repository, histogram() does not "
+        "scale x by 255: for images in [0, 1] use bins = torch.linspace(0, 1, K).)"
+        if data_units
+        else " Is value_range right for these images? (value_range='auto' uses each image's own range.)"
+    )
+    if outside > 0.5:
+        warnings.warn(
+            f"{100 * outside:.0f}% of the samples of {name} lie more than one bin beyond the "
+            f"first or last bin; their mass is lost.{hint}",
+            stacklevel=3,
+        )
+    elif data_units and num_bins >= 16 and hi - lo <= 1.0 and hi > lo:
+        warnings.warn(
+            f"the samples of {name} all fall within one bin width of the {num_bins} bins' span: "
+            f"the histogram will have 1-2 occupied bins.{hint}",
+            stacklevel=3,
+        )
+
+
+def _flatten_samples(x: Tensor) -> Tuple[Tensor, Tuple[int, ...]]:
+    if x.ndim == 0:
+        raise ValueError("x must have at least 1 dimension (..., N), got a 0-d tensor")
+    lead = tuple(x.shape[:-1])
+    return x.reshape(-1, x.shape[-1]), lead
+
+
+def histogram(x: Tensor, bins, sigma: float, *, weights: Optional[Tensor] = None, backend="auto") -> Tensor:
+    """Soft (Gaussian kernel density) histogram of the samples in the last dimension.
+
+    Convention:
+        ``H[..., k] = sum_n w_n exp(-(x[..., n] - bins[k])^2 / (2 sigma^2))``, normalised so
+        that it sums to 1 over the bins. ``x``, ``bins`` and ``sigma`` are all in the same
+        (data) units; ``sigma`` is the kernel's standard deviation. Kernel mass beyond the
+        first and last bin is dropped (then renormalised). Unlike the seed repository, ``x``
+        is not scaled by 255: a warning is raised when most samples miss the bins.
+        The kernel is truncated where it falls below 2**-24 of its peak (exact to float32).
+
+    Args:
+        x: samples (..., N), any floating dtype (half precision is computed in float32).
+        bins: equally spaced bin centres (K,), K >= 2 (a tensor or a sequence).
+        sigma: kernel standard deviation, > 0, in the units of ``x``.
+        weights: optional non-negative per-sample weights broadcastable to ``x`` (bool or float).
+        backend: ``"auto"`` (Triton for CUDA tensors when available, else torch), ``"torch"``,
+            ``"triton"``.
+
+    Returns:
+        (..., K) histogram summing to 1 (all zeros when every weight is zero), dtype of ``x``.
+        Differentiable with respect to ``x`` and ``weights``.
+
+    Example:
+        >>> x = torch.tensor([[0.0, 1.0, 1.0, 2.0]])
+        >>> h = histogram(x, torch.linspace(0, 2, 3), sigma=0.1)
+        >>> [round(v, 4) for v in h[0].tolist()]
+        [0.25, 0.5, 0.25]
+    """
+    _check_tensor("x", x)
+    lo, step, k = _bin_layout(bins)
+    sig = _check_sigma(sigma) / step
+    xf, lead = _flatten_samples(x)
+    w = _check_weights("weights", weights, x)
+    _check_values({"x": x}, w)
+    be = _resolve_backend(backend, x)
+    u = (xf.to(_acc_dtype(x.dtype)) - lo) / step
+    _warn_binning(u, k, "x")
+    wf = None if w is None else w.reshape(xf.shape)
+    h = _autograd.hist(u, wf, k, sig, "gaussian", be, False)
+    return _safe_normalize(h, -1).reshape(*lead, k).to(x.dtype)
+
+
+def _safe_normalize(h: Tensor, dims) -> Tensor:
+    total = h.sum(dims, keepdim=True)
+    ok = total > 0
+    return torch.where(ok, h / torch.where(ok, total, torch.ones_like(total)), 0.0)
+
+
+def histogram2d(
+    x1: Tensor, x2: Tensor, bins, sigma: float, *, weights: Optional[Tensor] = None, backend="auto"
+) -> Tensor:
+    """Soft (Gaussian kernel density) joint histogram of paired samples in the last dimension.
+
+    Convention:
+        ``J[..., a, c] = sum_n w_n g(x1[..., n] - bins[a]) g(x2[..., n] - bins[c])`` with
+        ``g(d) = exp(-d^2 / (2 sigma^2))`` (a diagonal bandwidth: the 2-D kernel factorises),
+        normalised to sum to 1. Rows index ``x1``'s bins, columns ``x2``'s. ``x1``, ``x2``,
+        ``bins`` and ``sigma`` are in the same (data) units. Edges as in :func:`histogram`.
+        No (N x K) weight matrix is built: each sample touches only the bins where its
+        kernel is above float32 resolution.
+
+    Args:
+        x1, x2: paired samples (..., N) of the same shape.
+        bins: equally spaced bin centres (K,), shared by both axes.
+        sigma: kernel standard deviation, > 0, in data units.
+        weights: optional non-negative per-sample weights broadcastable to ``x1``.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+
+    Returns:
+        (..., K, K) joint histogram summing to 1 over the last two dimensions.
+
+    Example:
+        >>> x = torch.tensor([[0.0, 1.0]])
+        >>> j = histogram2d(x, 1 - x, torch.tensor([0.0, 1.0]), sigma=0.05)
+        >>> j[0].round(decimals=4).tolist()
+        [[0.0, 0.5], [0.5, 0.0]]
+    """
+    _check_tensor("x1", x1)
+    _check_tensor("x2", x2)
+    if x1.shape != x2.shape:
+        raise ValueError(f"x1 and x2 must have the same shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+    if x1.device != x2.device:
+        raise ValueError(f"x1 and x2 must be on the same device, got {x1.device} and {x2.device}")
+    lo, step, k = _bin_layout(bins)
+    sig = _check_sigma(sigma) / step
+    xf1, lead = _flatten_samples(x1)
+    xf2 = x2.reshape(xf1.shape)
+    w = _check_weights("weights", weights, x1)
+    _check_values({"x1": x1, "x2": x2}, w)
+    dtype = torch.promote_types(x1.dtype, x2.dtype)
+    be = _resolve_backend(backend, x1.to(dtype) if x1.dtype != dtype else x1)
+    u = (xf1.to(_acc_dtype(dtype)) - lo) / step
+    v = (xf2.to(_acc_dtype(dtype)) - lo) / step
+    _warn_binning(u, k, "x1")
+    _warn_binning(v, k, "x2")
+    wf = None if w is None else w.reshape(xf1.shape)
+    j = _autograd.joint_hist(u, v, wf, k, sig, "gaussian", "gaussian", be, False)
+    return _safe_normalize(j, (-2, -1)).reshape(*lead, k, k).to(dtype)
+
+
+# ---------------------------------------------------------------- images -> joint histogram
+
+
+def _check_range(value_range):
+    if isinstance(value_range, str):
+        if value_range != "auto":
+            raise ValueError(f"value_range must be 'auto' or a pair (lo, hi), got {value_range!r}")
+        return "auto"
+    try:
+        lo, hi = (float(t) for t in value_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"value_range must be 'auto' or a pair of numbers (lo, hi), got {value_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise ValueError(f"value_range must be finite with lo < hi, got {value_range!r}")
+    return lo, hi
+
+
+def _to_bins(x: Tensor, rng, num_bins: int, m: Optional[Tensor]) -> Tensor:
+    """Rows (R, N) of data -> bin coordinates: lo -> 0, hi -> K - 1 (float32/float64)."""
+    x = x.to(_acc_dtype(x.dtype))
+    if rng == "auto":  # each row's own min/max over the pixels that count; not differentiated
+        xd = x.detach()
+        if m is not None:
+            keep = m > 0
+            lo = torch.where(keep, xd, math.inf).amin(-1, keepdim=True)
+            hi = torch.where(keep, xd, -math.inf).amax(-1, keepdim=True)
+            empty = ~keep.any(-1, keepdim=True)
+            lo, hi = torch.where(empty, 0.0, lo), torch.where(empty, 1.0, hi)
+        else:
+            lo, hi = xd.amin(-1, keepdim=True), xd.amax(-1, keepdim=True)
+        span = hi - lo
+        scale = torch.where(span > 0, (num_bins - 1) / torch.where(span > 0, span, 1.0), 1.0)
+        return (x - lo) * scale
+    lo, hi = rng
+    return (x - lo) * ((num_bins - 1) / (hi - lo))
+
+
+def _image_joint(
+    x, y, *, num_bins, sigma, value_range, mask, per_channel, kernel, backend, deterministic
+):
+    """The soft joint histogram (R, K, K) of two images and the leading shape of the result."""
+    _check_tensor("x", x)
+    _check_tensor("y", y)
+    if x.ndim < 3:
+        raise ValueError(f"x must be a batch of images (B, C, *spatial), got shape {tuple(x.shape)}")
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.device != y.device:
+        raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
+    k = _check_num_bins(num_bins)
+    sig = _check_sigma(sigma)
+    rng = _check_range(value_range)
+    kernel = _check_kernel(kernel)
+    if not isinstance(per_channel, bool):
+        raise TypeError(f"per_channel must be a bool, got {type(per_channel).__name__}")
+    dtype = torch.promote_types(x.dtype, y.dtype)
+    m = _check_weights("mask", mask, x)
+    _check_values({"x": x, "y": y}, m, "mask")
+    be = _resolve_backend(backend, x.to(dtype) if x.dtype != dtype else x)
+    b, c = x.shape[:2]
+    rows, lead = (b * c, (b, c)) if per_channel else (b, (b,))
+    xr, yr = x.reshape(rows, -1), y.reshape(rows, -1)
+    mr = None if m is None else m.reshape(rows, -1)
+    u, v = _to_bins(xr, rng, k, mr), _to_bins(yr, rng, k, mr)
+    if rng != "auto":
+        _warn_binning(u, k, "x", data_units=False)
+        _warn_binning(v, k, "y", data_units=False)
+    j = _autograd.joint_hist(u, v, mr, k, sig, kernel, kernel, be, bool(deterministic))
+    return j, lead, dtype
+
+
+
+
+def joint_histogram(
+    x: Tensor,
+    y: Tensor,
+    *,
+    num_bins: int = 64,
+    sigma: float = 0.5,
+    value_range: ValueRange = "auto",
+    mask: Optional[Tensor] = None,
+    per_channel: bool = False,
+    kernel: str = "gaussian",
+    backend: str = "auto",
+    deterministic: bool = False,
+) -> Tensor:
+    """Soft joint histogram of two images, normalised to sum to 1: (B, K, K) or (B, C, K, K).
+
+    Rows index x's bins, columns y's bins. Arguments as in :func:`mutual_information`.
+    """
+    j, lead, dtype = _image_joint(
+        x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
+        per_channel=per_channel, kernel=kernel, backend=backend, deterministic=deterministic,
+    )  # fmt: skip
+    return joint_pdf(j).reshape(*lead, num_bins, num_bins).to(dtype)
+
+
+def entropies(
+    x: Tensor,
+    y: Tensor,
+    *,
+    num_bins: int = 64,
+    sigma: float = 0.5,
+    value_range: ValueRange = "auto",
+    mask: Optional[Tensor] = None,
+    per_channel: bool = False,
+    base: Optional[float] = None,
+    kernel: str = "gaussian",
+    backend: str = "auto",
+    deterministic: bool = False,
+):
+    """Marginal and joint entropies ``(H(x), H(y), H(x, y))`` of two images, each (B,) or (B, C).
+
+    Natural log (nats) unless ``base`` (``base=2``: bits). Marginals are the sums of the
+    joint histogram. Other arguments as in :func:`mutual_information`.
+    """
+    base = check_base(base)
+    j, lead, dtype = _image_joint(
+        x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
+        per_channel=per_channel, kernel=kernel, backend=backend, deterministic=deterministic,
+    )  # fmt: skip
+    return tuple(h.reshape(lead).to(dtype) for h in entropies_from_joint(j, base))
+
+
+def mutual_information(
+    x: Tensor,
+    y: Tensor,
+    *,
+    num_bins: int = 64,
+    sigma: float = 0.5,
+    value_range: ValueRange = "auto",
+    normalize: Union[bool, str, None] = "none",
+    mask: Optional[Tensor] = None,
+    base: Optional[float] = None,
+    per_channel: bool = False,
+    kernel: str = "gaussian",
+    backend: str = "auto",
+    deterministic: bool = False,
+) -> Tensor:
+    """Mutual information of two batches of images from their soft joint histogram.
+
+    Convention:
+        Intensities map to bin coordinates (``value_range``); the soft joint histogram
+        ``J[a, c] = sum_n m_n w(u_n - a) w(v_n - c)`` (Gaussian window with ``sigma`` in bin
+        widths) is normalised to ``P``; marginals are its row/column sums;
+        ``H(p) = -sum p log p`` with ``0 log 0 = 0``; ``I = H(x) + H(y) - H(x, y)``.
+        Natural log (nats) unless ``base``. ``normalize``:
+
+        * ``"none"`` (False): ``I``.
+        * ``"arithmetic"`` (True): ``2 I / (H(x) + H(y))`` in [0, 1], the seed's
+          normalisation (= scikit-learn's arithmetic NMI, Maes' entropy correlation).
+        * ``"studholme"``: ``(H(x) + H(y)) / H(x, y)`` in [1, 2] (Studholme et al. 1999).
+
+        A zero denominator (constant images at tiny sigma, an all-zero mask) gives the
+        value of independent variables (0, or 1 for studholme), never NaN.
+
+    Args:
+        x, y: images (B, C, *spatial) of the same shape: 2-D (B, C, H, W), 3-D (B, C, D, H, W)
+            or any other number of spatial dimensions; any floating dtype (half precision
+            is computed in float32).
+        num_bins: K >= 2 bins per image.
+        sigma: the Gaussian kernel's standard deviation in *bin widths* (> 0). The kernel is
+            truncated where it falls below 2**-24 of its peak. Ignored by ``kernel="bspline"``.
+        value_range: ``(lo, hi)``: intensities lo..hi map onto the bin centres 0..K-1 (the
+            same for x and y; mass falling beyond the first/last bin is dropped); or
+            ``"auto"``: each sample's (and image's) own min..max, over the pixels the mask
+            keeps (not differentiated: the range is a binning choice).
+        mask: optional per-pixel weights broadcastable to x: bool, or non-negative floats
+            (differentiable), e.g. the overlap region in registration.
+        per_channel: False: one histogram per sample over all channels -> (B,); True: one
+            per (sample, channel) -> (B, C).
+        kernel: ``"gaussian"`` (default) or ``"bspline"`` (cubic B-spline Parzen window,
+            support of 4 bins, a partition of unity; ``sigma`` is not used).
+        backend: ``"auto"`` (Triton for CUDA tensors when available, else torch),
+            ``"torch"`` or ``"triton"``.
+        deterministic: bitwise-identical results run to run on the GPU (Triton backend;
+            also on when ``torch.use_deterministic_algorithms(True)``). The torch backend
+            on CPU is always deterministic.
+        normalize: see above.
+        base: logarithm base of the unnormalised MI (None: nats; 2: bits).
+
+    Returns:
+        (B,) scores, or (B, C) with ``per_channel=True``; dtype of the inputs.
+        Differentiable with respect to x, y and a float mask.
+
+    Example:
+        >>> x = torch.rand(2, 1, 32, 32)
+        >>> mutual_information(x, x, normalize="arithmetic").round(decimals=2).tolist()
+        [1.0, 1.0]
+    """
+    normalize = check_normalize(normalize)
+    base = check_base(base)
+    j, lead, dtype = _image_joint(
+        x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
+        per_channel=per_channel, kernel=kernel, backend=backend, deterministic=deterministic,
+    )  # fmt: skip
+    return mutual_information_from_joint(j, normalize, base).reshape(lead).to(dtype)

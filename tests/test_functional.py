@@ -1,0 +1,276 @@
+"""Public functions against independent oracles: dense float64 formulas, scikit-learn, the seed."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from images import photo, remap, rotated, to_tensor01
+from oracle import dense_hist, dense_joint, entropies, seed_mutual_information, to_bins
+from oracle import mutual_information as oracle_mi
+
+import mi
+
+# ---------------------------------------------------------------- histograms in data units
+
+
+@pytest.mark.parametrize("lead", [(), (3,), (2, 2)], ids=["1d", "B3", "B2x2"])
+@pytest.mark.parametrize("k,sigma", [(8, 0.1), (21, 0.4), (64, 2.0)], ids=["K8", "K21", "K64"])
+def test_histogram_matches_dense(lead, k, sigma):
+    gen = torch.Generator().manual_seed(k)
+    bins = torch.linspace(-3.0, 5.0, k)
+    step = 8.0 / (k - 1)
+    x = (torch.randn(*lead, 400, generator=gen) * 2 + 1).requires_grad_()
+    w = torch.rand(*lead, 400, generator=gen)
+    h = mi.histogram(x, bins, sigma, weights=w)
+    xd = x.detach().double().requires_grad_()
+    ref = dense_hist(((xd + 3.0) / step).reshape(-1, 400), w.reshape(-1, 400), k, sigma / step)
+    ref = (ref / ref.sum(-1, keepdim=True)).reshape(*lead, k)
+    assert h.shape == (*lead, k)
+    torch.testing.assert_close(h.double(), ref, rtol=1e-5, atol=1e-7)
+    g = torch.randn(*lead, k, generator=gen)
+    (h * g).sum().backward()
+    (ref * g.double()).sum().backward()
+    # float32 gradients through the normalisation cancel terms of size max|grad|: bound relative to it
+    torch.testing.assert_close(x.grad.double(), xd.grad, rtol=1e-4, atol=1e-5 * xd.grad.abs().max().item())
+
+
+def test_histogram2d_matches_dense():
+    gen = torch.Generator().manual_seed(0)
+    bins = torch.linspace(0, 255, 32)
+    step = 255 / 31
+    x1 = (torch.rand(2, 3, 500, generator=gen) * 255).requires_grad_()
+    x2 = (x1.detach() * 0.5 + torch.rand(2, 3, 500, generator=gen) * 100).requires_grad_()
+    j = mi.histogram2d(x1, x2, bins, sigma=6.0)
+    a, b = (x1.detach().double() / step).requires_grad_(), (x2.detach().double() / step).requires_grad_()
+    ref = dense_joint(a.reshape(6, 500), b.reshape(6, 500), None, 32, 6.0 / step)
+    ref = (ref / ref.sum((-2, -1), keepdim=True)).reshape(2, 3, 32, 32)
+    assert j.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(j.double(), ref, rtol=1e-5, atol=1e-8)
+    g = torch.randn(2, 3, 32, 32, generator=gen)
+    (j * g).sum().backward()
+    (ref * g.double()).sum().backward()
+    torch.testing.assert_close(x1.grad.double(), a.grad / step, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(x2.grad.double(), b.grad / step, rtol=1e-4, atol=1e-9)
+
+
+def test_seed_readme_usage_and_the_x255_warning():
+    """The seed's README calls histogram(x in [0, 1], linspace(0, 255, 256), sigma): it scaled x
+    by 255 inside. Here that call warns (the mass misses the bins); x * 255 is the port."""
+    x = to_tensor01(photo((64, 64))).view(1, -1)
+    bins = torch.linspace(0, 255, 256)
+    with pytest.warns(UserWarning, match="does not scale x by 255"):
+        mi.histogram(x, bins, 0.4)
+    h = mi.histogram(x * 255, bins, 0.4)
+    ref = dense_hist(x.double() * 255, None, 256, 0.4)
+    torch.testing.assert_close(h.double(), ref / ref.sum(), rtol=1e-5, atol=1e-8)
+
+
+# ---------------------------------------------------------------- mutual information
+
+
+SHAPES = [(2, 1, 24, 20), (1, 2, 6, 7, 8), (3, 1, 50)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["2d", "3d", "1d"])
+@pytest.mark.parametrize("normalize", ["none", "arithmetic", "studholme"])
+@pytest.mark.parametrize("k,sigma", [(16, 0.5), (40, 1.5)], ids=["K16", "K40"])
+def test_mutual_information_matches_dense(shape, normalize, k, sigma):
+    gen = torch.Generator().manual_seed(k)
+    x = torch.rand(shape, generator=gen)
+    y = (remap(x) + 0.1 * torch.rand(shape, generator=gen)).requires_grad_()
+    x.requires_grad_()
+    got = mi.mutual_information(x, y, num_bins=k, sigma=sigma, value_range=(0.0, 1.1), normalize=normalize)
+    xd, yd = x.detach().double().requires_grad_(), y.detach().double().requires_grad_()
+    b = shape[0]
+    ref = oracle_mi(
+        dense_joint(to_bins(xd, 0.0, 1.1, k).reshape(b, -1), to_bins(yd, 0.0, 1.1, k).reshape(b, -1), None, k, sigma),
+        normalize,
+    )
+    assert got.shape == (b,)
+    torch.testing.assert_close(got.double(), ref, rtol=2e-5, atol=1e-6)
+    got.sum().backward()
+    ref.sum().backward()
+    scale = yd.grad.abs().max().item()
+    torch.testing.assert_close(y.grad.double(), yd.grad, rtol=1e-3, atol=1e-4 * scale)
+    torch.testing.assert_close(x.grad.double(), xd.grad, rtol=1e-3, atol=1e-4 * xd.grad.abs().max().item())
+
+
+def test_per_channel_and_auto_range():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(2, 3, 20, 20, generator=gen) * 100 - 20
+    y = x**2
+    got = mi.mutual_information(x, y, num_bins=16, sigma=0.8, per_channel=True, value_range="auto")
+    assert got.shape == (2, 3)
+    for b in range(2):
+        for c in range(3):
+            u, v = x[b, c].double().flatten(), y[b, c].double().flatten()
+            ju = to_bins(u, u.min(), u.max(), 16)
+            jv = to_bins(v, v.min(), v.max(), 16)
+            ref = oracle_mi(dense_joint(ju[None], jv[None], None, 16, 0.8))[0]
+            assert got[b, c].item() == pytest.approx(ref.item(), rel=2e-5)
+
+
+def test_base_and_entropies():
+    x = torch.rand(2, 1, 30, 30)
+    y = remap(x)
+    nats = mi.mutual_information(x, y, num_bins=32, sigma=1.0)
+    bits = mi.mutual_information(x, y, num_bins=32, sigma=1.0, base=2)
+    torch.testing.assert_close(bits, nats / math.log(2))
+    ha, hb, hab = mi.entropies(x, y, num_bins=32, sigma=1.0)
+    torch.testing.assert_close(ha + hb - hab, nats)
+    xf, yf = x.flatten(1), y.flatten(1)
+    ref = entropies(dense_joint(to_bins(xf, *_minmax(xf), 32), to_bins(yf, *_minmax(yf), 32), None, 32, 1.0))
+    for got, want in zip((ha, hb, hab), ref):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    p = mi.joint_histogram(x, y, num_bins=32, sigma=1.0)
+    assert p.shape == (2, 32, 32)
+    torch.testing.assert_close(p.sum((-2, -1)), torch.ones(2))
+
+
+def _minmax(x):
+    return x.double().min(1, keepdim=True)[0], x.double().max(1, keepdim=True)[0]
+
+
+@pytest.mark.parametrize("k", [4, 11])
+def test_discrete_limit_matches_sklearn(k):
+    """Integer data at the bin centres and a tiny sigma: the soft histogram is the hard one."""
+    metrics = pytest.importorskip("sklearn.metrics")
+    gen = np.random.default_rng(k)
+    a = gen.integers(0, k, size=(1, 1, 40, 30))
+    b = (a * 3 + gen.integers(0, 2, size=a.shape)) % k  # dependent, not a bijection
+    x, y = torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
+    kw = dict(num_bins=k, sigma=0.05, value_range=(0, k - 1))
+    assert mi.mutual_information(x, y, **kw).item() == pytest.approx(
+        metrics.mutual_info_score(a.ravel(), b.ravel()), rel=1e-5
+    )
+    assert mi.mutual_information(x, y, normalize="arithmetic", **kw).item() == pytest.approx(
+        metrics.normalized_mutual_info_score(a.ravel(), b.ravel(), average_method="arithmetic"), rel=1e-5
+    )
+
+
+@pytest.mark.parametrize("normalize", [True, False], ids=["normalized", "bits"])
+def test_seed_module_reproduces_the_seed_on_a_real_pair(normalize):
+    """The seed's example: a photograph against a rotated copy, and a pair of identical images
+    (float64 oracle transcribed from the seed's code).
+
+    The one deliberate difference is the marginals: here the sums of the joint, in the seed
+    separately summed kernel values. They differ only for pixels whose kernel spills beyond the
+    first or last bin (a pixel at 0 loses its w(-1) neighbour: 4% of its mass at sigma = 0.4).
+    So: with the seed's marginals swapped for the joint's, the seed's formula is matched to float32
+    rounding; as it stands, to 0.1% on the photo (few pixels at 0 or 255), and to 0.3% on the pair
+    whose rotation filled its corners with black (11% of the pixels at 0).
+    """
+    img = photo((96, 80))
+    a, b = to_tensor01(img), to_tensor01(rotated(img, 10))
+    input1, input2 = torch.cat([a, a, b]), torch.cat([b, a, b])
+    got = mi.MutualInformation(num_bins=256, sigma=0.4, normalize=normalize)(input1, input2).double()
+    joint_marginals = seed_mutual_information(input1, input2, 0.4, 256, normalize, marginals="joint")
+    # float32 entropies of ~7 bits, MI ~0.3 of them: cancellation amplifies 6e-8 about 60-fold
+    torch.testing.assert_close(got, joint_marginals, rtol=1e-5, atol=0)
+    seed = seed_mutual_information(input1, input2, 0.4, 256, normalize)
+    torch.testing.assert_close(got[1], seed[1], rtol=1e-3, atol=0)
+    torch.testing.assert_close(got, seed, rtol=3e-3, atol=0)
+    assert got[1] > got[0] and got[2] > got[0]  # identical images share more information
+
+
+# ---------------------------------------------------------------- masks, edges, dtypes
+
+
+def test_bool_mask_equals_selecting_pixels():
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(2, 1, 16, 16, generator=gen)
+    y = remap(x) * 0.7 + 0.3 * torch.rand(2, 1, 16, 16, generator=gen)
+    mask = torch.rand(2, 1, 16, 16, generator=gen) > 0.4
+    got = mi.mutual_information(x, y, num_bins=12, sigma=0.7, value_range=(0, 1), mask=mask)
+    for i in range(2):
+        sel = mask[i, 0]
+        xi, yi = x[i, 0][sel].reshape(1, 1, -1), y[i, 0][sel].reshape(1, 1, -1)
+        ref = mi.mutual_information(xi, yi, num_bins=12, sigma=0.7, value_range=(0, 1))
+        assert got[i].item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_float_mask_weights_and_gradient():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(1, 1, 10, 10, generator=gen)
+    y = remap(x)
+    w = torch.rand(1, 1, 10, 10, generator=gen).requires_grad_()
+    got = mi.mutual_information(x, y, num_bins=8, sigma=0.6, value_range=(0, 1), mask=w)
+    wd = w.detach().double().requires_grad_()
+    ref = oracle_mi(dense_joint(to_bins(x, 0, 1, 8).flatten(1), to_bins(y, 0, 1, 8).flatten(1), wd.flatten(1), 8, 0.6))
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-7)
+    got.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(w.grad.double(), wd.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("normalize", ["none", "arithmetic", "studholme"])
+def test_degenerate_inputs_are_finite(normalize):
+    """Constant images, an all-zero mask, tiny sigma: finite values and gradients, never NaN."""
+    x = torch.full((2, 1, 8, 8), 0.3, requires_grad=True)
+    y = torch.full((2, 1, 8, 8), 0.7, requires_grad=True)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[1] = 1.0
+    mask.requires_grad_()
+    for kw in [dict(value_range="auto"), dict(value_range=(0, 1), sigma=1e-3), dict(mask=mask)]:
+        out = mi.mutual_information(x, y, num_bins=16, normalize=normalize, **kw)
+        out.sum().backward()
+        for t in (out, x.grad, y.grad) + ((mask.grad,) if "mask" in kw else ()):
+            assert torch.isfinite(t).all()
+    expected = {"none": 0.0, "arithmetic": 0.0, "studholme": 1.0}[normalize]
+    zero = mi.mutual_information(x, y, num_bins=16, normalize=normalize, mask=torch.zeros(2, 1, 8, 8))
+    assert zero.tolist() == [expected, expected]
+
+
+def test_information_inequalities():
+    gen = torch.Generator().manual_seed(8)
+    x = torch.rand(4, 1, 20, 20, generator=gen)
+    y = torch.rand(4, 1, 20, 20, generator=gen) * 0.2 + x * 0.8
+    ha, hb, hab = mi.entropies(x, y, num_bins=32, sigma=0.3)
+    assert (hab >= torch.maximum(ha, hb) - 1e-6).all()
+    assert (ha + hb - hab >= -1e-6).all()
+    nmi = mi.mutual_information(x, y, num_bins=32, sigma=0.3, normalize="arithmetic")
+    assert ((nmi >= -1e-6) & (nmi <= 1 + 1e-6)).all()
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2), (torch.float64, 1e-10)])
+def test_dtypes(dtype, rtol):
+    """Half inputs are computed in float32: the error is the input's own rounding (bf16: 8 bits)."""
+    gen = torch.Generator().manual_seed(9)
+    x = torch.rand(2, 1, 32, 32, generator=gen, dtype=torch.float64)
+    y = remap(x)
+    xh, yh = x.to(dtype), y.to(dtype)
+    got = mi.mutual_information(xh, yh, num_bins=32, sigma=1.0, value_range=(0, 1))
+    assert got.dtype == dtype
+    # The oracle sees the same (rounded) inputs, so what is left is accumulation error.
+    ref = oracle_mi(dense_joint(to_bins(xh, 0, 1, 32).flatten(1), to_bins(yh, 0, 1, 32).flatten(1), None, 32, 1.0))
+    torch.testing.assert_close(got.double(), ref, rtol=rtol, atol=0)
+
+
+def test_inputs_are_not_modified():
+    x = torch.rand(2, 1, 9, 9) * 3
+    y = torch.rand(2, 1, 9, 9) - 1
+    m = torch.rand(2, 1, 9, 9)
+    copies = [t.clone() for t in (x, y, m)]
+    mi.mutual_information(x, y, mask=m, num_bins=8, value_range="auto")
+    mi.histogram2d(x.flatten(1), y.flatten(1), torch.linspace(-1, 3, 9), 0.3, weights=m.flatten(1))
+    for t, c in zip((x, y, m), copies):
+        assert torch.equal(t, c)
+
+
+def test_torch_compile_fullgraph_has_no_graph_break():
+    def loss(x, y, m):
+        return mi.mutual_information(x, y, num_bins=16, sigma=0.8, mask=m, normalize="studholme").sum()
+
+    x = torch.rand(2, 1, 16, 16)
+    y = remap(x).requires_grad_()
+    m = torch.rand(2, 1, 16, 16) > 0.2
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    got = compiled(x, y, m)
+    got.backward()
+    g = y.grad.clone()
+    y.grad = None
+    want = loss(x, y, m)
+    want.backward()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(g, y.grad)

@@ -1,0 +1,97 @@
+"""Bad input gets a ValueError/TypeError that names the argument and what was expected."""
+
+import pytest
+import torch
+
+import mi
+
+X = torch.rand(2, 1, 8, 8)
+Y = torch.rand(2, 1, 8, 8)
+S = torch.rand(2, 50)
+BINS = torch.linspace(0, 1, 16)
+
+
+def mi_call(**kw):
+    args = dict(x=X, y=Y)
+    args.update(kw)
+    return lambda: mi.mutual_information(args.pop("x"), args.pop("y"), **args)
+
+
+def nan_at(t, value=float("nan")):
+    t = t.clone()
+    t.view(-1)[3] = value
+    return t
+
+
+BAD_MI = [
+    ("x-shape", mi_call(y=torch.rand(2, 1, 8, 9)), ValueError, "same shape"),
+    ("x-ndim", mi_call(x=torch.rand(2, 8), y=torch.rand(2, 8)), ValueError, "x must be a batch of images"),
+    ("x-int", mi_call(x=torch.ones(2, 1, 8, 8, dtype=torch.int64)), TypeError, "x must have a floating dtype"),
+    ("y-not-tensor", mi_call(y=[[1.0]]), TypeError, "y must be a torch.Tensor"),
+    ("x-nan", mi_call(x=nan_at(X)), ValueError, "x contains NaN or Inf"),
+    ("y-inf", mi_call(y=nan_at(Y, float("inf"))), ValueError, "y contains NaN or Inf"),
+    ("sigma-zero", mi_call(sigma=0.0), ValueError, "sigma must be a positive"),
+    ("sigma-neg", mi_call(sigma=-1.0), ValueError, "sigma must be a positive"),
+    ("sigma-nan", mi_call(sigma=float("nan")), ValueError, "sigma must be a positive"),
+    ("sigma-str", mi_call(sigma="1"), TypeError, "sigma must be a positive number"),
+    ("bins-1", mi_call(num_bins=1), ValueError, "num_bins must be at least 2"),
+    ("bins-float", mi_call(num_bins=16.0), TypeError, "num_bins must be an int"),
+    ("range-order", mi_call(value_range=(1.0, 0.0)), ValueError, "value_range must be finite with lo < hi"),
+    ("range-str", mi_call(value_range="minmax"), ValueError, "value_range must be 'auto'"),
+    ("range-len", mi_call(value_range=(0.0, 0.5, 1.0)), ValueError, "value_range must be 'auto' or a pair"),
+    ("normalize", mi_call(normalize="max"), ValueError, "normalize must be one of"),
+    ("base-1", mi_call(base=1), ValueError, "base must be a positive number other than 1"),
+    ("mask-shape", mi_call(mask=torch.ones(2, 1, 8, 7)), ValueError, "mask of shape"),
+    ("mask-int", mi_call(mask=torch.ones(2, 1, 8, 8, dtype=torch.int32)), TypeError, "mask must be a bool or floating"),
+    ("mask-neg", mi_call(mask=-torch.ones(2, 1, 8, 8)), ValueError, "mask must be non-negative"),
+    ("mask-nan", mi_call(mask=nan_at(torch.ones(2, 1, 8, 8))), ValueError, "mask must be non-negative"),
+    ("kernel", mi_call(kernel="triangle"), ValueError, "kernel must be one of"),
+    ("backend", mi_call(backend="cuda"), ValueError, "backend must be one of"),
+    ("per-channel", mi_call(per_channel="yes"), TypeError, "per_channel must be a bool"),
+]
+
+BAD_HIST = [
+    ("hist-x-int", lambda: mi.histogram(torch.ones(2, 5, dtype=torch.int32), BINS, 0.1), TypeError, "x must have a floating dtype"),
+    ("hist-sigma", lambda: mi.histogram(S, BINS, 0.0), ValueError, "sigma must be a positive"),
+    ("hist-one-bin", lambda: mi.histogram(S, torch.tensor([0.5]), 0.1), ValueError, "at least 2 bin centres"),
+    ("hist-uneven", lambda: mi.histogram(S, torch.tensor([0.0, 0.1, 0.5, 1.0]), 0.1), ValueError, "equally spaced"),
+    ("hist-decreasing", lambda: mi.histogram(S, BINS.flip(0), 0.1), ValueError, "bins must be increasing"),
+    ("hist-bins-2d", lambda: mi.histogram(S, BINS[None], 0.1), ValueError, "bins must be 1-D"),
+    ("hist-bins-nan", lambda: mi.histogram(S, nan_at(BINS), 0.1), ValueError, "bins contains NaN"),
+    ("hist-nan", lambda: mi.histogram(nan_at(S), BINS, 0.1), ValueError, "x contains NaN or Inf"),
+    ("hist-weights", lambda: mi.histogram(S, BINS, 0.1, weights=torch.ones(3, 50)), ValueError, "weights of shape"),
+    ("hist-0d", lambda: mi.histogram(torch.tensor(0.5), BINS, 0.1), ValueError, "at least 1 dimension"),
+    ("hist2d-shape", lambda: mi.histogram2d(S, S[:, :10], BINS, 0.1), ValueError, "x1 and x2 must have the same shape"),
+    ("hist2d-x2-int", lambda: mi.histogram2d(S, S.long(), BINS, 0.1), TypeError, "x2 must have a floating dtype"),
+    ("hist2d-neg-w", lambda: mi.histogram2d(S, S, BINS, 0.1, weights=-torch.ones(2, 50)), ValueError, "weights must be non-negative"),
+]
+
+
+@pytest.mark.parametrize("call,exc,match", [c[1:] for c in BAD_MI + BAD_HIST], ids=[c[0] for c in BAD_MI + BAD_HIST])
+def test_bad_input_raises_a_clear_error(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_triton_backend_refuses_cpu_tensors_without_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="backend='triton' needs"):
+        mi.mutual_information(X, Y, backend="triton")
+
+
+def test_modules_check_their_arguments():
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        mi.MutualInformation(normalize="geometric")
+    with pytest.raises(ValueError, match="reduction must be"):
+        mi.MutualInformationLoss(reduction="avg")
+
+
+def test_loss_reductions():
+    x = torch.rand(3, 1, 16, 16)
+    y = torch.rand(3, 1, 16, 16)
+    per = mi.MutualInformationLoss(reduction="none")(x, y)
+    assert per.shape == (3,)
+    torch.testing.assert_close(mi.MutualInformationLoss()(x, y), per.mean())
+    torch.testing.assert_close(mi.MutualInformationLoss(reduction="sum")(x, y), per.sum())
+    ref = mi.mutual_information(x, y, num_bins=32, sigma=1.0, normalize="studholme")
+    torch.testing.assert_close(per, -ref)

@@ -1,0 +1,128 @@
+"""The op in bin coordinates (torch backend) against the dense float64 oracle."""
+
+import math
+
+import pytest
+import torch
+from oracle import dense_hist, dense_joint
+
+from mi import _autograd, _torch
+
+CASES = [
+    # (B, N, K, sigma, kernel_u, kernel_v)
+    (1, 1, 2, 0.4, "gaussian", "gaussian"),
+    (2, 37, 5, 0.1, "gaussian", "gaussian"),
+    (3, 500, 16, 0.4, "gaussian", "gaussian"),
+    (2, 300, 64, 1.0, "gaussian", "gaussian"),
+    (2, 200, 8, 2.5, "gaussian", "gaussian"),  # window wider than K: clamped to K
+    (2, 300, 12, 0.5, "bspline", "bspline"),
+    (2, 300, 12, 0.5, "box", "bspline"),  # ITK Mattes' pair of windows
+]
+IDS = [f"B{b}-N{n}-K{k}-s{s}-{ku}-{kv}" for b, n, k, s, ku, kv in CASES]
+
+
+def _data(b, n, k, gen, spread=3.0):
+    """Samples over the bins and beyond their ends, plus a few far outliers."""
+    u = torch.rand(b, n, generator=gen) * (k + 2 * spread) - spread
+    v = torch.rand(b, n, generator=gen) * (k + 2 * spread) - spread
+    if n > 4:
+        u[:, 0], v[:, 1], u[:, 2] = -1000.0, 1e6, float(k - 1)  # far outliers, an exact centre
+    return u, v, torch.rand(b, n, generator=gen)
+
+
+def _rel(a, ref):
+    return ((a.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-300)).item()
+
+
+@pytest.mark.parametrize("with_mask", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize("b,n,k,sigma,ku,kv", CASES, ids=IDS)
+def test_joint_matches_dense_oracle(b, n, k, sigma, ku, kv, with_mask):
+    gen = torch.Generator().manual_seed(n * k)
+    u, v, m = _data(b, n, k, gen)
+    m = m if with_mask else None
+    j = _torch.joint_hist_forward(u, v, m, k, sigma, ku, kv)
+    ud, vd = u.double().requires_grad_(), v.double().requires_grad_()
+    md = None if m is None else m.double().requires_grad_()
+    ref = dense_joint(ud, vd, md, k, sigma, ku, kv)
+    assert j.dtype == torch.float32 and j.shape == (b, k, k)
+    # Window truncation drops < 2**-24 of the peak and sums are float64: float32 rounding.
+    assert _rel(j, ref) < 3e-7
+    g = torch.randn(b, k, k, generator=gen)
+    ref.backward(g.double())
+    du, dv, dm = _torch.joint_hist_backward(g, u, v, m, k, sigma, ku, kv)
+    for got, want in [(du, ud.grad), (dv, vd.grad)] + ([(dm, md.grad)] if m is not None else []):
+        if want is None or want.abs().max() == 0:  # the box window has no gradient
+            assert torch.count_nonzero(got) == 0
+        else:
+            assert _rel(got, want) < 1e-5  # float32 weights and products: ~1e-7, with margin
+
+
+@pytest.mark.parametrize("b,n,k,sigma,ku,kv", CASES[:5], ids=IDS[:5])
+def test_hist_matches_dense_oracle(b, n, k, sigma, ku, kv):
+    gen = torch.Generator().manual_seed(k)
+    u, _, m = _data(b, n, k, gen)
+    h = _torch.hist_forward(u, m, k, sigma, ku)
+    ud, md = u.double().requires_grad_(), m.double().requires_grad_()
+    ref = dense_hist(ud, md, k, sigma, ku)
+    assert _rel(h, ref) < 3e-7
+    g = torch.randn(b, k, generator=gen)
+    ref.backward(g.double())
+    du, dm = _torch.hist_backward(g, u, m, k, sigma, ku)
+    assert _rel(du, ud.grad) < 1e-5 and _rel(dm, md.grad) < 1e-5
+
+
+def test_window_is_the_float32_support():
+    """The Gaussian window covers every bin where the kernel exceeds 2**-24 of its peak."""
+    for sigma in [0.05, 0.4, 0.5, 1.0, 3.3]:
+        r = _torch.support("gaussian", sigma)
+        assert math.exp(-(r**2) / (2 * sigma**2)) == pytest.approx(2.0**-24, rel=1e-9)
+        assert _torch.window_size("gaussian", sigma, 10**6) == math.ceil(2 * r)
+
+
+def test_chunking_does_not_change_the_result(monkeypatch):
+    gen = torch.Generator().manual_seed(1)
+    u, v, m = _data(2, 5000, 32, gen)
+    g = torch.randn(2, 32, 32, generator=gen)
+    whole = _torch.joint_hist_forward(u, v, m, 32, 0.7), _torch.joint_hist_backward(g, u, v, m, 32, 0.7)
+    monkeypatch.setattr(_torch, "CHUNK_BYTES", 1)  # 1024 pixels a chunk
+    parts = _torch.joint_hist_forward(u, v, m, 32, 0.7), _torch.joint_hist_backward(g, u, v, m, 32, 0.7)
+    torch.testing.assert_close(parts[0], whole[0], rtol=1e-6, atol=0)
+    for a, b in zip(parts[1], whole[1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_float64_accumulation_of_many_equal_samples():
+    """A constant volume: 2**22 equal contributions to one bin stay exact (float32 sums drift)."""
+    n = 2**22
+    u = torch.full((1, n), 3.3)
+    j = _torch.joint_hist_forward(u, u, None, 8, 0.5)
+    w = math.exp(-(0.3**2) / (2 * 0.5**2))
+    assert j[0, 3, 3].item() == pytest.approx(n * w * w, rel=1e-6)
+
+
+@pytest.mark.parametrize("ku,kv", [("gaussian", "gaussian"), ("bspline", "bspline")])
+def test_gradcheck_float64(ku, kv):
+    gen = torch.Generator().manual_seed(3)
+    u = (torch.rand(2, 30, generator=gen, dtype=torch.float64) * 8).requires_grad_()
+    v = (torch.rand(2, 30, generator=gen, dtype=torch.float64) * 8).requires_grad_()
+    m = torch.rand(2, 30, generator=gen, dtype=torch.float64).requires_grad_()
+
+    def f(u, v, m):
+        return _autograd.joint_hist(u, v, m, 8, 0.7, ku, kv, "torch", False)
+
+    assert torch.autograd.gradcheck(f, (u, v, m))
+    assert torch.autograd.gradcheck(
+        lambda u, m: _autograd.hist(u, m, 8, 0.7, ku, "torch", False), (u, m)
+    )
+
+
+def test_opcheck():
+    gen = torch.Generator().manual_seed(4)
+    u = (torch.rand(2, 50, generator=gen) * 8).requires_grad_()
+    v = (torch.rand(2, 50, generator=gen) * 8).requires_grad_()
+    m = torch.rand(2, 50, generator=gen).requires_grad_()
+    torch.library.opcheck(
+        _autograd.joint_hist, (u, v, m, 8, 0.5, "gaussian", "gaussian", "torch", False)
+    )
+    torch.library.opcheck(_autograd.joint_hist, (u, v, None, 8, 0.5, "gaussian", "gaussian", "torch", False))
+    torch.library.opcheck(_autograd.hist, (u, m, 8, 0.5, "gaussian", "torch", False))
