@@ -108,7 +108,7 @@ def _joint_chunks(u, v, m, num_bins, sigma, kernel_u, kernel_v, need_grad):
     mf = None if m is None else m.reshape(-1)
     # int32 indices when they fit: half the memory traffic of int64 for the (M, Wu, Wv) index.
     itype = torch.int32 if B * K * K < 2**31 else torch.int64
-    offs = (torch.arange(wu_n, device=u.device)[:, None] * K + torch.arange(wv_n, device=u.device))
+    offs = torch.arange(wu_n, device=u.device)[:, None] * K + torch.arange(wv_n, device=u.device)
     offs = offs.to(itype)
     for lo, hi in _chunks(B * N, per_pixel):
         wu = _Windows(uf[lo:hi], kernel_u, sigma, K, need_grad)
@@ -138,9 +138,7 @@ def joint_hist_backward(
     g = grad.reshape(-1).to(_acc_dtype(u.dtype))
     du, dv = torch.empty_like(u).view(-1), torch.empty_like(v).view(-1)
     dm = torch.empty_like(m).view(-1) if (m is not None and needs_m) else None
-    for lo, hi, idx, wu, wv, mc in _joint_chunks(
-        u, v, m, num_bins, sigma, kernel_u, kernel_v, True
-    ):
+    for lo, hi, idx, wu, wv, mc in _joint_chunks(u, v, m, num_bins, sigma, kernel_u, kernel_v, True):
         gw = g[idx]  # (M, Wu, Wv)
         gv = torch.einsum("mij,mj->mi", gw, wv.w)  # sum_c G[a, c] w_v(v - c), per window row a
         gu = torch.einsum("mij,mi->mj", gw, wu.w)

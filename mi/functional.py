@@ -9,7 +9,8 @@ autograd on (B, K, K) tensors (``mi.information``).
 import math
 import os
 import warnings
-from typing import Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -24,8 +25,8 @@ from .information import (
 )
 
 BACKENDS = ("auto", "torch", "triton")
-PUBLIC_KERNELS = ("gaussian", "bspline")
-ValueRange = Union[str, Tuple[float, float], Sequence[float]]
+PUBLIC_KERNELS = ("gaussian", "bspline", "mattes")
+ValueRange = Union[str, tuple[float, float], Sequence[float]]
 
 _TRITON_OK = None
 
@@ -54,7 +55,9 @@ def _check_tensor(name: str, t, floating=True) -> Tensor:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if floating and not t.is_floating_point():
-        raise TypeError(f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {t.dtype}")
+        raise TypeError(
+            f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {t.dtype}"
+        )
     return t
 
 
@@ -144,7 +147,7 @@ def _check_values(named: dict, weights: Optional[Tensor] = None, wname="weights"
 # ---------------------------------------------------------------- histograms in data units
 
 
-def _bin_layout(bins) -> Tuple[float, float, int]:
+def _bin_layout(bins) -> tuple[float, float, int]:
     """(first centre, step, K) of equally spaced increasing bin centres."""
     if isinstance(bins, Tensor):
         if bins.is_complex() or bins.dtype == torch.bool:
@@ -203,7 +206,7 @@ def _warn_binning(u: Tensor, num_bins: int, name: str, data_units: bool = True):
         )
 
 
-def _flatten_samples(x: Tensor) -> Tuple[Tensor, Tuple[int, ...]]:
+def _flatten_samples(x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
     if x.ndim == 0:
         raise ValueError("x must have at least 1 dimension (..., N), got a 0-d tensor")
     lead = tuple(x.shape[:-1])
@@ -314,43 +317,81 @@ def histogram2d(
 # ---------------------------------------------------------------- images -> joint histogram
 
 
-def _check_range(value_range):
-    if isinstance(value_range, str):
-        if value_range != "auto":
-            raise ValueError(f"value_range must be 'auto' or a pair (lo, hi), got {value_range!r}")
-        return "auto"
+def _check_pair(value_range, name="value_range"):
     try:
         lo, hi = (float(t) for t in value_range)
     except (TypeError, ValueError):
-        raise ValueError(f"value_range must be 'auto' or a pair of numbers (lo, hi), got {value_range!r}") from None
+        raise ValueError(
+            f"{name} must be 'auto', a pair (lo, hi), or a pair of pairs ((lo_x, hi_x), (lo_y, hi_y)), "
+            f"got {value_range!r}"
+        ) from None
     if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-        raise ValueError(f"value_range must be finite with lo < hi, got {value_range!r}")
+        raise ValueError(f"{name} must be finite with lo < hi, got {value_range!r}")
     return lo, hi
 
 
-def _to_bins(x: Tensor, rng, num_bins: int, m: Optional[Tensor]) -> Tensor:
-    """Rows (R, N) of data -> bin coordinates: lo -> 0, hi -> K - 1 (float32/float64)."""
+def _check_range(value_range):
+    """-> (range of x, range of y), each "auto" or (lo, hi)."""
+    if isinstance(value_range, str):
+        if value_range != "auto":
+            raise ValueError(f"value_range must be 'auto' or a pair (lo, hi), got {value_range!r}")
+        return "auto", "auto"
+    try:
+        parts = list(value_range)
+    except TypeError:
+        parts = None
+    if parts is not None and len(parts) == 2 and all(isinstance(p, (str, tuple, list)) for p in parts):
+        return tuple(p if p == "auto" else _check_pair(p) for p in parts)
+    pair = _check_pair(value_range)
+    return pair, pair
+
+
+def _row_range(x: Tensor, rng, m: Optional[Tensor]):
+    """(lo, hi) of each row: the given pair, or its own min/max over the pixels that count."""
+    if rng != "auto":
+        return rng
+    xd = x.detach()  # the range is a binning choice, not differentiated
+    if m is None:
+        return xd.amin(-1, keepdim=True), xd.amax(-1, keepdim=True)
+    keep = m > 0
+    lo = torch.where(keep, xd, math.inf).amin(-1, keepdim=True)
+    hi = torch.where(keep, xd, -math.inf).amax(-1, keepdim=True)
+    empty = ~keep.any(-1, keepdim=True)
+    return torch.where(empty, 0.0, lo), torch.where(empty, 1.0, hi)
+
+
+# Where lo..hi land in bin coordinates, per kernel. The B-spline's support is 2 bins: one bin
+# of margin keeps every pixel's unit of mass inside the K bins.
+_LAYOUT = {"gaussian": (0.0, 1.0), "bspline": (1.0, 2.0)}
+
+
+def _to_bins(x: Tensor, rng, num_bins: int, m: Optional[Tensor], kernel="gaussian") -> Tensor:
+    """Rows (R, N) of data -> bin coordinates: lo -> first, hi -> K - 1 - margin (float32/64)."""
     x = x.to(_acc_dtype(x.dtype))
-    if rng == "auto":  # each row's own min/max over the pixels that count; not differentiated
-        xd = x.detach()
-        if m is not None:
-            keep = m > 0
-            lo = torch.where(keep, xd, math.inf).amin(-1, keepdim=True)
-            hi = torch.where(keep, xd, -math.inf).amax(-1, keepdim=True)
-            empty = ~keep.any(-1, keepdim=True)
-            lo, hi = torch.where(empty, 0.0, lo), torch.where(empty, 1.0, hi)
-        else:
-            lo, hi = xd.amin(-1, keepdim=True), xd.amax(-1, keepdim=True)
-        span = hi - lo
-        scale = torch.where(span > 0, (num_bins - 1) / torch.where(span > 0, span, 1.0), 1.0)
-        return (x - lo) * scale
-    lo, hi = rng
-    return (x - lo) * ((num_bins - 1) / (hi - lo))
+    first, end_margin = _LAYOUT[kernel]
+    lo, hi = _row_range(x, rng, m)
+    span = hi - lo
+    if isinstance(span, Tensor):
+        scale = torch.where(span > 0, (num_bins - end_margin - first) / torch.where(span > 0, span, 1.0), 1.0)
+    else:
+        scale = (num_bins - end_margin - first) / span
+    return (x - lo) * scale + first
 
 
-def _image_joint(
-    x, y, *, num_bins, sigma, value_range, mask, per_channel, kernel, backend, deterministic
-):
+def _mattes_terms(x: Tensor, rng, num_bins: int, m: Optional[Tensor]) -> Tensor:
+    """ITK's continuous Parzen window index, in float64 with ITK's own arithmetic:
+    bin width (max - min) / (K - 4), ``term = x / width - (min / width - 2)``."""
+    x = x.double()
+    lo, hi = _row_range(x, rng, m)
+    span = hi - lo
+    if isinstance(span, Tensor):
+        width = torch.where(span > 0, span, float(num_bins - 4)) / (num_bins - 4)
+    else:
+        width = span / (num_bins - 4)
+    return x / width - (lo / width - 2.0)
+
+
+def _image_joint(x, y, *, num_bins, sigma, value_range, mask, per_channel, kernel, backend, deterministic):
     """The soft joint histogram (R, K, K) of two images and the leading shape of the result."""
     _check_tensor("x", x)
     _check_tensor("y", y)
@@ -374,14 +415,23 @@ def _image_joint(
     rows, lead = (b * c, (b, c)) if per_channel else (b, (b,))
     xr, yr = x.reshape(rows, -1), y.reshape(rows, -1)
     mr = None if m is None else m.reshape(rows, -1)
-    u, v = _to_bins(xr, rng, k, mr), _to_bins(yr, rng, k, mr)
-    if rng != "auto":
-        _warn_binning(u, k, "x", data_units=False)
-        _warn_binning(v, k, "y", data_units=False)
-    j = _autograd.joint_hist(u, v, mr, k, sig, kernel, kernel, be, bool(deterministic))
+    if kernel == "mattes" and k < 5:
+        raise ValueError(f"kernel='mattes' needs num_bins >= 5 (it keeps 4 padding bins), got {k}")
+    kernel_u = kernel_v = kernel
+    if kernel == "mattes":
+        # ITK: the fixed image's bin is floor(term) clamped to [2, K-3] (a box window, at that
+        # bin's centre here, so rounding cannot move it); the moving one a cubic B-spline at term.
+        acc = _acc_dtype(dtype)
+        u = _mattes_terms(xr, rng[0], k, mr).floor().clamp(2.0, k - 3.0).to(acc)
+        v = _mattes_terms(yr, rng[1], k, mr).to(acc)
+        kernel_u, kernel_v = "box", "bspline"
+    else:
+        u, v = _to_bins(xr, rng[0], k, mr, kernel), _to_bins(yr, rng[1], k, mr, kernel)
+    for t, name, r in ((u, "x", rng[0]), (v, "y", rng[1])):
+        if r != "auto":
+            _warn_binning(t, k, name, data_units=False)
+    j = _autograd.joint_hist(u, v, mr, k, sig, kernel_u, kernel_v, be, bool(deterministic))
     return j, lead, dtype
-
-
 
 
 def joint_histogram(
@@ -477,13 +527,22 @@ def mutual_information(
         value_range: ``(lo, hi)``: intensities lo..hi map onto the bin centres 0..K-1 (the
             same for x and y; mass falling beyond the first/last bin is dropped); or
             ``"auto"``: each sample's (and image's) own min..max, over the pixels the mask
-            keeps (not differentiated: the range is a binning choice).
+            keeps (not differentiated: the range is a binning choice); or a pair of those,
+            one for x and one for y, e.g. ``((0, 1), "auto")``. With ``kernel="bspline"``
+            lo..hi map onto 1..K-2 and with ``"mattes"`` onto 2..K-2 (padding bins that keep
+            each pixel's whole unit of mass inside the histogram).
         mask: optional per-pixel weights broadcastable to x: bool, or non-negative floats
             (differentiable), e.g. the overlap region in registration.
         per_channel: False: one histogram per sample over all channels -> (B,); True: one
             per (sample, channel) -> (B, C).
-        kernel: ``"gaussian"`` (default) or ``"bspline"`` (cubic B-spline Parzen window,
-            support of 4 bins, a partition of unity; ``sigma`` is not used).
+        kernel: ``"gaussian"`` (default); ``"bspline"``: cubic B-spline Parzen windows on both
+            images (support of 4 bins, a partition of unity: every pixel adds exactly one unit
+            of mass; ``sigma`` is not used); ``"mattes"``: ITK's Mattes MI
+            (MattesMutualInformationImageToImageMetricv4): x is the *fixed* image (a box
+            window: its nearest bin, no gradient), y the *moving* one (cubic B-spline), bin
+            width (max - min) / (K - 4) with 2 padding bins each side, each image's own range
+            by default; ``-mutual_information(f, m, kernel="mattes", num_bins=50)`` is ITK's
+            metric value (K >= 5).
         backend: ``"auto"`` (Triton for CUDA tensors when available, else torch),
             ``"torch"`` or ``"triton"``.
         deterministic: bitwise-identical results run to run on the GPU (Triton backend;

@@ -84,7 +84,9 @@ def test_mutual_information_matches_dense(shape, normalize, k, sigma):
     xd, yd = x.detach().double().requires_grad_(), y.detach().double().requires_grad_()
     b = shape[0]
     ref = oracle_mi(
-        dense_joint(to_bins(xd, 0.0, 1.1, k).reshape(b, -1), to_bins(yd, 0.0, 1.1, k).reshape(b, -1), None, k, sigma),
+        dense_joint(
+            to_bins(xd, 0.0, 1.1, k).reshape(b, -1), to_bins(yd, 0.0, 1.1, k).reshape(b, -1), None, k, sigma
+        ),
         normalize,
     )
     assert got.shape == (b,)
@@ -197,7 +199,9 @@ def test_float_mask_weights_and_gradient():
     w = torch.rand(1, 1, 10, 10, generator=gen).requires_grad_()
     got = mi.mutual_information(x, y, num_bins=8, sigma=0.6, value_range=(0, 1), mask=w)
     wd = w.detach().double().requires_grad_()
-    ref = oracle_mi(dense_joint(to_bins(x, 0, 1, 8).flatten(1), to_bins(y, 0, 1, 8).flatten(1), wd.flatten(1), 8, 0.6))
+    ref = oracle_mi(
+        dense_joint(to_bins(x, 0, 1, 8).flatten(1), to_bins(y, 0, 1, 8).flatten(1), wd.flatten(1), 8, 0.6)
+    )
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-7)
     got.sum().backward()
     ref.sum().backward()
@@ -233,7 +237,9 @@ def test_information_inequalities():
     assert ((nmi >= -1e-6) & (nmi <= 1 + 1e-6)).all()
 
 
-@pytest.mark.parametrize("dtype,rtol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2), (torch.float64, 1e-10)])
+@pytest.mark.parametrize(
+    "dtype,rtol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2), (torch.float64, 1e-10)]
+)
 def test_dtypes(dtype, rtol):
     """Half inputs are computed in float32: the error is the input's own rounding (bf16: 8 bits)."""
     gen = torch.Generator().manual_seed(9)
@@ -243,7 +249,9 @@ def test_dtypes(dtype, rtol):
     got = mi.mutual_information(xh, yh, num_bins=32, sigma=1.0, value_range=(0, 1))
     assert got.dtype == dtype
     # The oracle sees the same (rounded) inputs, so what is left is accumulation error.
-    ref = oracle_mi(dense_joint(to_bins(xh, 0, 1, 32).flatten(1), to_bins(yh, 0, 1, 32).flatten(1), None, 32, 1.0))
+    ref = oracle_mi(
+        dense_joint(to_bins(xh, 0, 1, 32).flatten(1), to_bins(yh, 0, 1, 32).flatten(1), None, 32, 1.0)
+    )
     torch.testing.assert_close(got.double(), ref, rtol=rtol, atol=0)
 
 

@@ -26,7 +26,12 @@ def nan_at(t, value=float("nan")):
 BAD_MI = [
     ("x-shape", mi_call(y=torch.rand(2, 1, 8, 9)), ValueError, "same shape"),
     ("x-ndim", mi_call(x=torch.rand(2, 8), y=torch.rand(2, 8)), ValueError, "x must be a batch of images"),
-    ("x-int", mi_call(x=torch.ones(2, 1, 8, 8, dtype=torch.int64)), TypeError, "x must have a floating dtype"),
+    (
+        "x-int",
+        mi_call(x=torch.ones(2, 1, 8, 8, dtype=torch.int64)),
+        TypeError,
+        "x must have a floating dtype",
+    ),
     ("y-not-tensor", mi_call(y=[[1.0]]), TypeError, "y must be a torch.Tensor"),
     ("x-nan", mi_call(x=nan_at(X)), ValueError, "x contains NaN or Inf"),
     ("y-inf", mi_call(y=nan_at(Y, float("inf"))), ValueError, "y contains NaN or Inf"),
@@ -38,11 +43,16 @@ BAD_MI = [
     ("bins-float", mi_call(num_bins=16.0), TypeError, "num_bins must be an int"),
     ("range-order", mi_call(value_range=(1.0, 0.0)), ValueError, "value_range must be finite with lo < hi"),
     ("range-str", mi_call(value_range="minmax"), ValueError, "value_range must be 'auto'"),
-    ("range-len", mi_call(value_range=(0.0, 0.5, 1.0)), ValueError, "value_range must be 'auto' or a pair"),
+    ("range-len", mi_call(value_range=(0.0, 0.5, 1.0)), ValueError, "value_range must be 'auto', a pair"),
     ("normalize", mi_call(normalize="max"), ValueError, "normalize must be one of"),
     ("base-1", mi_call(base=1), ValueError, "base must be a positive number other than 1"),
     ("mask-shape", mi_call(mask=torch.ones(2, 1, 8, 7)), ValueError, "mask of shape"),
-    ("mask-int", mi_call(mask=torch.ones(2, 1, 8, 8, dtype=torch.int32)), TypeError, "mask must be a bool or floating"),
+    (
+        "mask-int",
+        mi_call(mask=torch.ones(2, 1, 8, 8, dtype=torch.int32)),
+        TypeError,
+        "mask must be a bool or floating",
+    ),
     ("mask-neg", mi_call(mask=-torch.ones(2, 1, 8, 8)), ValueError, "mask must be non-negative"),
     ("mask-nan", mi_call(mask=nan_at(torch.ones(2, 1, 8, 8))), ValueError, "mask must be non-negative"),
     ("kernel", mi_call(kernel="triangle"), ValueError, "kernel must be one of"),
@@ -51,23 +61,55 @@ BAD_MI = [
 ]
 
 BAD_HIST = [
-    ("hist-x-int", lambda: mi.histogram(torch.ones(2, 5, dtype=torch.int32), BINS, 0.1), TypeError, "x must have a floating dtype"),
+    (
+        "hist-x-int",
+        lambda: mi.histogram(torch.ones(2, 5, dtype=torch.int32), BINS, 0.1),
+        TypeError,
+        "x must have a floating dtype",
+    ),
     ("hist-sigma", lambda: mi.histogram(S, BINS, 0.0), ValueError, "sigma must be a positive"),
     ("hist-one-bin", lambda: mi.histogram(S, torch.tensor([0.5]), 0.1), ValueError, "at least 2 bin centres"),
-    ("hist-uneven", lambda: mi.histogram(S, torch.tensor([0.0, 0.1, 0.5, 1.0]), 0.1), ValueError, "equally spaced"),
+    (
+        "hist-uneven",
+        lambda: mi.histogram(S, torch.tensor([0.0, 0.1, 0.5, 1.0]), 0.1),
+        ValueError,
+        "equally spaced",
+    ),
     ("hist-decreasing", lambda: mi.histogram(S, BINS.flip(0), 0.1), ValueError, "bins must be increasing"),
     ("hist-bins-2d", lambda: mi.histogram(S, BINS[None], 0.1), ValueError, "bins must be 1-D"),
     ("hist-bins-nan", lambda: mi.histogram(S, nan_at(BINS), 0.1), ValueError, "bins contains NaN"),
     ("hist-nan", lambda: mi.histogram(nan_at(S), BINS, 0.1), ValueError, "x contains NaN or Inf"),
-    ("hist-weights", lambda: mi.histogram(S, BINS, 0.1, weights=torch.ones(3, 50)), ValueError, "weights of shape"),
+    (
+        "hist-weights",
+        lambda: mi.histogram(S, BINS, 0.1, weights=torch.ones(3, 50)),
+        ValueError,
+        "weights of shape",
+    ),
     ("hist-0d", lambda: mi.histogram(torch.tensor(0.5), BINS, 0.1), ValueError, "at least 1 dimension"),
-    ("hist2d-shape", lambda: mi.histogram2d(S, S[:, :10], BINS, 0.1), ValueError, "x1 and x2 must have the same shape"),
-    ("hist2d-x2-int", lambda: mi.histogram2d(S, S.long(), BINS, 0.1), TypeError, "x2 must have a floating dtype"),
-    ("hist2d-neg-w", lambda: mi.histogram2d(S, S, BINS, 0.1, weights=-torch.ones(2, 50)), ValueError, "weights must be non-negative"),
+    (
+        "hist2d-shape",
+        lambda: mi.histogram2d(S, S[:, :10], BINS, 0.1),
+        ValueError,
+        "x1 and x2 must have the same shape",
+    ),
+    (
+        "hist2d-x2-int",
+        lambda: mi.histogram2d(S, S.long(), BINS, 0.1),
+        TypeError,
+        "x2 must have a floating dtype",
+    ),
+    (
+        "hist2d-neg-w",
+        lambda: mi.histogram2d(S, S, BINS, 0.1, weights=-torch.ones(2, 50)),
+        ValueError,
+        "weights must be non-negative",
+    ),
 ]
 
 
-@pytest.mark.parametrize("call,exc,match", [c[1:] for c in BAD_MI + BAD_HIST], ids=[c[0] for c in BAD_MI + BAD_HIST])
+@pytest.mark.parametrize(
+    "call,exc,match", [c[1:] for c in BAD_MI + BAD_HIST], ids=[c[0] for c in BAD_MI + BAD_HIST]
+)
 def test_bad_input_raises_a_clear_error(call, exc, match):
     with pytest.raises(exc, match=match):
         call()

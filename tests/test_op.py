@@ -111,9 +111,7 @@ def test_gradcheck_float64(ku, kv):
         return _autograd.joint_hist(u, v, m, 8, 0.7, ku, kv, "torch", False)
 
     assert torch.autograd.gradcheck(f, (u, v, m))
-    assert torch.autograd.gradcheck(
-        lambda u, m: _autograd.hist(u, m, 8, 0.7, ku, "torch", False), (u, m)
-    )
+    assert torch.autograd.gradcheck(lambda u, m: _autograd.hist(u, m, 8, 0.7, ku, "torch", False), (u, m))
 
 
 def test_opcheck():
@@ -121,8 +119,6 @@ def test_opcheck():
     u = (torch.rand(2, 50, generator=gen) * 8).requires_grad_()
     v = (torch.rand(2, 50, generator=gen) * 8).requires_grad_()
     m = torch.rand(2, 50, generator=gen).requires_grad_()
-    torch.library.opcheck(
-        _autograd.joint_hist, (u, v, m, 8, 0.5, "gaussian", "gaussian", "torch", False)
-    )
+    torch.library.opcheck(_autograd.joint_hist, (u, v, m, 8, 0.5, "gaussian", "gaussian", "torch", False))
     torch.library.opcheck(_autograd.joint_hist, (u, v, None, 8, 0.5, "gaussian", "gaussian", "torch", False))
     torch.library.opcheck(_autograd.hist, (u, m, 8, 0.5, "gaussian", "torch", False))

@@ -1,0 +1,96 @@
+"""The B-spline and ITK Mattes Parzen windows: SimpleITK, partition of unity, exact gradients."""
+
+import numpy as np
+import pytest
+import torch
+from images import mri, photo, remap, rotated
+from oracle import dense_joint
+from oracle import mutual_information as oracle_mi
+
+import mi
+
+
+def _pairs():
+    p = photo((160, 128)).astype(np.float32) / 255
+    m = mri()
+    return {
+        "photo-vs-rotated-remapped": (
+            p,
+            remap(torch.from_numpy(rotated(photo((160, 128)), 5) / 255.0)).numpy(),
+        ),
+        "mri-vs-flipped-sqrt": (m, np.sqrt(m[::-1].copy())),
+        "photo-vs-mri": (photo((256, 256)).astype(np.float32), m),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", list(_pairs()))
+@pytest.mark.parametrize("bins", [50, 32, 30])
+def test_mattes_equals_simpleitk(name, bins, dtype):
+    sitk = pytest.importorskip("SimpleITK")
+    fixed, moving = _pairs()[name]
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(bins)
+    reg.SetMetricSamplingStrategy(reg.NONE)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetInitialTransform(sitk.TranslationTransform(2))
+    want = reg.MetricEvaluate(
+        sitk.GetImageFromArray(fixed.astype(np.float64)), sitk.GetImageFromArray(moving.astype(np.float64))
+    )
+    x = torch.tensor(fixed, dtype=dtype)[None, None]
+    y = torch.tensor(moving, dtype=dtype)[None, None]
+    got = -mi.mutual_information(x, y, kernel="mattes", num_bins=bins).item()
+    # The issue asks for 1e-3; float64 agrees to rounding, float32 to its accumulation error.
+    assert got == pytest.approx(want, rel=1e-12 if dtype == torch.float64 else 1e-5)
+
+
+def test_bspline_is_a_partition_of_unity():
+    """Every pixel adds exactly one unit of mass, wherever it falls (lo..hi -> bins 1..K-2)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 40, 40, generator=gen, dtype=torch.float64)
+    x[0, 0, 0, 0], x[0, 0, 0, 1] = 0.0, 1.0  # exactly at the ends of the range
+    j = mi.joint_histogram(x, x.flip(-1), num_bins=7, kernel="bspline", value_range=(0, 1))
+    assert j.shape == (3, 7, 7)
+    ones = torch.ones(1, 1, 1600, dtype=torch.float64)
+    from mi import _autograd  # the raw (unnormalised) op: total mass = number of pixels
+
+    u = x.reshape(3, -1) * 4 + 1
+    raw = _autograd.joint_hist(u, u.flip(-1), None, 7, 1.0, "bspline", "bspline", "torch", False)
+    torch.testing.assert_close(raw.sum((-2, -1)), ones.sum().expand(3), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("kernel", ["bspline", "mattes"])
+def test_parzen_mi_and_gradient_match_dense(kernel):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 1, 12, 10, generator=gen)
+    y = (remap(x) + 0.2 * torch.rand(2, 1, 12, 10, generator=gen)).requires_grad_()
+    k = 12
+    got = mi.mutual_information(x, y, num_bins=k, kernel=kernel, value_range=((0, 1), (0, 1.2)))
+    yd = y.detach().double().requires_grad_()
+    if kernel == "bspline":
+        u, v = x.double() * (k - 3) + 1, yd * (k - 3) / 1.2 + 1
+        ref = oracle_mi(dense_joint(u.flatten(1), v.flatten(1), None, k, 1.0, "bspline", "bspline"))
+    else:  # ITK: fixed bin floor(term) clamped to [2, K-3]; moving B-spline at term
+        u = (x.double() * (k - 4) + 2).floor().clamp(2, k - 3)
+        v = yd * (k - 4) / 1.2 + 2
+        ref = oracle_mi(dense_joint(u.flatten(1), v.flatten(1), None, k, 1.0, "box", "bspline"))
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-7)
+    got.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(y.grad.double(), yd.grad, rtol=1e-3, atol=1e-4 * yd.grad.abs().max().item())
+
+
+def test_mattes_needs_five_bins():
+    x = torch.rand(1, 1, 8, 8)
+    with pytest.raises(ValueError, match="kernel='mattes' needs num_bins >= 5"):
+        mi.mutual_information(x, x, kernel="mattes", num_bins=4)
+
+
+def test_per_image_value_ranges():
+    x = torch.rand(1, 1, 16, 16)
+    y = x * 1000 + 50
+    a = mi.mutual_information(x, y, num_bins=16, value_range=((0, 1), (50, 1050)))
+    b = mi.mutual_information(x, (y - 50) / 1000, num_bins=16, value_range=(0, 1))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="value_range must be finite with lo < hi"):
+        mi.mutual_information(x, y, value_range=((0, 1), (2, 1)))
