@@ -1,0 +1,175 @@
+"""The `mi` command line and the plots, run in-process (fast: small images, 64 bins)."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mi.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _row(out: str, label: str) -> list:
+    """The numbers of the table row that starts with label."""
+    line = next(ln for ln in out.splitlines() if ln.startswith(label))
+    values = []
+    for token in line.split():
+        try:
+            values.append(float(token))
+        except ValueError:
+            values = []  # a word of the label: the numbers come after it
+    return values
+
+
+def _score(out: str) -> float:
+    line = next(ln for ln in out.splitlines() if ln.startswith("score ("))
+    return float(line.rsplit(":", 1)[1])
+
+
+def _check_png(path: Path) -> None:
+    assert path.is_file() and path.stat().st_size > 1000
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        img.verify()
+
+
+def _write_png(path: Path, a: np.ndarray) -> Path:
+    Image.fromarray(np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """a: a smooth 48x64 picture; b: a non-monotonic remap of it; c: unrelated noise."""
+    d = tmp_path_factory.mktemp("img")
+    yy, xx = np.mgrid[0:48, 0:64] / 47.0
+    a = 0.5 + 0.25 * np.sin(5 * xx) * np.cos(3 * yy) + 0.2 * xx
+    rng = np.random.default_rng(0)
+    return {
+        "a": _write_png(d / "a.png", a),
+        "b": _write_png(d / "b.png", np.sin(3 * np.pi * a) ** 2),
+        "c": _write_png(d / "c.png", rng.random(a.shape)),
+        "small": _write_png(d / "small.png", a[:32, :32]),
+        "dir": d,
+    }
+
+
+@pytest.mark.parametrize("image", ["photo", "mri"])
+def test_demo_writes_pictures_and_aligned_beats_rotated(tmp_path, capsys, image):
+    assert main(["demo", "--out", str(tmp_path), "--bins", "64", "--image", image]) == 0
+    out = capsys.readouterr().out
+    aligned, rotated = _row(out, "MI (nats)")
+    assert aligned > rotated > 0
+    bits = _row(out, "MI (bits)")
+    assert bits == pytest.approx([aligned / np.log(2), rotated / np.log(2)], abs=1e-3)
+    h_a, h_b, h_ab = _row(out, "H(a) (nats)"), _row(out, "H(b) (nats)"), _row(out, "H(a,b) (nats)")
+    for i, m in enumerate((aligned, rotated)):
+        assert m == pytest.approx(h_a[i] + h_b[i] - h_ab[i], abs=1e-3)
+        assert _row(out, "NMI arithmetic")[i] == pytest.approx(2 * m / (h_a[i] + h_b[i]), abs=1e-3)
+    for name in ("hist.png", "jointhist.png"):
+        _check_png(tmp_path / name)
+        assert f"wrote {(tmp_path / name).resolve()}" in out
+
+
+def test_score_two_pngs(images, tmp_path, capsys):
+    out_dir = tmp_path / "pics"
+    assert main(["score", str(images["a"]), str(images["b"]), "--bins", "32",
+                 "--out", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    related = _score(out)
+    assert related == pytest.approx(_row(out, "MI (nats)")[0], abs=6e-5)
+    _check_png(out_dir / "hist.png")
+    _check_png(out_dir / "jointhist.png")
+
+    assert main(["score", str(images["a"]), str(images["c"]), "--bins", "32", "--no-plots",
+                 "--out", str(tmp_path / "none")]) == 0
+    out = capsys.readouterr().out
+    assert related > _score(out) >= 0
+    assert not (tmp_path / "none").exists() and "wrote" not in out
+
+
+def test_score_normalize_and_range(images, capsys):
+    args = ["score", str(images["a"]), str(images["b"]), "--bins", "32", "--no-plots"]
+    assert main(args + ["--normalize", "studholme", "--range", "0,1"]) == 0
+    out = capsys.readouterr().out
+    assert _score(out) == pytest.approx(_row(out, "NMI Studholme")[0], abs=6e-5)
+    assert 1.0 <= _score(out) <= 2.0
+    assert main(args + ["--normalize", "arithmetic"]) == 0
+    out = capsys.readouterr().out
+    assert _score(out) == pytest.approx(_row(out, "NMI arithmetic")[0], abs=6e-5)
+    assert 0.0 <= _score(out) <= 1.0
+
+
+def test_score_npy_volumes(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(6, 16, 16)).astype(np.float32) * 100.0  # any units: --range auto
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", -a)
+    assert main(["score", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--bins", "16",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert _row(out, "Pearson")[0] == pytest.approx(-1.0, abs=6e-5)
+    assert _score(out) > 1.0  # b is a function of a: MI is about H(a)
+    _check_png(tmp_path / "jointhist.png")
+
+
+def _fails(argv, capsys, *words):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mi: error:"), err
+    for w in words:
+        assert w in lines[0]
+
+
+def test_errors_exit_2_with_one_line(images, tmp_path, capsys):
+    a = str(images["a"])
+    _fails(["score", a, str(tmp_path / "missing.png")], capsys, "no such file", "missing.png")
+    junk = tmp_path / "junk.png"
+    junk.write_text("not an image")
+    _fails(["score", junk.as_posix(), a], capsys, "cannot read", "junk.png")
+    _fails(["score", a, str(images["small"]), "--no-plots"], capsys, "shape", "48x64", "32x32")
+    _fails(["score", a, a, "--sigma", "-1", "--no-plots"], capsys, "sigma")
+    _fails(["score", a, str(images["dir"])], capsys, "not a file")
+
+
+def test_nifti_without_nibabel_is_a_clear_error(images, tmp_path, capsys):
+    if importlib.util.find_spec("nibabel") is not None:
+        pytest.skip("nibabel is installed")
+    vol = tmp_path / "vol.nii.gz"
+    vol.write_bytes(b"\0" * 400)
+    _fails(["score", str(vol), str(images["a"])], capsys, "nibabel")
+
+
+def test_usage_errors(capsys):
+    assert main([]) == 2
+    assert main(["score", "a.png", "b.png", "--range", "1,0"]) == 2
+    assert "lo < hi" in capsys.readouterr().err
+
+
+def test_python_dash_m_help():
+    r = subprocess.run([sys.executable, "-m", "mi", "--help"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "usage: mi" in r.stdout and "demo" in r.stdout and "score" in r.stdout
+
+
+def test_plots_return_figures():
+    import torch
+    from matplotlib.figure import Figure
+
+    from mi.plots import plot_histogram, plot_joint_histogram
+
+    a = torch.rand(1, 1, 20, 30)
+    fig = plot_histogram(a, num_bins=32)
+    assert isinstance(fig, Figure) and len(fig.axes) == 3
+    fig = plot_joint_histogram(a, 1 - a, num_bins=32, value_range="auto", log=False)
+    assert isinstance(fig, Figure)
+    with pytest.raises(ValueError, match="one shape"):
+        plot_joint_histogram(a, a[..., :10])

@@ -1,0 +1,128 @@
+"""The public API on a real GPU: the Triton backend against the torch backend and the float64 oracle.
+
+Marked ``gpu``: skipped without CUDA (run with ``pytest -m gpu`` on a GPU machine).
+"""
+
+import pytest
+import torch
+from oracle import dense_joint, to_bins
+from oracle import mutual_information as oracle_mi
+
+import mi
+
+pytestmark = pytest.mark.gpu
+CUDA = torch.device("cuda")
+
+
+def _pair(shape, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=gen)
+    y = torch.sin(3 * x) ** 2 + 0.05 * torch.rand(shape, generator=gen)
+    return x, y
+
+
+CASES = [
+    ((2, 1, 64, 48), 16, 0.5, "gaussian"),
+    ((3, 1, 37, 41), 64, 0.4, "gaussian"),
+    ((1, 1, 24, 20, 18), 32, 1.5, "gaussian"),
+    ((2, 1, 64, 64), 256, 0.5, "gaussian"),
+    ((2, 1, 50, 50), 24, 1.0, "bspline"),
+    ((2, 1, 50, 50), 24, 1.0, "mattes"),
+]
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize("shape,k,sigma,kernel", CASES, ids=[f"{c[0]}-K{c[1]}-s{c[2]}-{c[3]}" for c in CASES])
+def test_triton_matches_torch_and_oracle(shape, k, sigma, kernel, masked):
+    x, y = _pair(shape)
+    m = (torch.rand(shape) > 0.3).float() if masked else None
+    rng = ((0, 1), (0, 1.05))
+    outs = {}
+    for backend, dev in [("triton", CUDA), ("torch", CUDA), ("torch", "cpu")]:
+        xx, yy = x.to(dev), y.to(dev).requires_grad_()
+        mm = None if m is None else m.to(dev)
+        val = mi.mutual_information(
+            xx, yy, num_bins=k, sigma=sigma, kernel=kernel, value_range=rng, mask=mm, backend=backend
+        )
+        val.sum().backward()
+        outs[(backend, str(dev))] = (val.detach().cpu().double(), yy.grad.cpu().double())
+    ref_val, ref_grad = outs[("torch", "cpu")]
+    for key, (val, grad) in outs.items():
+        torch.testing.assert_close(val, ref_val, rtol=2e-5, atol=1e-6, msg=f"{key} value")
+        scale = ref_grad.abs().max().item()
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-3, atol=1e-4 * scale, msg=f"{key} grad")
+    if kernel == "gaussian" and x.numel() <= 20000:  # and the dense oracle, independently
+        b = shape[0]
+        u, v = to_bins(x, 0, 1, k).reshape(b, -1), to_bins(y, 0, 1.05, k).reshape(b, -1)
+        ref = oracle_mi(dense_joint(u, v, None if m is None else m.reshape(b, -1), k, sigma))
+        torch.testing.assert_close(outs[("triton", "cuda")][0], ref, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_deterministic_is_bitwise_reproducible(deterministic):
+    x, y = _pair((4, 1, 256, 256), seed=1)
+    x, y = x.cuda(), y.cuda()
+    x[:, :, :128] = 0.0  # a flat background: every pixel of it lands in the same bins
+    runs = []
+    for _ in range(3):
+        yy = y.clone().requires_grad_()
+        j = mi.joint_histogram(x, yy, num_bins=64, sigma=0.5, deterministic=deterministic)
+        (j * torch.arange(64.0, device=CUDA)).sum().backward()
+        runs.append((j, yy.grad))
+    if deterministic:
+        for j, g in runs[1:]:
+            assert torch.equal(j, runs[0][0]) and torch.equal(g, runs[0][1])
+    else:  # atomics: any order, same sums to float32 rounding
+        for j, _ in runs[1:]:
+            torch.testing.assert_close(j, runs[0][0], rtol=1e-5, atol=1e-9)
+
+
+def test_use_deterministic_algorithms_is_honoured():
+    x, y = _pair((2, 1, 128, 128), seed=2)
+    x, y = x.cuda(), y.cuda()
+    x[:, :, :64] = 0.5
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        a = mi.joint_histogram(x, y, num_bins=32)
+        b = mi.joint_histogram(x, y, num_bins=32)
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
+def test_half_precision_on_gpu(dtype, rtol):
+    """Half inputs are upcast; the oracle sees the same rounded inputs, so what remains is
+    float32 accumulation (bounds as on CPU: the inputs' own rounding dominates)."""
+    x, y = _pair((2, 1, 96, 96), seed=3)
+    xh, yh = x.to(dtype), y.to(dtype)
+    got = mi.mutual_information(xh.cuda(), yh.cuda(), num_bins=32, sigma=1.0, value_range=(0, 1.05))
+    assert got.dtype == dtype
+    u, v = to_bins(xh, 0, 1, 32).flatten(1), to_bins(yh, 0, 1.05, 32).flatten(1)
+    ref = oracle_mi(dense_joint(u, v, None, 32, 1.0))
+    torch.testing.assert_close(got.cpu().double(), ref, rtol=rtol, atol=0)
+
+
+def test_torch_compile_inductor_on_cuda():
+    def loss(x, y):
+        return mi.mutual_information(x, y, num_bins=32, sigma=1.0, normalize="studholme").sum()
+
+    x, y = _pair((2, 1, 64, 64), seed=4)
+    x, y = x.cuda(), y.cuda().requires_grad_()
+    got = torch.compile(loss, fullgraph=True)(x, y)
+    got.backward()
+    g = y.grad.clone()
+    y.grad = None
+    want = loss(x, y)
+    want.backward()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(g, y.grad)
+
+
+def test_large_volume_at_256_bins_matches_torch_backend():
+    x, y = _pair((1, 1, 160, 192, 224), seed=5)
+    x, y = x.cuda(), y.cuda()
+    a = mi.mutual_information(x, y, num_bins=256, sigma=0.5, value_range=(0, 1.05), backend="triton")
+    b = mi.mutual_information(x, y, num_bins=256, sigma=0.5, value_range=(0, 1.05), backend="torch")
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
