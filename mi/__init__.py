@@ -11,6 +11,7 @@ from .functional import (
     histogram2d,
     joint_histogram,
     mutual_information,
+    set_value_checks,
     triton_available,
 )
 from .information import entropies_from_joint, mutual_information_from_joint
@@ -28,5 +29,6 @@ __all__ = [
     "mutual_information_from_joint",
     "MutualInformation",
     "MutualInformationLoss",
+    "set_value_checks",
     "triton_available",
 ]

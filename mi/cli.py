@@ -209,31 +209,35 @@ def cmd_demo(args) -> int:
     y = torch.from_numpy(np.stack([b_aligned, b_rotated]))[:, None]
     values = scores(x, y, **kw)
     print(f"image a: {what}, {_shape(a)}, grey in [0, 1]")
-    print(f"image b: a second 'modality' of a: b = {REMAP}, "
-          f"unrotated and rotated {ROTATION_DEG:g} deg")
-    print(f"soft histograms: {args.bins} bins over [0, 1], "
-          f"Gaussian sigma {args.sigma:g} bin widths")
+    print(f"image b: a second 'modality' of a: b = {REMAP}, unrotated and rotated {ROTATION_DEG:g} deg")
+    print(f"soft histograms: {args.bins} bins over [0, 1], Gaussian sigma {args.sigma:g} bin widths")
     print()
     _print_table(values, ["a vs b (aligned)", f"a vs b rotated {ROTATION_DEG:g} deg"])
     aligned, rotated = (float(v) for v in values["mi"])
     verdict = ">" if aligned > rotated else "<="
-    print(f"\naligned MI {aligned:.4f} {verdict} rotated MI {rotated:.4f} nats: "
-          "MI peaks at alignment,")
+    print(f"\naligned MI {aligned:.4f} {verdict} rotated MI {rotated:.4f} nats: MI peaks at alignment,")
     r_aligned, r_rotated = (float(v) for v in values["pearson"])
-    print(f"whatever the intensity mapping; Pearson's correlation ({r_aligned:+.3f} aligned, "
-          f"{r_rotated:+.3f} rotated) does not see it.")
+    print(
+        f"whatever the intensity mapping; Pearson's correlation ({r_aligned:+.3f} aligned, "
+        f"{r_rotated:+.3f} rotated) does not see it."
+    )
 
     from mi.plots import plot_histogram, plot_joint_histogram
 
     out = Path(args.out)
     paths = [
-        _save(plot_histogram(a, num_bins=args.bins, sigma=args.sigma,
-                             title=f"a: {what.split()[0]}"),
-              out / "hist.png"),
-        _save(plot_joint_histogram(a, b_rotated, titles=("a", f"b rotated {ROTATION_DEG:g} deg"),
-                                   **kw), out / "jointhist.png"),
-        _save(plot_joint_histogram(a, b_aligned, titles=("a", f"b = {REMAP}"), **kw),
-              out / "jointhist_aligned.png"),
+        _save(
+            plot_histogram(a, num_bins=args.bins, sigma=args.sigma, title=f"a: {what.split()[0]}"),
+            out / "hist.png",
+        ),
+        _save(
+            plot_joint_histogram(a, b_rotated, titles=("a", f"b rotated {ROTATION_DEG:g} deg"), **kw),
+            out / "jointhist.png",
+        ),
+        _save(
+            plot_joint_histogram(a, b_aligned, titles=("a", f"b = {REMAP}"), **kw),
+            out / "jointhist_aligned.png",
+        ),
     ]
     print()
     for p in paths:
@@ -247,8 +251,10 @@ def cmd_demo(args) -> int:
 def cmd_score(args) -> int:
     a, b = read_image(args.a), read_image(args.b)
     if a.shape != b.shape:
-        raise CLIError(f"images differ in shape: {args.a} is {_shape(a)}, {args.b} is "
-                       f"{_shape(b)} (resample one onto the other first)")
+        raise CLIError(
+            f"images differ in shape: {args.a} is {_shape(a)}, {args.b} is "
+            f"{_shape(b)} (resample one onto the other first)"
+        )
     kw = dict(num_bins=args.bins, sigma=args.sigma, value_range=args.range)
     values = scores(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None], **kw)
     if args.range == "auto":
@@ -267,14 +273,54 @@ def cmd_score(args) -> int:
 
         out = Path(args.out)
         print()
-        p = _save(plot_histogram(a, num_bins=args.bins, sigma=args.sigma,
-                                 value_range=args.range, title=f"a: {Path(args.a).name}"),
-                  out / "hist.png")
+        p = _save(
+            plot_histogram(
+                a,
+                num_bins=args.bins,
+                sigma=args.sigma,
+                value_range=args.range,
+                title=f"a: {Path(args.a).name}",
+            ),
+            out / "hist.png",
+        )
         print(f"wrote {p}")
-        p = _save(plot_joint_histogram(a, b, titles=(f"a: {Path(args.a).name}",
-                                                     f"b: {Path(args.b).name}"), **kw),
-                  out / "jointhist.png")
+        p = _save(
+            plot_joint_histogram(a, b, titles=(f"a: {Path(args.a).name}", f"b: {Path(args.b).name}"), **kw),
+            out / "jointhist.png",
+        )
         print(f"wrote {p}")
+    return 0
+
+
+def cmd_register(args) -> int:
+    from PIL import Image
+
+    from . import register as reg
+
+    its = args.iterations[0] if args.iterations is not None and len(args.iterations) == 1 else args.iterations
+    kw = dict(levels=args.levels, iterations=its, lr=args.lr, progress=not args.quiet, num_bins=args.bins)
+    if (args.fixed is None) != (args.moving is None):
+        raise CLIError("give both FIXED and MOVING, or neither for the demo pair")
+    if args.fixed is not None:
+        reg.run_cli(args.fixed, args.moving, args.out, args.transform, **kw)
+        return 0
+    fixed, moving, true = reg.demo_pair()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, img in (("demo_fixed.png", fixed), ("demo_moving.png", moving)):
+        paths.append(out / name)
+        Image.fromarray(np.round(np.clip(np.asarray(img), 0, 1) * 255).astype(np.uint8)).save(paths[-1])
+    print(
+        f"demo pair: {paths[0]} and {paths[1]} (the photograph, and a copy rotated 7 deg, "
+        "shifted (6, -4) px and remapped sin(3x)^2)"
+    )
+    result = reg.run_cli(paths[0], paths[1], out, args.transform, **kw)["result"]
+    angle, centre, corner = reg.transform_error(result.matrix, true, result.fixed_shape)
+    print(
+        f"error against the known transform: rotation {angle:.3f} deg, {centre:.3f} px at the "
+        f"centre, {corner:.3f} px at the worst corner"
+    )
     return 0
 
 
@@ -289,38 +335,89 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p, out_help):
-        p.add_argument("--bins", type=int, default=256, metavar="K",
-                       help="number of bins (default 256, as the seed)")
-        p.add_argument("--sigma", type=float, default=0.4, metavar="S",
-                       help="Gaussian kernel std in bin widths (default 0.4, as the seed)")
-        p.add_argument("--out", default="out", metavar="DIR",
-                       help=f"{out_help} (default ./out/)")
+        p.add_argument(
+            "--bins", type=int, default=256, metavar="K", help="number of bins (default 256, as the seed)"
+        )
+        p.add_argument(
+            "--sigma",
+            type=float,
+            default=0.4,
+            metavar="S",
+            help="Gaussian kernel std in bin widths (default 0.4, as the seed)",
+        )
+        p.add_argument("--out", default="out", metavar="DIR", help=f"{out_help} (default ./out/)")
 
-    demo = sub.add_parser("demo", help="MI of a real image and a remapped, rotated copy; pictures",
-                          description="Takes a real picture that ships with matplotlib, makes a second "
-                          "'modality' of it (b = sin(3 pi a)^2, unrotated and rotated 10 "
-                          "degrees), prints MI, normalised MI and entropies of both pairs, and "
-                          "draws the histogram and joint histogram pictures.")
+    demo = sub.add_parser(
+        "demo",
+        help="MI of a real image and a remapped, rotated copy; pictures",
+        description="Takes a real picture that ships with matplotlib, makes a second "
+        "'modality' of it (b = sin(3 pi a)^2, unrotated and rotated 10 "
+        "degrees), prints MI, normalised MI and entropies of both pairs, and "
+        "draws the histogram and joint histogram pictures.",
+    )
     common(demo, "where hist.png, jointhist.png (rotated pair) and jointhist_aligned.png go")
-    demo.add_argument("--image", choices=("photo", "mri"), default="photo",
-                      help="photo: grace_hopper.jpg; mri: s1045.ima.gz (default photo)")
+    demo.add_argument(
+        "--image",
+        choices=("photo", "mri"),
+        default="photo",
+        help="photo: grace_hopper.jpg; mri: s1045.ima.gz (default photo)",
+    )
     demo.set_defaults(func=cmd_demo)
 
-    score = sub.add_parser("score", help="MI of two image files (PNG/JPEG, .npy, NIfTI)",
-                           description="Mutual information of two images of one shape. "
-                           "PNG/JPEG are read as grey in [0, 1]; .npy and .nii/.nii.gz "
-                           "(needs nibabel) keep their values.")
+    score = sub.add_parser(
+        "score",
+        help="MI of two image files (PNG/JPEG, .npy, NIfTI)",
+        description="Mutual information of two images of one shape. "
+        "PNG/JPEG are read as grey in [0, 1]; .npy and .nii/.nii.gz "
+        "(needs nibabel) keep their values.",
+    )
     score.add_argument("a", help="first image file")
     score.add_argument("b", help="second image file")
     common(score, "where hist.png (of A) and jointhist.png go")
-    score.add_argument("--range", type=_float_range, default="auto", metavar="auto|LO,HI",
-                       help="intensities mapped onto the bins: auto = each image's own "
-                       "min..max (default), or LO,HI for both")
-    score.add_argument("--normalize", choices=("none", "arithmetic", "studholme"),
-                       default="none", help="which number the final 'score' line gives "
-                       "(default none: plain MI in nats)")
+    score.add_argument(
+        "--range",
+        type=_float_range,
+        default="auto",
+        metavar="auto|LO,HI",
+        help="intensities mapped onto the bins: auto = each image's own "
+        "min..max (default), or LO,HI for both",
+    )
+    score.add_argument(
+        "--normalize",
+        choices=("none", "arithmetic", "studholme"),
+        default="none",
+        help="which number the final 'score' line gives (default none: plain MI in nats)",
+    )
     score.add_argument("--no-plots", action="store_true", help="write no pictures")
     score.set_defaults(func=cmd_score)
+
+    reg = sub.add_parser(
+        "register",
+        help="align MOVING to FIXED by maximising MI (rigid/affine)",
+        description="Rigid or affine registration of MOVING onto FIXED (2-D "
+        "PNG/JPEG/.npy, 3-D .npy or NIfTI) by maximising normalised MI over a "
+        "pyramid. Prints the transform (fixed pixel (x, y[, z]) -> moving pixel) "
+        "and MI before/after; writes the resampled image, a before/after picture "
+        "and the matrix. With no files: the demo pair (a photograph, and a copy "
+        "rotated 7 deg, shifted (6, -4) px and remapped sin(3x)^2), and the "
+        "error against the known transform.",
+    )
+    reg.add_argument("fixed", nargs="?", help="fixed image (omit both for the demo pair)")
+    reg.add_argument("moving", nargs="?", help="moving image, same number of dimensions")
+    reg.add_argument("-o", "--out", default="out", metavar="DIR", help="output folder (default ./out/)")
+    reg.add_argument("--transform", choices=("rigid", "affine"), default="rigid")
+    reg.add_argument("--levels", type=int, default=3, help="pyramid levels (default 3)")
+    reg.add_argument(
+        "--iterations",
+        type=int,
+        nargs="+",
+        default=None,
+        help="Adam steps per level, coarsest first (one value: all levels)",
+    )
+    reg.add_argument("--lr", type=float, default=0.5, help="step in pixels (default 0.5)")
+    reg.add_argument("--bins", type=int, default=32, help="histogram bins (default 32)")
+    reg.add_argument("--quiet", action="store_true", help="no progress bar")
+    reg.set_defaults(func=cmd_register)
     return parser
 
 

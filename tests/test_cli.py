@@ -78,16 +78,28 @@ def test_demo_writes_pictures_and_aligned_beats_rotated(tmp_path, capsys, image)
 
 def test_score_two_pngs(images, tmp_path, capsys):
     out_dir = tmp_path / "pics"
-    assert main(["score", str(images["a"]), str(images["b"]), "--bins", "32",
-                 "--out", str(out_dir)]) == 0
+    assert main(["score", str(images["a"]), str(images["b"]), "--bins", "32", "--out", str(out_dir)]) == 0
     out = capsys.readouterr().out
     related = _score(out)
     assert related == pytest.approx(_row(out, "MI (nats)")[0], abs=6e-5)
     _check_png(out_dir / "hist.png")
     _check_png(out_dir / "jointhist.png")
 
-    assert main(["score", str(images["a"]), str(images["c"]), "--bins", "32", "--no-plots",
-                 "--out", str(tmp_path / "none")]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(images["a"]),
+                str(images["c"]),
+                "--bins",
+                "32",
+                "--no-plots",
+                "--out",
+                str(tmp_path / "none"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert related > _score(out) >= 0
     assert not (tmp_path / "none").exists() and "wrote" not in out
@@ -110,8 +122,20 @@ def test_score_npy_volumes(tmp_path, capsys):
     a = rng.normal(size=(6, 16, 16)).astype(np.float32) * 100.0  # any units: --range auto
     np.save(tmp_path / "a.npy", a)
     np.save(tmp_path / "b.npy", -a)
-    assert main(["score", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--bins", "16",
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(tmp_path / "a.npy"),
+                str(tmp_path / "b.npy"),
+                "--bins",
+                "16",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert _row(out, "Pearson")[0] == pytest.approx(-1.0, abs=6e-5)
     assert _score(out) > 1.0  # b is a function of a: MI is about H(a)
@@ -154,8 +178,9 @@ def test_usage_errors(capsys):
 
 
 def test_python_dash_m_help():
-    r = subprocess.run([sys.executable, "-m", "mi", "--help"], capture_output=True, text=True,
-                       cwd=ROOT, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "mi", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     assert "usage: mi" in r.stdout and "demo" in r.stdout and "score" in r.stdout
 
@@ -173,3 +198,22 @@ def test_plots_return_figures():
     assert isinstance(fig, Figure)
     with pytest.raises(ValueError, match="one shape"):
         plot_joint_histogram(a, a[..., :10])
+
+
+def test_register_demo_pair(tmp_path, capsys):
+    """`mi register` with no files aligns the demo pair and reports its error (< 0.5 px, 0.5 deg)."""
+    import re
+
+    assert main(["register", "--out", str(tmp_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"rotation ([\d.]+) deg, ([\d.]+) px at the centre, ([\d.]+) px at the worst corner", out)
+    assert m, out
+    angle, centre, corner = map(float, m.groups())
+    assert angle < 0.5 and centre < 0.5 and corner < 0.5
+    for name in ("demo_moving_registered.png", "demo_moving_registration.png", "demo_moving_matrix.txt"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_register_needs_both_files(tmp_path, capsys):
+    assert main(["register", str(tmp_path / "a.png")]) == 2
+    assert "give both FIXED and MOVING" in capsys.readouterr().err

@@ -137,3 +137,16 @@ def test_loss_reductions():
     torch.testing.assert_close(mi.MutualInformationLoss(reduction="sum")(x, y), per.sum())
     ref = mi.mutual_information(x, y, num_bins=32, sigma=1.0, normalize="studholme")
     torch.testing.assert_close(per, -ref)
+
+
+def test_value_checks_can_be_turned_off():
+    bad = X.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    previous = mi.set_value_checks(False)
+    try:
+        out = mi.mutual_information(bad, Y)  # no host sync, no error: NaN flows through
+    finally:
+        assert mi.set_value_checks(previous) is False
+    assert torch.isnan(out[0])
+    with pytest.raises(ValueError, match="x contains NaN"):
+        mi.mutual_information(bad, Y)

@@ -100,18 +100,22 @@ def test_float64_accumulation_of_many_equal_samples():
     assert j[0, 3, 3].item() == pytest.approx(n * w * w, rel=1e-6)
 
 
+DOORS = {
+    "eager": (_autograd.joint_hist, _autograd.hist),
+    "custom_op": (_autograd.joint_hist_op, _autograd.hist_op),
+}
+
+
+@pytest.mark.parametrize("door", list(DOORS))  # the autograd.Function, and the op torch.compile sees
 @pytest.mark.parametrize("ku,kv", [("gaussian", "gaussian"), ("bspline", "bspline")])
-def test_gradcheck_float64(ku, kv):
+def test_gradcheck_float64(ku, kv, door):
+    joint, hist = DOORS[door]
     gen = torch.Generator().manual_seed(3)
     u = (torch.rand(2, 30, generator=gen, dtype=torch.float64) * 8).requires_grad_()
     v = (torch.rand(2, 30, generator=gen, dtype=torch.float64) * 8).requires_grad_()
     m = torch.rand(2, 30, generator=gen, dtype=torch.float64).requires_grad_()
-
-    def f(u, v, m):
-        return _autograd.joint_hist(u, v, m, 8, 0.7, ku, kv, "torch", False)
-
-    assert torch.autograd.gradcheck(f, (u, v, m))
-    assert torch.autograd.gradcheck(lambda u, m: _autograd.hist(u, m, 8, 0.7, ku, "torch", False), (u, m))
+    assert torch.autograd.gradcheck(lambda u, v, m: joint(u, v, m, 8, 0.7, ku, kv, "torch", False), (u, v, m))
+    assert torch.autograd.gradcheck(lambda u, m: hist(u, m, 8, 0.7, ku, "torch", False), (u, m))
 
 
 def test_opcheck():
@@ -119,6 +123,34 @@ def test_opcheck():
     u = (torch.rand(2, 50, generator=gen) * 8).requires_grad_()
     v = (torch.rand(2, 50, generator=gen) * 8).requires_grad_()
     m = torch.rand(2, 50, generator=gen).requires_grad_()
-    torch.library.opcheck(_autograd.joint_hist, (u, v, m, 8, 0.5, "gaussian", "gaussian", "torch", False))
-    torch.library.opcheck(_autograd.joint_hist, (u, v, None, 8, 0.5, "gaussian", "gaussian", "torch", False))
-    torch.library.opcheck(_autograd.hist, (u, m, 8, 0.5, "gaussian", "torch", False))
+    torch.library.opcheck(_autograd.joint_hist_op, (u, v, m, 8, 0.5, "gaussian", "gaussian", "torch", False))
+    torch.library.opcheck(
+        _autograd.joint_hist_op, (u, v, None, 8, 0.5, "gaussian", "gaussian", "torch", False)
+    )
+    torch.library.opcheck(_autograd.hist_op, (u, m, 8, 0.5, "gaussian", "torch", False))
+
+
+def test_entropies_backward_against_autograd_and_gradcheck():
+    """The hand-written backward of the entropies against autograd through the dense formula."""
+    from oracle import entropies
+
+    from mi.information import entropies_from_joint
+
+    gen = torch.Generator().manual_seed(6)
+    j = torch.rand(3, 7, 7, generator=gen, dtype=torch.float64)
+    j[0, 2] = 0.0  # an empty row: p_a = 0 there
+    j[1, :, 4] = 0.0  # an empty column
+    j[2] = 0.0  # all empty
+    j.requires_grad_()
+    w = torch.randn(3, 3, generator=gen, dtype=torch.float64)
+    got = torch.stack(entropies_from_joint(j), -1)
+    (got * w).sum().backward()
+    g_got, j.grad = j.grad.clone(), None
+    want = torch.stack(entropies(j), -1)
+    torch.testing.assert_close(got[:2], want[:2])
+    assert got[2].tolist() == [0.0, 0.0, 0.0]
+    (want[:2] * w[:2]).sum().backward()
+    torch.testing.assert_close(g_got[:2], j.grad[:2])
+    assert torch.isfinite(g_got).all()
+    jj = (torch.rand(2, 5, 5, generator=gen, dtype=torch.float64) + 0.1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: entropies_from_joint(t), (jj,))

@@ -1,0 +1,68 @@
+"""Triton kernels of the soft (joint) histogram op, installed as ``mi.kernels``.
+
+Inputs are in bin coordinates (bin centres 0..K-1), float32, shape (B, N); see
+``joint_hist.py`` and ``hist.py`` for the formulas. The launchers run on CUDA tensors, or
+on CPU tensors under ``TRITON_INTERPRET=1``.
+
+The kernel modules are imported on first use, not with this package: ``@triton.jit``
+decides between compiled and interpreted mode when a kernel is *defined*, so deferring
+that lets ``TRITON_INTERPRET`` be set any time before the first launch, and keeps
+``import mi`` working where Triton is not installed.
+"""
+
+import functools
+import importlib
+
+__all__ = [
+    "is_available",
+    "joint_hist_forward",
+    "joint_hist_backward",
+    "hist_forward",
+    "hist_backward",
+]
+
+
+@functools.cache
+def is_available():
+    """True when Triton can be imported (a GPU is not needed: see TRITON_INTERPRET)."""
+    try:
+        importlib.import_module("triton")
+        importlib.import_module("triton.language")
+    except Exception:  # ImportError, or a broken install (missing driver libraries)
+        return False
+    return True
+
+
+def _module(name):
+    if not is_available():
+        raise RuntimeError("mi.kernels needs Triton (pip install triton); it is not importable")
+    return importlib.import_module(f".{name}", __name__)
+
+
+def joint_hist_forward(
+    u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", deterministic=False
+):
+    """J (B, K, K) float32; see ``mi.kernels.joint_hist.joint_hist_forward``."""
+    return _module("joint_hist").joint_hist_forward(
+        u, v, m, num_bins, sigma, kernel_u, kernel_v, deterministic
+    )
+
+
+def joint_hist_backward(
+    u, v, m, grad, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian",
+    needs_u=True, needs_v=True, needs_m=False,
+):  # fmt: skip
+    """(du, dv, dm); see ``mi.kernels.joint_hist.joint_hist_backward``."""
+    return _module("joint_hist").joint_hist_backward(
+        u, v, m, grad, num_bins, sigma, kernel_u, kernel_v, needs_u, needs_v, needs_m
+    )
+
+
+def hist_forward(u, m, num_bins, sigma, kernel="gaussian", deterministic=False):
+    """H (B, K) float32; see ``mi.kernels.hist.hist_forward``."""
+    return _module("hist").hist_forward(u, m, num_bins, sigma, kernel, deterministic)
+
+
+def hist_backward(u, m, grad, num_bins, sigma, kernel="gaussian", needs_u=True, needs_m=False):
+    """(du, dm); see ``mi.kernels.hist.hist_backward``."""
+    return _module("hist").hist_backward(u, m, grad, num_bins, sigma, kernel, needs_u, needs_m)

@@ -1,0 +1,250 @@
+"""Soft joint histogram: fused Triton forward and backward, and their launchers.
+
+Naming chain: ``_joint_hist_fwd_kernel`` -> ``joint_hist_forward`` (and ``_bwd``); the
+autograd op in ``mi`` calls the launchers.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .utils import (
+    MAX_REPLICAS_JOINT,
+    block_sizes,
+    check_inputs,
+    ensure_contiguous,
+    finish_forward,
+    forward_scales,
+    kernel_id,
+    num_replicas,
+    use_deterministic,
+    window_size,
+)
+from .window import _window, _window_and_grad, _window_start
+
+
+@triton.jit
+def _joint_hist_fwd_kernel(
+    p_u,  # (B, N) fp32, bin coordinates along the first axis
+    p_v,  # (B, N) fp32, along the second axis
+    p_m,  # (B, N) fp32 pixel weights (read only if HAS_M)
+    p_ms,  # (B,) fp32, multiplier of m per row (read only if FIXED_POINT): 1 / max|m|
+    p_out,  # (REPLICAS, B, K, K): fp32, or int64 if FIXED_POINT; zeroed by the launcher
+    N,
+    K,
+    c_g,  # 1 / (2 sigma^2)
+    fp_scale,  # 2**bits, the fixed-point unit (FIXED_POINT only)
+    W_U: tl.constexpr,
+    W_V: tl.constexpr,
+    KIND_U: tl.constexpr,
+    KIND_V: tl.constexpr,
+    HAS_M: tl.constexpr,
+    FIXED_POINT: tl.constexpr,
+    REPLICAS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    """J[b, a, c] += sum_n m[b, n] w_u(u[b, n] - a) w_v(v[b, n] - c) over a block of pixels.
+
+    Grid (cdiv(N, BLOCK_N), B). Each pixel touches only its W_U x W_V window of bins
+    (a in [s_u, s_u + W_U), c in [s_v, s_v + W_V), s from ``_window_start``), so the
+    dense N x K weight matrices are never built.
+
+    Work per pixel: W_V window weights once, then per row i < W_U one weight and W_V
+    multiply-adds, i.e. about W_U * W_V atomic adds (zero contributions are masked out:
+    pixels with m = 0 or far outside the range issue none). Memory per pixel: reads u, v,
+    m (12 bytes); registers hold a (BLOCK_N, BLOCK_W) tile of v-window weights. Windows
+    wider than BLOCK_W loop over column chunks, so registers do not grow with W.
+
+    Reduction: atomics into REPLICAS private copies of J, the copy chosen by program id
+    (pid % REPLICAS) and summed by the launcher: real images have very peaked histograms
+    (a black background sends most pixels to the same bins) and same-address atomics
+    serialise; consecutive programs, which run at the same time, hit different copies.
+
+    FIXED_POINT (deterministic mode): each contribution, at most 1 after m is multiplied by
+    1 / max|m| of its row, is rounded to an integer multiple of 1 / fp_scale and added with
+    int64 atomics. Integer addition is associative, so the sum is bitwise identical whatever
+    the order; the launcher converts back, multiplying by max|m| / fp_scale.
+    """
+    i_n = tl.program_id(0).to(tl.int64)
+    i_b = tl.program_id(1).to(tl.int64)
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    o_x = i_b * N + o_n
+    b_u = tl.load(p_u + o_x, mask=m_n, other=0.0)
+    b_v = tl.load(p_v + o_x, mask=m_n, other=0.0)
+    if HAS_M:
+        b_m = tl.load(p_m + o_x, mask=m_n, other=0.0)
+    else:
+        b_m = tl.where(m_n, 1.0, 0.0)
+    if FIXED_POINT:
+        b_m = b_m * tl.load(p_ms + i_b)
+    b_su = _window_start(b_u, K, c_g, W_U, KIND_U)
+    b_sv = _window_start(b_v, K, c_g, W_V, KIND_V)
+    # bin offsets inside one K x K histogram stay int32 (the launcher checks K*K < 2**31)
+    p_o = p_out + ((i_n % REPLICAS) * tl.num_programs(1) + i_b) * K * K
+
+    for j0 in range(0, W_V, BLOCK_W):
+        o_j = j0 + tl.arange(0, BLOCK_W)
+        b_c = b_sv[:, None] + o_j[None, :]
+        m_c = m_n[:, None] & (o_j[None, :] < W_V)
+        b_wv = _window(b_v[:, None] - b_c.to(tl.float32), c_g, KIND_V) * b_m[:, None]
+        for i in range(W_U):
+            b_a = b_su + i
+            b_wu = _window(b_u - b_a.to(tl.float32), c_g, KIND_U)
+            b_val = b_wu[:, None] * b_wv
+            p_j = p_o + (b_a[:, None] * K + b_c)
+            m_j = m_c & (b_val != 0.0)
+            if FIXED_POINT:
+                # contributions are >= 0 (non-negative m), so +0.5 then truncation rounds
+                b_q = (b_val * fp_scale + 0.5).to(tl.int64)
+                tl.atomic_add(p_j, b_q, mask=m_j, sem="relaxed")
+            else:
+                tl.atomic_add(p_j, b_val, mask=m_j, sem="relaxed")
+
+
+@triton.jit
+def _joint_hist_bwd_kernel(
+    p_u,
+    p_v,
+    p_m,
+    p_g,  # (B, K, K) fp32: G = dL/dJ
+    p_du,  # (B, N) fp32 outputs, written only if NEEDS_*
+    p_dv,
+    p_dm,
+    N,
+    K,
+    c_g,
+    W_U: tl.constexpr,
+    W_V: tl.constexpr,
+    KIND_U: tl.constexpr,
+    KIND_V: tl.constexpr,
+    HAS_M: tl.constexpr,
+    NEEDS_U: tl.constexpr,
+    NEEDS_V: tl.constexpr,
+    NEEDS_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    """du, dv, dm of every pixel from G = dL/dJ, in one pass:
+
+        du[n] = m[n] sum_{a, c} w_u'(u[n] - a) G[a, c] w_v(v[n] - c)
+        dv[n] = m[n] sum_{a, c} w_u(u[n] - a) G[a, c] w_v'(v[n] - c)
+        dm[n] =      sum_{a, c} w_u(u[n] - a) G[a, c] w_v(v[n] - c)
+
+    over the pixel's W_U x W_V window (outside it every term is 0 to float32 rounding).
+    A gather: each pixel reads its window of G (cached: G is K*K*4 bytes), no atomics, so
+    the result is deterministic. Work per pixel: W_U * W_V loads of G and 2 to 3 multiply-
+    adds each; memory per pixel: reads u, v, m, writes up to 3 floats.
+    """
+    i_n = tl.program_id(0).to(tl.int64)
+    i_b = tl.program_id(1).to(tl.int64)
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    o_x = i_b * N + o_n
+    b_u = tl.load(p_u + o_x, mask=m_n, other=0.0)
+    b_v = tl.load(p_v + o_x, mask=m_n, other=0.0)
+    b_su = _window_start(b_u, K, c_g, W_U, KIND_U)
+    b_sv = _window_start(b_v, K, c_g, W_V, KIND_V)
+    p_gb = p_g + i_b * K * K
+
+    b_du = tl.zeros([BLOCK_N], dtype=tl.float32)
+    b_dv = tl.zeros([BLOCK_N], dtype=tl.float32)
+    b_dm = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for j0 in range(0, W_V, BLOCK_W):
+        o_j = j0 + tl.arange(0, BLOCK_W)
+        b_c = b_sv[:, None] + o_j[None, :]
+        m_c = m_n[:, None] & (o_j[None, :] < W_V)
+        b_wv, b_dwv = _window_and_grad(b_v[:, None] - b_c.to(tl.float32), c_g, KIND_V)
+        for i in range(W_U):
+            b_a = b_su + i
+            b_wu, b_dwu = _window_and_grad(b_u - b_a.to(tl.float32), c_g, KIND_U)
+            b_g = tl.load(p_gb + (b_a[:, None] * K + b_c), mask=m_c, other=0.0)
+            if NEEDS_U or NEEDS_M:
+                b_t = tl.sum(b_g * b_wv, axis=1)
+                if NEEDS_U:
+                    b_du += b_dwu * b_t
+                if NEEDS_M:
+                    b_dm += b_wu * b_t
+            if NEEDS_V:
+                b_dv += b_wu * tl.sum(b_g * b_dwv, axis=1)
+
+    if HAS_M:
+        b_m = tl.load(p_m + o_x, mask=m_n, other=0.0)
+        b_du = b_du * b_m
+        b_dv = b_dv * b_m
+    if NEEDS_U:
+        tl.store(p_du + o_x, b_du, mask=m_n)
+    if NEEDS_V:
+        tl.store(p_dv + o_x, b_dv, mask=m_n)
+    if NEEDS_M:
+        tl.store(p_dm + o_x, b_dm, mask=m_n)
+
+
+@ensure_contiguous
+def joint_hist_forward(
+    u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", deterministic=False
+):
+    """Unnormalised soft joint histogram J (B, K, K) float32 of bin coordinates u, v (B, N).
+
+    J[b, a, c] = sum_n m[b, n] w_u(u[b, n] - a) w_v(v[b, n] - c); m None means all ones.
+    ``deterministic`` (or torch's deterministic mode) accumulates in int64 fixed point:
+    bitwise identical run to run, each bin within N * max|m| * 2**-bits of the exact sum of
+    the float32 contributions (bits = ``utils.fixed_point_bits(N)``, 32 up to N = 2**30).
+    """
+    check_inputs(u, m, num_bins, sigma, v=v)
+    B, N = u.shape
+    K = int(num_bins)
+    ku, kv = kernel_id(kernel_u), kernel_id(kernel_v)
+    w_u, w_v = window_size(kernel_u, K, sigma), window_size(kernel_v, K, sigma)
+    block_n, block_w, num_warps = block_sizes(w_v)
+    fixed = use_deterministic(deterministic)
+    if B == 0 or N == 0:
+        return torch.zeros((B, K, K), dtype=torch.float32, device=u.device)
+    num_blocks = triton.cdiv(N, block_n)
+    dtype = torch.int64 if fixed else torch.float32
+    reps = num_replicas(num_blocks, B, K * K, 8 if fixed else 4, MAX_REPLICAS_JOINT)
+    out = torch.zeros((reps, B, K, K), dtype=dtype, device=u.device)
+    m_mul, fp_scale, back = forward_scales(m, B, N, fixed, u.device)
+    _joint_hist_fwd_kernel[(num_blocks, B)](
+        u, v, u if m is None else m, m_mul, out, N, K, 1.0 / (2.0 * float(sigma) ** 2), fp_scale,
+        W_U=w_u, W_V=w_v, KIND_U=ku, KIND_V=kv, HAS_M=m is not None, FIXED_POINT=fixed,
+        REPLICAS=reps, BLOCK_N=block_n, BLOCK_W=block_w, num_warps=num_warps,
+    )  # fmt: skip
+    return finish_forward(out, back)
+
+
+@ensure_contiguous
+def joint_hist_backward(
+    u, v, m, grad, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian",
+    needs_u=True, needs_v=True, needs_m=False,
+):  # fmt: skip
+    """(du, dv, dm), each (B, N) float32 or None, from grad = dL/dJ (B, K, K).
+
+    None for what is not needed; dm is None when m is None. A gather, no atomics:
+    deterministic.
+    """
+    check_inputs(u, m, num_bins, sigma, v=v)
+    B, N = u.shape
+    K = int(num_bins)
+    needs_m = bool(needs_m) and m is not None
+    grad = grad.to(torch.float32).contiguous()
+    if tuple(grad.shape) != (B, K, K):
+        raise ValueError(f"grad must have shape {(B, K, K)}, got {tuple(grad.shape)}")
+    du = torch.empty_like(u) if needs_u else None
+    dv = torch.empty_like(v) if needs_v else None
+    dm = torch.empty_like(m) if needs_m else None
+    if not (needs_u or needs_v or needs_m) or B == 0 or N == 0:
+        return du, dv, dm
+    ku, kv = kernel_id(kernel_u), kernel_id(kernel_v)
+    w_u, w_v = window_size(kernel_u, K, sigma), window_size(kernel_v, K, sigma)
+    block_n, block_w, num_warps = block_sizes(w_v)
+    _joint_hist_bwd_kernel[(triton.cdiv(N, block_n), B)](
+        u, v, u if m is None else m, grad,
+        u if du is None else du, u if dv is None else dv, u if dm is None else dm,
+        N, K, 1.0 / (2.0 * float(sigma) ** 2),
+        W_U=w_u, W_V=w_v, KIND_U=ku, KIND_V=kv, HAS_M=m is not None,
+        NEEDS_U=du is not None, NEEDS_V=dv is not None, NEEDS_M=dm is not None,
+        BLOCK_N=block_n, BLOCK_W=block_w, num_warps=num_warps,
+    )  # fmt: skip
+    return du, dv, dm

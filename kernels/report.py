@@ -1,0 +1,185 @@
+"""Ahead-of-time compile every kernel for sm_80 and sm_90 and report its resources.
+
+    python -m mi.kernels.report [--out bench/results/kernels_static.csv] [--arch 80 90]
+
+No GPU is needed: ``triton.compile`` builds the cubin for a ``GPUTarget`` and the
+``cuobjdump`` shipped in the Triton wheel prints registers, stack/local memory (spills)
+and static shared memory per kernel. Every configuration here is one the launchers
+actually use (block sizes from ``utils.block_sizes``). Exits non-zero if a kernel fails
+to compile or spills. Must not run under TRITON_INTERPRET (it is removed here before the
+kernel modules are imported).
+"""
+
+import argparse
+import csv
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from . import hist, joint_hist  # noqa: E402
+from .utils import (  # noqa: E402
+    KERNEL_IDS,
+    MAX_REPLICAS_HIST,
+    MAX_REPLICAS_JOINT,
+    block_sizes,
+    window_size,
+)
+
+COLUMNS = ["kernel", "arch", "config", "registers", "local_bytes", "shared_bytes"]
+
+#: (kernel_u, kernel_v, K, sigma): representative windows. sigma 0.4 is the seed's default
+#: (W 5), 1.0 (W 12), 4.0 the widest single chunk (W 47), 8.0 on K 256 a chunked one (W 93).
+WINDOWS = [
+    ("gaussian", "gaussian", 256, 0.4),
+    ("gaussian", "gaussian", 256, 1.0),
+    ("gaussian", "gaussian", 256, 4.0),
+    ("gaussian", "gaussian", 256, 8.0),
+    ("bspline", "bspline", 64, 1.0),
+    ("box", "bspline", 64, 1.0),
+]
+
+
+def _abbrev(kind):
+    return {"gaussian": "g", "bspline": "b", "box": "x"}[kind]
+
+
+def _signature(fn, constexprs):
+    """Triton types of the runtime arguments, from the kernels' naming convention:
+    ``p_*`` fp32 pointers (the fixed-point accumulator int64), N and K i32, the rest fp32."""
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name == "p_out" and constexprs.get("FIXED_POINT"):
+            sig[name] = "*i64"
+        elif name.startswith("p_"):
+            sig[name] = "*fp32"
+        else:
+            sig[name] = "i32" if name in ("N", "K") else "fp32"
+    return sig
+
+
+def _configs():
+    """Yield (kernel name, fn, config label, constexprs, num_warps) as the launchers use them."""
+    fwd2, bwd2 = joint_hist._joint_hist_fwd_kernel, joint_hist._joint_hist_bwd_kernel
+    fwd1, bwd1 = hist._hist_fwd_kernel, hist._hist_bwd_kernel
+    for ku, kv, k, sigma in WINDOWS:
+        w_u, w_v = window_size(ku, k, sigma), window_size(kv, k, sigma)
+        bn, bw, nw = block_sizes(w_v)
+        tag = f"{_abbrev(ku)}{w_u}x{_abbrev(kv)}{w_v}-BN{bn}-BW{bw}-nw{nw}"
+        common = dict(W_U=w_u, W_V=w_v, KIND_U=KERNEL_IDS[ku], KIND_V=KERNEL_IDS[kv], HAS_M=True)
+        common.update(BLOCK_N=bn, BLOCK_W=bw)
+        for fixed, mode in ((False, "float"), (True, "fixed")):
+            const = dict(common, FIXED_POINT=fixed, REPLICAS=MAX_REPLICAS_JOINT)
+            yield fwd2.__name__, fwd2, f"{tag}-{mode}", const, nw
+        yield bwd2.__name__, bwd2, tag, dict(common, NEEDS_U=True, NEEDS_V=True, NEEDS_M=True), nw
+    for kind, w in dict.fromkeys((ku, window_size(ku, k, s)) for ku, _, k, s in WINDOWS):
+        bn, bw, nw = block_sizes(w)
+        tag = f"{_abbrev(kind)}{w}-BN{bn}-BW{bw}-nw{nw}"
+        common = dict(W=w, KIND=KERNEL_IDS[kind], HAS_M=True, BLOCK_N=bn, BLOCK_W=bw)
+        for fixed, mode in ((False, "float"), (True, "fixed")):
+            const = dict(common, FIXED_POINT=fixed, REPLICAS=MAX_REPLICAS_HIST)
+            yield fwd1.__name__, fwd1, f"{tag}-{mode}", const, nw
+        yield bwd1.__name__, bwd1, tag, dict(common, NEEDS_U=True, NEEDS_M=True), nw
+
+
+def compile_cubin(fn, constexprs, arch, num_warps):
+    """(cubin bytes, dynamic shared bytes) of ``fn`` for sm_<arch>, with no GPU present."""
+    signature = _signature(fn, constexprs)
+    # pointers 16-byte aligned, as torch allocates them and the JIT would specialise
+    attrs = {
+        (fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, t in signature.items() if t.startswith("*")
+    }
+    target = GPUTarget("cuda", arch, 32)
+    options = {"num_warps": num_warps}
+    try:
+        src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+        compiled = triton.compile(src, target=target, options=options)
+    except (TypeError, AttributeError):  # a Triton whose attrs format differs: no hints
+        src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+        compiled = triton.compile(src, target=target, options=options)
+    return compiled.asm["cubin"], int(getattr(compiled.metadata, "shared", 0) or 0)
+
+
+def cuobjdump_path():
+    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+
+
+def resource_usage(cubin):
+    """{'REG', 'STACK', 'LOCAL', 'SHARED'}: ints from ``cuobjdump --dump-resource-usage``."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run(
+            [str(cuobjdump_path()), "--dump-resource-usage", f.name],
+            check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+    usage = {}
+    for key in ("REG", "STACK", "LOCAL", "SHARED"):
+        found = re.search(rf"\b{key}:(\d+)", out)
+        if found is None:
+            raise RuntimeError(f"no {key} in cuobjdump output:\n{out}")
+        usage[key] = int(found.group(1))
+    return usage
+
+
+def build_report(archs=(80, 90)):
+    """Rows of COLUMNS for every kernel, arch and configuration; raises if one fails."""
+    if not isinstance(joint_hist._joint_hist_fwd_kernel, triton.runtime.jit.JITFunction):
+        raise RuntimeError("kernels were defined under TRITON_INTERPRET; run without it")
+    rows = []
+    for name, fn, label, const, nw in _configs():
+        for arch in archs:
+            cubin, dyn_shared = compile_cubin(fn, const, arch, nw)
+            usage = resource_usage(cubin)
+            rows.append({
+                "kernel": name,
+                "arch": f"sm_{arch}",
+                "config": label,
+                "registers": usage["REG"],
+                "local_bytes": usage["STACK"] + usage["LOCAL"],
+                "shared_bytes": max(usage["SHARED"], dyn_shared),
+            })  # fmt: skip
+    return rows
+
+
+def _default_out():
+    root = Path(__file__).resolve().parent.parent
+    base = root if (root / "pyproject.toml").exists() else Path.cwd()
+    return base / "bench" / "results" / "kernels_static.csv"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=_default_out())
+    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    rows = build_report(tuple(args.arch))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    spills = [r for r in rows if r["local_bytes"] > 0]
+    print(
+        f"{len(rows)} kernel builds (triton {triton.__version__}) in "
+        f"{time.perf_counter() - t0:.0f} s -> {args.out}"
+    )
+    for r in spills:
+        print(f"SPILL {r['kernel']} {r['arch']} {r['config']}: {r['local_bytes']} bytes local")
+    return 1 if spills else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Launch heuristics and launcher plumbing for the histogram kernels, in one place.
+
+Nothing here imports Triton, so the report and the tests can reason about the
+configurations (window sizes, block sizes, replica counts) without compiling.
+"""
+
+import functools
+import math
+
+import torch
+
+#: Window kinds, by name, as the kernels know them (a ``tl.constexpr`` int).
+KERNEL_IDS = {"gaussian": 0, "bspline": 1, "box": 2}
+
+#: sqrt(48 ln 2): beyond this many sigmas the Gaussian is below 2**-24 of its peak, i.e.
+#: below float32 resolution; the window is the ceil(2 r) bins within r = this * sigma.
+GAUSSIAN_TRUNCATION = math.sqrt(48.0 * math.log(2.0))
+
+#: Widest window chunk one program holds in registers (columns of the pixel x window tile).
+#: A sigma of 4 bins gives W = ceil(2 * 5.77 * 4) = 47 -> one chunk of 64; wider
+#: windows loop over chunks of 64, so the register footprint does not grow with W.
+MAX_BLOCK_W = 64
+#: Elements of the (BLOCK_N, BLOCK_W) tile per program: 8 per thread at 4 warps.
+TILE_ELEMENTS = 1024
+MIN_BLOCK_N, MAX_BLOCK_N = 16, 1024
+NUM_WARPS = 4
+
+#: Privatised copies of the output the forward adds into (chosen by program id, summed
+#: at the end): a peaked histogram (black background) sends most pixels to the same few
+#: bins, and same-address atomics serialise in L2. More copies for the 1-D histogram,
+#: whose K bins are hotter than the K x K joint ones. Capped by REPLICA_BYTES in all.
+MAX_REPLICAS_JOINT = 16
+MAX_REPLICAS_HIST = 32
+REPLICA_BYTES = 64 << 20
+
+#: Fixed-point fraction bits of the deterministic forward (see ``fixed_point_bits``).
+FIXED_POINT_BITS = 32
+
+
+def kernel_id(name):
+    """The integer id of a window kind, with a clear error for an unknown name."""
+    try:
+        return KERNEL_IDS[name]
+    except KeyError:
+        raise ValueError(f"kernel must be one of {sorted(KERNEL_IDS)}, got {name!r}") from None
+
+
+def window_size(kernel, num_bins, sigma):
+    """W: how many consecutive bins one pixel touches along an axis (at most ``num_bins``).
+
+    ceil(2 r) for a support radius r: gaussian r = sqrt(48 ln 2) sigma (5 bins at sigma 0.4,
+    where round(x) +- ceil(5.77 sigma) would take 7); bspline (cubic, support (-2, 2)): 4;
+    box (nearest bin): 1. The same as the torch backend's ``mi._torch.window_size``.
+    """
+    kernel_id(kernel)
+    if kernel == "gaussian":
+        w = math.ceil(2.0 * GAUSSIAN_TRUNCATION * float(sigma))
+    elif kernel == "bspline":
+        w = 4
+    else:
+        w = 1
+    return max(1, min(w, int(num_bins)))
+
+
+def block_sizes(w_cols):
+    """(BLOCK_N, BLOCK_W, num_warps) for a window of ``w_cols`` bins along the tile's columns.
+
+    BLOCK_W covers the window (padded to a power of two, masked) up to MAX_BLOCK_W;
+    BLOCK_N pixels fill a tile of about TILE_ELEMENTS, so registers per thread stay flat
+    whatever W is (the spill-free condition the AOT report checks).
+    """
+    block_w = min(triton_next_power_of_2(w_cols), MAX_BLOCK_W)
+    block_n = max(MIN_BLOCK_N, min(MAX_BLOCK_N, TILE_ELEMENTS // block_w))
+    return block_n, block_w, NUM_WARPS
+
+
+def num_replicas(num_blocks, batch, elements, itemsize, max_replicas):
+    """How many privatised copies of a (batch, elements) output the forward accumulates into."""
+    by_memory = REPLICA_BYTES // max(1, batch * elements * itemsize)
+    return int(max(1, min(max_replicas, num_blocks, by_memory)))
+
+
+def fixed_point_bits(n):
+    """Fraction bits of the deterministic forward's int64 accumulator for ``n`` pixels per row.
+
+    Every contribution is scaled to at most 1 (m is divided by its row maximum, windows peak
+    at 1), so a bin's sum is at most n * 2**bits; bits = min(32, 62 - ceil(log2 n)) keeps
+    that below 2**62, a factor 2 clear of int64 overflow.
+    """
+    need = max(0, math.ceil(math.log2(max(1, int(n)))))
+    return min(FIXED_POINT_BITS, 62 - need)
+
+
+def triton_next_power_of_2(n):
+    """Smallest power of two >= n (as ``triton.next_power_of_2``, without importing Triton)."""
+    n = int(n)
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def use_deterministic(deterministic):
+    """The forward is deterministic when asked, or when torch is in deterministic mode."""
+    return bool(deterministic) or torch.are_deterministic_algorithms_enabled()
+
+
+def ensure_contiguous(fn):
+    """Make every tensor argument contiguous and run on the tensors' CUDA device.
+
+    Triton launches on the *current* CUDA device, so a tensor on cuda:1 needs cuda:1
+    current; CPU tensors (TRITON_INTERPRET=1) need nothing.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        args = [a.contiguous() if isinstance(a, torch.Tensor) else a for a in args]
+        kwargs = {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        first = next((a for a in [*args, *kwargs.values()] if isinstance(a, torch.Tensor)), None)
+        if first is not None and first.is_cuda:
+            with torch.cuda.device(first.device):
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def check_inputs(u, m, num_bins, sigma, v=None):
+    """Cheap launcher-side checks (the op validates user input; these catch wiring bugs)."""
+    for name, t in (("u", u), ("v", v), ("m", m)):
+        if t is None:
+            continue
+        if t.dtype != torch.float32:
+            raise TypeError(f"{name} must be float32 (the op upcasts), got {t.dtype}")
+        if t.dim() != 2 or t.shape != u.shape:
+            raise ValueError(f"{name} must have the shape (B, N) of u {tuple(u.shape)}, got {tuple(t.shape)}")
+        if t.device != u.device:
+            raise ValueError(f"{name} is on {t.device}, u on {u.device}")
+    if int(num_bins) < 2:
+        raise ValueError(f"num_bins must be >= 2, got {num_bins}")
+    if int(num_bins) ** 2 >= 2**31:
+        raise ValueError(f"num_bins**2 must be < 2**31 (int32 bin offsets), got {num_bins}")
+    if not float(sigma) > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    if u.shape[0] > 65535:
+        raise ValueError(f"at most 65535 rows per launch (grid axis 1), got {u.shape[0]}")
+
+
+def forward_scales(m, batch, n, fixed, device):
+    """(m multiplier per row (B,) fp32, fixed-point unit 2**bits, back-scale per row or None).
+
+    In fixed point a contribution m w_u w_v is scaled by 1 / max|m| of its row so that it is
+    at most 1, and the int64 sum is multiplied back by max|m| / 2**bits (the exact inverse
+    of the float32 multiplier used, so the only errors are the per-contribution rounding).
+    """
+    if not fixed:
+        return torch.ones(1, dtype=torch.float32, device=device), 1.0, None
+    bits = fixed_point_bits(n)
+    if m is None:
+        m_mul = torch.ones(batch, dtype=torch.float32, device=device)
+    else:
+        # 2**-100: an all-zero row must not give 1/0 (its contributions are 0 anyway)
+        m_mul = 1.0 / m.abs().amax(1).clamp_min(2.0**-100)
+    back = (1.0 / m_mul.double()) * 2.0**-bits
+    return m_mul, float(2.0**bits), back
+
+
+def finish_forward(out, back):
+    """Sum the replicas (exact in int64) and, in fixed point, convert back to float32."""
+    total = out[0] if out.shape[0] == 1 else out.sum(0)
+    if back is None:
+        return total
+    return (total.double() * back.view(-1, *([1] * (total.dim() - 1)))).float()

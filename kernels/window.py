@@ -1,0 +1,76 @@
+"""Per-axis window functions shared by the histogram kernels (Triton device functions).
+
+Window kinds are ``tl.constexpr`` ints (see ``utils.KERNEL_IDS``): 0 gaussian, 1 cubic
+B-spline, 2 box. ``c_g`` is 1 / (2 sigma^2), used by the gaussian only.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _window_start(b_x, K, c_g, W: tl.constexpr, KIND: tl.constexpr):
+    """First bin s = clamp(floor(x - r) + 1, 0, K - W) of each pixel's W-bin window.
+
+    r is the window's support radius: sqrt(48 ln 2) sigma for the gaussian (where it falls
+    below 2**-24 of its peak; sigma from c_g = 1 / (2 sigma^2)), 2 for the cubic B-spline,
+    1/2 for the box. The bins with |x - a| < r are the ceil(2 r) = W integers from
+    floor(x - r) + 1 on (``utils.window_size``). x is clamped to [-W-1, K+W+1] first so
+    that huge values cannot overflow the integer conversion; the start is clamped again as
+    an integer, so no bin index is ever outside [0, K) (even for NaN, whose conversion is
+    unspecified). Weights are computed from the real x, so a far-away pixel gets weight 0
+    in every bin of its (edge) window.
+    """
+    if KIND == 0:
+        r = tl.sqrt(16.635532333438686 / c_g)  # 24 ln 2 / c_g = 48 ln 2 sigma^2
+    elif KIND == 1:
+        r = 2.0
+    else:
+        r = 0.5
+    b_c = tl.minimum(tl.maximum(b_x, -W - 1.0), K + W + 1.0)
+    b_s = tl.floor(b_c - r).to(tl.int32) + 1
+    return tl.minimum(tl.maximum(b_s, 0), K - W)
+
+
+@triton.jit
+def _window(b_d, c_g, KIND: tl.constexpr):
+    """w(d) of the distance d (bin widths) of a sample from a bin centre."""
+    if KIND == 0:
+        b_w = tl.exp(-(b_d * b_d) * c_g)
+    elif KIND == 1:
+        b_a = tl.abs(b_d)
+        b_t = 2.0 - b_a
+        b_w = tl.where(
+            b_a < 1.0,
+            2.0 / 3.0 - b_a * b_a + 0.5 * b_a * b_a * b_a,
+            tl.where(b_a < 2.0, b_t * b_t * b_t * (1.0 / 6.0), 0.0),
+        )
+    else:
+        b_w = tl.where((b_d >= -0.5) & (b_d < 0.5), 1.0, 0.0)
+    return b_w
+
+
+@triton.jit
+def _window_and_grad(b_d, c_g, KIND: tl.constexpr):
+    """(w(d), w'(d)); the box window's derivative is 0 (piecewise constant)."""
+    if KIND == 0:
+        b_w = tl.exp(-(b_d * b_d) * c_g)
+        b_dw = -2.0 * c_g * b_d * b_w
+    elif KIND == 1:
+        b_a = tl.abs(b_d)
+        b_t = 2.0 - b_a
+        b_w = tl.where(
+            b_a < 1.0,
+            2.0 / 3.0 - b_a * b_a + 0.5 * b_a * b_a * b_a,
+            tl.where(b_a < 2.0, b_t * b_t * b_t * (1.0 / 6.0), 0.0),
+        )
+        b_sign = tl.where(b_d < 0.0, -1.0, 1.0)
+        b_dw = tl.where(
+            b_a < 1.0,
+            b_d * (1.5 * b_a - 2.0),
+            tl.where(b_a < 2.0, -0.5 * b_t * b_t * b_sign, 0.0),
+        )
+    else:
+        b_w = tl.where((b_d >= -0.5) & (b_d < 0.5), 1.0, 0.0)
+        b_dw = b_d * 0.0
+    return b_w, b_dw

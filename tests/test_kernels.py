@@ -1,0 +1,404 @@
+"""Triton kernels against the dense float64 oracle.
+
+Without a CUDA GPU every kernel runs in the Triton interpreter (TRITON_INTERPRET=1) on CPU
+tensors; with one, on CUDA tensors. Tests marked ``gpu`` need real CUDA tensors.
+
+Tolerance: |kernel - oracle| <= 1e-5 * max|oracle| (per output tensor). The truncated
+window drops weights below 2**-24 of the peak, each weight is a float32 evaluation
+(relative error a few 2**-24) and the float32 sums run over at most 1000 contributions
+in any order; the errors observed are below 5e-7 of the max, so 1e-5 leaves a margin
+without hiding a wrong bin or a missing window row (those are O(1) of the max).
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # must precede the first kernel definition
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import importlib  # noqa: E402
+
+import pytest  # noqa: E402
+from oracle import dense_hist, dense_joint  # noqa: E402
+
+from mi import kernels as mk  # noqa: E402
+
+utils = importlib.import_module("mi.kernels.utils")  # the launch heuristics
+
+pytestmark = pytest.mark.skipif(not mk.is_available(), reason="triton is not importable")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+RTOL = 1e-5
+gpu = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+# ---------------------------------------------------------------- inputs and helpers
+
+
+def make_inputs(B, N, K, seed, with_m=True):
+    """u, v in bin coordinates: spread over [-3, K + 2] (spilling both ends), with exact
+    bin centres and half-way points (the box window's edges), far-away values, a peaked
+    cluster (a black background) and, in m, some zero weights."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(B, N, generator=g) * (K + 5) - 3
+    v = torch.rand(B, N, generator=g) * (K + 5) - 3
+    special = torch.tensor([-1000.0, 1e6, -0.5, 0.0, 0.5, K - 1.0, K - 0.5, K - 1.5, 1.5, -2.0])
+    if N >= 2 * len(special):
+        u[:, : len(special)] = special
+        v[:, len(special) : 2 * len(special)] = special.flip(0)
+        v[:, : len(special)] = 0.25  # pairs the specials of u with an ordinary v
+    if N >= 100:
+        u[:, -40:] = 0.1  # peaked: many pixels in the same bins
+        v[:, -40:] = 0.2
+    m = None
+    if with_m:
+        m = torch.rand(B, N, generator=g)
+        m[:, ::7] = 0.0
+    to = lambda t: None if t is None else t.to(DEVICE)
+    return to(u), to(v), to(m)
+
+
+def assert_close(actual, expected, what):
+    assert actual is not None, f"{what}: missing"
+    assert actual.dtype == torch.float32, f"{what}: dtype {actual.dtype}"
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    actual = actual.detach().cpu().double()
+    assert torch.isfinite(actual).all(), f"{what}: not finite (an output not written?)"
+    scale = expected.abs().max().item()
+    err = (actual - expected).abs().max().item()
+    assert err <= RTOL * scale + 1e-30, f"{what}: max error {err:.3g} > {RTOL} * {scale:.3g}"
+
+
+def oracle_joint_grads(u, v, m, G, K, sigma, ku, kv):
+    """(du, dv, dm) by autograd through the dense float64 formula; zeros where no path."""
+    leaves = [t.detach().cpu().double().requires_grad_() if t is not None else None for t in (u, v, m)]
+    J = dense_joint(*leaves, num_bins=K, sigma=sigma, kernel_u=ku, kernel_v=kv)
+    if J.requires_grad:
+        (J * G.cpu().double()).sum().backward()
+    return [None if t is None else (t.grad if t.grad is not None else torch.zeros_like(t))
+            for t in leaves]  # fmt: skip
+
+
+def oracle_hist_grads(u, m, g, K, sigma, kernel):
+    leaves = [t.detach().cpu().double().requires_grad_() if t is not None else None for t in (u, m)]
+    H = dense_hist(*leaves, num_bins=K, sigma=sigma, kernel=kernel)
+    if H.requires_grad:
+        (H * g.cpu().double()).sum().backward()
+    return [None if t is None else (t.grad if t.grad is not None else torch.zeros_like(t))
+            for t in leaves]  # fmt: skip
+
+
+@pytest.fixture
+def nan_empty(monkeypatch):
+    """Fresh outputs start as NaN, so a kernel that forgets to write a pixel fails loudly."""
+    empty_like = torch.empty_like
+
+    def nan_empty_like(t, *args, **kwargs):
+        out = empty_like(t, *args, **kwargs)
+        return out.fill_(float("nan")) if out.is_floating_point() else out
+
+    monkeypatch.setattr(torch, "empty_like", nan_empty_like)
+
+
+# ---------------------------------------------------------------- the cases
+
+PAIRS = [("gaussian", "gaussian"), ("bspline", "bspline"), ("box", "bspline")]
+KS = [2, 5, 16, 64]
+SIGMAS = [0.1, 0.4, 1.0, 2.5]
+NS = [1, 37, 1000]
+
+
+def _joint_cases():
+    """Every pair x K (x sigma for the gaussian); N cycles through NS so each pair sees each N."""
+    cases = []
+    for ku, kv in PAIRS:
+        sigmas = SIGMAS if ku == "gaussian" else [1.0]
+        for K in KS:
+            for sigma in sigmas:
+                N = NS[len(cases) % len(NS)]
+                cases.append(pytest.param(ku, kv, K, sigma, N, id=f"{ku}-{kv}-K{K}-s{sigma}-N{N}"))
+    return cases
+
+
+VARIANTS = [
+    pytest.param(False, False, id="nom-float"),
+    pytest.param(True, False, id="m-float"),
+    pytest.param(False, True, id="nom-det"),
+    pytest.param(True, True, id="m-det"),
+]
+
+
+@pytest.mark.parametrize("with_m, deterministic", VARIANTS)
+@pytest.mark.parametrize("ku, kv, K, sigma, N", _joint_cases())
+def test_joint_forward(ku, kv, K, sigma, N, with_m, deterministic):
+    B = 2
+    u, v, m = make_inputs(B, N, K, seed=K * 1000 + N, with_m=with_m)
+    J = mk.joint_hist_forward(u, v, m, K, sigma, ku, kv, deterministic=deterministic)
+    assert_close(J, dense_joint(u.cpu(), v.cpu(), None if m is None else m.cpu(), K, sigma, ku, kv), "J")
+    if deterministic:
+        again = mk.joint_hist_forward(u, v, m, K, sigma, ku, kv, deterministic=True)
+        assert torch.equal(J, again), "deterministic forward is not bitwise reproducible"
+
+
+@pytest.mark.parametrize("with_m", [pytest.param(False, id="nom"), pytest.param(True, id="m")])
+@pytest.mark.parametrize("ku, kv, K, sigma, N", _joint_cases())
+def test_joint_backward(ku, kv, K, sigma, N, with_m, nan_empty):
+    B = 2
+    u, v, m = make_inputs(B, N, K, seed=K * 1000 + N + 1, with_m=with_m)
+    G = torch.randn(B, K, K, generator=torch.Generator().manual_seed(N)).to(DEVICE)
+    du, dv, dm = mk.joint_hist_backward(u, v, m, G, K, sigma, ku, kv, needs_m=True)
+    ru, rv, rm = oracle_joint_grads(u, v, m, G, K, sigma, ku, kv)
+    assert_close(du, ru, "du")
+    assert_close(dv, rv, "dv")
+    if m is None:
+        assert dm is None
+    else:
+        assert_close(dm, rm, "dm")
+
+
+def _hist_cases():
+    cases = []
+    for kernel in ("gaussian", "bspline", "box"):
+        sigmas = SIGMAS if kernel == "gaussian" else [1.0]
+        for K in KS:
+            for sigma in sigmas:
+                N = NS[len(cases) % len(NS)]
+                cases.append(pytest.param(kernel, K, sigma, N, id=f"{kernel}-K{K}-s{sigma}-N{N}"))
+    return cases
+
+
+@pytest.mark.parametrize("with_m, deterministic", VARIANTS)
+@pytest.mark.parametrize("kernel, K, sigma, N", _hist_cases())
+def test_hist_forward(kernel, K, sigma, N, with_m, deterministic):
+    B = 3
+    u, _, m = make_inputs(B, N, K, seed=K * 100 + N, with_m=with_m)
+    H = mk.hist_forward(u, m, K, sigma, kernel, deterministic=deterministic)
+    assert_close(H, dense_hist(u.cpu(), None if m is None else m.cpu(), K, sigma, kernel), "H")
+    if deterministic:
+        assert torch.equal(H, mk.hist_forward(u, m, K, sigma, kernel, deterministic=True))
+
+
+@pytest.mark.parametrize("with_m", [pytest.param(False, id="nom"), pytest.param(True, id="m")])
+@pytest.mark.parametrize("kernel, K, sigma, N", _hist_cases())
+def test_hist_backward(kernel, K, sigma, N, with_m, nan_empty):
+    B = 3
+    u, _, m = make_inputs(B, N, K, seed=K * 100 + N + 1, with_m=with_m)
+    g = torch.randn(B, K, generator=torch.Generator().manual_seed(N)).to(DEVICE)
+    du, dm = mk.hist_backward(u, m, g, K, sigma, kernel, needs_m=True)
+    ru, rm = oracle_hist_grads(u, m, g, K, sigma, kernel)
+    assert_close(du, ru, "du")
+    if m is None:
+        assert dm is None
+    else:
+        assert_close(dm, rm, "dm")
+
+
+@pytest.mark.parametrize(
+    "ku, kv, K, sigma, N",
+    [
+        pytest.param("gaussian", "box", 16, 0.7, 100, id="gaussian-box-K16-s0.7-N100"),
+        pytest.param("bspline", "gaussian", 16, 0.7, 100, id="bspline-gaussian-K16-s0.7-N100"),
+        pytest.param("box", "box", 16, 0.7, 100, id="box-box-K16-s0.7-N100"),
+        # W = min(2 * 47 + 1, 80) = 80 > MAX_BLOCK_W: the window is walked in chunks
+        pytest.param("gaussian", "gaussian", 80, 8.0, 50, id="gaussian-gaussian-K80-s8.0-N50"),
+    ],
+)
+def test_joint_other_pairs_and_wide_windows(ku, kv, K, sigma, N):
+    u, v, m = make_inputs(2, N, K, seed=21)
+    ref = dense_joint(u.cpu(), v.cpu(), m.cpu(), K, sigma, ku, kv)
+    for det in (False, True):
+        J = mk.joint_hist_forward(u, v, m, K, sigma, ku, kv, deterministic=det)
+        assert_close(J, ref, f"J det={det}")
+    G = torch.randn(2, K, K, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    got = mk.joint_hist_backward(u, v, m, G, K, sigma, ku, kv, needs_m=True)
+    for a, b, name in zip(got, oracle_joint_grads(u, v, m, G, K, sigma, ku, kv), "uvm"):
+        assert_close(a, b, f"d{name}")
+    if ku == kv == "gaussian":  # the 1-D kernels walk the same chunks
+        H = mk.hist_forward(u, m, K, sigma)
+        assert_close(H, dense_hist(u.cpu(), m.cpu(), K, sigma), "H")
+        g = G[:, 0]
+        got = mk.hist_backward(u, m, g, K, sigma, needs_m=True)
+        for a, b, name in zip(got, oracle_hist_grads(u, m, g, K, sigma, "gaussian"), "um"):
+            assert_close(a, b, f"d{name}")
+
+
+# ---------------------------------------------------------------- launcher behaviour
+
+
+@pytest.mark.parametrize(
+    "needs_u, needs_v, needs_m",
+    [(True, False, False), (False, True, False), (False, False, True), (False, False, False)],
+    ids=["u", "v", "m", "none"],
+)
+def test_joint_backward_only_what_is_needed(needs_u, needs_v, needs_m, nan_empty):
+    K, sigma = 8, 0.7
+    u, v, m = make_inputs(2, 50, K, seed=3)
+    G = torch.randn(2, K, K).to(DEVICE)
+    out = mk.joint_hist_backward(u, v, m, G, K, sigma, needs_u=needs_u, needs_v=needs_v,
+                                 needs_m=needs_m)  # fmt: skip
+    ref = oracle_joint_grads(u, v, m, G, K, sigma, "gaussian", "gaussian")
+    for got, want, needed, name in zip(out, ref, (needs_u, needs_v, needs_m), "uvm"):
+        if needed:
+            assert_close(got, want, f"d{name}")
+        else:
+            assert got is None, f"d{name} computed though not needed"
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # d*d of 3e38 -> inf
+def test_far_outside_only():
+    """Every pixel far outside the range: all-zero histogram, zero gradients, no NaN."""
+    K = 16
+    u = torch.tensor([[-1000.0, 1e6, -3e38, 3e38, -40.0]], device=DEVICE)
+    v = torch.tensor([[1e6, -1000.0, 3e38, 0.0, 5.0]], device=DEVICE)
+    for det in (False, True):
+        J = mk.joint_hist_forward(u, v, None, K, 1.0, deterministic=det)
+        assert J.abs().max().item() == 0.0 and torch.isfinite(J).all()
+    du, dv, _ = mk.joint_hist_backward(u, v, None, torch.ones(1, K, K, device=DEVICE), K, 1.0)
+    assert torch.isfinite(du).all() and torch.isfinite(dv).all()
+    assert du.abs().max().item() == 0.0
+
+
+def test_torch_deterministic_mode_is_honoured():
+    K = 16
+    u, v, m = make_inputs(2, 200, K, seed=5)
+    det = mk.joint_hist_forward(u, v, m, K, 0.4, deterministic=True)
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert utils.use_deterministic(False)
+        assert torch.equal(mk.joint_hist_forward(u, v, m, K, 0.4), det)
+        assert torch.equal(mk.hist_forward(u, m, K, 0.4), mk.hist_forward(u, m, K, 0.4, deterministic=True))
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_fixed_point_error_bound():
+    """Deterministic result is within N * max|m| * 2**-bits of the float64 sum (plus float32
+    evaluation of the weights), here with large weights to exercise the m rescaling."""
+    K, N = 16, 500
+    u, v, m = make_inputs(1, N, K, seed=9)
+    m = m * 1e4
+    J = mk.joint_hist_forward(u, v, m, K, 1.0, deterministic=True)
+    assert_close(J, dense_joint(u.cpu(), v.cpu(), m.cpu(), K, 1.0), "J")
+    bits = utils.fixed_point_bits(N)
+    assert bits == 32 and utils.fixed_point_bits(2**31) == 31
+
+
+def test_non_contiguous_inputs():
+    K = 8
+    base = torch.rand(300, 2, device=DEVICE) * K
+    u, v = base.t(), base.flip(1).t()  # (2, 300) views, not contiguous
+    assert not u.is_contiguous()
+    J = mk.joint_hist_forward(u, v, None, K, 0.5)
+    assert_close(J, dense_joint(u.cpu(), v.cpu(), None, K, 0.5), "J")
+
+
+def test_bad_inputs():
+    u = torch.rand(2, 10, device=DEVICE)
+    with pytest.raises(TypeError, match="float32"):
+        mk.joint_hist_forward(u.double(), u.double(), None, 8, 1.0)
+    with pytest.raises(ValueError, match="shape"):
+        mk.joint_hist_forward(u, u[:, :5], None, 8, 1.0)
+    with pytest.raises(ValueError, match="kernel"):
+        mk.hist_forward(u, None, 8, 1.0, kernel="triangle")
+    with pytest.raises(ValueError, match="num_bins"):
+        mk.hist_forward(u, None, 1, 1.0)
+
+
+def test_empty():
+    u = torch.zeros(2, 0, device=DEVICE)
+    assert mk.joint_hist_forward(u, u, None, 4, 1.0).abs().sum().item() == 0.0
+    assert mk.hist_forward(u, None, 4, 1.0).shape == (2, 4)
+
+
+def test_window_sizes():
+    assert utils.window_size("gaussian", 256, 0.4) == 5  # ceil(2 * 5.77 * 0.4)
+    assert utils.window_size("gaussian", 256, 4.0) == 47
+    assert utils.window_size("gaussian", 5, 2.5) == 5  # capped at K
+    assert utils.window_size("bspline", 3, 1.0) == 3
+    assert utils.window_size("box", 64, 1.0) == 1
+    from mi import _torch  # the two backends use the same windows
+
+    for kind in ("gaussian", "bspline", "box"):
+        for k, sigma in [(256, 0.05), (256, 0.4), (64, 0.5), (256, 1.3), (16, 3.0), (256, 8.0)]:
+            assert utils.window_size(kind, k, sigma) == _torch.window_size(kind, sigma, k)
+    for w in (1, 4, 5, 47, 93, 256):
+        bn, bw, _ = utils.block_sizes(w)
+        assert bw >= min(w, utils.MAX_BLOCK_W) and bn * bw <= 4 * utils.TILE_ELEMENTS
+
+
+# ---------------------------------------------------------------- real GPU only
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("ku, kv", PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+def test_gpu_medium_against_oracle(ku, kv):
+    K, sigma, B, N = 64, 1.3, 2, 20000
+    u, v, m = make_inputs(B, N, K, seed=11)
+    ref = dense_joint(u.cpu(), v.cpu(), m.cpu(), K, sigma, ku, kv)
+    for det in (False, True):
+        assert_close(mk.joint_hist_forward(u, v, m, K, sigma, ku, kv, deterministic=det), ref, "J")
+    G = torch.randn(B, K, K, device=DEVICE)
+    got = mk.joint_hist_backward(u, v, m, G, K, sigma, ku, kv, needs_m=True)
+    for a, b, name in zip(got, oracle_joint_grads(u, v, m, G, K, sigma, ku, kv), "uvm"):
+        assert_close(a, b, f"d{name}")
+
+
+@gpu
+@needs_cuda
+def test_gpu_deterministic_is_bitwise():
+    K, B, N = 128, 2, 1 << 20
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    u = torch.randn(B, N, device=DEVICE, generator=g) * 10 + 40
+    v = (u * 0.5 + torch.randn(B, N, device=DEVICE, generator=g) * 5).clamp(-5, 140)
+    m = torch.rand(B, N, device=DEVICE, generator=g)
+    first = mk.joint_hist_forward(u, v, m, K, 1.0, deterministic=True)
+    for _ in range(3):
+        assert torch.equal(first, mk.joint_hist_forward(u, v, m, K, 1.0, deterministic=True))
+    h = mk.hist_forward(u, m, K, 1.0, deterministic=True)
+    assert torch.equal(h, mk.hist_forward(u, m, K, 1.0, deterministic=True))
+    fast = mk.joint_hist_forward(u, v, m, K, 1.0)
+    torch.testing.assert_close(fast, first, rtol=1e-4, atol=1e-4 * first.abs().max().item())
+    G = torch.randn(B, K, K, device=DEVICE)
+    a = mk.joint_hist_backward(u, v, m, G, K, 1.0, needs_m=True)
+    b = mk.joint_hist_backward(u, v, m, G, K, 1.0, needs_m=True)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@gpu
+@needs_cuda
+def test_gpu_peaked_histogram():
+    """All pixels in one bin (black background): heavy same-address contention, exact sums."""
+    K, N = 32, 1 << 22
+    u = torch.full((1, N), 3.0, device=DEVICE)
+    for det in (False, True):
+        J = mk.joint_hist_forward(u, u, None, K, 1.0, "box", "box", deterministic=det)
+        assert J[0, 3, 3].item() == N and J.sum().item() == N
+        H = mk.hist_forward(u, None, K, 1.0, "box", deterministic=det)
+        assert H[0, 3].item() == N
+
+
+@gpu
+@needs_cuda
+def test_gpu_offsets_past_2_31():
+    """Rows that start past 2**31 elements: int64 offsets (int32 ones would wrap)."""
+    B, N, K, far = 3, 1 << 30, 4, 64  # N - far = 2**6 (2**24 - 1): exact in float32
+    free, _ = torch.cuda.mem_get_info()
+    if free < 40 * 2**30:
+        pytest.skip("needs about 40 GiB of free GPU memory")
+    u = torch.arange(B, device=DEVICE, dtype=torch.float32)[:, None].expand(B, N).contiguous()
+    u[:, -far:] = 1e6  # the last pixels of each row are far away: weight 0
+    J = mk.joint_hist_forward(u, u, None, K, 1.0, "box", "box", deterministic=True)
+    H = mk.hist_forward(u, None, K, 1.0, "box", deterministic=True)
+    for b in range(B):
+        assert J[b, b, b].item() == N - far and H[b, b].item() == N - far
+    assert J.double().sum().item() == B * (N - far) and H.double().sum().item() == B * (N - far)
+    del J, H
+    m = torch.ones_like(u)
+    g = torch.arange(B * K, device=DEVICE, dtype=torch.float32).view(B, K) + 1
+    _, dm = mk.hist_backward(u, m, g, K, 1.0, "box", needs_u=False, needs_m=True)
+    for b in range(B):
+        assert dm[b, 0].item() == g[b, b].item() and dm[b, -far - 1].item() == g[b, b].item()
+        assert dm[b, -far:].abs().max().item() == 0.0

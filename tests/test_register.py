@@ -1,0 +1,303 @@
+"""mi.register: the pixel <-> affine_grid conversion, accuracy on known transforms, bad input.
+
+Accuracy is measured against the known transform of the demo pairs:
+* rotation error: the angle of R_found @ R_true^T, in degrees;
+* translation error: the displacement error |A_found p - A_true p| in pixels, at the fixed
+  image's centre and (max) over its corners (the corner error includes the rotation error
+  times the half diagonal, so it is the stricter of the two; both are asserted).
+The registrations run with fewer iterations than the defaults (60/30/15) to stay short.
+"""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mi.register import (
+    RegisterError,
+    RegistrationResult,
+    _rigid_matrix,
+    cli_main,
+    demo_pair,
+    demo_volume_pair,
+    load_image,
+    matrix_to_theta,
+    register,
+    run_cli,
+    theta_to_matrix,
+    warp,
+)
+
+FAST = dict(iterations=(60, 30, 15), progress=False)
+
+
+def _errors(result: RegistrationResult, true: torch.Tensor):
+    """(rotation error in degrees, centre error in px, max corner error in px)."""
+    d = result.dim
+    diff = result.rotation @ true[:d, :d].T
+    angle = math.degrees(math.acos(max(-1.0, min(1.0, (diff.trace().item() - (d - 2)) / 2))))
+    sizes = list(reversed(result.fixed_shape))
+    corners = torch.tensor(list(itertools.product(*[(0, s - 1) for s in sizes])), dtype=torch.float64)
+    pts = torch.cat([result.center[None], corners])
+    err = (result.transform_points(pts) - (pts @ true[:d, :d].T + true[:d, d])).norm(dim=1)
+    return angle, err[0].item(), err[1:].max().item()
+
+
+# ---------------------------------------------------------------- coordinate conversion
+
+
+def _sample(moving, matrix, fixed_shape):
+    theta = matrix_to_theta(matrix, fixed_shape, moving.shape)
+    grid = F.affine_grid(theta.float()[None], (1, 1, *fixed_shape), align_corners=False)
+    return F.grid_sample(moving[None, None], grid, align_corners=False)[0, 0]
+
+
+def test_theta_shifted_impulse_2d():
+    """A = translation by (tx, ty) = (2, -1): warped(p) = moving(p + t), so the impulse at
+    moving (x=7, y=3) lands at fixed (x=5, y=4); fixed and moving shapes differ."""
+    moving = torch.zeros(9, 12)
+    moving[3, 7] = 1.0
+    a = torch.eye(3, dtype=torch.float64)
+    a[:2, 2] = torch.tensor([2.0, -1.0])
+    warped = _sample(moving, a, (10, 8))
+    expected = torch.zeros(10, 8)
+    expected[4, 5] = 1.0
+    torch.testing.assert_close(warped, expected, atol=1e-6, rtol=0)
+
+
+def test_theta_shifted_impulse_3d():
+    """(x, y, z) order in 3-D: shift (1, -2, 1) moves the impulse at (x=2, y=3, z=4) to
+    (x=1, y=5, z=3), i.e. volume index [3, 5, 1]."""
+    moving = torch.zeros(6, 7, 8)
+    moving[4, 3, 2] = 1.0
+    a = torch.eye(4, dtype=torch.float64)
+    a[:3, 3] = torch.tensor([1.0, -2.0, 1.0])
+    warped = _sample(moving, a, (6, 7, 8))
+    expected = torch.zeros(6, 7, 8)
+    expected[3, 5, 1] = 1.0
+    torch.testing.assert_close(warped, expected, atol=1e-6, rtol=0)
+
+
+def test_theta_quarter_turn_non_square():
+    """A 90-degree rotation between a 5x7 moving and a 7x5 fixed image is an exact
+    permutation of pixels: x_m = y, y_m = 4 - x, so warped[y, x] = moving[4 - x, y]."""
+    moving = torch.rand(5, 7)
+    a = torch.tensor([[0.0, 1.0, 0.0], [-1.0, 0.0, 4.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    warped = _sample(moving, a, (7, 5))
+    torch.testing.assert_close(warped, moving.flip(0).T, atol=1e-6, rtol=0)
+    torch.testing.assert_close(theta_to_matrix(matrix_to_theta(a, (7, 5), (5, 7)), (7, 5), (5, 7)), a)
+
+
+def test_theta_matches_simpleitk_resample():
+    """Our warp of a rotated + shifted matrix equals SimpleITK's Resample with the same
+    matrix as an AffineTransform (fixed physical = index (x, y), spacing 1, origin 0)."""
+    sitk = pytest.importorskip("SimpleITK")
+    torch.manual_seed(0)
+    moving = torch.rand(20, 30)
+    a = _rigid_matrix(math.radians(10.0), (1.3, -0.7), (6.0, 9.5))
+    ours, overlap = warp(moving, a, (24, 18))
+    tx = sitk.AffineTransform(2)
+    tx.SetMatrix(a[:2, :2].flatten().tolist())
+    tx.SetTranslation(a[:2, 2].tolist())
+    ref = sitk.Image(18, 24, sitk.sitkFloat32)  # size is (x, y) = (W, H)
+    theirs = sitk.Resample(sitk.GetImageFromArray(moving.numpy()), ref, tx, sitk.sitkLinear, 0.0)
+    theirs = torch.from_numpy(sitk.GetArrayFromImage(theirs))
+    inside = overlap[0, 0] > 0.999
+    assert inside.sum() > 100
+    torch.testing.assert_close(ours[0, 0][inside], theirs[inside], atol=1e-5, rtol=0)
+
+
+def test_result_helpers():
+    a = _rigid_matrix(math.radians(7.0), (6.0, -4.0), (79.5, 95.5))
+    eye = torch.eye(3)
+    r = RegistrationResult(a, eye[:2], eye, [], 1.0, 1.0, "rigid", torch.tensor([79.5, 95.5]).double())
+    assert r.angle_deg == pytest.approx(7.0)
+    torch.testing.assert_close(r.translation, torch.tensor([6.0, -4.0], dtype=torch.float64))
+    a3 = _rigid_matrix(torch.tensor([0.0, math.radians(5.0), 0.0]), (1.0, 2.0, 3.0), (9.5,) * 3)
+    r3 = RegistrationResult(a3, a3[:3], eye, [], 1.0, 1.0, "rigid", torch.full((3,), 9.5).double())
+    torch.testing.assert_close(r3.rotation_vector_deg, torch.tensor([0.0, 5.0, 0.0]).double())
+    torch.testing.assert_close(r3.translation, torch.tensor([1.0, 2.0, 3.0]).double())
+
+
+# ---------------------------------------------------------------- accuracy
+
+
+@pytest.fixture(scope="module")
+def pair2d():
+    return demo_pair()
+
+
+def test_demo_pair_2d_rigid(pair2d):
+    """7 degrees + (6, -4) px on a 192x160 photo vs its sin(3x)^2 remap: recovered to
+    0.5 degree and 0.5 px (typically ~0.03 degree, ~0.1 px)."""
+    torch.manual_seed(0)
+    fixed, moving, true = pair2d
+    r = register(fixed, moving, transform="rigid", **FAST)
+    angle, centre, corner = _errors(r, true)
+    print(f"2-D rigid: {angle:.3f} deg, centre {centre:.3f} px, corners {corner:.3f} px")
+    assert angle < 0.5 and centre < 0.5 and corner < 0.5
+    assert r.angle_deg == pytest.approx(7.0, abs=0.5)
+    assert r.mi_after > r.mi_before + 0.1
+    assert r.warped.shape == fixed.shape and len(r.loss_history) == 105
+    d_theta = matrix_to_theta(r.matrix, fixed.shape, moving.shape) - r.theta
+    assert d_theta.abs().max() < 1e-12
+
+
+def test_volume_3d_rigid():
+    """40^3 blobs rotated by (3, -2, 4) degrees (rotation vector) and shifted by
+    (2.5, -1.5, 2) voxels, remapped: recovered to 0.5 degree and 0.5 voxel (measured
+    0.04-0.2 degree, <= 0.2 voxel at the corners, depending on the schedule)."""
+    torch.manual_seed(0)
+    fixed, moving, true = demo_volume_pair()
+    r = register(fixed, moving, transform="rigid", **FAST)
+    angle, centre, corner = _errors(r, true)
+    print(f"3-D rigid: {angle:.3f} deg, centre {centre:.3f} vox, corners {corner:.3f} vox")
+    assert angle < 0.5 and centre < 0.5 and corner < 0.5
+    assert r.mi_after > r.mi_before
+
+
+# ---------------------------------------------------------------- options
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A 48x40 cut of the demo pair (cheap) and its true matrix (same pixel grid)."""
+    fixed, moving, true = demo_pair(shape=(48, 40))
+    return fixed, moving, true
+
+
+def test_initial_is_the_starting_point(small):
+    fixed, moving, true = small
+    for kind in ("rigid", "affine"):
+        r = register(
+            fixed, moving, transform=kind, initial=true, levels=1, iterations=1, lr=1e-4, progress=False
+        )
+        torch.testing.assert_close(r.matrix, true, atol=1e-3, rtol=0)
+
+
+def test_loss_keywords_and_custom_loss(small):
+    fixed, moving, _ = small
+    r = register(fixed, moving, levels=1, iterations=2, progress=False, kernel="gaussian", sigma=0.5)
+    assert len(r.loss_history) == 2
+    r = register(fixed, moving, levels=1, iterations=2, progress=False, loss={"num_bins": 16})
+    assert len(r.loss_history) == 2
+    seen = []
+
+    def loss(f, w, weights):
+        seen.append(weights.detach())
+        return ((f - w) ** 2 * weights).mean()
+
+    shift = torch.eye(3, dtype=torch.float64)
+    shift[0, 2] = 10.0  # fixed x >= 30 samples beyond the moving image's right edge
+    register(fixed, moving, levels=1, iterations=1, initial=shift, loss=loss, progress=False)
+    weights = seen[0][0, 0]
+    assert weights.shape == fixed.shape
+    assert weights[:, 31:].max() == 0 and weights[:, :29].min() > 0.999
+    mask = torch.zeros_like(fixed, dtype=torch.bool)
+    mask[10:30, 5:20] = True
+    seen.clear()
+    register(fixed, moving, levels=1, iterations=1, mask=mask, loss=loss, progress=False)
+    assert torch.equal(seen[0][0, 0] > 0, mask)
+
+
+def test_progress_bar(small, capsys):
+    fixed, moving, _ = small
+    register(fixed, moving, levels=2, iterations=2)
+    err = capsys.readouterr().err
+    assert "level 1/2" in err and "level 2/2" in err and "2/2 loss" in err
+    register(fixed, moving, levels=1, iterations=2, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _bad_cases():
+    img = torch.rand(32, 32)
+    vol = torch.rand(16, 16, 16)
+    eye = np.eye(3)
+    singular = np.eye(3)
+    singular[1, 1] = 0.0
+    scaled = np.diag([2.0, 1.0, 1.0])
+    last = np.eye(3)
+    last[2, 0] = 1.0
+    return [
+        (dict(transform="similarity"), ValueError, "transform"),
+        (dict(transform=3), TypeError, "transform"),
+        (dict(moving=vol), ValueError, "both be 2-D or both 3-D"),
+        (dict(initial=np.eye(4)), ValueError, "3x3"),
+        (dict(initial=singular, transform="affine"), ValueError, "not invertible"),
+        (dict(initial=scaled), ValueError, "rotation"),
+        (dict(initial=last), ValueError, "last row"),
+        (dict(initial="eye"), TypeError, "initial"),
+        (dict(initial=eye * np.nan), ValueError, "NaN"),
+        (dict(levels=0), ValueError, "levels"),
+        (dict(levels=2.0), TypeError, "levels"),
+        (dict(levels=5), ValueError, "fewer levels"),
+        (dict(iterations=(5, 5)), ValueError, "one count per level"),
+        (dict(iterations=0), ValueError, "iterations"),
+        (dict(lr=0.0), ValueError, "lr"),
+        (dict(mask=torch.ones(16, 16)), ValueError, "mask"),
+        (dict(mask=torch.zeros(32, 32)), ValueError, "no pixel"),
+        (dict(mask=-torch.ones(32, 32)), ValueError, "non-negative"),
+        (dict(fixed=torch.rand(2, 1, 32, 32)), ValueError, "single-channel"),
+        (dict(fixed=torch.rand(32)), ValueError, "2-D"),
+        (dict(fixed=torch.ones(32, 32, dtype=torch.bool)), TypeError, "real"),
+        (dict(fixed=[[0.0]]), TypeError, "fixed"),
+        (dict(fixed=img.clone().fill_(float("nan"))), ValueError, "NaN"),
+        (dict(loss=torch.nn.MSELoss(), num_bins=8), TypeError, "loss"),
+        (dict(loss=3), TypeError, "loss"),
+    ]
+
+
+@pytest.mark.parametrize("kwargs, exc, words", _bad_cases())
+def test_bad_input(kwargs, exc, words):
+    args = dict(fixed=torch.rand(32, 32), moving=torch.rand(32, 32), iterations=1, progress=False)
+    args.update(levels=3, **kwargs) if "levels" not in kwargs else args.update(kwargs)
+    with pytest.raises(exc, match=words):
+        register(args.pop("fixed"), args.pop("moving"), **args)
+
+
+# ---------------------------------------------------------------- files and command line
+
+
+def test_run_cli_2d_png_and_3d_npy(small, tmp_path, capsys):
+    from PIL import Image
+
+    fixed, moving, _ = small
+    for name, img in (("fixed.png", fixed), ("moving.png", moving)):
+        Image.fromarray((img.numpy() * 255).round().astype(np.uint8)).save(tmp_path / name)
+    paths = run_cli(tmp_path / "fixed.png", tmp_path / "moving.png", tmp_path / "out", levels=1, iterations=2)
+    out = capsys.readouterr().out
+    assert "before" in out and "after" in out and "rotation" in out
+    assert paths["warped"].suffix == ".png" and paths["figure"].stat().st_size > 10_000
+    assert Image.open(paths["warped"]).size == (40, 48)
+    assert np.loadtxt(paths["matrix"]).shape == (3, 3)
+    vol = torch.rand(16, 16, 16).numpy()
+    np.save(tmp_path / "a.npy", vol)
+    np.save(tmp_path / "b.npy", vol)
+    paths = run_cli(tmp_path / "a.npy", tmp_path / "b.npy", tmp_path, "affine", levels=1, iterations=2)
+    assert np.load(paths["warped"]).shape == (16, 16, 16)
+    assert np.loadtxt(paths["matrix"]).shape == (4, 4)
+
+
+def test_load_image_errors(tmp_path, capsys):
+    with pytest.raises(RegisterError, match="no such file"):
+        load_image(tmp_path / "missing.png")
+    (tmp_path / "x.txt").write_text("hello")
+    with pytest.raises(RegisterError, match="not an image"):
+        load_image(tmp_path / "x.txt")
+    np.save(tmp_path / "v.npy", np.zeros((2, 2, 2, 2)))
+    with pytest.raises(RegisterError, match="2-D or 3-D"):
+        load_image(tmp_path / "v.npy")
+    (tmp_path / "v.nii").write_bytes(b"\0" * 400)
+    try:
+        import nibabel  # noqa: F401
+    except ImportError:
+        with pytest.raises(RegisterError, match="nibabel"):
+            load_image(tmp_path / "v.nii")
+    assert cli_main([str(tmp_path / "missing.png"), str(tmp_path / "x.txt"), "--quiet"]) == 2
+    assert "mi register: error" in capsys.readouterr().err
