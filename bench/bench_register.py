@@ -35,13 +35,15 @@ import argparse
 import csv
 import math
 import os
-import platform
 import sys
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_cpu import machine  # noqa: E402
+
 from mi import mutual_information  # noqa: E402
 from mi.register import SCORE, demo_pair, demo_volume_pair, register, transform_error, warp  # noqa: E402
 
@@ -158,11 +160,7 @@ def main(argv=None):
         w.writerows(rows)
     import SimpleITK as sitk
 
-    print(
-        f"CPU: {platform.processor() or 'unknown'} ({os.cpu_count()} cores, "
-        f"torch {torch.__version__} with {torch.get_num_threads()} threads, "
-        f"SimpleITK {sitk.Version_VersionString()})\n"
-    )
+    print(f"Machine: {machine()}, SimpleITK {sitk.Version_VersionString()}\n")
     print("| case | method | rotation error (deg) | centre error (px) | max corner error (px) "
           "| wall (s) | own metric | NMI (same for both) |")  # fmt: skip
     print("|---|---|---:|---:|---:|---:|---:|---:|")

@@ -206,8 +206,9 @@ def joint_hist_forward(
     reps = num_replicas(num_blocks, B, K * K, 8 if fixed else 4, MAX_REPLICAS_JOINT)
     out = torch.zeros((reps, B, K, K), dtype=dtype, device=u.device)
     m_mul, fp_scale, back = forward_scales(m, B, N, fixed, u.device)
+    c_g = 1.0 / (2.0 * float(sigma) ** 2)
     _joint_hist_fwd_kernel[(num_blocks, B)](
-        u, v, u if m is None else m, m_mul, out, N, K, 1.0 / (2.0 * float(sigma) ** 2), fp_scale,
+        u, v, u if m is None else m, u if m_mul is None else m_mul, out, N, K, c_g, fp_scale,
         W_U=w_u, W_V=w_v, KIND_U=ku, KIND_V=kv, HAS_M=m is not None, FIXED_POINT=fixed,
         REPLICAS=reps, BLOCK_N=block_n, BLOCK_W=block_w, num_warps=num_warps,
     )  # fmt: skip

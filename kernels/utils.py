@@ -114,7 +114,7 @@ def ensure_contiguous(fn):
         args = [a.contiguous() if isinstance(a, torch.Tensor) else a for a in args]
         kwargs = {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
         first = next((a for a in [*args, *kwargs.values()] if isinstance(a, torch.Tensor)), None)
-        if first is not None and first.is_cuda:
+        if first is not None and first.is_cuda and first.device.index != torch.cuda.current_device():
             with torch.cuda.device(first.device):
                 return fn(*args, **kwargs)
         return fn(*args, **kwargs)
@@ -144,14 +144,14 @@ def check_inputs(u, m, num_bins, sigma, v=None):
 
 
 def forward_scales(m, batch, n, fixed, device):
-    """(m multiplier per row (B,) fp32, fixed-point unit 2**bits, back-scale per row or None).
+    """(m multiplier per row (B,) fp32 or None, fixed-point unit 2**bits, back-scale per row or None).
 
     In fixed point a contribution m w_u w_v is scaled by 1 / max|m| of its row so that it is
     at most 1, and the int64 sum is multiplied back by max|m| / 2**bits (the exact inverse
     of the float32 multiplier used, so the only errors are the per-contribution rounding).
     """
-    if not fixed:
-        return torch.ones(1, dtype=torch.float32, device=device), 1.0, None
+    if not fixed:  # p_ms is not read: no allocation, no launch
+        return None, 1.0, None
     bits = fixed_point_bits(n)
     if m is None:
         m_mul = torch.ones(batch, dtype=torch.float32, device=device)

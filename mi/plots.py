@@ -102,8 +102,13 @@ def plot_histogram(
         ax.set_ylim(0, 1.3 * second if clip else None)
     if clip:
         peak = centres[int(np.argmax(hard))].item()
-        ax_hard.annotate(f"axis cut: the bin at {peak:.3g} reaches {top:.3g}", (0.99, 0.9),
-                         xycoords="axes fraction", ha="right", fontsize=9)
+        ax_hard.annotate(
+            f"axis cut: the bin at {peak:.3g} reaches {top:.3g}",
+            (0.99, 0.9),
+            xycoords="axes fraction",
+            ha="right",
+            fontsize=9,
+        )
     return fig
 
 
@@ -133,9 +138,9 @@ def plot_joint_histogram(
     (alo, ahi), (blo, bhi) = _range(a, value_range), _range(b, value_range)
     x = torch.from_numpy(a)[None, None]
     y = torch.from_numpy(b)[None, None]
-    joint = mi.joint_histogram(
-        x, y, num_bins=num_bins, sigma=sigma, value_range=value_range
-    )[0].double().numpy()
+    joint = (
+        mi.joint_histogram(x, y, num_bins=num_bins, sigma=sigma, value_range=value_range)[0].double().numpy()
+    )
 
     fig = Figure(figsize=(15, 4.8), layout="constrained")
     FigureCanvasAgg(fig)
@@ -165,6 +170,10 @@ def plot_joint_histogram(
     axes[2].set_title(f"joint histogram: {num_bins}x{num_bins} bins, sigma {sigma:g}")
     axes[2].set_xlabel(f"{titles[0]} intensity")
     axes[2].set_ylabel(f"{titles[1]} intensity")
-    fig.colorbar(im, ax=axes[2], extend="both" if log else "neither",
-                 label="joint probability per bin" + (" (log scale)" if log else ""))
+    fig.colorbar(
+        im,
+        ax=axes[2],
+        extend="both" if log else "neither",
+        label="joint probability per bin" + (" (log scale)" if log else ""),
+    )
     return fig
