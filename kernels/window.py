@@ -34,19 +34,9 @@ def _window_start(b_x, K, c_g, W: tl.constexpr, KIND: tl.constexpr):
 
 @triton.jit
 def _window(b_d, c_g, KIND: tl.constexpr):
-    """w(d) of the distance d (bin widths) of a sample from a bin centre."""
-    if KIND == 0:
-        b_w = tl.exp(-(b_d * b_d) * c_g)
-    elif KIND == 1:
-        b_a = tl.abs(b_d)
-        b_t = 2.0 - b_a
-        b_w = tl.where(
-            b_a < 1.0,
-            2.0 / 3.0 - b_a * b_a + 0.5 * b_a * b_a * b_a,
-            tl.where(b_a < 2.0, b_t * b_t * b_t * (1.0 / 6.0), 0.0),
-        )
-    else:
-        b_w = tl.where((b_d >= -0.5) & (b_d < 0.5), 1.0, 0.0)
+    """w(d) of the distance d (bin widths) of a sample from a bin centre (the derivative that
+    ``_window_and_grad`` also computes is dead code here, removed by the compiler)."""
+    b_w, _ = _window_and_grad(b_d, c_g, KIND)
     return b_w
 
 

@@ -30,7 +30,6 @@ Functions (the ``mi register FIXED MOVING [-o OUT]`` subcommand is built from th
     run_cli(fixed_path, moving_path, out_dir=".", transform="rigid", *, levels=3,
             iterations=None, lr=0.5, progress=True, **loss_kwargs) -> dict of Paths
             # keys "warped" (PNG for 2-D, .npy for 3-D), "figure" (PNG), "matrix" (.txt)
-    add_arguments(parser) / cli_main(argv=None) -> int     # argparse pieces of the subcommand
     load_image(path) -> float32 ndarray (H, W) or (D, H, W)
     demo_pair(shape=(192, 160), angle_deg=7.0, shift=(6.0, -4.0)) -> (fixed, moving, true_matrix)
     demo_volume_pair(size=40, ...) -> (fixed, moving, true_matrix)
@@ -40,7 +39,6 @@ Functions (the ``mi register FIXED MOVING [-o OUT]`` subcommand is built from th
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import sys
@@ -62,8 +60,6 @@ __all__ = [
     "RegistrationResult",
     "register",
     "run_cli",
-    "add_arguments",
-    "cli_main",
     "load_image",
     "demo_pair",
     "demo_volume_pair",
@@ -829,41 +825,3 @@ def run_cli(
     for label, p in (("image", warped_path), ("picture", figure_path), ("matrix", matrix_path)):
         print(f"wrote {label}: {p}")
     return {"warped": warped_path, "figure": figure_path, "matrix": matrix_path, "result": result}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``mi register`` arguments to a (sub)parser; see :func:`cli_main`."""
-    parser.add_argument("fixed", help="fixed image: PNG/JPEG, .npy (2-D/3-D) or NIfTI")
-    parser.add_argument("moving", help="moving image, same number of dimensions")
-    parser.add_argument("-o", "--out", default=".", help="output folder (default: .)")
-    parser.add_argument("--transform", choices=TRANSFORMS, default="rigid")
-    parser.add_argument("--levels", type=int, default=3, help="pyramid levels (default 3)")
-    parser.add_argument(
-        "--iterations", type=int, nargs="+", default=None,
-        help="Adam steps per level, coarsest first (one value for all levels)",
-    )  # fmt: skip
-    parser.add_argument("--lr", type=float, default=0.5, help="step in pixels (default 0.5)")
-    parser.add_argument("--bins", type=int, default=32, help="histogram bins (default 32)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
-
-
-def cli_main(argv=None) -> int:
-    """``mi register FIXED MOVING [-o OUT] [--transform rigid|affine] ...``; returns the exit
-    status (0, or 2 after printing a one-line error for bad input)."""
-    args = add_arguments(argparse.ArgumentParser(prog="mi register")).parse_args(argv)
-    its = args.iterations
-    its = its[0] if its is not None and len(its) == 1 else its
-    try:
-        run_cli(
-            args.fixed, args.moving, args.out, args.transform, levels=args.levels,
-            iterations=its, lr=args.lr, progress=not args.quiet, num_bins=args.bins,
-        )  # fmt: skip
-    except (ValueError, TypeError) as e:
-        print(f"mi register: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(cli_main())

@@ -20,7 +20,6 @@ from mi.register import (
     RegisterError,
     RegistrationResult,
     _rigid_matrix,
-    cli_main,
     demo_pair,
     demo_volume_pair,
     load_image,
@@ -299,5 +298,7 @@ def test_load_image_errors(tmp_path, capsys):
     except ImportError:
         with pytest.raises(RegisterError, match="nibabel"):
             load_image(tmp_path / "v.nii")
-    assert cli_main([str(tmp_path / "missing.png"), str(tmp_path / "x.txt"), "--quiet"]) == 2
-    assert "mi register: error" in capsys.readouterr().err
+    from mi.cli import main
+
+    assert main(["register", str(tmp_path / "missing.png"), str(tmp_path / "x.txt"), "--quiet"]) == 2
+    assert "mi: error" in capsys.readouterr().err
