@@ -139,7 +139,7 @@ def joint_hist_backward(
     du, dv = torch.empty_like(u).view(-1), torch.empty_like(v).view(-1)
     dm = torch.empty_like(m).view(-1) if (m is not None and needs_m) else None
     for lo, hi, idx, wu, wv, mc in _joint_chunks(u, v, m, num_bins, sigma, kernel_u, kernel_v, True):
-        gw = g[idx]  # (M, Wu, Wv)
+        gw = g.index_select(0, idx.view(-1)).view(idx.shape)  # (M, Wu, Wv); faster than g[idx]
         gv = torch.einsum("mij,mj->mi", gw, wv.w)  # sum_c G[a, c] w_v(v - c), per window row a
         gu = torch.einsum("mij,mi->mj", gw, wu.w)
         su, sv = (wu.dw * gv).sum(1), (wv.dw * gu).sum(1)
@@ -181,7 +181,7 @@ def hist_backward(grad, u, m, num_bins, sigma, kernel="gaussian", needs_m=True):
     du = torch.empty_like(u).view(-1)
     dm = torch.empty_like(m).view(-1) if (m is not None and needs_m) else None
     for lo, hi, idx, wu, mc in _hist_chunks(u, m, num_bins, sigma, kernel, True):
-        gw = g[idx]
+        gw = g.index_select(0, idx.view(-1)).view(idx.shape)
         d = (wu.dw * gw).sum(1)
         if mc is not None:
             d = d * mc
