@@ -16,7 +16,9 @@ import torch
 from torch import Tensor
 
 from . import _autograd
+from ._torch import _acc_dtype
 from .information import (
+    _safe_div,
     check_base,
     check_normalize,
     entropies_from_joint,
@@ -120,10 +122,6 @@ def _check_weights(name: str, w, like: Tensor) -> Optional[Tensor]:
             f"{name} of shape {tuple(w.shape)} does not broadcast to the data's shape {tuple(like.shape)}"
         ) from None
     return w.to(_acc_dtype(like.dtype))
-
-
-def _acc_dtype(dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 _VALUE_CHECKS = True
@@ -278,9 +276,7 @@ def histogram(x: Tensor, bins, sigma: float, *, weights: Optional[Tensor] = None
 
 
 def _safe_normalize(h: Tensor, dims) -> Tensor:
-    total = h.sum(dims, keepdim=True)
-    ok = total > 0
-    return torch.where(ok, h / torch.where(ok, total, torch.ones_like(total)), 0.0)
+    return _safe_div(h, h.sum(dims, keepdim=True), 0.0)
 
 
 def histogram2d(
