@@ -23,6 +23,9 @@ GAUSS_SUPPORT_F64 = math.sqrt(106.0 * math.log(2.0))
 KERNELS = ("gaussian", "bspline", "box")
 # Budget for the per-chunk temporaries (indices + values of chunk * W^2 entries).
 CHUNK_BYTES = 32 * 2**20
+# On a GPU (this backend is the fallback there: float64, or no Triton) each op is a launch:
+# fewer, larger chunks.
+CHUNK_BYTES_CUDA = 256 * 2**20
 
 
 def support(kernel: str, sigma: float, double: bool = False) -> float:
@@ -77,10 +80,11 @@ def _weights(u, kernel, sigma, num_bins, width, need_grad):
     return start.long(), w, dw
 
 
-def _chunks(total: int, per_item: int):
+def _chunks(total: int, per_item: int, device: torch.device):
     # Chunks of a few MB: large enough to amortise the per-op overhead, small enough
     # that the temporaries come from the allocator's reused memory, not fresh pages.
-    step = max(1024, CHUNK_BYTES // max(per_item, 1))
+    budget = CHUNK_BYTES_CUDA if device.type == "cuda" else CHUNK_BYTES
+    step = max(1024, budget // max(per_item, 1))
     for lo in range(0, total, step):
         yield lo, min(total, lo + step)
 
@@ -110,7 +114,7 @@ def _joint_chunks(u, v, m, num_bins, sigma, kernel_u, kernel_v, need_grad):
     itype = torch.int32 if B * K * K < 2**31 else torch.int64
     offs = torch.arange(wu_n, device=u.device)[:, None] * K + torch.arange(wv_n, device=u.device)
     offs = offs.to(itype)
-    for lo, hi in _chunks(B * N, per_pixel):
+    for lo, hi in _chunks(B * N, per_pixel, u.device):
         wu = _Windows(uf[lo:hi], kernel_u, sigma, K, need_grad)
         wv = _Windows(vf[lo:hi], kernel_v, sigma, K, need_grad)
         batch = torch.arange(lo, hi, device=u.device) // N
@@ -156,7 +160,7 @@ def _hist_chunks(u, m, num_bins, sigma, kernel, need_grad):
     K = num_bins
     uf = u.reshape(-1)
     mf = None if m is None else m.reshape(-1)
-    for lo, hi in _chunks(B * N, 16 * window_size(kernel, sigma, K, u.dtype == torch.float64)):
+    for lo, hi in _chunks(B * N, 16 * window_size(kernel, sigma, K, u.dtype == torch.float64), u.device):
         wu = _Windows(uf[lo:hi], kernel, sigma, K, need_grad)
         batch = torch.arange(lo, hi, device=u.device) // N
         idx = (batch * K + wu.start)[:, None] + torch.arange(wu.width, device=u.device)
