@@ -19,7 +19,7 @@ from .utils import (
     use_deterministic,
     window_size,
 )
-from .window import _window, _window_and_grad, _window_start
+from .window import _pixel_block, _window, _window_and_grad, _window_start
 
 
 @triton.jit
@@ -49,11 +49,7 @@ def _hist_fwd_kernel(
     contributions rounded to multiples of 1 / fp_scale, order-independent (see
     ``_joint_hist_fwd_kernel``).
     """
-    i_n = tl.program_id(0).to(tl.int64)
-    i_b = tl.program_id(1).to(tl.int64)
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_n = o_n < N
-    o_x = i_b * N + o_n
+    i_n, i_b, o_x, m_n = _pixel_block(N, BLOCK_N)
     b_u = tl.load(p_u + o_x, mask=m_n, other=0.0)
     if HAS_M:
         b_m = tl.load(p_m + o_x, mask=m_n, other=0.0)
@@ -99,11 +95,7 @@ def _hist_bwd_kernel(
     A gather over the pixel's W-bin window of g (no atomics, deterministic): W loads and
     2 multiply-adds per pixel; reads u, m, writes du, dm.
     """
-    i_n = tl.program_id(0).to(tl.int64)
-    i_b = tl.program_id(1).to(tl.int64)
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_n = o_n < N
-    o_x = i_b * N + o_n
+    i_n, i_b, o_x, m_n = _pixel_block(N, BLOCK_N)
     b_u = tl.load(p_u + o_x, mask=m_n, other=0.0)
     b_s = _window_start(b_u, K, c_g, W, KIND)
     p_gb = p_g + i_b * K

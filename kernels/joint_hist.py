@@ -20,7 +20,7 @@ from .utils import (
     use_deterministic,
     window_size,
 )
-from .window import _window, _window_and_grad, _window_start
+from .window import _pixel_block, _window, _window_and_grad, _window_start
 
 
 @triton.jit
@@ -66,11 +66,7 @@ def _joint_hist_fwd_kernel(
     int64 atomics. Integer addition is associative, so the sum is bitwise identical whatever
     the order; the launcher converts back, multiplying by max|m| / fp_scale.
     """
-    i_n = tl.program_id(0).to(tl.int64)
-    i_b = tl.program_id(1).to(tl.int64)
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_n = o_n < N
-    o_x = i_b * N + o_n
+    i_n, i_b, o_x, m_n = _pixel_block(N, BLOCK_N)
     b_u = tl.load(p_u + o_x, mask=m_n, other=0.0)
     b_v = tl.load(p_v + o_x, mask=m_n, other=0.0)
     if HAS_M:
@@ -137,11 +133,7 @@ def _joint_hist_bwd_kernel(
     the result is deterministic. Work per pixel: W_U * W_V loads of G and 2 to 3 multiply-
     adds each; memory per pixel: reads u, v, m, writes up to 3 floats.
     """
-    i_n = tl.program_id(0).to(tl.int64)
-    i_b = tl.program_id(1).to(tl.int64)
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_n = o_n < N
-    o_x = i_b * N + o_n
+    i_n, i_b, o_x, m_n = _pixel_block(N, BLOCK_N)
     b_u = tl.load(p_u + o_x, mask=m_n, other=0.0)
     b_v = tl.load(p_v + o_x, mask=m_n, other=0.0)
     b_su = _window_start(b_u, K, c_g, W_U, KIND_U)

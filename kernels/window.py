@@ -9,6 +9,16 @@ import triton.language as tl
 
 
 @triton.jit
+def _pixel_block(N, BLOCK_N: tl.constexpr):
+    """Grid (cdiv(N, BLOCK_N), B): (block index, row b, offsets (BLOCK_N,) into the (B, N)
+    inputs, in-range mask). int64 before multiplying: a volume batch passes 2**31 elements."""
+    i_n = tl.program_id(0).to(tl.int64)
+    i_b = tl.program_id(1).to(tl.int64)
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return i_n, i_b, i_b * N + o_n, o_n < N
+
+
+@triton.jit
 def _window_start(b_x, K, c_g, W: tl.constexpr, KIND: tl.constexpr):
     """First bin s = clamp(floor(x - r) + 1, 0, K - W) of each pixel's W-bin window.
 

@@ -81,8 +81,8 @@ def _weights(u, kernel, sigma, num_bins, width, need_grad):
 
 
 def _chunks(total: int, per_item: int, device: torch.device):
-    # Chunks of a few MB: large enough to amortise the per-op overhead, small enough
-    # that the temporaries come from the allocator's reused memory, not fresh pages.
+    # Chunks of CHUNK_BYTES of temporaries: large enough to amortise the per-op overhead,
+    # bounded so that memory does not grow with N.
     budget = CHUNK_BYTES_CUDA if device.type == "cuda" else CHUNK_BYTES
     step = max(1024, budget // max(per_item, 1))
     for lo in range(0, total, step):
