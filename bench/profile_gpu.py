@@ -31,14 +31,26 @@ def main():
     u = (x.reshape(b, -1) * (k - 1)).contiguous()
     v = (y.reshape(b, -1) * (k - 1)).contiguous()
     g = torch.randn(b, k, k, device="cuda")
+    # the public functions' path: raw samples and one [lo, hi] per row, mapped in registers
+    xr, yr = x.reshape(b, -1), y.reshape(b, -1)
+    ranges = (torch.stack(torch.aminmax(xr, dim=-1), -1), torch.stack(torch.aminmax(yr, dim=-1), -1))
+    mapped = dict(ranges=ranges, length=k - 1.0)
     rows = [
         ("read x and y (HBM floor)", lambda: (x.sum(), y.sum())),
         ("kernel fwd, float atomics", lambda: kernels.joint_hist_forward(u, v, None, k, sigma)),
+        (
+            "  the same, raw samples mapped in the kernel",
+            lambda: kernels.joint_hist_forward(xr, yr, None, k, sigma, **mapped),
+        ),
         (
             "kernel fwd, fixed point",
             lambda: kernels.joint_hist_forward(u, v, None, k, sigma, deterministic=True),
         ),
         ("kernel bwd (du, dv)", lambda: kernels.joint_hist_backward(u, v, None, g, k, sigma)),
+        (
+            "  the same, raw samples mapped in the kernel",
+            lambda: kernels.joint_hist_backward(xr, yr, None, g, k, sigma, **mapped),
+        ),
     ]
     yy = y.clone().requires_grad_()
 

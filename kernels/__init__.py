@@ -1,6 +1,7 @@
 """Triton kernels of the soft (joint) histogram op, installed as ``mi.kernels``.
 
-Inputs are in bin coordinates (bin centres 0..K-1), float32, shape (B, N); see
+Inputs are in bin coordinates (bin centres 0..K-1), or raw samples with a range per row
+that the kernels map to bin coordinates in registers; shape (B, N); see
 ``joint_hist.py`` and ``hist.py`` for the formulas. The launchers run on CUDA tensors, or
 on CPU tensors under ``TRITON_INTERPRET=1``.
 
@@ -39,30 +40,21 @@ def _module(name):
     return importlib.import_module(f".{name}", __name__)
 
 
-def joint_hist_forward(
-    u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", deterministic=False
-):
+def joint_hist_forward(*args, **kwargs):
     """J (B, K, K) float32; see ``mi.kernels.joint_hist.joint_hist_forward``."""
-    return _module("joint_hist").joint_hist_forward(
-        u, v, m, num_bins, sigma, kernel_u, kernel_v, deterministic
-    )
+    return _module("joint_hist").joint_hist_forward(*args, **kwargs)
 
 
-def joint_hist_backward(
-    u, v, m, grad, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian",
-    needs_u=True, needs_v=True, needs_m=False,
-):  # fmt: skip
+def joint_hist_backward(*args, **kwargs):
     """(du, dv, dm); see ``mi.kernels.joint_hist.joint_hist_backward``."""
-    return _module("joint_hist").joint_hist_backward(
-        u, v, m, grad, num_bins, sigma, kernel_u, kernel_v, needs_u, needs_v, needs_m
-    )
+    return _module("joint_hist").joint_hist_backward(*args, **kwargs)
 
 
-def hist_forward(u, m, num_bins, sigma, kernel="gaussian", deterministic=False):
+def hist_forward(*args, **kwargs):
     """H (B, K) float32; see ``mi.kernels.hist.hist_forward``."""
-    return _module("hist").hist_forward(u, m, num_bins, sigma, kernel, deterministic)
+    return _module("hist").hist_forward(*args, **kwargs)
 
 
-def hist_backward(u, m, grad, num_bins, sigma, kernel="gaussian", needs_u=True, needs_m=False):
+def hist_backward(*args, **kwargs):
     """(du, dm); see ``mi.kernels.hist.hist_backward``."""
-    return _module("hist").hist_backward(u, m, grad, num_bins, sigma, kernel, needs_u, needs_m)
+    return _module("hist").hist_backward(*args, **kwargs)

@@ -16,22 +16,28 @@ from .utils import (
     forward_scales,
     kernel_id,
     num_replicas,
+    row_ranges,
     use_deterministic,
     window_size,
 )
-from .window import _pixel_block, _window, _window_and_grad, _window_start
+from .window import _load_bins, _pixel_block, _window, _window_and_grad, _window_start
 
 
 @triton.jit
 def _hist_fwd_kernel(
-    p_u,  # (B, N) fp32 bin coordinates
+    p_u,  # (B, N) fp32/fp16/bf16 samples (bin coordinates unless MAP)
     p_m,  # (B, N) fp32 pixel weights (read only if HAS_M)
     p_ms,  # (B,) fp32 multiplier of m per row, 1 / max|m| (read only if FIXED_POINT)
     p_out,  # (REPLICAS, B, K): fp32, or int64 if FIXED_POINT; zeroed by the launcher
+    p_r,  # (B or 1, 2) ranges [lo, hi] of the rows, row stride s_r (read only if MAP)
+    s_r,
     N,
     K,
     c_g,  # 1 / (2 sigma^2)
     fp_scale,  # 2**bits (FIXED_POINT only)
+    first,  # MAP: lo..hi map onto bin coordinates first..first + length
+    length,
+    MAP: tl.constexpr,
     W: tl.constexpr,
     KIND: tl.constexpr,
     HAS_M: tl.constexpr,
@@ -47,10 +53,10 @@ def _hist_fwd_kernel(
     REPLICAS private copies of H chosen by program id and summed by the launcher, because
     the K bins of a real image's histogram are few and hot. FIXED_POINT: int64 atomics of
     contributions rounded to multiples of 1 / fp_scale, order-independent (see
-    ``_joint_hist_fwd_kernel``).
+    ``_joint_hist_fwd_kernel``). MAP: u is raw samples mapped in registers (``_load_bins``).
     """
     i_n, i_b, o_x, m_n = _pixel_block(N, BLOCK_N)
-    b_u = tl.load(p_u + o_x, mask=m_n, other=0.0)
+    b_u, _ = _load_bins(p_u, o_x, m_n, p_r, s_r, i_b, first, length, MAP)
     if HAS_M:
         b_m = tl.load(p_m + o_x, mask=m_n, other=0.0)
     else:
@@ -79,9 +85,14 @@ def _hist_bwd_kernel(
     p_g,  # (B, K) fp32: g = dL/dH
     p_du,
     p_dm,
+    p_r,  # row ranges as in the forward (MAP only)
+    s_r,
     N,
     K,
     c_g,
+    first,
+    length,
+    MAP: tl.constexpr,
     W: tl.constexpr,
     KIND: tl.constexpr,
     HAS_M: tl.constexpr,
@@ -93,10 +104,11 @@ def _hist_bwd_kernel(
     """du[n] = m[n] sum_a w'(u[n] - a) g[a] and dm[n] = sum_a w(u[n] - a) g[a], one pass.
 
     A gather over the pixel's W-bin window of g (no atomics, deterministic): W loads and
-    2 multiply-adds per pixel; reads u, m, writes du, dm.
+    2 multiply-adds per pixel; reads u, m, writes du, dm. MAP: du is with respect to the
+    raw samples (times du/dx of the row's map).
     """
     i_n, i_b, o_x, m_n = _pixel_block(N, BLOCK_N)
-    b_u = tl.load(p_u + o_x, mask=m_n, other=0.0)
+    b_u, a_u = _load_bins(p_u, o_x, m_n, p_r, s_r, i_b, first, length, MAP)
     b_s = _window_start(b_u, K, c_g, W, KIND)
     p_gb = p_g + i_b * K
 
@@ -116,17 +128,20 @@ def _hist_bwd_kernel(
     if NEEDS_U:
         if HAS_M:
             b_du = b_du * tl.load(p_m + o_x, mask=m_n, other=0.0)
-        tl.store(p_du + o_x, b_du, mask=m_n)
+        tl.store(p_du + o_x, (b_du * a_u).to(p_du.dtype.element_ty), mask=m_n)
     if NEEDS_M:
-        tl.store(p_dm + o_x, b_dm, mask=m_n)
+        tl.store(p_dm + o_x, b_dm.to(p_dm.dtype.element_ty), mask=m_n)
 
 
 @ensure_contiguous
-def hist_forward(u, m, num_bins, sigma, kernel="gaussian", deterministic=False):
+def hist_forward(
+    u, m, num_bins, sigma, kernel="gaussian", deterministic=False, ranges=None, first=0.0, length=1.0
+):
     """Unnormalised soft histogram H (B, K) float32: H[b, a] = sum_n m[b, n] w(u[b, n] - a).
 
     m None means all ones. ``deterministic`` (or torch's deterministic mode): int64 fixed
     point, bitwise reproducible, see ``joint_hist_forward`` for the error bound.
+    ``ranges=(r,)``, ``first``, ``length``: u is raw samples, as in ``joint_hist_forward``.
     """
     check_inputs(u, m, num_bins, sigma)
     B, N = u.shape
@@ -142,17 +157,25 @@ def hist_forward(u, m, num_bins, sigma, kernel="gaussian", deterministic=False):
     out = torch.zeros((reps, B, K), dtype=dtype, device=u.device)
     m_mul, fp_scale, back = forward_scales(m, B, N, fixed, u.device)
     c_g = 1.0 / (2.0 * float(sigma) ** 2)
+    ((r, s_r),) = row_ranges(ranges, u, 1)
     _hist_fwd_kernel[(num_blocks, B)](
-        u, u if m is None else m, u if m_mul is None else m_mul, out, N, K, c_g, fp_scale,
-        W=w, KIND=kernel_id(kernel), HAS_M=m is not None, FIXED_POINT=fixed, REPLICAS=reps,
-        BLOCK_N=block_n, BLOCK_W=block_w, num_warps=num_warps,
+        u, u if m is None else m, u if m_mul is None else m_mul, out, r, s_r, N, K, c_g, fp_scale,
+        float(first), float(length), MAP=ranges is not None, W=w, KIND=kernel_id(kernel),
+        HAS_M=m is not None, FIXED_POINT=fixed, REPLICAS=reps, BLOCK_N=block_n, BLOCK_W=block_w,
+        num_warps=num_warps,
     )  # fmt: skip
     return finish_forward(out, back)
 
 
 @ensure_contiguous
-def hist_backward(u, m, grad, num_bins, sigma, kernel="gaussian", needs_u=True, needs_m=False):
-    """(du, dm), each (B, N) float32 or None, from grad = dL/dH (B, K); dm None if m is None."""
+def hist_backward(
+    u, m, grad, num_bins, sigma, kernel="gaussian", needs_u=True, needs_m=False,
+    ranges=None, first=0.0, length=1.0,
+):  # fmt: skip
+    """(du, dm), each (B, N) in the dtype of u, m, or None, from grad = dL/dH (B, K).
+
+    dm is None if m is None; ``ranges``, ``first``, ``length`` as in the forward.
+    """
     check_inputs(u, m, num_bins, sigma)
     B, N = u.shape
     K = int(num_bins)
@@ -166,9 +189,10 @@ def hist_backward(u, m, grad, num_bins, sigma, kernel="gaussian", needs_u=True, 
         return du, dm
     w = window_size(kernel, K, sigma)
     block_n, block_w, num_warps = block_sizes(w)
+    ((r, s_r),) = row_ranges(ranges, u, 1)
     _hist_bwd_kernel[(triton.cdiv(N, block_n), B)](
-        u, u if m is None else m, grad, u if du is None else du, u if dm is None else dm,
-        N, K, 1.0 / (2.0 * float(sigma) ** 2),
+        u, u if m is None else m, grad, u if du is None else du, u if dm is None else dm, r, s_r,
+        N, K, 1.0 / (2.0 * float(sigma) ** 2), float(first), float(length), MAP=ranges is not None,
         W=w, KIND=kernel_id(kernel), HAS_M=m is not None, NEEDS_U=du is not None,
         NEEDS_M=dm is not None, BLOCK_N=block_n, BLOCK_W=block_w, num_warps=num_warps,
     )  # fmt: skip

@@ -17,23 +17,31 @@ from .utils import (
     forward_scales,
     kernel_id,
     num_replicas,
+    row_ranges,
     use_deterministic,
     window_size,
 )
-from .window import _pixel_block, _window, _window_and_grad, _window_start
+from .window import _load_bins, _pixel_block, _window, _window_and_grad, _window_start
 
 
 @triton.jit
 def _joint_hist_fwd_kernel(
-    p_u,  # (B, N) fp32, bin coordinates along the first axis
-    p_v,  # (B, N) fp32, along the second axis
+    p_u,  # (B, N) fp32/fp16/bf16: samples along the first axis (bin coordinates unless MAP)
+    p_v,  # (B, N) along the second axis
     p_m,  # (B, N) fp32 pixel weights (read only if HAS_M)
     p_ms,  # (B,) fp32, multiplier of m per row (read only if FIXED_POINT): 1 / max|m|
     p_out,  # (REPLICAS, B, K, K): fp32, or int64 if FIXED_POINT; zeroed by the launcher
+    p_ru,  # (B or 1, 2) ranges [lo, hi] of u's rows, row stride s_ru (read only if MAP)
+    p_rv,  # the same for v
+    s_ru,
+    s_rv,
     N,
     K,
     c_g,  # 1 / (2 sigma^2)
     fp_scale,  # 2**bits, the fixed-point unit (FIXED_POINT only)
+    first,  # MAP: lo..hi map onto bin coordinates first..first + length
+    length,
+    MAP: tl.constexpr,
     W_U: tl.constexpr,
     W_V: tl.constexpr,
     KIND_U: tl.constexpr,
@@ -50,9 +58,15 @@ def _joint_hist_fwd_kernel(
     (a in [s_u, s_u + W_U), c in [s_v, s_v + W_V), s from ``_window_start``), so the
     dense N x K weight matrices are never built.
 
+    MAP: u and v are raw samples, mapped to bin coordinates in registers by each row's
+    range (``_load_bins``), so the caller never writes a bin-coordinate copy of the images.
+
     Work per pixel: W_V window weights once, then per row i < W_U one weight and W_V
-    multiply-adds, i.e. about W_U * W_V atomic adds (zero contributions are masked out:
-    pixels with m = 0 or far outside the range issue none). Memory per pixel: reads u, v,
+    multiply-adds, and at most W_U * W_V atomic adds: zero contributions are masked out
+    (pixels with m = 0 or far outside the range issue none), and for two Gaussian windows so
+    are the corners of the square where the 2-D kernel is below 2**-24 of its peak: on average
+    pi r^2 of the (2 r)^2 cells remain, 26 atomics per pixel instead of 36 at sigma 0.5. The
+    atomics are what bound this kernel on a GPU. Memory per pixel: reads u, v,
     m (12 bytes); registers hold a (BLOCK_N, BLOCK_W) tile of v-window weights. Windows
     wider than BLOCK_W loop over column chunks, so registers do not grow with W.
 
@@ -67,8 +81,8 @@ def _joint_hist_fwd_kernel(
     the order; the launcher converts back, multiplying by max|m| / fp_scale.
     """
     i_n, i_b, o_x, m_n = _pixel_block(N, BLOCK_N)
-    b_u = tl.load(p_u + o_x, mask=m_n, other=0.0)
-    b_v = tl.load(p_v + o_x, mask=m_n, other=0.0)
+    b_u, _ = _load_bins(p_u, o_x, m_n, p_ru, s_ru, i_b, first, length, MAP)
+    b_v, _ = _load_bins(p_v, o_x, m_n, p_rv, s_rv, i_b, first, length, MAP)
     if HAS_M:
         b_m = tl.load(p_m + o_x, mask=m_n, other=0.0)
     else:
@@ -90,7 +104,13 @@ def _joint_hist_fwd_kernel(
             b_wu = _window(b_u - b_a.to(tl.float32), c_g, KIND_U)
             b_val = b_wu[:, None] * b_wv
             p_j = p_o + (b_a[:, None] * K + b_c)
-            m_j = m_c & (b_val != 0.0)
+            if KIND_U == 0 and KIND_V == 0:
+                # exp(-(du^2 + dv^2) c_g) is below 2**-24 of its peak outside the disk of radius
+                # r: skip those cells of the square window (about 26 of its 36 at sigma 0.5 are
+                # inside). Strict, so m = 0 adds nothing either.
+                m_j = m_c & (b_val > b_m[:, None] * 5.960464477539063e-08)
+            else:
+                m_j = m_c & (b_val != 0.0)
             if FIXED_POINT:
                 # contributions are >= 0 (non-negative m), so +0.5 then truncation rounds
                 b_q = (b_val * fp_scale + 0.5).to(tl.int64)
@@ -105,12 +125,19 @@ def _joint_hist_bwd_kernel(
     p_v,
     p_m,
     p_g,  # (B, K, K) fp32: G = dL/dJ
-    p_du,  # (B, N) fp32 outputs, written only if NEEDS_*
+    p_du,  # (B, N) outputs (dtype of u, v, m), written only if NEEDS_*
     p_dv,
     p_dm,
+    p_ru,  # row ranges as in the forward (MAP only)
+    p_rv,
+    s_ru,
+    s_rv,
     N,
     K,
     c_g,
+    first,
+    length,
+    MAP: tl.constexpr,
     W_U: tl.constexpr,
     W_V: tl.constexpr,
     KIND_U: tl.constexpr,
@@ -129,13 +156,14 @@ def _joint_hist_bwd_kernel(
         dm[n] =      sum_{a, c} w_u(u[n] - a) G[a, c] w_v(v[n] - c)
 
     over the pixel's W_U x W_V window (outside it every term is 0 to float32 rounding).
+    With MAP, du and dv are with respect to the raw samples: times du/dx of the row's map.
     A gather: each pixel reads its window of G (cached: G is K*K*4 bytes), no atomics, so
     the result is deterministic. Work per pixel: W_U * W_V loads of G and 2 to 3 multiply-
     adds each; memory per pixel: reads u, v, m, writes up to 3 floats.
     """
     i_n, i_b, o_x, m_n = _pixel_block(N, BLOCK_N)
-    b_u = tl.load(p_u + o_x, mask=m_n, other=0.0)
-    b_v = tl.load(p_v + o_x, mask=m_n, other=0.0)
+    b_u, a_u = _load_bins(p_u, o_x, m_n, p_ru, s_ru, i_b, first, length, MAP)
+    b_v, a_v = _load_bins(p_v, o_x, m_n, p_rv, s_rv, i_b, first, length, MAP)
     b_su = _window_start(b_u, K, c_g, W_U, KIND_U)
     b_sv = _window_start(b_v, K, c_g, W_V, KIND_V)
     p_gb = p_g + i_b * K * K
@@ -166,20 +194,24 @@ def _joint_hist_bwd_kernel(
         b_du = b_du * b_m
         b_dv = b_dv * b_m
     if NEEDS_U:
-        tl.store(p_du + o_x, b_du, mask=m_n)
+        tl.store(p_du + o_x, (b_du * a_u).to(p_du.dtype.element_ty), mask=m_n)
     if NEEDS_V:
-        tl.store(p_dv + o_x, b_dv, mask=m_n)
+        tl.store(p_dv + o_x, (b_dv * a_v).to(p_dv.dtype.element_ty), mask=m_n)
     if NEEDS_M:
-        tl.store(p_dm + o_x, b_dm, mask=m_n)
+        tl.store(p_dm + o_x, b_dm.to(p_dm.dtype.element_ty), mask=m_n)
 
 
 @ensure_contiguous
 def joint_hist_forward(
-    u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", deterministic=False
-):
+    u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", deterministic=False,
+    ranges=None, first=0.0, length=1.0,
+):  # fmt: skip
     """Unnormalised soft joint histogram J (B, K, K) float32 of bin coordinates u, v (B, N).
 
     J[b, a, c] = sum_n m[b, n] w_u(u[b, n] - a) w_v(v[b, n] - c); m None means all ones.
+    ``ranges=(r_u, r_v)``, each (B, 2) or (1, 2) [lo, hi] per row: u and v are raw samples
+    (fp32/fp16/bf16) whose lo..hi map onto bin coordinates first..first + length (see
+    ``window._load_bins``); None: u and v are bin coordinates already.
     ``deterministic`` (or torch's deterministic mode) accumulates in int64 fixed point:
     bitwise identical run to run, each bin within N * max|m| * 2**-bits of the exact sum of
     the float32 contributions (bits = ``utils.fixed_point_bits(N)``, 32 up to N = 2**30).
@@ -191,6 +223,7 @@ def joint_hist_forward(
     w_u, w_v = window_size(kernel_u, K, sigma), window_size(kernel_v, K, sigma)
     block_n, block_w, num_warps = block_sizes(w_v)
     fixed = use_deterministic(deterministic)
+    (r_u, s_u), (r_v, s_v) = row_ranges(ranges, u, 2)
     if B == 0 or N == 0:
         return torch.zeros((B, K, K), dtype=torch.float32, device=u.device)
     num_blocks = triton.cdiv(N, block_n)
@@ -200,9 +233,10 @@ def joint_hist_forward(
     m_mul, fp_scale, back = forward_scales(m, B, N, fixed, u.device)
     c_g = 1.0 / (2.0 * float(sigma) ** 2)
     _joint_hist_fwd_kernel[(num_blocks, B)](
-        u, v, u if m is None else m, u if m_mul is None else m_mul, out, N, K, c_g, fp_scale,
-        W_U=w_u, W_V=w_v, KIND_U=ku, KIND_V=kv, HAS_M=m is not None, FIXED_POINT=fixed,
-        REPLICAS=reps, BLOCK_N=block_n, BLOCK_W=block_w, num_warps=num_warps,
+        u, v, u if m is None else m, u if m_mul is None else m_mul, out, r_u, r_v, s_u, s_v,
+        N, K, c_g, fp_scale, float(first), float(length), MAP=ranges is not None, W_U=w_u, W_V=w_v,
+        KIND_U=ku, KIND_V=kv, HAS_M=m is not None, FIXED_POINT=fixed, REPLICAS=reps,
+        BLOCK_N=block_n, BLOCK_W=block_w, num_warps=num_warps,
     )  # fmt: skip
     return finish_forward(out, back)
 
@@ -210,12 +244,13 @@ def joint_hist_forward(
 @ensure_contiguous
 def joint_hist_backward(
     u, v, m, grad, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian",
-    needs_u=True, needs_v=True, needs_m=False,
+    needs_u=True, needs_v=True, needs_m=False, ranges=None, first=0.0, length=1.0,
 ):  # fmt: skip
-    """(du, dv, dm), each (B, N) float32 or None, from grad = dL/dJ (B, K, K).
+    """(du, dv, dm), each (B, N) in the dtype of u, v, m, or None, from grad = dL/dJ (B, K, K).
 
-    None for what is not needed; dm is None when m is None. A gather, no atomics:
-    deterministic.
+    None for what is not needed; dm is None when m is None. ``ranges``, ``first`` and
+    ``length`` as in the forward (du and dv are then with respect to the raw samples).
+    A gather, no atomics: deterministic.
     """
     check_inputs(u, m, num_bins, sigma, v=v)
     B, N = u.shape
@@ -232,11 +267,12 @@ def joint_hist_backward(
     ku, kv = kernel_id(kernel_u), kernel_id(kernel_v)
     w_u, w_v = window_size(kernel_u, K, sigma), window_size(kernel_v, K, sigma)
     block_n, block_w, num_warps = block_sizes(w_v)
+    (r_u, s_u), (r_v, s_v) = row_ranges(ranges, u, 2)
     _joint_hist_bwd_kernel[(triton.cdiv(N, block_n), B)](
         u, v, u if m is None else m, grad,
         u if du is None else du, u if dv is None else dv, u if dm is None else dm,
-        N, K, 1.0 / (2.0 * float(sigma) ** 2),
-        W_U=w_u, W_V=w_v, KIND_U=ku, KIND_V=kv, HAS_M=m is not None,
+        r_u, r_v, s_u, s_v, N, K, 1.0 / (2.0 * float(sigma) ** 2), float(first), float(length),
+        MAP=ranges is not None, W_U=w_u, W_V=w_v, KIND_U=ku, KIND_V=kv, HAS_M=m is not None,
         NEEDS_U=du is not None, NEEDS_V=dv is not None, NEEDS_M=dm is not None,
         BLOCK_N=block_n, BLOCK_W=block_w, num_warps=num_warps,
     )  # fmt: skip

@@ -53,49 +53,67 @@ def _abbrev(kind):
     return {"gaussian": "g", "bspline": "b", "box": "x"}[kind]
 
 
-def _signature(fn, constexprs):
+#: The sample pointers, read (and their gradients written) in the samples' own dtype.
+SAMPLE_POINTERS = {"p_u", "p_v", "p_du", "p_dv"}
+
+
+def _signature(fn, constexprs, samples="fp32"):
     """Triton types of the runtime arguments, from the kernels' naming convention:
-    ``p_*`` fp32 pointers (the fixed-point accumulator int64), N and K i32, the rest fp32."""
+    ``p_*`` fp32 pointers (the samples and their gradients ``samples``, the fixed-point
+    accumulator int64), N, K and the range strides ``s_*`` i32, the rest fp32."""
     sig = {}
     for name in fn.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
         elif name == "p_out" and constexprs.get("FIXED_POINT"):
             sig[name] = "*i64"
+        elif name in SAMPLE_POINTERS:
+            sig[name] = f"*{samples}"
         elif name.startswith("p_"):
             sig[name] = "*fp32"
         else:
-            sig[name] = "i32" if name in ("N", "K") else "fp32"
+            sig[name] = "i32" if name in ("N", "K") or name.startswith("s_") else "fp32"
     return sig
 
 
 def _configs():
-    """Yield (kernel name, fn, config label, constexprs, num_warps) as the launchers use them."""
+    """Yield (kernel name, fn, config label, constexprs, num_warps, sample dtype) as the
+    launchers use them (MAP on: the public functions pass raw samples and their ranges);
+    the first window also with bf16 and fp16 samples (loads, conversions, gradient stores)."""
     fwd2, bwd2 = joint_hist._joint_hist_fwd_kernel, joint_hist._joint_hist_bwd_kernel
     fwd1, bwd1 = hist._hist_fwd_kernel, hist._hist_bwd_kernel
-    for ku, kv, k, sigma in WINDOWS:
+    for i, (ku, kv, k, sigma) in enumerate(WINDOWS):
         w_u, w_v = window_size(ku, k, sigma), window_size(kv, k, sigma)
         bn, bw, nw = block_sizes(w_v)
         tag = f"{_abbrev(ku)}{w_u}x{_abbrev(kv)}{w_v}-BN{bn}-BW{bw}-nw{nw}"
-        common = dict(W_U=w_u, W_V=w_v, KIND_U=KERNEL_IDS[ku], KIND_V=KERNEL_IDS[kv], HAS_M=True)
+        common = dict(W_U=w_u, W_V=w_v, KIND_U=KERNEL_IDS[ku], KIND_V=KERNEL_IDS[kv], HAS_M=True, MAP=True)
         common.update(BLOCK_N=bn, BLOCK_W=bw)
         for fixed, mode in ((False, "float"), (True, "fixed")):
             const = dict(common, FIXED_POINT=fixed, REPLICAS=MAX_REPLICAS_JOINT)
-            yield fwd2.__name__, fwd2, f"{tag}-{mode}", const, nw
-        yield bwd2.__name__, bwd2, tag, dict(common, NEEDS_U=True, NEEDS_V=True, NEEDS_M=True), nw
-    for kind, w in dict.fromkeys((ku, window_size(ku, k, s)) for ku, _, k, s in WINDOWS):
+            yield fwd2.__name__, fwd2, f"{tag}-{mode}", const, nw, "fp32"
+        bwd_const = dict(common, NEEDS_U=True, NEEDS_V=True, NEEDS_M=True)
+        yield bwd2.__name__, bwd2, tag, bwd_const, nw, "fp32"
+        for half in ("bf16", "fp16") if i == 0 else ():
+            const = dict(common, FIXED_POINT=False, REPLICAS=MAX_REPLICAS_JOINT)
+            yield fwd2.__name__, fwd2, f"{tag}-float-{half}", const, nw, half
+            yield bwd2.__name__, bwd2, f"{tag}-{half}", bwd_const, nw, half
+    for i, (kind, w) in enumerate(dict.fromkeys((ku, window_size(ku, k, s)) for ku, _, k, s in WINDOWS)):
         bn, bw, nw = block_sizes(w)
         tag = f"{_abbrev(kind)}{w}-BN{bn}-BW{bw}-nw{nw}"
-        common = dict(W=w, KIND=KERNEL_IDS[kind], HAS_M=True, BLOCK_N=bn, BLOCK_W=bw)
+        common = dict(W=w, KIND=KERNEL_IDS[kind], HAS_M=True, MAP=True, BLOCK_N=bn, BLOCK_W=bw)
         for fixed, mode in ((False, "float"), (True, "fixed")):
             const = dict(common, FIXED_POINT=fixed, REPLICAS=MAX_REPLICAS_HIST)
-            yield fwd1.__name__, fwd1, f"{tag}-{mode}", const, nw
-        yield bwd1.__name__, bwd1, tag, dict(common, NEEDS_U=True, NEEDS_M=True), nw
+            yield fwd1.__name__, fwd1, f"{tag}-{mode}", const, nw, "fp32"
+        yield bwd1.__name__, bwd1, tag, dict(common, NEEDS_U=True, NEEDS_M=True), nw, "fp32"
+        for half in ("bf16", "fp16") if i == 0 else ():
+            const = dict(common, FIXED_POINT=False, REPLICAS=MAX_REPLICAS_HIST)
+            yield fwd1.__name__, fwd1, f"{tag}-float-{half}", const, nw, half
+            yield bwd1.__name__, bwd1, f"{tag}-{half}", dict(common, NEEDS_U=True, NEEDS_M=True), nw, half
 
 
-def compile_cubin(fn, constexprs, arch, num_warps):
+def compile_cubin(fn, constexprs, arch, num_warps, samples="fp32"):
     """(cubin bytes, dynamic shared bytes) of ``fn`` for sm_<arch>, with no GPU present."""
-    signature = _signature(fn, constexprs)
+    signature = _signature(fn, constexprs, samples)
     # pointers 16-byte aligned, as torch allocates them and the JIT would specialise
     attrs = {
         (fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, t in signature.items() if t.startswith("*")
@@ -138,9 +156,9 @@ def build_report(archs=(80, 90)):
     if not isinstance(joint_hist._joint_hist_fwd_kernel, triton.runtime.jit.JITFunction):
         raise RuntimeError("kernels were defined under TRITON_INTERPRET; run without it")
     rows = []
-    for name, fn, label, const, nw in _configs():
+    for name, fn, label, const, nw, samples in _configs():
         for arch in archs:
-            cubin, dyn_shared = compile_cubin(fn, const, arch, nw)
+            cubin, dyn_shared = compile_cubin(fn, const, arch, nw, samples)
             usage = resource_usage(cubin)
             rows.append({
                 "kernel": name,

@@ -122,13 +122,17 @@ def ensure_contiguous(fn):
     return wrapper
 
 
+SAMPLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def check_inputs(u, m, num_bins, sigma, v=None):
     """Cheap launcher-side checks (the op validates user input; these catch wiring bugs)."""
     for name, t in (("u", u), ("v", v), ("m", m)):
         if t is None:
             continue
-        if t.dtype != torch.float32:
-            raise TypeError(f"{name} must be float32 (the op upcasts), got {t.dtype}")
+        allowed = (torch.float32,) if name == "m" else SAMPLE_DTYPES
+        if t.dtype not in allowed:
+            raise TypeError(f"{name} must have a dtype in {allowed} (the op upcasts), got {t.dtype}")
         if t.dim() != 2 or t.shape != u.shape:
             raise ValueError(f"{name} must have the shape (B, N) of u {tuple(u.shape)}, got {tuple(t.shape)}")
         if t.device != u.device:
@@ -141,6 +145,29 @@ def check_inputs(u, m, num_bins, sigma, v=None):
         raise ValueError(f"sigma must be > 0, got {sigma}")
     if u.shape[0] > 65535:
         raise ValueError(f"at most 65535 rows per launch (grid axis 1), got {u.shape[0]}")
+
+
+def row_ranges(ranges, u, count):
+    """[(ranges tensor, row stride)] * count for the kernels' MAP arguments.
+
+    ``ranges``: None (u is in bin coordinates: the kernels do not read them; u stands in
+    for the pointer) or ``count`` float32 tensors of shape (B, 2) or (1, 2), [lo, hi] per
+    row; a single row is shared by all rows (stride 0).
+    """
+    if ranges is None:
+        return [(u, 0)] * count
+    if len(ranges) != count:
+        raise ValueError(f"ranges must hold {count} tensors, got {len(ranges)}")
+    out = []
+    for r in ranges:
+        if r.dtype != torch.float32 or r.dim() != 2 or r.shape[1] != 2 or r.shape[0] not in (1, u.shape[0]):
+            raise ValueError(f"a range must be float32 of shape (1, 2) or ({u.shape[0]}, 2), got {r.dtype} "
+                             f"{tuple(r.shape)}")  # fmt: skip
+        if r.device != u.device:
+            raise ValueError(f"ranges are on {r.device}, u on {u.device}")
+        r = r.contiguous()
+        out.append((r, 2 if r.shape[0] > 1 else 0))
+    return out
 
 
 def forward_scales(m, batch, n, fixed, device):

@@ -19,6 +19,27 @@ def _pixel_block(N, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _load_bins(p_x, o_x, m_n, p_r, s_r, i_b, first, length, MAP: tl.constexpr):
+    """(bin coordinates u (BLOCK_N,) fp32, du/dx of the row) of a block of samples x.
+
+    Without MAP, x already is in bin coordinates (du/dx = 1). With MAP, row i_b's range
+    lo = p_r[i_b * s_r], hi = p_r[i_b * s_r + 1] maps onto first..first + length:
+    u = x * a + (first - lo * a) with a = length / (hi - lo), or a = 1 for a constant row
+    (hi == lo: the row lands on ``first``). s_r = 0 shares one range among all rows.
+    The samples are read in their own dtype (fp16/bf16/fp32) and converted in registers:
+    no bin-coordinate copy of the inputs is ever written.
+    """
+    b_x = tl.load(p_x + o_x, mask=m_n, other=0.0).to(tl.float32)
+    if MAP:
+        lo = tl.load(p_r + i_b * s_r).to(tl.float32)
+        span = tl.load(p_r + i_b * s_r + 1).to(tl.float32) - lo
+        a = tl.where(span > 0.0, length / tl.where(span > 0.0, span, 1.0), 1.0)
+        return b_x * a + (first - lo * a), a
+    else:
+        return b_x, 1.0
+
+
+@triton.jit
 def _window_start(b_x, K, c_g, W: tl.constexpr, KIND: tl.constexpr):
     """First bin s = clamp(floor(x - r) + 1, 0, K - W) of each pixel's W-bin window.
 

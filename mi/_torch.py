@@ -80,32 +80,108 @@ def _weights(u, kernel, sigma, num_bins, width, need_grad):
     return start.long(), w, dw
 
 
-def _chunks(total: int, per_item: int, device: torch.device):
-    # Chunks of CHUNK_BYTES of temporaries: large enough to amortise the per-op overhead,
-    # bounded so that memory does not grow with N.
+class _Chunk:
+    """Pixels lo..hi of the flattened (B*N,) rows: whole rows r0..r1, or a piece of row r0."""
+
+    def __init__(self, lo, hi, n, device):
+        self.lo, self.hi = lo, hi
+        self.r0, self.rows = lo // n, (hi - 1) // n + 1 - lo // n
+        # each pixel's row: a number within one row, else (M,)
+        self.batch = self.r0 if self.rows == 1 else torch.arange(lo, hi, device=device) // n
+
+    def per_row(self, t):
+        """A per-row tensor (R,) as a factor of the chunk's pixels (flat (M,) or rows (rows, 1))."""
+        return t[self.r0] if self.rows == 1 else t[self.r0 : self.r0 + self.rows, None]
+
+    def apply(self, x, factor):
+        """x (M,) times ``per_row`` or a number, back as (M,)."""
+        if isinstance(factor, torch.Tensor) and factor.dim() == 2:
+            return (x.view(self.rows, -1) * factor).view(-1)
+        return x * factor
+
+
+def _chunks(rows: int, n: int, per_item: int, device: torch.device):
+    """Yield _Chunk pieces of the (rows * n,) flattened pixels: whole rows when a row fits the
+    budget, else pieces of one row (so that a row's bin map is one number per chunk).
+
+    Chunks of CHUNK_BYTES of temporaries: large enough to amortise the per-op overhead,
+    bounded so that memory does not grow with N.
+    """
     budget = CHUNK_BYTES_CUDA if device.type == "cuda" else CHUNK_BYTES
     step = max(1024, budget // max(per_item, 1))
-    for lo in range(0, total, step):
-        yield lo, min(total, lo + step)
+    if n == 0:
+        return
+    if step >= n:
+        per = step // n
+        for r in range(0, rows, per):
+            yield _Chunk(r * n, min(rows, r + per) * n, n, device)
+        return
+    step = -(-n // -(-n // step))  # equal pieces: no small leftover chunk at the end of a row
+    for r in range(rows):
+        for lo in range(r * n, (r + 1) * n, step):
+            yield _Chunk(lo, min((r + 1) * n, lo + step), n, device)
 
 
 def _acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-class _Windows:
-    """Window starts, weights and derivatives of one chunk of pixels for one axis."""
+def bin_maps(ranges, first: float, length: float, dtype):
+    """Per-row maps (scale (R,), offset (R,)) that send each row's [lo, hi] onto bin
+    coordinates first..first + length: u = x * scale + offset, scale = length / (hi - lo),
+    or 1 for a constant row (hi == lo lands on ``first``). The same formula as the Triton
+    kernels' ``_load_bins``. None for ``ranges=None`` (x already is in bin coordinates)."""
+    if ranges is None:
+        return None
+    out = []
+    for r in ranges:
+        if r.shape[0] == 1 and r.device.type == "cpu":  # one range, no device to wait for: floats
+            lo, hi = r[0].tolist()
+            scale = length / (hi - lo) if hi > lo else 1.0
+            out.append((scale, first - lo * scale))
+            continue
+        r = r.to(dtype)
+        span = r[:, 1] - r[:, 0]
+        scale = torch.where(span > 0, length / span, 1.0)  # length / 0 = inf is discarded
+        out.append((scale, first - r[:, 0] * scale))
+    return out
 
-    def __init__(self, x, kernel, sigma, num_bins, need_grad):
+
+def _mapped(x, chunk, bin_map, dtype):
+    """A chunk of samples x (M,) in bin coordinates, and du/dx of its pixels (None: identity;
+    else a number or a per-row factor for ``chunk.apply``)."""
+    x = x.to(dtype)
+    if bin_map is None:
+        return x, None
+    scale, offset = bin_map
+    if isinstance(scale, torch.Tensor) and scale.numel() > 1:  # one map per row
+        scale, offset = chunk.per_row(scale), chunk.per_row(offset)
+    if isinstance(scale, torch.Tensor) and scale.dim() == 2:
+        return (x.view(chunk.rows, -1) * scale + offset).view(-1), scale
+    return x * scale + offset, scale
+
+
+class _Windows:
+    """Window starts, weights and derivatives of one chunk of pixels for one axis (and
+    ``scale``, du/dx of the pixels' bin map, None when x is in bin coordinates)."""
+
+    def __init__(self, x, scale, kernel, sigma, num_bins, need_grad):
+        self.scale = scale
         self.width = window_size(kernel, sigma, num_bins, x.dtype == torch.float64)
         self.start, self.w, self.dw = _weights(x, kernel, sigma, num_bins, self.width, need_grad)
 
 
-def _joint_chunks(u, v, m, num_bins, sigma, kernel_u, kernel_v, need_grad):
-    """Yield (lo, hi, flat index (M, Wu, Wv) into (B*K*K,), windows of u, windows of v, m)."""
+def _joint_chunks(u, v, m, num_bins, sigma, kernel_u, kernel_v, need_grad, maps):
+    """Yield (lo, hi, flat index (M, Wu, Wv) into (B*K*K,), windows of u, windows of v, m).
+
+    u, v are bin coordinates, or raw samples mapped chunk by chunk by ``maps`` (from
+    ``bin_maps``): either way no full-size bin-coordinate copy is made. The windows carry
+    ``scale``, du/dx of the chunk's pixels (None without maps).
+    """
     B, N = u.shape
     K = num_bins
-    dbl = u.dtype == torch.float64
+    acc = _acc_dtype(u.dtype)
+    dbl = acc == torch.float64
     wu_n, wv_n = window_size(kernel_u, sigma, K, dbl), window_size(kernel_v, sigma, K, dbl)
     per_pixel = 16 * wu_n * wv_n
     uf, vf = u.reshape(-1), v.reshape(-1)
@@ -114,20 +190,28 @@ def _joint_chunks(u, v, m, num_bins, sigma, kernel_u, kernel_v, need_grad):
     itype = torch.int32 if B * K * K < 2**31 else torch.int64
     offs = torch.arange(wu_n, device=u.device)[:, None] * K + torch.arange(wv_n, device=u.device)
     offs = offs.to(itype)
-    for lo, hi in _chunks(B * N, per_pixel, u.device):
-        wu = _Windows(uf[lo:hi], kernel_u, sigma, K, need_grad)
-        wv = _Windows(vf[lo:hi], kernel_v, sigma, K, need_grad)
-        batch = torch.arange(lo, hi, device=u.device) // N
-        base = ((batch * K + wu.start) * K + wv.start).to(itype)  # J[b, su, sv], flat
+    map_u, map_v = (None, None) if maps is None else maps
+    for c in _chunks(B, N, per_pixel, u.device):
+        wu = _Windows(*_mapped(uf[c.lo : c.hi], c, map_u, acc), kernel_u, sigma, K, need_grad)
+        wv = _Windows(*_mapped(vf[c.lo : c.hi], c, map_v, acc), kernel_v, sigma, K, need_grad)
+        base = ((c.batch * K + wu.start) * K + wv.start).to(itype)  # J[b, su, sv], flat
         idx = base[:, None, None] + offs  # (M, Wu, Wv)
-        yield lo, hi, idx, wu, wv, None if mf is None else mf[lo:hi]
+        yield c, idx, wu, wv, None if mf is None else mf[c.lo : c.hi]
 
 
-def joint_hist_forward(u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian"):
-    """J[b, a, c] = sum_n m[b, n] w_u(u[b, n] - a) w_v(v[b, n] - c); u, v, m (B, N) -> (B, K, K)."""
+def joint_hist_forward(
+    u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", ranges=None, first=0.0, length=1.0
+):
+    """J[b, a, c] = sum_n m[b, n] w_u(u[b, n] - a) w_v(v[b, n] - c); u, v, m (B, N) -> (B, K, K).
+
+    ``ranges=(r_u, r_v)``, each (B, 2) or (1, 2) [lo, hi] per row: u and v are raw samples
+    whose lo..hi map onto bin coordinates first..first + length (``bin_maps``); None: u and v
+    are bin coordinates. Accumulates in float64; returns float32 (float64 for float64 u).
+    """
     B, K = u.shape[0], num_bins
     out = torch.zeros(B * K * K, dtype=torch.float64, device=u.device)
-    for _, _, idx, wu, wv, mc in _joint_chunks(u, v, m, K, sigma, kernel_u, kernel_v, False):
+    maps = bin_maps(ranges, first, length, _acc_dtype(u.dtype))
+    for _, idx, wu, wv, mc in _joint_chunks(u, v, m, K, sigma, kernel_u, kernel_v, False, maps):
         a = wu.w.double()
         if mc is not None:
             a = a * mc[:, None]
@@ -136,42 +220,57 @@ def joint_hist_forward(u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="
 
 
 def joint_hist_backward(
-    grad, u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", needs_m=True
-):
-    """Gradients (du, dv, dm) of sum(grad * J), gathered from grad (B, K, K); dm is None without m."""
-    g = grad.reshape(-1).to(_acc_dtype(u.dtype))
+    grad, u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", needs_m=True,
+    ranges=None, first=0.0, length=1.0,
+):  # fmt: skip
+    """Gradients (du, dv, dm) of sum(grad * J), gathered from grad (B, K, K); dm is None without m.
+
+    With ``ranges`` (as in the forward), du and dv are with respect to the raw samples.
+    Each has the dtype of its input.
+    """
+    acc = _acc_dtype(u.dtype)
+    g = grad.reshape(-1).to(acc)
     du, dv = torch.empty_like(u).view(-1), torch.empty_like(v).view(-1)
     dm = torch.empty_like(m).view(-1) if (m is not None and needs_m) else None
-    for lo, hi, idx, wu, wv, mc in _joint_chunks(u, v, m, num_bins, sigma, kernel_u, kernel_v, True):
+    maps = bin_maps(ranges, first, length, acc)
+    for c, idx, wu, wv, mc in _joint_chunks(u, v, m, num_bins, sigma, kernel_u, kernel_v, True, maps):
         gw = g.index_select(0, idx.view(-1)).view(idx.shape)  # (M, Wu, Wv); faster than g[idx]
         gv = torch.einsum("mij,mj->mi", gw, wv.w)  # sum_c G[a, c] w_v(v - c), per window row a
         gu = torch.einsum("mij,mi->mj", gw, wu.w)
-        su, sv = (wu.dw * gv).sum(1), (wv.dw * gu).sum(1)
+        su, sv = _chain(c, wu, (wu.dw * gv).sum(1)), _chain(c, wv, (wv.dw * gu).sum(1))
         if mc is not None:
             su, sv = su * mc, sv * mc
             if dm is not None:
-                dm[lo:hi] = (wu.w * gv).sum(1)
-        du[lo:hi], dv[lo:hi] = su, sv
+                dm[c.lo : c.hi] = (wu.w * gv).sum(1)
+        du[c.lo : c.hi], dv[c.lo : c.hi] = su, sv
     return du.view(u.shape), dv.view(v.shape), None if dm is None else dm.view(m.shape)
 
 
-def _hist_chunks(u, m, num_bins, sigma, kernel, need_grad):
+def _chain(chunk, windows, d):
+    """d/du -> d/dx through the chunk's bin map (identity without one)."""
+    return d if windows.scale is None else chunk.apply(d, windows.scale)
+
+
+def _hist_chunks(u, m, num_bins, sigma, kernel, need_grad, bin_map):
     B, N = u.shape
     K = num_bins
+    acc = _acc_dtype(u.dtype)
     uf = u.reshape(-1)
     mf = None if m is None else m.reshape(-1)
-    for lo, hi in _chunks(B * N, 16 * window_size(kernel, sigma, K, u.dtype == torch.float64), u.device):
-        wu = _Windows(uf[lo:hi], kernel, sigma, K, need_grad)
-        batch = torch.arange(lo, hi, device=u.device) // N
-        idx = (batch * K + wu.start)[:, None] + torch.arange(wu.width, device=u.device)
-        yield lo, hi, idx, wu, None if mf is None else mf[lo:hi]
+    for c in _chunks(B, N, 16 * window_size(kernel, sigma, K, acc == torch.float64), u.device):
+        wu = _Windows(*_mapped(uf[c.lo : c.hi], c, bin_map, acc), kernel, sigma, K, need_grad)
+        idx = (c.batch * K + wu.start)[:, None] + torch.arange(wu.width, device=u.device)
+        yield c, idx, wu, None if mf is None else mf[c.lo : c.hi]
 
 
-def hist_forward(u, m, num_bins, sigma, kernel="gaussian"):
-    """H[b, a] = sum_n m[b, n] w(u[b, n] - a); u, m (B, N) -> (B, K)."""
+def hist_forward(u, m, num_bins, sigma, kernel="gaussian", ranges=None, first=0.0, length=1.0):
+    """H[b, a] = sum_n m[b, n] w(u[b, n] - a); u, m (B, N) -> (B, K). ``ranges=(r,)``: u is
+    raw samples, as in :func:`joint_hist_forward`."""
     B, K = u.shape[0], num_bins
     out = torch.zeros(B * K, dtype=torch.float64, device=u.device)
-    for _, _, idx, wu, mc in _hist_chunks(u, m, K, sigma, kernel, False):
+    maps = bin_maps(ranges, first, length, _acc_dtype(u.dtype))
+    bin_map = None if maps is None else maps[0]
+    for _, idx, wu, mc in _hist_chunks(u, m, K, sigma, kernel, False, bin_map):
         w = wu.w.double()
         if mc is not None:
             w = w * mc[:, None]
@@ -179,17 +278,21 @@ def hist_forward(u, m, num_bins, sigma, kernel="gaussian"):
     return out.view(B, K).to(_acc_dtype(u.dtype))
 
 
-def hist_backward(grad, u, m, num_bins, sigma, kernel="gaussian", needs_m=True):
+def hist_backward(grad, u, m, num_bins, sigma, kernel="gaussian", needs_m=True, ranges=None, first=0.0,
+                  length=1.0):  # fmt: skip
     """Gradients (du, dm) of sum(grad * H), gathered from grad (B, K); dm is None without m."""
-    g = grad.reshape(-1).to(_acc_dtype(u.dtype))
+    acc = _acc_dtype(u.dtype)
+    g = grad.reshape(-1).to(acc)
     du = torch.empty_like(u).view(-1)
     dm = torch.empty_like(m).view(-1) if (m is not None and needs_m) else None
-    for lo, hi, idx, wu, mc in _hist_chunks(u, m, num_bins, sigma, kernel, True):
+    maps = bin_maps(ranges, first, length, acc)
+    bin_map = None if maps is None else maps[0]
+    for c, idx, wu, mc in _hist_chunks(u, m, num_bins, sigma, kernel, True, bin_map):
         gw = g.index_select(0, idx.view(-1)).view(idx.shape)
-        d = (wu.dw * gw).sum(1)
+        d = _chain(c, wu, (wu.dw * gw).sum(1))
         if mc is not None:
             d = d * mc
             if dm is not None:
-                dm[lo:hi] = (wu.w * gw).sum(1)
-        du[lo:hi] = d
+                dm[c.lo : c.hi] = (wu.w * gw).sum(1)
+        du[c.lo : c.hi] = d
     return du.view(u.shape), None if dm is None else dm.view(m.shape)

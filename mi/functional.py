@@ -141,33 +141,51 @@ def set_value_checks(enabled: bool) -> bool:
     return previous
 
 
-def _check_values(named: dict, weights=None, wname="weights", binned=()):
-    """All data checks of one call behind one host sync, in a few kernels.
+def _checks_on() -> bool:
+    return _VALUE_CHECKS and not _compiling()
 
-    named: {name: samples} that must be finite; weights: must be >= 0 (and not NaN);
-    binned: (bin coordinates, K, name, data_units) whose placement is worth a warning.
+
+def _extremes(x: Tensor) -> Tensor:
+    """(R, 2) [min, max] of each row of x (R, N), in one pass (zeros for N = 0). NaN propagates
+    through min and max, so a row holding a NaN or an Inf has a non-finite extreme."""
+    if x.shape[-1] == 0:
+        return x.new_zeros((x.shape[0], 2))
+    return torch.stack(torch.aminmax(x.detach(), dim=-1), -1)
+
+
+def _check_values(extremes: dict, weights=None, wname="weights", binned=()):
+    """All data checks of one call behind one host sync.
+
+    extremes: {name: (R, 2) per-row [min, max] of the samples} (``_extremes``), which must
+    be finite; weights: must be >= 0 (and not NaN); binned: for each fixed range,
+    (name, samples (R, N), (lo, hi), first, length, K, data_units): lo..hi map onto bin
+    coordinates first..first + length, and samples that miss the K bins get a warning.
     """
-    if _compiling() or not _VALUE_CHECKS:
+    if not _checks_on():
         return
-    # sum(t * 0) is NaN exactly when t holds a NaN or an Inf; amin(w) < 0 or NaN flags bad weights.
-    stats = [(t * 0).sum().float() for t in named.values()]
+    parts = [e.reshape(-1).float() for e in extremes.values()]
     if weights is not None:
-        stats.append(weights.amin().float() if weights.numel() else weights.new_zeros((), dtype=torch.float))
-    binned = [b for b in binned if b[0].numel()]
-    stats += [t.float() for u, *_ in binned for t in torch.aminmax(u.detach())]
-    stats = torch.stack(stats).tolist()
-    for name, flag in zip(named, stats):
-        if flag != 0:
+        parts.append(weights.amin().float().reshape(1) if weights.numel() else weights.new_zeros(1))
+    stats = torch.cat(parts).tolist()
+    found, at = {}, 0
+    for name, e in extremes.items():
+        found[name] = stats[at : at + e.numel()]
+        at += e.numel()
+        if not all(math.isfinite(t) for t in found[name]):
             raise ValueError(f"{name} contains NaN or Inf")
-    if weights is not None and not stats[len(named)] >= 0:
+    if weights is not None and not stats[-1] >= 0:
         raise ValueError(f"{wname} must be non-negative (and not NaN)")
-    extremes = stats[len(stats) - 2 * len(binned) :]
-    for i, (u, k, name, data_units) in enumerate(binned):
-        lo, hi = extremes[2 * i : 2 * i + 2]
+    for name, x, (lo, hi), first, length, k, data_units in binned:
+        if x.numel() == 0:
+            continue
+        scale = length / (hi - lo)  # bin coordinate u = (x - lo) * scale + first, on the host
+        u_lo = (min(found[name][0::2]) - lo) * scale + first
+        u_hi = (max(found[name][1::2]) - lo) * scale + first
         outside = 0.0
-        if lo < -1.0 or hi > k:  # rare: a second look only when some sample misses the bins
-            outside = ((u < -1.0) | (u > k)).float().mean().item()
-        _warn_binning(k, name, data_units, outside, lo, hi)
+        if u_lo < -1.0 or u_hi > k:  # rare: a second look only when some sample misses the bins
+            below, above = lo + (-1.0 - first) / scale, lo + (k - first) / scale
+            outside = ((x < below) | (x > above)).float().mean().item()
+        _warn_binning(k, name, data_units, outside, u_lo, u_hi)
 
 
 def _warn_binning(num_bins, name, data_units, outside, lo, hi):
@@ -230,7 +248,7 @@ def _flatten_samples(x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
     if x.ndim == 0:
         raise ValueError("x must have at least 1 dimension (..., N), got a 0-d tensor")
     lead = tuple(x.shape[:-1])
-    return x.reshape(-1, x.shape[-1]), lead
+    return x.reshape(math.prod(lead), x.shape[-1]), lead
 
 
 def histogram(x: Tensor, bins, sigma: float, *, weights: Optional[Tensor] = None, backend="auto") -> Tensor:
@@ -268,10 +286,12 @@ def histogram(x: Tensor, bins, sigma: float, *, weights: Optional[Tensor] = None
     xf, lead = _flatten_samples(x)
     w = _check_weights("weights", weights, x)
     be = _resolve_backend(backend, x)
-    u = (xf.to(_acc_dtype(x.dtype)) - lo) / step
-    _check_values({"x": x}, w, binned=[(u, k, "x", True)])
+    span = (lo, lo + step * (k - 1))  # the first and last bin centres -> bin coordinates 0 and K - 1
+    if _checks_on():
+        _check_values({"x": _extremes(xf)}, w, binned=[("x", xf, span, 0.0, k - 1.0, k, True)])
     wf = None if w is None else w.reshape(xf.shape)
-    h = _autograd.hist(u, wf, k, sig, "gaussian", be, False)
+    r = torch.tensor([span], dtype=_acc_dtype(x.dtype), device=x.device)
+    h = _autograd.hist(xf, wf, k, sig, "gaussian", be, False, r, 0.0, k - 1.0)
     return _safe_normalize(h, -1).reshape(*lead, k).to(x.dtype)
 
 
@@ -320,12 +340,17 @@ def histogram2d(
     xf2 = x2.reshape(xf1.shape)
     w = _check_weights("weights", weights, x1)
     dtype = torch.promote_types(x1.dtype, x2.dtype)
-    be = _resolve_backend(backend, x1.to(dtype) if x1.dtype != dtype else x1)
-    u = (xf1.to(_acc_dtype(dtype)) - lo) / step
-    v = (xf2.to(_acc_dtype(dtype)) - lo) / step
-    _check_values({"x1": x1, "x2": x2}, w, binned=[(u, k, "x1", True), (v, k, "x2", True)])
+    xf1, xf2 = xf1.to(dtype), xf2.to(dtype)  # no copy unless the dtypes differ
+    be = _resolve_backend(backend, xf1)
+    span = (lo, lo + step * (k - 1))
+    if _checks_on():
+        _check_values(
+            {"x1": _extremes(xf1), "x2": _extremes(xf2)}, w,
+            binned=[("x1", xf1, span, 0.0, k - 1.0, k, True), ("x2", xf2, span, 0.0, k - 1.0, k, True)],
+        )  # fmt: skip
     wf = None if w is None else w.reshape(xf1.shape)
-    j = _autograd.joint_hist(u, v, wf, k, sig, "gaussian", "gaussian", be, False)
+    r = torch.tensor([span], dtype=_acc_dtype(dtype), device=x1.device)
+    j = _autograd.joint_hist(xf1, xf2, wf, k, sig, "gaussian", "gaussian", be, False, r, r, 0.0, k - 1.0)
     return _safe_normalize(j, (-2, -1)).reshape(*lead, k, k).to(dtype)
 
 
@@ -361,13 +386,15 @@ def _check_range(value_range):
     return pair, pair
 
 
-def _row_range(x: Tensor, rng, m: Optional[Tensor]):
-    """(lo, hi) of each row: the given pair, or its own min/max over the pixels that count."""
+def _row_range(x: Tensor, rng, m: Optional[Tensor], extremes: Optional[Tensor] = None):
+    """(lo, hi) of each row: the given pair, or its own min/max over the pixels that count
+    ((R, 1) tensors; ``extremes``, the rows' ``_extremes``, saves a pass without a mask)."""
     if rng != "auto":
         return rng
     xd = x.detach()  # the range is a binning choice, not differentiated
     if m is None:
-        return xd.amin(-1, keepdim=True), xd.amax(-1, keepdim=True)
+        e = _extremes(xd) if extremes is None else extremes
+        return e[:, :1], e[:, 1:]
     keep = m > 0
     lo = torch.where(keep, xd, math.inf).amin(-1, keepdim=True)
     hi = torch.where(keep, xd, -math.inf).amax(-1, keepdim=True)
@@ -375,29 +402,26 @@ def _row_range(x: Tensor, rng, m: Optional[Tensor]):
     return torch.where(empty, 0.0, lo), torch.where(empty, 1.0, hi)
 
 
-# Where lo..hi land in bin coordinates, per kernel. The B-spline's support is 2 bins: one bin
-# of margin keeps every pixel's unit of mass inside the K bins.
+def _range_rows(x: Tensor, rng, m: Optional[Tensor], extremes: Optional[Tensor], dtype) -> Tensor:
+    """The op's ranges: (R, 2) [lo, hi] per row, or (1, 2) for a fixed pair, in ``dtype``."""
+    if rng == "auto" and m is None and extremes is not None:
+        return extremes.to(dtype)
+    lo, hi = _row_range(x, rng, m, extremes)
+    if isinstance(lo, Tensor):
+        return torch.cat([lo, hi], -1).to(dtype)
+    return torch.tensor([[lo, hi]], dtype=dtype, device=x.device)
+
+
+# Where lo..hi land in bin coordinates, per kernel: (first, margin at the end). The B-spline's
+# support is 2 bins: one bin of margin keeps every pixel's unit of mass inside the K bins.
 _LAYOUT = {"gaussian": (0.0, 1.0), "bspline": (1.0, 2.0)}
 
 
-def _to_bins(x: Tensor, rng, num_bins: int, m: Optional[Tensor], kernel="gaussian") -> Tensor:
-    """Rows (R, N) of data -> bin coordinates: lo -> first, hi -> K - 1 - margin (float32/64)."""
-    x = x.to(_acc_dtype(x.dtype))
-    first, end_margin = _LAYOUT[kernel]
-    lo, hi = _row_range(x, rng, m)
-    span = hi - lo
-    if isinstance(span, Tensor):
-        scale = torch.where(span > 0, (num_bins - end_margin - first) / torch.where(span > 0, span, 1.0), 1.0)
-    else:
-        scale = (num_bins - end_margin - first) / span
-    return x.mul(scale).add_(first - lo * scale)  # two kernels: x * scale + offset
-
-
-def _mattes_terms(x: Tensor, rng, num_bins: int, m: Optional[Tensor]) -> Tensor:
+def _mattes_terms(x: Tensor, rng, num_bins: int, m: Optional[Tensor], extremes: Optional[Tensor]) -> Tensor:
     """ITK's continuous Parzen window index, in float64 with ITK's own arithmetic:
     bin width (max - min) / (K - 4), ``term = x / width - (min / width - 2)``."""
     x = x.double()
-    lo, hi = _row_range(x, rng, m)
+    lo, hi = _row_range(x, rng, m, None if extremes is None else extremes.double())
     span = hi - lo
     if isinstance(span, Tensor):
         width = torch.where(span > 0, span, float(num_bins - 4)) / (num_bins - 4)
@@ -423,27 +447,40 @@ def _image_joint(x, y, *, num_bins, sigma, value_range, mask, per_channel, kerne
     if not isinstance(per_channel, bool):
         raise TypeError(f"per_channel must be a bool, got {type(per_channel).__name__}")
     dtype = torch.promote_types(x.dtype, y.dtype)
+    acc = _acc_dtype(dtype)
     m = _check_weights("mask", mask, x)
-    be = _resolve_backend(backend, x.to(dtype) if x.dtype != dtype else x)
     b, c = x.shape[:2]
     rows, lead = (b * c, (b, c)) if per_channel else (b, (b,))
-    xr, yr = x.reshape(rows, -1), y.reshape(rows, -1)
+    xr, yr = x.reshape(rows, -1).to(dtype), y.reshape(rows, -1).to(dtype)  # no copy for equal dtypes
+    be = _resolve_backend(backend, xr)
     mr = None if m is None else m.reshape(rows, -1)
     if kernel == "mattes" and k < 5:
         raise ValueError(f"kernel='mattes' needs num_bins >= 5 (it keeps 4 padding bins), got {k}")
-    kernel_u = kernel_v = kernel
+    # One pass per image gives the rows' extremes: the NaN/Inf check and, for value_range="auto"
+    # without a mask, the range itself.
+    ext = [
+        _extremes(t) if (_checks_on() or (r == "auto" and mr is None)) else None
+        for t, r in zip((xr, yr), rng)
+    ]
     if kernel == "mattes":
         # ITK: the fixed image's bin is floor(term) clamped to [2, K-3] (a box window, at that
         # bin's centre here, so rounding cannot move it); the moving one a cubic B-spline at term.
-        acc = _acc_dtype(dtype)
-        u = _mattes_terms(xr, rng[0], k, mr).floor().clamp(2.0, k - 3.0).to(acc)
-        v = _mattes_terms(yr, rng[1], k, mr).to(acc)
-        kernel_u, kernel_v = "box", "bspline"
+        u = _mattes_terms(xr, rng[0], k, mr, ext[0]).floor().clamp(2.0, k - 3.0).to(acc)
+        v = _mattes_terms(yr, rng[1], k, mr, ext[1]).to(acc)
+        kernel_u, kernel_v, r_x, r_y = "box", "bspline", None, None
+        first, length = 2.0, k - 4.0  # where a fixed range lands, for the warnings
     else:
-        u, v = _to_bins(xr, rng[0], k, mr, kernel), _to_bins(yr, rng[1], k, mr, kernel)
-    binned = [(t, k, n, False) for t, n, r in ((u, "x", rng[0]), (v, "y", rng[1])) if r != "auto"]
-    _check_values({"x": x, "y": y}, m, "mask", binned)
-    j = _autograd.joint_hist(u, v, mr, k, sig, kernel_u, kernel_v, be, bool(deterministic))
+        u, v, kernel_u, kernel_v = xr, yr, kernel, kernel
+        r_x, r_y = (_range_rows(t, r, mr, e, acc) for t, r, e in zip((xr, yr), rng, ext))
+        first, end = _LAYOUT[kernel]
+        length = k - end - first
+    if _checks_on():
+        binned = [(n, t, r, first, length, k, False) for n, t, r in (("x", xr, rng[0]), ("y", yr, rng[1]))
+                  if r != "auto"]  # fmt: skip
+        _check_values({"x": ext[0], "y": ext[1]}, m, "mask", binned)
+    j = _autograd.joint_hist(
+        u, v, mr, k, sig, kernel_u, kernel_v, be, bool(deterministic), r_x, r_y, first, length
+    )
     return j, lead, dtype
 
 

@@ -38,35 +38,45 @@ def joint_pdf(joint: Tensor) -> Tensor:
     return joint / total.clamp_min(torch.finfo(joint.dtype).tiny)
 
 
-def _log_or_zero(p: Tensor) -> Tensor:
-    """log p where p > 0, else 0 (so that p log p = 0 and its gradient is finite)."""
-    return torch.where(p > 0, p, 1.0).log()
-
-
 class _Entropies(torch.autograd.Function):
     """(H(a), H(b), H(a, b)) in nats of a joint histogram J (..., K, K), with P = J / S.
 
-    Backward: dH(a, b)/dP = -(log P + 1), dH(a)/dP[a, c] = -(log p_a[a] + 1), and likewise
-    for b (each 0 where its probability is 0: the subgradient convention of 0 log 0 = 0);
-    then dL/dJ = (g - sum(g P)) / S for g = dL/dP.
+    The three distributions are laid side by side in one tensor q = [P (K*K), p_a (K),
+    p_b (K)], so that each step is one kernel for all three (on a GPU every op is a launch
+    of a few microseconds; the arithmetic on K*K numbers is negligible): forward
+    ``H = -sum q log q`` per segment; backward dH/dq = -(log q + 1), 0 where q = 0 (the
+    subgradient convention of 0 log 0 = 0), the marginals' terms broadcast back to
+    dL/dP[a, c] = g_ab[a, c] + g_a[a] + g_b[c], then dL/dJ = (g - sum(g P)) / S.
+    ``log`` only ever sees q > 0 (it is ten times slower on zeros on a CPU).
     """
 
     @staticmethod
     def forward(ctx, joint):
+        k = joint.shape[-1]
         total = joint.sum((-2, -1), keepdim=True).clamp_min(torch.finfo(joint.dtype).tiny)
         p = joint / total
-        pa, pb = p.sum(-1), p.sum(-2)
-        lp, la, lb = _log_or_zero(p), _log_or_zero(pa), _log_or_zero(pb)
-        ctx.save_for_backward(p, pa, pb, lp, la, lb, total)
-        return -(pa * la).sum(-1), -(pb * lb).sum(-1), -(p * lp).sum((-2, -1))
+        q = torch.cat([p.flatten(-2), p.sum(-1), p.sum(-2)], -1)
+        pos = q > 0
+        log_q = torch.where(pos, q, 1.0).log_()
+        e = (q * log_q).neg_()  # -q log q, 0 where q = 0
+        ctx.save_for_backward(q, log_q, pos, total)
+        ctx.k = k
+        return e[..., k * k : k * k + k].sum(-1), e[..., k * k + k :].sum(-1), e[..., : k * k].sum(-1)
 
     @staticmethod
     def backward(ctx, g_ha, g_hb, g_hab):
-        p, pa, pb, lp, la, lb, total = ctx.saved_tensors
-        d_a = (g_ha[..., None] * (la + 1.0) * (pa > 0))[..., :, None]
-        d_b = (g_hb[..., None] * (lb + 1.0) * (pb > 0))[..., None, :]
-        g = -(g_hab[..., None, None] * (lp + 1.0) * (p > 0) + d_a + d_b)
-        return (g - (g * p).sum((-2, -1), keepdim=True)) / total
+        q, log_q, pos, total = ctx.saved_tensors
+        k = ctx.k
+        sizes = (k * k, k, k)
+        g = torch.cat([t[..., None].expand(*t.shape, n) for t, n in zip((g_hab, g_ha, g_hb), sizes)], -1)
+        g = (log_q + 1.0).mul_(g).mul_(pos)  # -dL/dq
+        p = q[..., : k * k].unflatten(-1, (k, k))
+        g = (
+            g[..., : k * k].unflatten(-1, (k, k))
+            + g[..., k * k : k * k + k, None]
+            + g[..., None, k * k + k :]
+        )
+        return ((g * p).sum((-2, -1), keepdim=True) - g) / total
 
 
 def entropies_from_joint(joint: Tensor, base: Optional[float] = None):

@@ -50,8 +50,10 @@ def test_histogram2d_matches_dense():
     g = torch.randn(2, 3, 32, 32, generator=gen)
     (j * g).sum().backward()
     (ref * g.double()).sum().backward()
-    torch.testing.assert_close(x1.grad.double(), a.grad / step, rtol=1e-4, atol=1e-9)
-    torch.testing.assert_close(x2.grad.double(), b.grad / step, rtol=1e-4, atol=1e-9)
+    # float32 bin coordinates near bin 31 resolve 2e-6 bins (sigma is 0.73 bins): gradients that
+    # cancel to near zero keep an error of a few 1e-6 of the largest one, as in the 1-D test
+    for got, want in ((x1.grad, a.grad / step), (x2.grad, b.grad / step)):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
 
 
 def test_seed_readme_usage_and_the_x255_warning():
@@ -224,6 +226,18 @@ def test_degenerate_inputs_are_finite(normalize):
     expected = {"none": 0.0, "arithmetic": 0.0, "studholme": 1.0}[normalize]
     zero = mi.mutual_information(x, y, num_bins=16, normalize=normalize, mask=torch.zeros(2, 1, 8, 8))
     assert zero.tolist() == [expected, expected]
+
+
+def test_empty_inputs():
+    """No pixels (an empty spatial axis, or N = 0 samples): empty histograms, the value of
+    independent variables, zero-size gradients; never an error or a NaN."""
+    x = torch.rand(2, 1, 0, 5, requires_grad=True)
+    out = mi.mutual_information(x, x * 1.0, normalize="studholme")
+    out.sum().backward()
+    assert out.tolist() == [1.0, 1.0] and x.grad.shape == x.shape
+    h = mi.histogram(torch.rand(3, 0), torch.linspace(0, 1, 8), 0.1)
+    j = mi.histogram2d(torch.rand(3, 0), torch.rand(3, 0), torch.linspace(0, 1, 8), 0.1)
+    assert h.shape == (3, 8) and j.shape == (3, 8, 8) and h.abs().sum() == 0 and j.abs().sum() == 0
 
 
 def test_information_inequalities():

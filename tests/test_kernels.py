@@ -22,6 +22,7 @@ import importlib  # noqa: E402
 import pytest  # noqa: E402
 from oracle import dense_hist, dense_joint  # noqa: E402
 
+import mi  # noqa: E402
 from mi import kernels as mk  # noqa: E402
 
 utils = importlib.import_module("mi.kernels.utils")  # the launch heuristics
@@ -140,6 +141,19 @@ def test_joint_forward(ku, kv, K, sigma, N, with_m, deterministic):
     if deterministic:
         again = mk.joint_hist_forward(u, v, m, K, sigma, ku, kv, deterministic=True)
         assert torch.equal(J, again), "deterministic forward is not bitwise reproducible"
+
+
+@pytest.mark.parametrize("sigma", [0.4, 1.0, 2.5])
+def test_gaussian_disk_drops_only_float32_dust(sigma):
+    """Two Gaussian windows skip the window's corners where the 2-D kernel is below 2**-24 of
+    its peak: the total mass matches the dense oracle to 1e-6, bins to 1e-6 of the largest."""
+    K, N = 64, 4000
+    g = torch.Generator().manual_seed(4)
+    u, v = (torch.rand(2, N, generator=g) * 50 + 7 for _ in range(2))  # no mass past the edges
+    ref = dense_joint(u, v, None, K, sigma)
+    J = mk.joint_hist_forward(u.to(DEVICE), v.to(DEVICE), None, K, sigma).cpu().double()
+    assert (J.sum((1, 2)) / ref.sum((1, 2)) - 1).abs().max().item() < 1e-6
+    assert (J - ref).abs().max().item() < 1e-6 * ref.abs().max().item()
 
 
 @pytest.mark.parametrize("with_m", [pytest.param(False, id="nom"), pytest.param(True, id="m")])
@@ -310,6 +324,135 @@ def test_empty():
     u = torch.zeros(2, 0, device=DEVICE)
     assert mk.joint_hist_forward(u, u, None, 4, 1.0).abs().sum().item() == 0.0
     assert mk.hist_forward(u, None, 4, 1.0).shape == (2, 4)
+
+
+# ---------------------------------------------------------------- raw samples mapped in the kernels
+
+
+def make_mapped(B, N, seed, dtype, shared):
+    """Raw samples and their row ranges: row 0 spills past its range on both sides, the last
+    row is constant in x (lo == hi: lands on ``first``); ``shared``: one (1, 2) range for all."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(B, N, generator=g) * 9.0 - 2.0
+    y = torch.randn(B, N, generator=g) * 3.0 + 1.0
+    x[-1] = 0.75
+    rx = torch.stack([x.amin(1), x.amax(1)], 1)
+    ry = torch.stack([y.amin(1), y.amax(1)], 1)
+    rx[0] = torch.tensor([-1.0, 5.0])
+    if shared:
+        rx, ry = torch.tensor([[-1.0, 5.0]]), torch.tensor([[-4.0, 6.0]])
+    m = torch.rand(B, N, generator=g)
+    m[:, ::5] = 0.0
+    x, y = x.to(dtype), y.to(dtype)
+    return [t.to(DEVICE) for t in (x, y, m, rx, ry)]
+
+
+def to_bins(x, r, first, length):
+    """The kernels' map in float64: (x - lo) * length / (hi - lo) + first (a constant row: x - lo + first)."""
+    lo, hi = r.double()[:, :1], r.double()[:, 1:]
+    span = hi - lo
+    return (x - lo) * torch.where(span > 0, length / torch.where(span > 0, span, 1.0), 1.0) + first
+
+
+def check_grad(actual, expected, what, dtype):
+    """As assert_close, for gradients stored in the samples' dtype: up to one unit in the last
+    place for half precision (the interpreter truncates float32 -> bfloat16 where a GPU rounds)."""
+    assert actual.dtype == dtype, f"{what}: dtype {actual.dtype} != {dtype}"
+    tol = {torch.float32: RTOL, torch.float16: 2.0**-9, torch.bfloat16: 2.0**-6}[dtype]
+    err = (actual.cpu().double() - expected).abs().max().item()
+    assert err <= tol * expected.abs().max().item() + 1e-30, f"{what}: max error {err:.3g}"
+
+
+MAPPED = [
+    pytest.param(torch.float32, False, id="fp32-rows"),
+    pytest.param(torch.float32, True, id="fp32-shared"),
+    pytest.param(torch.float16, False, id="fp16-rows"),
+    pytest.param(torch.bfloat16, True, id="bf16-shared"),
+]
+
+
+@pytest.mark.parametrize("dtype, shared", MAPPED)
+@pytest.mark.parametrize("ku, kv, K, sigma, first, length", [
+    ("gaussian", "gaussian", 16, 0.7, 0.0, 15.0), ("bspline", "bspline", 12, 1.0, 1.0, 9.0),
+])  # fmt: skip
+def test_joint_mapped(ku, kv, K, sigma, first, length, dtype, shared):
+    """MAP: raw samples and row ranges in, mapped in registers; gradients w.r.t. the raw samples."""
+    x, y, m, rx, ry = make_mapped(3, 301, 5, dtype, shared)
+    bins = dict(ranges=(rx, ry), first=first, length=length)
+    xd, yd = (t.detach().cpu().double().requires_grad_() for t in (x, y))
+    u, v = to_bins(xd, rx.cpu(), first, length), to_bins(yd, ry.cpu(), first, length)
+    ref = dense_joint(u, v, m.cpu(), K, sigma, ku, kv)
+    for det in (False, True):
+        assert_close(mk.joint_hist_forward(x, y, m, K, sigma, ku, kv, deterministic=det, **bins), ref, "J")
+    G = torch.randn(3, K, K, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    (ref * G.cpu().double()).sum().backward()
+    dx, dy, _ = mk.joint_hist_backward(x, y, m, G, K, sigma, ku, kv, **bins)
+    check_grad(dx, xd.grad, "dx", dtype)
+    check_grad(dy, yd.grad, "dy", dtype)
+
+
+@pytest.mark.parametrize("dtype, shared", MAPPED)
+def test_hist_mapped(dtype, shared):
+    x, _, m, rx, _ = make_mapped(3, 301, 6, dtype, shared)
+    K, sigma = 16, 0.6
+    xd = x.detach().cpu().double().requires_grad_()
+    ref = dense_hist(to_bins(xd, rx.cpu(), 0.0, K - 1.0), m.cpu(), K, sigma)
+    assert_close(mk.hist_forward(x, m, K, sigma, ranges=(rx,), length=K - 1.0), ref, "H")
+    g = torch.randn(3, K, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    (ref * g.cpu().double()).sum().backward()
+    dx, _ = mk.hist_backward(x, m, g, K, sigma, ranges=(rx,), length=K - 1.0)
+    check_grad(dx, xd.grad, "dx", dtype)
+
+
+def test_mapped_range_errors():
+    x = torch.rand(2, 10, device=DEVICE)
+    with pytest.raises(ValueError, match="range"):
+        mk.joint_hist_forward(x, x, None, 8, 1.0, ranges=(torch.zeros(3, 2, device=DEVICE),) * 2)
+    with pytest.raises(ValueError, match="2 tensors"):
+        mk.joint_hist_forward(x, x, None, 8, 1.0, ranges=(torch.zeros(1, 2, device=DEVICE),))
+
+
+PUBLIC = [
+    pytest.param(dict(), id="auto"),
+    pytest.param(dict(value_range=(0.1, 0.8)), id="fixed"),
+    pytest.param(dict(value_range=((0.0, 1.0), "auto"), mask=True), id="mixed-mask"),
+    pytest.param(dict(per_channel=True, normalize="studholme"), id="per-channel"),
+    pytest.param(dict(kernel="bspline", num_bins=16), id="bspline"),
+    pytest.param(dict(kernel="mattes", num_bins=20, mask=True), id="mattes"),
+    pytest.param(dict(dtype=torch.float16), id="fp16"),
+]
+
+
+@pytest.mark.parametrize("kw", PUBLIC)
+def test_public_api_triton_matches_torch(kw):
+    """The whole call (ranges, masks, maps in the kernels, entropies) on both backends."""
+    kw = dict(kw)
+    dtype = kw.pop("dtype", torch.float32)
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(2, 2, 17, 19, generator=g)
+    y = (torch.sin(3 * x) ** 2 + 0.1 * torch.rand(2, 2, 17, 19, generator=g)).to(dtype)
+    x = x.to(dtype)
+    if kw.pop("mask", False):
+        kw["mask"] = torch.rand(2, 1, 17, 19, generator=g) > 0.3
+    out = {}
+    for backend in ("torch", "triton"):
+        xx, yy = x.to(DEVICE).requires_grad_(), y.to(DEVICE).requires_grad_()
+        score = mi.mutual_information(xx, yy, backend=backend, **{"num_bins": 24, **kw})
+        score.sum().backward()
+        out[backend] = score, xx.grad, yy.grad
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=1e-3)
+    for a, b in zip(out["triton"], out["torch"]):
+        torch.testing.assert_close(a.cpu(), b.cpu(), **tol)
+
+
+def test_histograms_triton_matches_torch():
+    g = torch.Generator().manual_seed(9)
+    x = (torch.rand(3, 200, generator=g) * 255).to(DEVICE)
+    y = (x * 0.5 + 40).to(DEVICE)
+    bins = torch.linspace(0, 255, 32)
+    for fn, args in ((mi.histogram, (x,)), (mi.histogram2d, (x, y))):
+        a, b = (fn(*args, bins, 6.0, backend=be) for be in ("triton", "torch"))
+        torch.testing.assert_close(a.cpu(), b.cpu(), rtol=1e-4, atol=1e-7)
 
 
 def test_window_sizes():

@@ -128,6 +128,31 @@ def test_opcheck():
         _autograd.joint_hist_op, (u, v, None, 8, 0.5, "gaussian", "gaussian", "torch", False)
     )
     torch.library.opcheck(_autograd.hist_op, (u, m, 8, 0.5, "gaussian", "torch", False))
+    # raw samples with row ranges (the public functions' path); gradients reach the samples
+    rx, ry = torch.tensor([[0.0, 8.0], [1.0, 3.0]]), torch.tensor([[-1.0, 9.0]])
+    args = (u, v, m, 8, 0.5, "gaussian", "gaussian", "torch", False, rx, ry, 0.0, 7.0)
+    torch.library.opcheck(_autograd.joint_hist_op, args)
+    torch.library.opcheck(_autograd.hist_op, (u, m, 8, 0.5, "gaussian", "torch", False, rx, 1.0, 5.0))
+
+
+@pytest.mark.parametrize("door", list(DOORS))
+def test_gradcheck_float64_mapped(door):
+    """The row map u = (x - lo) * length / (hi - lo) + first inside the op: d/dx is chained."""
+    joint, hist = DOORS[door]
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.rand(2, 30, generator=gen, dtype=torch.float64) * 3 - 1).requires_grad_()
+    y = (torch.rand(2, 30, generator=gen, dtype=torch.float64) * 50).requires_grad_()
+    m = torch.rand(2, 30, generator=gen, dtype=torch.float64).requires_grad_()
+    rx = torch.tensor([[-1.0, 2.0], [0.5, 0.5]], dtype=torch.float64)  # row 1 constant: scale 1
+    ry = torch.tensor([[0.0, 50.0]], dtype=torch.float64)  # one range for both rows
+
+    def f(x, y, m):
+        return joint(x, y, m, 8, 0.7, "gaussian", "gaussian", "torch", False, rx, ry, 0.0, 7.0)
+
+    assert torch.autograd.gradcheck(f, (x, y, m))
+    assert torch.autograd.gradcheck(
+        lambda x, m: hist(x, m, 8, 0.7, "bspline", "torch", False, rx, 1.0, 5.0), (x, m)
+    )
 
 
 def test_entropies_backward_against_autograd_and_gradcheck():
