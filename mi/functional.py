@@ -471,7 +471,9 @@ def _image_joint(x, y, *, num_bins, sigma, value_range, mask, per_channel, kerne
         first, length = 2.0, k - 4.0  # where a fixed range lands, for the warnings
     else:
         u, v, kernel_u, kernel_v = xr, yr, kernel, kernel
-        r_x, r_y = (_range_rows(t, r, mr, e, acc) for t, r, e in zip((xr, yr), rng, ext))
+        r_x = _range_rows(xr, rng[0], mr, ext[0], acc)
+        same = rng[0] != "auto" and rng[1] == rng[0]  # one fixed range: one host-to-device copy
+        r_y = r_x if same else _range_rows(yr, rng[1], mr, ext[1], acc)
         first, end = _LAYOUT[kernel]
         length = k - end - first
     if _checks_on():
