@@ -1,9 +1,10 @@
-"""Public functions: argument checks, mapping to bin coordinates, backend dispatch.
+"""Public functions: argument checks, value ranges, backend dispatch.
 
-The heavy lifting is one op (``mi._autograd``): the soft (joint) histogram in bin
-coordinates, with a hand-written backward, run by the torch backend (CPU, or any
-device) or by the Triton kernels (CUDA). Everything after the histogram is ordinary
-autograd on (B, K, K) tensors (``mi.information``).
+The heavy lifting is one op (``mi._autograd``): the soft (joint) histogram, with a
+hand-written backward, run by the torch backend (CPU, or any device) or by the Triton
+kernels (CUDA). It takes the samples as they are with one range [lo, hi] per row and maps
+them to bin coordinates itself, so no bin-coordinate copy of the images is made here.
+Everything after the histogram is autograd on (B, K, K) tensors (``mi.information``).
 """
 
 import math
