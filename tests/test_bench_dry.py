@@ -17,3 +17,20 @@ def test_bench_gpu_dry_run(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "bench_gpu_dry.csv")))
     mine = [r for r in rows if r["provider"] == "mi"]
     assert mine and all(float(r["fwd_bwd_ms_median"]) > 0 for r in mine), rows
+
+
+def test_host_overhead_counts(tmp_path):
+    """bench/host_overhead.py runs, and its counts pin the Triton path's host work: two Triton
+    launches per forward+backward, one host read with the value checks and none without (a
+    stray .item() would stall a GPU every call), fewer aten ops than before the host rework."""
+    out = tmp_path / "host.csv"
+    cmd = [sys.executable, str(ROOT / "bench" / "host_overhead.py"), "--child", "test", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = list(csv.DictReader(open(out)))
+    triton = [r for r in rows if r["backend"] == "triton"]
+    assert len(triton) == 4 and len(rows) == 8, rows
+    for r in triton:
+        assert int(r["triton"]) == 2, r
+        assert int(r["syncs"]) == (1 if r["checks"] == "True" else 0), r
+        assert 0 < int(r["ops"]) < 54, r  # 54 to 81 at commit 329f83c
