@@ -78,15 +78,19 @@ def _signature(fn, constexprs, samples="fp32"):
 
 def _configs():
     """Yield (kernel name, fn, config label, constexprs, num_warps, sample dtype) as the
-    launchers use them (MAP on: the public functions pass raw samples and their ranges);
-    the first window also with bf16 and fp16 samples (loads, conversions, gradient stores)."""
+    launchers use them (MAP on where the public functions pass raw samples and their ranges,
+    off for the Mattes pair); the first window also with bf16 and fp16 samples (loads,
+    conversions, gradient stores)."""
     fwd2, bwd2 = joint_hist._joint_hist_fwd_kernel, joint_hist._joint_hist_bwd_kernel
     fwd1, bwd1 = hist._hist_fwd_kernel, hist._hist_bwd_kernel
     for i, (ku, kv, k, sigma) in enumerate(WINDOWS):
         w_u, w_v = window_size(ku, k, sigma), window_size(kv, k, sigma)
         bn, bw, nw = block_sizes(w_v)
-        tag = f"{_abbrev(ku)}{w_u}x{_abbrev(kv)}{w_v}-BN{bn}-BW{bw}-nw{nw}"
-        common = dict(W_U=w_u, W_V=w_v, KIND_U=KERNEL_IDS[ku], KIND_V=KERNEL_IDS[kv], HAS_M=True, MAP=True)
+        # kernel="mattes" passes bin coordinates computed in float64 (MAP off); the others raw samples
+        bins_given = ku == "box"
+        tag = f"{_abbrev(ku)}{w_u}x{_abbrev(kv)}{w_v}-BN{bn}-BW{bw}-nw{nw}" + ("-nomap" if bins_given else "")
+        common = dict(W_U=w_u, W_V=w_v, KIND_U=KERNEL_IDS[ku], KIND_V=KERNEL_IDS[kv], HAS_M=True)
+        common.update(MAP=not bins_given)
         common.update(BLOCK_N=bn, BLOCK_W=bw)
         for fixed, mode in ((False, "float"), (True, "fixed")):
             const = dict(common, FIXED_POINT=fixed, REPLICAS=MAX_REPLICAS_JOINT)
