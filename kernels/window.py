@@ -20,12 +20,12 @@ def _pixel_block(N, BLOCK_N: tl.constexpr):
 
 @triton.jit
 def _load_bins(p_x, o_x, m_n, p_r, s_r, i_b, first, length, MAP: tl.constexpr):
-    """(bin coordinates u (BLOCK_N,) fp32, du/dx of the row) of a block of samples x.
+    """(bin coordinates u (BLOCK_N,) fp32, dx/du of the row) of a block of samples x.
 
-    Without MAP, x already is in bin coordinates (du/dx = 1). With MAP, row i_b's range
+    Without MAP, x already is in bin coordinates (dx/du = 1). With MAP, row i_b's range
     lo = p_r[i_b * s_r], hi = p_r[i_b * s_r + 1] maps onto first..first + length:
-    u = x * a + (first - lo * a) with a = length / (hi - lo), or a = 1 for a constant row
-    (hi == lo: the row lands on ``first``). s_r = 0 shares one range among all rows.
+    u = (x - lo) / w + first with the bin width w = (hi - lo) / length, or w = 1 for a
+    constant row (hi == lo lands on ``first``). s_r = 0 shares one range among all rows.
     The samples are read in their own dtype (fp16/bf16/fp32) and converted in registers:
     no bin-coordinate copy of the inputs is ever written.
     """
@@ -33,8 +33,8 @@ def _load_bins(p_x, o_x, m_n, p_r, s_r, i_b, first, length, MAP: tl.constexpr):
     if MAP:
         lo = tl.load(p_r + i_b * s_r).to(tl.float32)
         span = tl.load(p_r + i_b * s_r + 1).to(tl.float32) - lo
-        a = tl.where(span > 0.0, length / tl.where(span > 0.0, span, 1.0), 1.0)
-        return b_x * a + (first - lo * a), a
+        w = tl.where(span > 0.0, span / length, 1.0)
+        return (b_x - lo) / w + first, w
     else:
         return b_x, 1.0
 

@@ -89,15 +89,13 @@ class _Chunk:
         # each pixel's row: a number within one row, else (M,)
         self.batch = self.r0 if self.rows == 1 else torch.arange(lo, hi, device=device) // n
 
-    def per_row(self, t):
-        """A per-row tensor (R,) as a factor of the chunk's pixels (flat (M,) or rows (rows, 1))."""
-        return t[self.r0] if self.rows == 1 else t[self.r0 : self.r0 + self.rows, None]
-
-    def apply(self, x, factor):
-        """x (M,) times ``per_row`` or a number, back as (M,)."""
-        if isinstance(factor, torch.Tensor) and factor.dim() == 2:
-            return (x.view(self.rows, -1) * factor).view(-1)
-        return x * factor
+    def rowwise(self, x, t, fn):
+        """fn(x, the pixels' entry of the per-row t (R,) or (1,)) for a chunk x (M,), as (M,)."""
+        if t.numel() == 1:
+            return fn(x, t[0])
+        if self.rows == 1:
+            return fn(x, t[self.r0])
+        return fn(x.view(self.rows, -1), t[self.r0 : self.r0 + self.rows, None]).view(-1)
 
 
 def _chunks(rows: int, n: int, per_item: int, device: torch.device):
@@ -127,46 +125,38 @@ def _acc_dtype(dtype):
 
 
 def bin_maps(ranges, first: float, length: float, dtype):
-    """Per-row maps (scale (R,), offset (R,)) that send each row's [lo, hi] onto bin
-    coordinates first..first + length: u = x * scale + offset, scale = length / (hi - lo),
-    or 1 for a constant row (hi == lo lands on ``first``). The same formula as the Triton
-    kernels' ``_load_bins``. None for ``ranges=None`` (x already is in bin coordinates)."""
+    """Per-row maps (lo (R,), bin width (R,), first) that send each row's [lo, hi] onto bin
+    coordinates first..first + length: u = (x - lo) / width + first with width =
+    (hi - lo) / length, or 1 for a constant row (hi == lo lands on ``first``). The same
+    formula as the Triton kernels' ``_load_bins``. None for ``ranges=None`` (x already is in
+    bin coordinates)."""
     if ranges is None:
         return None
     out = []
     for r in ranges:
-        if r.shape[0] == 1 and r.device.type == "cpu":  # one range, no device to wait for: floats
-            lo, hi = r[0].tolist()
-            scale = length / (hi - lo) if hi > lo else 1.0
-            out.append((scale, first - lo * scale))
-            continue
         r = r.to(dtype)
         span = r[:, 1] - r[:, 0]
-        scale = torch.where(span > 0, length / span, 1.0)  # length / 0 = inf is discarded
-        out.append((scale, first - r[:, 0] * scale))
+        out.append((r[:, 0], torch.where(span > 0, span / length, 1.0), first))
     return out
 
 
 def _mapped(x, chunk, bin_map, dtype):
-    """A chunk of samples x (M,) in bin coordinates, and du/dx of its pixels (None: identity;
-    else a number or a per-row factor for ``chunk.apply``)."""
+    """A chunk of samples x (M,) in bin coordinates, and the per-row bin widths (dx/du; None
+    when x already is in bin coordinates)."""
     x = x.to(dtype)
     if bin_map is None:
         return x, None
-    scale, offset = bin_map
-    if isinstance(scale, torch.Tensor) and scale.numel() > 1:  # one map per row
-        scale, offset = chunk.per_row(scale), chunk.per_row(offset)
-    if isinstance(scale, torch.Tensor) and scale.dim() == 2:
-        return (x.view(chunk.rows, -1) * scale + offset).view(-1), scale
-    return x * scale + offset, scale
+    lo, width, first = bin_map
+    u = chunk.rowwise(chunk.rowwise(x, lo, torch.sub), width, torch.div)
+    return u.add_(first), width
 
 
 class _Windows:
     """Window starts, weights and derivatives of one chunk of pixels for one axis (and
-    ``scale``, du/dx of the pixels' bin map, None when x is in bin coordinates)."""
+    ``width``, the rows' bin widths dx/du, None when x is in bin coordinates)."""
 
-    def __init__(self, x, scale, kernel, sigma, num_bins, need_grad):
-        self.scale = scale
+    def __init__(self, x, width, kernel, sigma, num_bins, need_grad):
+        self.bin_width = width
         self.width = window_size(kernel, sigma, num_bins, x.dtype == torch.float64)
         self.start, self.w, self.dw = _weights(x, kernel, sigma, num_bins, self.width, need_grad)
 
@@ -176,7 +166,7 @@ def _joint_chunks(u, v, m, num_bins, sigma, kernel_u, kernel_v, need_grad, maps)
 
     u, v are bin coordinates, or raw samples mapped chunk by chunk by ``maps`` (from
     ``bin_maps``): either way no full-size bin-coordinate copy is made. The windows carry
-    ``scale``, du/dx of the chunk's pixels (None without maps).
+    the rows' bin widths (None without maps) for ``_chain``.
     """
     B, N = u.shape
     K = num_bins
@@ -248,7 +238,7 @@ def joint_hist_backward(
 
 def _chain(chunk, windows, d):
     """d/du -> d/dx through the chunk's bin map (identity without one)."""
-    return d if windows.scale is None else chunk.apply(d, windows.scale)
+    return d if windows.bin_width is None else chunk.rowwise(d, windows.bin_width, torch.div)
 
 
 def _hist_chunks(u, m, num_bins, sigma, kernel, need_grad, bin_map):
