@@ -67,8 +67,9 @@ def _joint_hist_fwd_kernel(
     are the corners of the square where the 2-D kernel is below 2**-24 of its peak: on average
     pi r^2 of the (2 r)^2 cells remain, 26 atomics per pixel instead of 36 at sigma 0.5
     (bench/atomic_counts.py). The atomics are what bound this kernel on a GPU. Memory per
-    pixel: reads u, v, m (12 bytes); registers hold a (BLOCK_N, BLOCK_W) tile of v-window weights. Windows
-    wider than BLOCK_W loop over column chunks, so registers do not grow with W.
+    pixel: reads u, v, m (12 bytes); registers hold a (BLOCK_N, BLOCK_W) tile of v-window
+    weights. Windows wider than BLOCK_W loop over column chunks, so registers do not grow
+    with W.
 
     Reduction: atomics into REPLICAS private copies of J, the copy chosen by program id
     (pid % REPLICAS) and summed by the launcher: real images have very peaked histograms
