@@ -10,8 +10,7 @@ queue. This script counts, for one ``mutual_information(...).sum().backward()``:
   allocations are not counted), dispatched outside the Triton kernels;
 * ``triton``: Triton kernel launches (the Triton backend runs in the interpreter here);
 * ``syncs``: reads of tensor values on the host (``.item()``, ``.tolist()``), each a
-  device synchronisation on a GPU (the torch backend reads a fixed range's two numbers on
-  the host for CPU tensors only, where there is no device to wait for: 4 of its reads);
+  device synchronisation on a GPU;
 
 and times the call with the torch backend on a tiny input on this CPU, where the per-op
 overhead is most of the time. ``--baseline REF`` runs the same measurements on a git
