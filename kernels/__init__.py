@@ -20,6 +20,8 @@ __all__ = [
     "joint_hist_backward",
     "hist_forward",
     "hist_backward",
+    "entropies_forward",
+    "entropies_backward",
 ]
 
 
@@ -58,3 +60,13 @@ def hist_forward(*args, **kwargs):
 def hist_backward(*args, **kwargs):
     """(du, dm); see ``mi.kernels.hist.hist_backward``."""
     return _module("hist").hist_backward(*args, **kwargs)
+
+
+def entropies_forward(*args, **kwargs):
+    """Entropies of J (B, K, K); see ``mi.kernels.entropy.entropies_forward``."""
+    return _module("entropy").entropies_forward(*args, **kwargs)
+
+
+def entropies_backward(*args, **kwargs):
+    """dL/dJ; see ``mi.kernels.entropy.entropies_backward``."""
+    return _module("entropy").entropies_backward(*args, **kwargs)

@@ -26,7 +26,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from . import hist, joint_hist  # noqa: E402
+from . import entropy, hist, joint_hist  # noqa: E402
 from .utils import (  # noqa: E402
     KERNEL_IDS,
     MAX_REPLICAS_HIST,
@@ -113,6 +113,14 @@ def _configs():
             const = dict(common, FIXED_POINT=False, REPLICAS=MAX_REPLICAS_HIST)
             yield fwd1.__name__, fwd1, f"{tag}-float-{half}", const, nw, half
             yield bwd1.__name__, bwd1, f"{tag}-{half}", dict(common, NEEDS_U=True, NEEDS_M=True), nw, half
+    fwd, bwd = entropy._entropies_fwd_kernel, entropy._entropies_bwd_kernel
+    for mode, score in enumerate(entropy.SCORES):
+        nw = entropy.FWD_WARPS
+        for block in (8, entropy.FWD_BLOCK):  # K = 8 and K >= 64
+            const = dict(MODE=mode, BLOCK_A=block, BLOCK_C=block)
+            yield fwd.__name__, fwd, f"{score}-B{block}x{block}-nw{nw}", const, nw, "fp32"
+        nw, block = entropy.BWD_WARPS, entropy.BWD_BLOCK
+        yield bwd.__name__, bwd, f"{score}-B{block}-nw{nw}", dict(MODE=mode, BLOCK=block), nw, "fp32"
 
 
 def compile_cubin(fn, constexprs, arch, num_warps, samples="fp32"):

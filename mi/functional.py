@@ -132,10 +132,13 @@ def set_value_checks(enabled: bool) -> bool:
     """Turn the checks that read tensor data on or off; returns the previous setting.
 
     They are: NaN/Inf in the samples, negative or NaN weights/masks, and the warnings about
-    samples that miss the bins. Together they cost one host synchronisation per call (on a
-    GPU, the CPU waits for the queue to drain). On by default; turn them off in a tight GPU
-    loop once the data are known to be sound. Argument checks (shapes, dtypes, sigma, ...)
-    always run. Skipped anyway while ``torch.compile`` traces (no graph break).
+    samples that miss the bins. Together they cost one host read per call. On a GPU with the
+    Triton backend a few numbers go to pinned memory right after the pass that computes them
+    (behind an event) and the call reads them only after it has queued all its own kernels,
+    so the host waits for none of those; with the torch backend the read comes first (its
+    indexing needs sound bins). On by default; turn them off in a tight GPU loop once the
+    data are known to be sound. Argument checks (shapes, dtypes, sigma, ...) always run.
+    Skipped anyway while ``torch.compile`` traces (no graph break).
     """
     global _VALUE_CHECKS
     previous, _VALUE_CHECKS = _VALUE_CHECKS, bool(enabled)
@@ -154,27 +157,56 @@ def _extremes(x: Tensor) -> Tensor:
     return torch.stack(torch.aminmax(x.detach(), dim=-1), -1)
 
 
-def _check_values(extremes: dict, weights=None, wname="weights", binned=()):
-    """All data checks of one call behind one host sync.
+def _no_checks():
+    pass
+
+
+def _queue_checks(backend: str, extremes: dict, weights=None, wname="weights", binned=()):
+    """All data checks of one call behind one host read; returns ``finish()``, which runs them.
 
     extremes: {name: (R, 2) per-row [min, max] of the samples} (``_extremes``), which must
     be finite; weights: must be >= 0 (and not NaN); binned: for each fixed range,
     (name, samples (R, N), (lo, hi), first, length, K, data_units): lo..hi map onto bin
     coordinates first..first + length, and samples that miss the K bins get a warning.
+
+    On a GPU with the Triton backend, the few numbers the checks need are queued for the
+    host now, into pinned memory behind an event; the caller launches its work and calls
+    ``finish()`` last, which waits only for the work queued before the event (the extremes),
+    not for the call's own kernels. The kernels are safe on NaN/Inf input (every bin index
+    is clamped), so running them before the error is raised does no harm. Elsewhere (the
+    torch backend indexes with the bin numbers) the checks run now and ``finish()`` is a
+    no-op.
     """
     if not _checks_on():
-        return
+        return _no_checks
     parts = [e.reshape(-1).float() for e in extremes.values()]
     if weights is not None:
         parts.append(weights.amin().float().reshape(1) if weights.numel() else weights.new_zeros(1))
-    stats = torch.cat(parts).tolist()
+    stats = torch.cat(parts)
+    if not (stats.is_cuda and backend == "triton"):
+        _run_checks(stats.tolist(), extremes, weights is not None, wname, binned)
+        return _no_checks
+    host = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
+    host.copy_(stats, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+
+    def finish():
+        event.synchronize()
+        _run_checks(host.tolist(), extremes, weights is not None, wname, binned)
+
+    return finish
+
+
+def _run_checks(stats, extremes, has_weights, wname, binned):
+    """The host side of ``_queue_checks``: ``stats`` are its numbers, as floats."""
     found, at = {}, 0
     for name, e in extremes.items():
         found[name] = stats[at : at + e.numel()]
         at += e.numel()
         if not all(math.isfinite(t) for t in found[name]):
             raise ValueError(f"{name} contains NaN or Inf")
-    if weights is not None and not stats[-1] >= 0:
+    if has_weights and not stats[-1] >= 0:
         raise ValueError(f"{wname} must be non-negative (and not NaN)")
     for name, x, (lo, hi), first, length, k, data_units in binned:
         if x.numel() == 0:
@@ -288,12 +320,15 @@ def histogram(x: Tensor, bins, sigma: float, *, weights: Optional[Tensor] = None
     w = _check_weights("weights", weights, x)
     be = _resolve_backend(backend, x)
     span = (lo, lo + step * (k - 1))  # the first and last bin centres -> bin coordinates 0 and K - 1
+    check = _no_checks
     if _checks_on():
-        _check_values({"x": _extremes(xf)}, w, binned=[("x", xf, span, 0.0, k - 1.0, k, True)])
+        check = _queue_checks(be, {"x": _extremes(xf)}, w, binned=[("x", xf, span, 0.0, k - 1.0, k, True)])
     wf = None if w is None else w.reshape(xf.shape)
     r = torch.tensor([span], dtype=_acc_dtype(x.dtype), device=x.device)
     h = _autograd.hist(xf, wf, k, sig, "gaussian", be, False, r, 0.0, k - 1.0)
-    return _safe_normalize(h, -1).reshape(*lead, k).to(x.dtype)
+    h = _safe_normalize(h, -1).reshape(*lead, k).to(x.dtype)
+    check()
+    return h
 
 
 def _safe_normalize(h: Tensor, dims) -> Tensor:
@@ -344,15 +379,18 @@ def histogram2d(
     xf1, xf2 = xf1.to(dtype), xf2.to(dtype)  # no copy unless the dtypes differ
     be = _resolve_backend(backend, xf1)
     span = (lo, lo + step * (k - 1))
+    check = _no_checks
     if _checks_on():
-        _check_values(
-            {"x1": _extremes(xf1), "x2": _extremes(xf2)}, w,
+        check = _queue_checks(
+            be, {"x1": _extremes(xf1), "x2": _extremes(xf2)}, w,
             binned=[("x1", xf1, span, 0.0, k - 1.0, k, True), ("x2", xf2, span, 0.0, k - 1.0, k, True)],
         )  # fmt: skip
     wf = None if w is None else w.reshape(xf1.shape)
     r = torch.tensor([span], dtype=_acc_dtype(dtype), device=x1.device)
     j = _autograd.joint_hist(xf1, xf2, wf, k, sig, "gaussian", "gaussian", be, False, r, r, 0.0, k - 1.0)
-    return _safe_normalize(j, (-2, -1)).reshape(*lead, k, k).to(dtype)
+    j = _safe_normalize(j, (-2, -1)).reshape(*lead, k, k).to(dtype)
+    check()
+    return j
 
 
 # ---------------------------------------------------------------- images -> joint histogram
@@ -432,7 +470,9 @@ def _mattes_terms(x: Tensor, rng, num_bins: int, m: Optional[Tensor], extremes: 
 
 
 def _image_joint(x, y, *, num_bins, sigma, value_range, mask, per_channel, kernel, backend, deterministic):
-    """The soft joint histogram (R, K, K) of two images and the leading shape of the result."""
+    """(soft joint histogram (R, K, K), leading shape of the result, result dtype, resolved
+    backend, ``finish()`` of the data checks: the caller calls it after queuing the rest of
+    its work)."""
     _check_tensor("x", x)
     _check_tensor("y", y)
     if x.ndim < 3:
@@ -477,14 +517,15 @@ def _image_joint(x, y, *, num_bins, sigma, value_range, mask, per_channel, kerne
         r_y = r_x if same else _range_rows(yr, rng[1], mr, ext[1], acc)
         first, end = _LAYOUT[kernel]
         length = k - end - first
+    check = _no_checks
     if _checks_on():
         binned = [(n, t, r, first, length, k, False) for n, t, r in (("x", xr, rng[0]), ("y", yr, rng[1]))
                   if r != "auto"]  # fmt: skip
-        _check_values({"x": ext[0], "y": ext[1]}, m, "mask", binned)
+        check = _queue_checks(be, {"x": ext[0], "y": ext[1]}, m, "mask", binned)
     j = _autograd.joint_hist(
         u, v, mr, k, sig, kernel_u, kernel_v, be, bool(deterministic), r_x, r_y, first, length
     )
-    return j, lead, dtype
+    return j, lead, dtype, be, check
 
 
 def joint_histogram(
@@ -504,11 +545,13 @@ def joint_histogram(
 
     Rows index x's bins, columns y's bins. Arguments as in :func:`mutual_information`.
     """
-    j, lead, dtype = _image_joint(
+    j, lead, dtype, be, check = _image_joint(
         x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
         per_channel=per_channel, kernel=kernel, backend=backend, deterministic=deterministic,
     )  # fmt: skip
-    return joint_pdf(j).reshape(*lead, num_bins, num_bins).to(dtype)
+    p = joint_pdf(j).reshape(*lead, num_bins, num_bins).to(dtype)
+    check()
+    return p
 
 
 def entropies(
@@ -531,11 +574,13 @@ def entropies(
     joint histogram. Other arguments as in :func:`mutual_information`.
     """
     base = check_base(base)
-    j, lead, dtype = _image_joint(
+    j, lead, dtype, be, check = _image_joint(
         x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
         per_channel=per_channel, kernel=kernel, backend=backend, deterministic=deterministic,
     )  # fmt: skip
-    return tuple(h.reshape(lead).to(dtype) for h in entropies_from_joint(j, base))
+    h = tuple(t.reshape(lead).to(dtype) for t in entropies_from_joint(j, base, be))
+    check()
+    return h
 
 
 def mutual_information(
@@ -617,8 +662,10 @@ def mutual_information(
     """
     normalize = check_normalize(normalize)
     base = check_base(base)
-    j, lead, dtype = _image_joint(
+    j, lead, dtype, be, check = _image_joint(
         x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
         per_channel=per_channel, kernel=kernel, backend=backend, deterministic=deterministic,
     )  # fmt: skip
-    return mutual_information_from_joint(j, normalize, base).reshape(lead).to(dtype)
+    score = mutual_information_from_joint(j, normalize, base, be).reshape(lead).to(dtype)
+    check()
+    return score

@@ -23,6 +23,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from . import kernels
+
 NORMALIZATIONS = ("none", "arithmetic", "studholme")
 Normalize = Union[bool, str, None]
 
@@ -79,12 +81,58 @@ class _Entropies(torch.autograd.Function):
         return ((g * p).sum((-2, -1), keepdim=True) - g) / total
 
 
-def entropies_from_joint(joint: Tensor, base: Optional[float] = None):
+class _TritonEntropies(torch.autograd.Function):
+    """_Entropies in two Triton launches (``mi.kernels.entropy``): float32 (B, K, K) only."""
+
+    @staticmethod
+    def forward(ctx, joint):
+        h, pa, pb, s = kernels.entropies_forward(joint)
+        ctx.save_for_backward(joint, pa, pb, s, h)
+        return h[0], h[1], h[2]
+
+    @staticmethod
+    def backward(ctx, g_ha, g_hb, g_hab):
+        return kernels.entropies_backward(*ctx.saved_tensors, (g_ha, g_hb, g_hab))
+
+
+class _TritonScore(torch.autograd.Function):
+    """A score of the entropies (``normalize``, times ``scale``) fused into the same two
+    launches: the scalar math and its chain rule run inside the kernels."""
+
+    @staticmethod
+    def forward(ctx, joint, normalize, scale):
+        h, pa, pb, s = kernels.entropies_forward(joint, normalize, scale)
+        ctx.save_for_backward(joint, pa, pb, s, h)
+        ctx.normalize, ctx.scale = normalize, scale
+        return h[4]
+
+    @staticmethod
+    def backward(ctx, g):
+        return kernels.entropies_backward(*ctx.saved_tensors, (g,), ctx.normalize, ctx.scale), None, None
+
+
+def _use_triton(joint: Tensor, backend: str) -> bool:
+    """Triton for float32 histograms: on CUDA with backend "auto", anywhere with "triton"
+    (the interpreter on CPU); never while torch.compile traces (inductor fuses the torch ops)."""
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"backend must be one of ('auto', 'torch', 'triton'), got {backend!r}")
+    if backend == "torch" or joint.dtype != torch.float32 or joint.dim() < 2 or torch.compiler.is_compiling():
+        return False
+    return (backend == "triton" or joint.is_cuda) and kernels.is_available()
+
+
+def entropies_from_joint(joint: Tensor, base: Optional[float] = None, backend: str = "auto"):
     """(H(a), H(b), H(a, b)) of a joint histogram ``joint`` (..., K, K); each of shape (...,).
 
     Rows of ``joint`` index a's bins, columns b's. Units: nats, or log ``base``.
+    ``backend``: "auto" (Triton for float32 CUDA histograms when it imports, else torch),
+    "torch" or "triton" (float32 only; other dtypes use torch).
     """
-    ha, hb, hab = _Entropies.apply(joint)
+    if _use_triton(joint, backend):
+        k = joint.shape[-1]
+        ha, hb, hab = (h.reshape(joint.shape[:-2]) for h in _TritonEntropies.apply(joint.reshape(-1, k, k)))
+    else:
+        ha, hb, hab = _Entropies.apply(joint)
     if base is not None:
         scale = 1.0 / math.log(base)
         ha, hb, hab = ha * scale, hb * scale, hab * scale
@@ -114,7 +162,7 @@ def check_base(base) -> Optional[float]:
 
 
 def mutual_information_from_joint(
-    joint: Tensor, normalize: Normalize = "none", base: Optional[float] = None
+    joint: Tensor, normalize: Normalize = "none", base: Optional[float] = None, backend: str = "auto"
 ) -> Tensor:
     """Mutual information of a joint histogram ``joint`` (..., K, K) -> (...,).
 
@@ -125,13 +173,19 @@ def mutual_information_from_joint(
         ``average_method="arithmetic"`` and to Maes' entropy correlation coefficient.
         ``"studholme"``: ``(H(a) + H(b)) / H(a, b)`` in [1, 2], Studholme's overlap-
         invariant normalised MI, the usual choice for registration.
+
+    backend: as in :func:`entropies_from_joint`.
     """
     normalize = check_normalize(normalize)
+    base = check_base(base)
+    if _use_triton(joint, backend):
+        k = joint.shape[-1]
+        scale = 1.0 if base is None or normalize != "none" else 1.0 / math.log(base)
+        return _TritonScore.apply(joint.reshape(-1, k, k), normalize, scale).reshape(joint.shape[:-2])
     ha, hb, hab = entropies_from_joint(joint)
     mi = ha + hb - hab
     if normalize == "arithmetic":
         return _safe_div(2.0 * mi, ha + hb, 0.0)
     if normalize == "studholme":
         return _safe_div(ha + hb, hab, 1.0)
-    base = check_base(base)
     return mi if base is None else mi / math.log(base)

@@ -139,3 +139,30 @@ def test_registration_on_cuda():
     angle, centre, corner = transform_error(r.matrix, true, r.fixed_shape)
     assert angle < 0.5 and centre < 0.5 and corner < 0.5
     assert r.warped.device.type == "cuda" and math.isfinite(r.mi_after) and r.mi_after > r.mi_before
+
+
+def test_value_checks_on_cuda_after_the_kernels():
+    """On CUDA the Triton path reads the checks' numbers only after queuing its kernels: bad
+    data must still raise (NaN/Inf, negative mask) and a wrong range still warn, from every
+    public function, and the kernels run on the bad data must not fault."""
+    x, y = (t.to(CUDA) for t in _pair((2, 1, 32, 32)))
+    bad = x.clone()
+    bad[1, 0, 3, 4] = float("nan")
+    inf = x.clone()
+    inf[0, 0, 0, 0] = float("inf")
+    bins = torch.linspace(0, 1, 16)
+    for t in (bad, inf):
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            mi.mutual_information(t, y)
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            mi.joint_histogram(x, t, value_range=(0, 1))
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            mi.histogram(t.flatten(1), bins, 0.05)
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            mi.histogram2d(t.flatten(1), y.flatten(1), bins, 0.05)
+    with pytest.raises(ValueError, match="mask must be non-negative"):
+        mi.mutual_information(x, y, mask=-torch.ones_like(x))
+    with pytest.warns(UserWarning, match="lie more than one bin beyond"):
+        mi.mutual_information(x * 100, y, value_range=(0, 1))
+    torch.cuda.synchronize()  # no fault left behind in the queue
+    assert torch.isfinite(mi.mutual_information(x, y)).all()

@@ -10,6 +10,7 @@ in any order; the errors observed are below 5e-7 of the max, so 1e-5 leaves a ma
 without hiding a wrong bin or a missing window row (those are O(1) of the max).
 """
 
+import math
 import os
 
 import torch
@@ -433,7 +434,7 @@ def test_public_api_triton_matches_torch(kw):
     y = (torch.sin(3 * x) ** 2 + 0.1 * torch.rand(2, 2, 17, 19, generator=g)).to(dtype)
     x = x.to(dtype)
     if kw.pop("mask", False):
-        kw["mask"] = torch.rand(2, 1, 17, 19, generator=g) > 0.3
+        kw["mask"] = (torch.rand(2, 1, 17, 19, generator=g) > 0.3).to(DEVICE)
     out = {}
     for backend in ("torch", "triton"):
         xx, yy = x.to(DEVICE).requires_grad_(), y.to(DEVICE).requires_grad_()
@@ -545,3 +546,77 @@ def test_gpu_offsets_past_2_31():
     for b in range(B):
         assert dm[b, 0].item() == g[b, b].item() and dm[b, -far - 1].item() == g[b, b].item()
         assert dm[b, -far:].abs().max().item() == 0.0
+
+
+# ---------------------------------------------------------------- entropies of the joint histogram
+
+
+def _entropy_inputs(k, seed):
+    """Joint histograms (5, K, K): random with ~30% empty bins, one peaked, one single-bin,
+    one tiny-mass and one all zero (the last is checked apart from the oracle: 0/0 there)."""
+    g = torch.Generator().manual_seed(seed)
+    j = torch.rand(5, k, k, generator=g, dtype=torch.float64) * 100
+    j[0][torch.rand(k, k, generator=g) < 0.3] = 0.0
+    j[1] = j[1] ** 6  # peaked
+    j[2] = 0.0
+    j[2, k // 2, k - 1] = 7.0
+    j[3] *= 1e-30
+    j[4] = 0.0
+    return j
+
+
+@pytest.mark.parametrize("k", [2, 7, 64, 100, 256])
+def test_entropy_kernels_match_oracle(k):
+    """Triton entropies (forward) and dL/dJ (backward) against the float64 formula and its autograd."""
+    from oracle import entropies as oracle_entropies
+
+    from mi.information import _TritonEntropies
+
+    j64 = _entropy_inputs(k, seed=k)
+    f64 = dict(dtype=torch.float64)
+    w = torch.tensor([[0.7], [-1.3], [0.4]], **f64) * torch.linspace(1, 2, 5, **f64)  # dL/dH per histogram
+    jo = j64[:4].clone().requires_grad_()
+    ref = torch.stack(oracle_entropies(jo))  # (3, 4)
+    (ref * w[:, :4]).sum().backward()
+    jt = j64.float().to(DEVICE).requires_grad_()
+    got = torch.stack(_TritonEntropies.apply(jt))  # (3, 5)
+    (got * w.float().to(DEVICE)).sum().backward()
+    got, grad = got.detach().cpu().double(), jt.grad.cpu().double()
+    torch.testing.assert_close(got[:, :4], ref.detach(), rtol=0, atol=1e-5 * max(1.0, ref.abs().max().item()))
+    for b in range(4):  # per histogram: the gradients scale as 1 / sum J
+        tol = 1e-5 * jo.grad[b].abs().max().item()
+        torch.testing.assert_close(grad[b], jo.grad[b], rtol=0, atol=tol)
+    assert got[:, 4].eq(0).all() and grad[4].eq(0).all()  # all zero: zero entropies, zero gradient
+
+
+@pytest.mark.parametrize(
+    "normalize,base", [("none", None), ("none", 2.0), ("arithmetic", None), ("studholme", None)]
+)
+def test_score_kernels_match_oracle_and_torch(normalize, base):
+    """MI and its normalisations fused into the entropy kernels (``mutual_information_from_joint``
+    with backend="triton"): values and dL/dJ against the float64 oracle where it is defined,
+    and against backend="torch" everywhere, including the single-bin and all-zero histograms
+    whose scores fall back to the value of independent variables. Leading dims (2, 5) and an
+    expanded (stride-0) incoming gradient from sum's backward."""
+    from oracle import mutual_information as oracle_mi
+
+    j = torch.cat([_entropy_inputs(16, seed=3), _entropy_inputs(16, seed=4)]).reshape(2, 5, 16, 16)
+    jo = j[:, [0, 1, 3]].clone().requires_grad_()  # the oracle's 0/0 rows left out
+    ref = oracle_mi(jo, normalize, math.e if base is None else base)
+    ref.sum().backward()
+    out = {}
+    for backend in ("torch", "triton"):
+        jj = j.float().to(DEVICE).requires_grad_()
+        score = mi.mutual_information_from_joint(jj, normalize, base, backend=backend)
+        score.sum().backward()
+        out[backend] = score.detach().cpu().double(), jj.grad.cpu().double()
+    score, grad = out["triton"]
+    torch.testing.assert_close(score[:, [0, 1, 3]], ref.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(score, out["torch"][0], rtol=1e-5, atol=1e-6)
+    for g, go in zip(grad[:, [0, 1, 3]].flatten(0, 1), jo.grad.flatten(0, 1)):
+        torch.testing.assert_close(g, go, rtol=0, atol=1e-5 * go.abs().max().item())  # scales as 1 / sum J
+    for g, gt in zip(grad.flatten(0, 1), out["torch"][1].flatten(0, 1)):
+        torch.testing.assert_close(g, gt, rtol=0, atol=1e-5 * gt.abs().max().item() + 1e-30)
+    assert grad[:, 4].eq(0).all()  # all-zero histograms: no gradient
+    with pytest.raises(ValueError, match="backend"):
+        mi.entropies_from_joint(j, backend="cuda")

@@ -18,6 +18,8 @@ KERNELS = {
     "_joint_hist_bwd_kernel",
     "_hist_fwd_kernel",
     "_hist_bwd_kernel",
+    "_entropies_fwd_kernel",
+    "_entropies_bwd_kernel",
 }
 
 
