@@ -9,13 +9,11 @@ Conventions: ``P = J / S`` with ``S = max(sum J, tiny)``; marginals ``p_a = sum_
 ``p_b = sum_a P``; ``H(p) = -sum p log p`` with ``0 log 0 = 0``; natural log.
 """
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
-from .utils import ensure_contiguous
+from .utils import ensure_contiguous, on_device
 
 #: float32's smallest normal number: the clamp of an all-zero histogram's total.
 TINY = torch.finfo(torch.float32).tiny
@@ -186,13 +184,6 @@ def _entropies_bwd_kernel(
     tl.store(p_dj + i_b * K * K + o, (c - b_t) / s, mask=m_o)
 
 
-def _on_device(t):
-    """Triton launches on the current CUDA device: make t's current (see ensure_contiguous)."""
-    if t.is_cuda and t.device.index != torch.cuda.current_device():
-        return torch.cuda.device(t.device)
-    return contextlib.nullcontext()
-
-
 def _check(joint):
     if joint.dtype != torch.float32 or joint.dim() != 3 or joint.shape[1] != joint.shape[2]:
         raise ValueError(f"joint must be float32 of shape (B, K, K), got {joint.dtype} {tuple(joint.shape)}")
@@ -232,7 +223,8 @@ def entropies_forward(joint, score="entropies", scale=1.0):
 def entropies_backward(joint, pa, pb, s, h, grads, score="entropies", scale=1.0):
     """dL/dJ (B, K, K) float32 from the forward's outputs and ``grads``: (dL/dH(a), dL/dH(b),
     dL/dH(a, b)) for "entropies", else (dL/dscore,); each (B,), any strides (autograd often
-    hands over an expanded scalar). Elementwise: no reduction, no atomics."""
+    hands over an expanded scalar, which ``ensure_contiguous`` would copy: the kernel reads
+    it by stride instead). Elementwise: no reduction, no atomics."""
     _check(joint)
     mode = _mode(score)
     B, K, _ = joint.shape
@@ -241,7 +233,7 @@ def entropies_backward(joint, pa, pb, s, h, grads, score="entropies", scale=1.0)
     g = g * 3 if len(g) == 1 else g
     dj = torch.empty_like(joint)
     if B and K:
-        with _on_device(joint):
+        with on_device(joint):
             _entropies_bwd_kernel[(triton.cdiv(K * K, BWD_BLOCK), B)](
                 joint, pa, pb, s, h, *g, *(t.stride(0) for t in g), dj, K, float(scale), MODE=mode,
                 BLOCK=BWD_BLOCK, num_warps=BWD_WARPS,

@@ -4,6 +4,7 @@ Nothing here imports Triton, so the report and the tests can reason about the
 configurations (window sizes, block sizes, replica counts) without compiling.
 """
 
+import contextlib
 import functools
 import math
 
@@ -110,22 +111,25 @@ def use_deterministic(deterministic):
     return bool(deterministic) or torch.are_deterministic_algorithms_enabled()
 
 
-def ensure_contiguous(fn):
-    """Make every tensor argument contiguous and run on the tensors' CUDA device.
+def on_device(t):
+    """A context that makes t's CUDA device current (Triton launches on the *current* one, so
+    a tensor on cuda:1 needs cuda:1 current); a no-op for CPU tensors (TRITON_INTERPRET=1)
+    or when it already is."""
+    if t is not None and t.is_cuda and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
 
-    Triton launches on the *current* CUDA device, so a tensor on cuda:1 needs cuda:1
-    current; CPU tensors (TRITON_INTERPRET=1) need nothing.
-    """
+
+def ensure_contiguous(fn):
+    """Make every tensor argument contiguous and run on the tensors' CUDA device (``on_device``)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         args = [a.contiguous() if isinstance(a, torch.Tensor) else a for a in args]
         kwargs = {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
         first = next((a for a in [*args, *kwargs.values()] if isinstance(a, torch.Tensor)), None)
-        if first is not None and first.is_cuda and first.device.index != torch.cuda.current_device():
-            with torch.cuda.device(first.device):
-                return fn(*args, **kwargs)
-        return fn(*args, **kwargs)
+        with on_device(first):
+            return fn(*args, **kwargs)
 
     return wrapper
 

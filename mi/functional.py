@@ -19,6 +19,7 @@ from torch import Tensor
 from . import _autograd
 from ._torch import _acc_dtype
 from .information import (
+    BACKENDS,
     _safe_div,
     check_base,
     check_normalize,
@@ -27,7 +28,6 @@ from .information import (
     mutual_information_from_joint,
 )
 
-BACKENDS = ("auto", "torch", "triton")
 PUBLIC_KERNELS = ("gaussian", "bspline", "mattes")
 ValueRange = Union[str, tuple[float, float], Sequence[float]]
 

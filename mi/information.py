@@ -26,6 +26,7 @@ from torch import Tensor
 from . import kernels
 
 NORMALIZATIONS = ("none", "arithmetic", "studholme")
+BACKENDS = ("auto", "torch", "triton")
 Normalize = Union[bool, str, None]
 
 
@@ -114,8 +115,8 @@ class _TritonScore(torch.autograd.Function):
 def _use_triton(joint: Tensor, backend: str) -> bool:
     """Triton for float32 histograms: on CUDA with backend "auto", anywhere with "triton"
     (the interpreter on CPU); never while torch.compile traces (inductor fuses the torch ops)."""
-    if backend not in ("auto", "torch", "triton"):
-        raise ValueError(f"backend must be one of ('auto', 'torch', 'triton'), got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch" or joint.dtype != torch.float32 or joint.dim() < 2 or torch.compiler.is_compiling():
         return False
     return (backend == "triton" or joint.is_cuda) and kernels.is_available()
