@@ -56,7 +56,7 @@ def _hist_fwd_kernel(
     ``_joint_hist_fwd_kernel``). MAP: u is raw samples mapped in registers (``_load_bins``).
     """
     i_n, i_b, o_x, m_n = _pixel_block(N, BLOCK_N)
-    b_u, _ = _load_bins(p_u, o_x, m_n, p_r, s_r, i_b, first, length, MAP)
+    b_u, _, _ = _load_bins(p_u, o_x, m_n, p_r, s_r, i_b, first, length, MAP)
     if HAS_M:
         b_m = tl.load(p_m + o_x, mask=m_n, other=0.0)
     else:
@@ -105,10 +105,10 @@ def _hist_bwd_kernel(
 
     A gather over the pixel's W-bin window of g (no atomics, deterministic): W loads and
     2 multiply-adds per pixel; reads u, m, writes du, dm. MAP: du is with respect to the
-    raw samples (divided by the row's bin width).
+    raw samples (times du/dx of the row's map).
     """
     i_n, i_b, o_x, m_n = _pixel_block(N, BLOCK_N)
-    b_u, w_u = _load_bins(p_u, o_x, m_n, p_r, s_r, i_b, first, length, MAP)
+    b_u, c_u, k_u = _load_bins(p_u, o_x, m_n, p_r, s_r, i_b, first, length, MAP)
     b_s = _window_start(b_u, K, c_g, W, KIND)
     p_gb = p_g + i_b * K
 
@@ -128,7 +128,7 @@ def _hist_bwd_kernel(
     if NEEDS_U:
         if HAS_M:
             b_du = b_du * tl.load(p_m + o_x, mask=m_n, other=0.0)
-        tl.store(p_du + o_x, (b_du / w_u).to(p_du.dtype.element_ty), mask=m_n)
+        tl.store(p_du + o_x, (b_du * c_u * k_u).to(p_du.dtype.element_ty), mask=m_n)
     if NEEDS_M:
         tl.store(p_dm + o_x, b_dm.to(p_dm.dtype.element_ty), mask=m_n)
 

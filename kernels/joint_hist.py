@@ -82,8 +82,8 @@ def _joint_hist_fwd_kernel(
     the order; the launcher converts back, multiplying by max|m| / fp_scale.
     """
     i_n, i_b, o_x, m_n = _pixel_block(N, BLOCK_N)
-    b_u, _ = _load_bins(p_u, o_x, m_n, p_ru, s_ru, i_b, first, length, MAP)
-    b_v, _ = _load_bins(p_v, o_x, m_n, p_rv, s_rv, i_b, first, length, MAP)
+    b_u, _, _ = _load_bins(p_u, o_x, m_n, p_ru, s_ru, i_b, first, length, MAP)
+    b_v, _, _ = _load_bins(p_v, o_x, m_n, p_rv, s_rv, i_b, first, length, MAP)
     if HAS_M:
         b_m = tl.load(p_m + o_x, mask=m_n, other=0.0)
     else:
@@ -157,14 +157,14 @@ def _joint_hist_bwd_kernel(
         dm[n] =      sum_{a, c} w_u(u[n] - a) G[a, c] w_v(v[n] - c)
 
     over the pixel's W_U x W_V window (outside it every term is 0 to float32 rounding).
-    With MAP, du and dv are with respect to the raw samples: divided by the row's bin width.
+    With MAP, du and dv are with respect to the raw samples: times du/dx = c k of the row's map.
     A gather: each pixel reads its window of G (cached: G is K*K*4 bytes), no atomics, so
     the result is deterministic. Work per pixel: W_U * W_V loads of G and 2 to 3 multiply-
     adds each; memory per pixel: reads u, v, m, writes up to 3 floats.
     """
     i_n, i_b, o_x, m_n = _pixel_block(N, BLOCK_N)
-    b_u, w_u = _load_bins(p_u, o_x, m_n, p_ru, s_ru, i_b, first, length, MAP)
-    b_v, w_v = _load_bins(p_v, o_x, m_n, p_rv, s_rv, i_b, first, length, MAP)
+    b_u, c_u, k_u = _load_bins(p_u, o_x, m_n, p_ru, s_ru, i_b, first, length, MAP)
+    b_v, c_v, k_v = _load_bins(p_v, o_x, m_n, p_rv, s_rv, i_b, first, length, MAP)
     b_su = _window_start(b_u, K, c_g, W_U, KIND_U)
     b_sv = _window_start(b_v, K, c_g, W_V, KIND_V)
     p_gb = p_g + i_b * K * K
@@ -195,9 +195,9 @@ def _joint_hist_bwd_kernel(
         b_du = b_du * b_m
         b_dv = b_dv * b_m
     if NEEDS_U:
-        tl.store(p_du + o_x, (b_du / w_u).to(p_du.dtype.element_ty), mask=m_n)
+        tl.store(p_du + o_x, (b_du * c_u * k_u).to(p_du.dtype.element_ty), mask=m_n)
     if NEEDS_V:
-        tl.store(p_dv + o_x, (b_dv / w_v).to(p_dv.dtype.element_ty), mask=m_n)
+        tl.store(p_dv + o_x, (b_dv * c_v * k_v).to(p_dv.dtype.element_ty), mask=m_n)
     if NEEDS_M:
         tl.store(p_dm + o_x, b_dm.to(p_dm.dtype.element_ty), mask=m_n)
 
@@ -215,7 +215,8 @@ def joint_hist_forward(
     ``window._load_bins``); None: u and v are bin coordinates already.
     ``deterministic`` (or torch's deterministic mode) accumulates in int64 fixed point:
     bitwise identical run to run, each bin within N * max|m| * 2**-bits of the exact sum of
-    the float32 contributions (bits = ``utils.fixed_point_bits(N)``, 32 up to N = 2**30).
+    the float32 contributions (bits = ``utils.fixed_point_bits(N)``, 32 up to N = 2**30),
+    before the float32 result's own rounding.
     """
     check_inputs(u, m, num_bins, sigma, v=v)
     B, N = u.shape

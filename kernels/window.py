@@ -20,23 +20,32 @@ def _pixel_block(N, BLOCK_N: tl.constexpr):
 
 @triton.jit
 def _load_bins(p_x, o_x, m_n, p_r, s_r, i_b, first, length, MAP: tl.constexpr):
-    """(bin coordinates u (BLOCK_N,) fp32, dx/du of the row) of a block of samples x.
+    """(bin coordinates u (BLOCK_N,) fp32, c, s) of a block of samples x; du/dx = c s.
 
-    Without MAP, x already is in bin coordinates (dx/du = 1). With MAP, row i_b's range
+    Without MAP, x already is in bin coordinates (c = s = 1). With MAP, row i_b's range
     lo = p_r[i_b * s_r], hi = p_r[i_b * s_r + 1] maps onto first..first + length:
-    u = (x - lo) / w + first with the bin width w = (hi - lo) / length, or w = 1 for a
-    constant row (hi == lo lands on ``first``). s_r = 0 shares one range among all rows.
-    The samples are read in their own dtype (fp16/bf16/fp32) and converted in registers:
-    no bin-coordinate copy of the inputs is ever written.
+    u = (x s - lo s) c + first, where s = 2**-e is the power of two that brings
+    max(|lo|, |hi|) into [0.5, 1) (e from the float's exponent bits, clamped so that s is a
+    normal float) and c = length / (hi s - lo s), or 1 / s for a constant row (hi == lo
+    lands on ``first``). Scaling by s is exact, and it keeps every step finite and
+    accurate for ranges near the float32 limit (3e38) and for subnormal ones (1e-40).
+    The same formula as the torch backend's ``mi._torch.bin_maps``. s_r = 0 shares one
+    range among all rows. The samples are read in their own dtype (fp16/bf16/fp32) and
+    converted in registers: no bin-coordinate copy of the inputs is ever written.
     """
     b_x = tl.load(p_x + o_x, mask=m_n, other=0.0).to(tl.float32)
     if MAP:
         lo = tl.load(p_r + i_b * s_r).to(tl.float32)
-        span = tl.load(p_r + i_b * s_r + 1).to(tl.float32) - lo
-        w = tl.where(span > 0.0, span / length, 1.0)
-        return (b_x - lo) / w + first, w
+        hi = tl.load(p_r + i_b * s_r + 1).to(tl.float32)
+        big = tl.maximum(tl.abs(lo), tl.abs(hi))
+        e_big = (big.to(tl.int32, bitcast=True) >> 23) & 0xFF  # biased exponent E: e = E - 126
+        s = (tl.minimum(tl.maximum(253 - e_big, 1), 253) << 23).to(tl.float32, bitcast=True)
+        lo_s = lo * s
+        span = hi * s - lo_s
+        c = tl.where(span > 0.0, length / tl.where(span > 0.0, span, 1.0), 1.0 / s)
+        return (b_x * s - lo_s) * c + first, c, s
     else:
-        return b_x, 1.0
+        return b_x, 1.0, 1.0
 
 
 @triton.jit
@@ -73,11 +82,17 @@ def _window(b_d, c_g, KIND: tl.constexpr):
 
 @triton.jit
 def _window_and_grad(b_d, c_g, KIND: tl.constexpr):
-    """(w(d), w'(d)); the box window's derivative is 0 (piecewise constant)."""
+    """(w(d), w'(d)); the box window's derivative is 0 (piecewise constant). Both are 0, never
+    NaN, for |d| = inf (a sample mapped beyond the float range)."""
     if KIND == 0:
+        # Beyond 40 sigma the Gaussian underflows to exactly 0: clamping there changes no weight
+        # and keeps d w finite for a sample at +-inf (as the torch backend's _weights).
+        d_max = 40.0 * tl.sqrt(0.5 / c_g)
+        b_d = tl.minimum(tl.maximum(b_d, -d_max), d_max)
         b_w = tl.exp(-(b_d * b_d) * c_g)
         b_dw = -2.0 * c_g * b_d * b_w
     elif KIND == 1:
+        b_d = tl.minimum(tl.maximum(b_d, -3.0), 3.0)  # beyond the support every term is 0
         b_a = tl.abs(b_d)
         b_t = 2.0 - b_a
         b_w = tl.where(
@@ -93,5 +108,5 @@ def _window_and_grad(b_d, c_g, KIND: tl.constexpr):
         )
     else:
         b_w = tl.where((b_d >= -0.5) & (b_d < 0.5), 1.0, 0.0)
-        b_dw = b_d * 0.0
+        b_dw = tl.zeros_like(b_d)
     return b_w, b_dw

@@ -13,6 +13,7 @@ from .functional import (
     mutual_information,
     set_value_checks,
     triton_available,
+    value_checks,
 )
 from .information import entropies_from_joint, mutual_information_from_joint
 from .modules import MutualInformation, MutualInformationLoss
@@ -30,5 +31,6 @@ __all__ = [
     "MutualInformation",
     "MutualInformationLoss",
     "set_value_checks",
+    "value_checks",
     "triton_available",
 ]

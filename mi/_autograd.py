@@ -48,13 +48,15 @@ def _joint_forward(
 
 
 def _joint_backward(
-    grad, u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, rx, ry, first, length, needs_m
-):
+    grad, u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, rx, ry, first, length, needs_m,
+    needs_u=True, needs_v=True,
+):  # fmt: skip
     bins = dict(ranges=_ranges(rx, ry), first=first, length=length)
-    if backend == "triton":
+    if backend == "triton":  # skips what is not needed (a fixed image's gradient, in registration)
         return _kernels().joint_hist_backward(
-            u, v, m, grad.float(), num_bins, sigma, kernel_u, kernel_v, needs_m=needs_m, **bins
-        )
+            u, v, m, grad.float(), num_bins, sigma, kernel_u, kernel_v, needs_u=needs_u, needs_v=needs_v,
+            needs_m=needs_m, **bins,
+        )  # fmt: skip
     return _torch.joint_hist_backward(
         grad, u, v, m, num_bins, sigma, kernel_u, kernel_v, needs_m=needs_m, **bins
     )
@@ -75,42 +77,203 @@ def _hist_backward(grad, u, m, num_bins, sigma, kernel, backend, r, first, lengt
 
 
 # ---------------------------------------------------------------- eager: autograd.Function
+#
+# Written in the setup_context style with a vmap rule, so that torch.func transforms (grad,
+# vmap, jacrev, per-sample gradients) work. The backward is itself an autograd.Function
+# whose backward (the op's second derivative) is exact: computed by the torch backend, on
+# either backend's tensors; a third derivative is refused (``_ThirdDerivative``). Autocast is
+# off inside: the op accumulates in float32/float64 whatever the surrounding region asks.
+
+
+def _no_autocast(t):
+    return torch.autocast(t.device.type, enabled=False)
+
+
+def _fold(t, dim, size):
+    """A vmapped tensor (its vmapped dim at ``dim``, None: not mapped) with that dim merged
+    into its rows: logical (R, ...) -> (size * R, ...). None stays None."""
+    if t is None:
+        return None
+    t = t.unsqueeze(0).expand(size, *t.shape) if dim is None else t.movedim(dim, 0)
+    return t.reshape(size * t.shape[1], *t.shape[2:])
+
+
+def _fold_range(r, dim, size, rows):
+    """A row range (1, 2) or (R, 2), maybe vmapped, as the op's (1, 2) (shared, not mapped)
+    or (size * R, 2)."""
+    if r is None or (dim is None and r.shape[0] == 1):
+        return r
+    r = r.unsqueeze(0) if dim is None else r.movedim(dim, 0)
+    return r.expand(size, rows, 2).reshape(size * rows, 2)
+
+
+def _unfold(t, size):
+    return None if t is None else t.reshape(size, t.shape[0] // size, *t.shape[1:])
+
+
+class _ThirdDerivative(torch.autograd.Function):
+    """The identity on a second derivative, whose own backward refuses to go further."""
+
+    @staticmethod
+    def forward(out, *inputs):
+        return out.view_as(out)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            "mi: third derivatives of the histogram op are not implemented (its second derivative "
+            "is exact; differentiating it once more is refused rather than silently wrong)"
+        )
+
+
+def _no_third_derivative(out, *inputs):
+    """The second derivatives ``out``, tied (under create_graph) to every input that needs a
+    gradient by ``_ThirdDerivative``: a further backward raises instead of missing terms."""
+    deps = [t for t in inputs if isinstance(t, Tensor) and t.requires_grad]
+    if not (torch.is_grad_enabled() and deps):
+        return out
+    return tuple(None if t is None else _ThirdDerivative.apply(t, *deps) for t in out)
 
 
 class _JointHist(torch.autograd.Function):
     @staticmethod
-    def forward(
-        ctx, u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, deterministic, rx, ry, first, length
-    ):
+    def forward(u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, deterministic, rx, ry, first, length):
+        with _no_autocast(u):
+            return _joint_forward(
+                u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, deterministic, rx, ry, first, length
+            )
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, _, rx, ry, first, length = inputs
         ctx.save_for_backward(u, v, m, rx, ry)
-        ctx.args = (num_bins, sigma, kernel_u, kernel_v, backend)
-        ctx.map = (first, length)
-        return _joint_forward(
-            u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, deterministic, rx, ry, first, length
-        )
+        ctx.spec = (num_bins, sigma, kernel_u, kernel_v, backend, first, length)
 
     @staticmethod
     def backward(ctx, grad):
         u, v, m, rx, ry = ctx.saved_tensors
-        needs_m = m is not None and ctx.needs_input_grad[2]
-        du, dv, dm = _joint_backward(grad, u, v, m, *ctx.args, rx, ry, *ctx.map, needs_m)
+        needs = ctx.needs_input_grad[:3]
+        du, dv, dm = _JointHistBackward.apply(grad, u, v, m, rx, ry, *ctx.spec, *needs)
         return du, dv, dm, *[None] * 10
+
+    @staticmethod
+    def vmap(
+        info, in_dims, u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, det, rx, ry, first, length
+    ):
+        n = info.batch_size
+        u, v, m = (_fold(t, d, n) for t, d in zip((u, v, m), in_dims[:3]))
+        rows = u.shape[0] // n
+        rx, ry = (_fold_range(r, d, n, rows) for r, d in zip((rx, ry), in_dims[9:11]))
+        j = _JointHist.apply(
+            u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, det, rx, ry, first, length
+        )
+        return _unfold(j, n), 0
+
+
+class _JointHistBackward(torch.autograd.Function):
+    """(du, dv, dm) from grad = dL/dJ, each None where not needed; differentiable once more."""
+
+    @staticmethod
+    def forward(grad, u, v, m, rx, ry, num_bins, sigma, kernel_u, kernel_v, backend, first, length,
+                needs_u, needs_v, needs_m):  # fmt: skip
+        with _no_autocast(u):
+            du, dv, dm = _joint_backward(
+                grad, u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, rx, ry, first, length,
+                m is not None and needs_m, needs_u, needs_v,
+            )  # fmt: skip
+        return du if needs_u else None, dv if needs_v else None, dm
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad, u, v, m, rx, ry, num_bins, sigma, kernel_u, kernel_v, *_ = inputs
+        ctx.save_for_backward(grad, u, v, m, rx, ry)
+        ctx.spec = (num_bins, sigma, kernel_u, kernel_v)
+        ctx.map = inputs[11:13]
+
+    @staticmethod
+    def backward(ctx, hu, hv, hm):
+        grad, u, v, m, rx, ry = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:4]
+        with _no_autocast(u), torch.no_grad():
+            out = _torch.joint_hist_double_backward(
+                hu, hv, hm, grad, u, v, m, *ctx.spec, needs, _ranges(rx, ry), *ctx.map
+            )  # fmt: skip
+        return *_no_third_derivative(out, grad, u, v, m, hu, hv, hm), *[None] * 12
+
+    @staticmethod
+    def vmap(info, in_dims, grad, u, v, m, rx, ry, *rest):
+        n = info.batch_size
+        grad, u, v, m = (_fold(t, d, n) for t, d in zip((grad, u, v, m), in_dims[:4]))
+        rows = u.shape[0] // n
+        rx, ry = (_fold_range(r, d, n, rows) for r, d in zip((rx, ry), in_dims[4:6]))
+        out = _JointHistBackward.apply(grad, u, v, m, rx, ry, *rest)
+        return tuple(_unfold(t, n) for t in out), tuple(None if t is None else 0 for t in out)
 
 
 class _Hist(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, m, num_bins, sigma, kernel, backend, deterministic, r, first, length):
+    def forward(u, m, num_bins, sigma, kernel, backend, deterministic, r, first, length):
+        with _no_autocast(u):
+            return _hist_forward(u, m, num_bins, sigma, kernel, backend, deterministic, r, first, length)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        u, m, num_bins, sigma, kernel, backend, _, r, first, length = inputs
         ctx.save_for_backward(u, m, r)
-        ctx.args = (num_bins, sigma, kernel, backend)
-        ctx.map = (first, length)
-        return _hist_forward(u, m, num_bins, sigma, kernel, backend, deterministic, r, first, length)
+        ctx.spec = (num_bins, sigma, kernel, backend, first, length)
 
     @staticmethod
     def backward(ctx, grad):
         u, m, r = ctx.saved_tensors
-        needs_m = m is not None and ctx.needs_input_grad[1]
-        du, dm = _hist_backward(grad, u, m, *ctx.args, r, *ctx.map, needs_m)
+        du, dm = _HistBackward.apply(grad, u, m, r, *ctx.spec, *ctx.needs_input_grad[:2])
         return du, dm, *[None] * 8
+
+    @staticmethod
+    def vmap(info, in_dims, u, m, num_bins, sigma, kernel, backend, det, r, first, length):
+        n = info.batch_size
+        u, m = (_fold(t, d, n) for t, d in zip((u, m), in_dims[:2]))
+        r = _fold_range(r, in_dims[7], n, u.shape[0] // n)
+        return _unfold(_Hist.apply(u, m, num_bins, sigma, kernel, backend, det, r, first, length), n), 0
+
+
+class _HistBackward(torch.autograd.Function):
+    """(du, dm) from grad = dL/dH, each None where not needed; differentiable once more."""
+
+    @staticmethod
+    def forward(grad, u, m, r, num_bins, sigma, kernel, backend, first, length, needs_u, needs_m):
+        with _no_autocast(u):
+            du, dm = _hist_backward(
+                grad, u, m, num_bins, sigma, kernel, backend, r, first, length, m is not None and needs_m
+            )
+        return du if needs_u else None, dm
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad, u, m, r, num_bins, sigma, kernel, _, first, length, *_ = inputs
+        ctx.save_for_backward(grad, u, m, r)
+        ctx.spec = (num_bins, sigma, kernel)
+        ctx.map = (first, length)
+
+    @staticmethod
+    def backward(ctx, hu, hm):
+        grad, u, m, r = ctx.saved_tensors
+        with _no_autocast(u), torch.no_grad():
+            out = _torch.hist_double_backward(
+                hu, hm, grad, u, m, *ctx.spec, ctx.needs_input_grad[:3], _ranges(r), *ctx.map
+            )
+        return *_no_third_derivative(out, grad, u, m, hu, hm), *[None] * 9
+
+    @staticmethod
+    def vmap(info, in_dims, grad, u, m, r, *rest):
+        n = info.batch_size
+        grad, u, m = (_fold(t, d, n) for t, d in zip((grad, u, m), in_dims[:3]))
+        r = _fold_range(r, in_dims[3], n, u.shape[0] // n)
+        out = _HistBackward.apply(grad, u, m, r, *rest)
+        return tuple(_unfold(t, n) for t in out), tuple(None if t is None else 0 for t in out)
 
 
 def joint_hist(

@@ -9,7 +9,8 @@ result is the dense formula to float32 rounding.
 
 The same functions run on CUDA tensors (the fallback when Triton is missing, and
 the path for float64 on a GPU); the Triton kernels in `mi.kernels` compute the
-same thing, fused.
+same thing, fused. The second derivatives (the backward's own backward) are here
+only, for both backends.
 """
 
 import math
@@ -50,34 +51,45 @@ def window_size(kernel: str, sigma: float, num_bins: int, double: bool = False) 
     return min(math.ceil(2.0 * support(kernel, sigma, double)), num_bins)
 
 
-def _weights(u, kernel, sigma, num_bins, width, need_grad):
-    """Window start (M,) long, weights (M, W) and their derivatives d/du (or None).
+def _weights(u, kernel, sigma, num_bins, width, order):
+    """Window start (M,) long and [w, w', ..., w^(order)] (M, W) each: the window and its
+    derivatives with respect to u, order <= 2.
 
     The window start is clamp(floor(u - r) + 1, 0, K - W): every bin within the
-    kernel's support that exists is in the window, and no index is out of range.
+    kernel's support that exists is in the window, and no index is out of range. A
+    sample far outside the bins (even +-inf, which an extreme bin map can give) gets
+    weight 0 and derivatives 0, never NaN.
     """
     r = support(kernel, sigma, u.dtype == torch.float64)
     uc = u.clamp(-width - 1.0, num_bins + width + 1.0)  # keeps floor() finite-sized
     start = (torch.floor(uc - r) + 1.0).clamp_(0, num_bins - width)
     d = u[:, None] - (start[:, None] + torch.arange(width, dtype=u.dtype, device=u.device))
-    dw = None
     if kernel == "gaussian":
+        # Beyond 40 sigma the Gaussian underflows to exactly 0 (float32 and float64): clamping
+        # there changes no weight and keeps d w and d^2 w finite for a sample at +-inf.
+        d.clamp_(-40.0 * sigma, 40.0 * sigma)
         w = torch.exp(d * d * (-0.5 / sigma**2))
-        if need_grad:
-            dw = d * w * (-1.0 / sigma**2)
-    elif kernel == "bspline":
+        out = [w]
+        if order >= 1:  # w' = -d w / s^2, w'' = (d^2 / s^2 - 1) w / s^2
+            out.append(d * w * (-1.0 / sigma**2))
+        if order >= 2:
+            out.append((d * d / sigma**2 - 1.0) * w / sigma**2)
+        return start.long(), out
+    if kernel == "bspline":
+        d.clamp_(-3.0, 3.0)  # beyond the support (|d| >= 2) every term is 0; keeps them finite
         a = d.abs()
         inner, outer = a < 1.0, a < 2.0
         t = (2.0 - a).clamp(min=0.0)
-        w = torch.where(inner, 2.0 / 3.0 - a * a + 0.5 * a**3, t**3 / 6.0)
-        if need_grad:
+        out = [torch.where(inner, 2.0 / 3.0 - a * a + 0.5 * a**3, t**3 / 6.0)]
+        if order >= 1:
             slope = torch.where(inner, -2.0 * a + 1.5 * a * a, -0.5 * t * t)
-            dw = torch.where(outer, slope * torch.sign(d), torch.zeros_like(d))
-    else:  # box: the nearest bin, [c - 0.5, c + 0.5); flat, so no gradient
-        w = ((d >= -0.5) & (d < 0.5)).to(u.dtype)
-        if need_grad:
-            dw = torch.zeros_like(d)
-    return start.long(), w, dw
+            out.append(torch.where(outer, slope * torch.sign(d), 0.0))
+        if order >= 2:  # C2: the second derivative is continuous, 0 beyond the support
+            out.append(torch.where(inner, 3.0 * a - 2.0, t))
+        return start.long(), out
+    # box: the nearest bin, [c - 0.5, c + 0.5); flat, so every derivative is 0
+    w = ((d >= -0.5) & (d < 0.5)).to(u.dtype)
+    return start.long(), [w] + [torch.zeros_like(d)] * order
 
 
 class _Chunk:
@@ -124,49 +136,66 @@ def _acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def pow2_scale(big):
+    """2**-e per element, with ``big * 2**-e`` in [0.5, 1) (``frexp``), e clamped so that the
+    scale is a normal number of big's dtype (float32 or float64). Multiplying by it is exact."""
+    lim = 1022 if big.dtype == torch.float64 else 126
+    _, e = torch.frexp(big)
+    return torch.ldexp(torch.ones_like(big), (-e).clamp(-lim, lim))
+
+
 def bin_maps(ranges, first: float, length: float, dtype):
-    """Per-row maps (lo (R,), bin width (R,), first) that send each row's [lo, hi] onto bin
-    coordinates first..first + length: u = (x - lo) / width + first with width =
-    (hi - lo) / length, or 1 for a constant row (hi == lo lands on ``first``). The same
-    formula as the Triton kernels' ``_load_bins``. None for ``ranges=None`` (x already is in
-    bin coordinates)."""
+    """Per-row maps (lo * s, s, c, first) that send each row's [lo, hi] onto bin coordinates
+    first..first + length: u = (x s - lo s) c + first, du/dx = c s.
+
+    s = ``pow2_scale(max(|lo|, |hi|))`` is a power of two that brings the range near 1, so
+    that nothing overflows or loses its bits however large (3e38) or small (1e-40, subnormal)
+    the values are; c = length / (hi s - lo s), or 1 / s for a constant row (hi == lo lands
+    on ``first``, at a slope of one bin per unit). The same formula as the Triton kernels'
+    ``_load_bins``. None for ``ranges=None`` (x already is in bin coordinates).
+    """
     if ranges is None:
         return None
     out = []
     for r in ranges:
         r = r.to(dtype)
-        span = r[:, 1] - r[:, 0]
-        out.append((r[:, 0], torch.where(span > 0, span / length, 1.0), first))
+        s = pow2_scale(r.abs().amax(1))
+        r_s = r * s[:, None]  # exact
+        span = r_s[:, 1] - r_s[:, 0]
+        pos = span > 0
+        c = torch.where(pos, length / torch.where(pos, span, 1.0), s.reciprocal())
+        out.append((r_s[:, 0], s, c, first))
     return out
 
 
-def _mapped(x, chunk, bin_map, dtype):
-    """A chunk of samples x (M,) in bin coordinates, and the per-row bin widths (dx/du; None
-    when x already is in bin coordinates)."""
-    x = x.to(dtype)
-    if bin_map is None:
-        return x, None
-    lo, width, first = bin_map
-    u = chunk.rowwise(chunk.rowwise(x, lo, torch.sub), width, torch.div)
-    return u.add_(first), width
-
-
 class _Windows:
-    """Window starts, weights and derivatives of one chunk of pixels for one axis (and
-    ``width``, the rows' bin widths dx/du, None when x is in bin coordinates)."""
+    """Window starts and [w, w', ...] of one chunk of pixels for one axis, with the bin map of
+    its rows (None when x is in bin coordinates) for the chain rule to the raw samples."""
 
-    def __init__(self, x, width, kernel, sigma, num_bins, need_grad):
-        self.bin_width = width
+    def __init__(self, x, chunk, bin_map, kernel, sigma, num_bins, order):
+        if bin_map is not None:
+            lo_s, s, c, first = bin_map
+            u = chunk.rowwise(chunk.rowwise(x, s, torch.mul), lo_s, torch.sub)
+            x = chunk.rowwise(u, c, torch.mul).add_(first)
+        self.chunk, self.bin_map = chunk, bin_map
         self.width = window_size(kernel, sigma, num_bins, x.dtype == torch.float64)
-        self.start, self.w, self.dw = _weights(x, kernel, sigma, num_bins, self.width, need_grad)
+        self.start, self.ws = _weights(x, kernel, sigma, num_bins, self.width, order)
+        self.w = self.ws[0]
+
+    def chain(self, d):
+        """d/du (M,) -> d/dx through the rows' bin map: times c, then s (identity without one)."""
+        if self.bin_map is None:
+            return d
+        _, s, c, _ = self.bin_map
+        return self.chunk.rowwise(self.chunk.rowwise(d, c, torch.mul), s, torch.mul)
 
 
-def _joint_chunks(u, v, m, num_bins, sigma, kernel_u, kernel_v, need_grad, maps):
-    """Yield (lo, hi, flat index (M, Wu, Wv) into (B*K*K,), windows of u, windows of v, m).
+def _joint_chunks(u, v, m, num_bins, sigma, kernel_u, kernel_v, order, maps):
+    """Yield (chunk, flat index (M, Wu, Wv) into (B*K*K,), windows of u, windows of v, m).
 
     u, v are bin coordinates, or raw samples mapped chunk by chunk by ``maps`` (from
     ``bin_maps``): either way no full-size bin-coordinate copy is made. The windows carry
-    the rows' bin widths (None without maps) for ``_chain``.
+    derivatives up to ``order`` and the maps for the chain rule.
     """
     B, N = u.shape
     K = num_bins
@@ -182,11 +211,23 @@ def _joint_chunks(u, v, m, num_bins, sigma, kernel_u, kernel_v, need_grad, maps)
     offs = offs.to(itype)
     map_u, map_v = (None, None) if maps is None else maps
     for c in _chunks(B, N, per_pixel, u.device):
-        wu = _Windows(*_mapped(uf[c.lo : c.hi], c, map_u, acc), kernel_u, sigma, K, need_grad)
-        wv = _Windows(*_mapped(vf[c.lo : c.hi], c, map_v, acc), kernel_v, sigma, K, need_grad)
+        wu = _Windows(uf[c.lo : c.hi].to(acc), c, map_u, kernel_u, sigma, K, order)
+        wv = _Windows(vf[c.lo : c.hi].to(acc), c, map_v, kernel_v, sigma, K, order)
         base = ((c.batch * K + wu.start) * K + wv.start).to(itype)  # J[b, su, sv], flat
         idx = base[:, None, None] + offs  # (M, Wu, Wv)
         yield c, idx, wu, wv, None if mf is None else mf[c.lo : c.hi]
+
+
+def _scatter_joint(out, idx, wu, wv, terms):
+    """out[idx] += sum over terms (weight (M,) or None, i, j) of weight w_u^(i) (x) w_v^(j)."""
+    vals = None
+    for weight, i, j in terms:
+        a = wu.ws[i].double()
+        if weight is not None:
+            a = a * weight.double()[:, None]
+        t = a[:, :, None] * wv.ws[j].double()[:, None, :]
+        vals = t if vals is None else vals + t
+    out.index_add_(0, idx.reshape(-1), vals.reshape(-1))
 
 
 def joint_hist_forward(
@@ -201,12 +242,23 @@ def joint_hist_forward(
     B, K = u.shape[0], num_bins
     out = torch.zeros(B * K * K, dtype=torch.float64, device=u.device)
     maps = bin_maps(ranges, first, length, _acc_dtype(u.dtype))
-    for _, idx, wu, wv, mc in _joint_chunks(u, v, m, K, sigma, kernel_u, kernel_v, False, maps):
-        a = wu.w.double()
-        if mc is not None:
-            a = a * mc[:, None]
-        out.index_add_(0, idx.reshape(-1), (a[:, :, None] * wv.w.double()[:, None, :]).reshape(-1))
+    for _, idx, wu, wv, mc in _joint_chunks(u, v, m, K, sigma, kernel_u, kernel_v, 0, maps):
+        _scatter_joint(out, idx, wu, wv, [(mc, 0, 0)])
     return out.view(B, K, K).to(_acc_dtype(u.dtype))
+
+
+class _Gathered:
+    """T_ij = sum_{a, c} w_u^(i)(u - a) G[a, c] w_v^(j)(v - c) per pixel of a chunk, on demand
+    (each G w_v^(j) contraction computed once)."""
+
+    def __init__(self, g, idx, wu, wv):
+        self.gw = g.index_select(0, idx.view(-1)).view(idx.shape)  # (M, Wu, Wv); faster than g[idx]
+        self.wu, self.wv, self.rows = wu, wv, {}
+
+    def __call__(self, i, j):
+        if j not in self.rows:  # sum_c G[a, c] w_v^(j)(v - c), per window row a
+            self.rows[j] = torch.einsum("mij,mj->mi", self.gw, self.wv.ws[j])
+        return (self.wu.ws[i] * self.rows[j]).sum(1)
 
 
 def joint_hist_backward(
@@ -215,42 +267,88 @@ def joint_hist_backward(
 ):  # fmt: skip
     """Gradients (du, dv, dm) of sum(grad * J), gathered from grad (B, K, K); dm is None without m.
 
-    With ``ranges`` (as in the forward), du and dv are with respect to the raw samples.
-    Each has the dtype of its input.
+    du = m T_10 du/dx, dv = m T_01 dv/dy, dm = T_00 (``_Gathered``). With ``ranges`` (as in
+    the forward), du and dv are with respect to the raw samples. Each has the dtype of its input.
     """
     acc = _acc_dtype(u.dtype)
     g = grad.reshape(-1).to(acc)
     du, dv = torch.empty_like(u).view(-1), torch.empty_like(v).view(-1)
     dm = torch.empty_like(m).view(-1) if (m is not None and needs_m) else None
     maps = bin_maps(ranges, first, length, acc)
-    for c, idx, wu, wv, mc in _joint_chunks(u, v, m, num_bins, sigma, kernel_u, kernel_v, True, maps):
-        gw = g.index_select(0, idx.view(-1)).view(idx.shape)  # (M, Wu, Wv); faster than g[idx]
-        gv = torch.einsum("mij,mj->mi", gw, wv.w)  # sum_c G[a, c] w_v(v - c), per window row a
-        gu = torch.einsum("mij,mi->mj", gw, wu.w)
-        su, sv = _chain(c, wu, (wu.dw * gv).sum(1)), _chain(c, wv, (wv.dw * gu).sum(1))
+    for c, idx, wu, wv, mc in _joint_chunks(u, v, m, num_bins, sigma, kernel_u, kernel_v, 1, maps):
+        t = _Gathered(g, idx, wu, wv)
+        su, sv = wu.chain(t(1, 0)), wv.chain(t(0, 1))
         if mc is not None:
             su, sv = su * mc, sv * mc
             if dm is not None:
-                dm[c.lo : c.hi] = (wu.w * gv).sum(1)
+                dm[c.lo : c.hi] = t(0, 0)
         du[c.lo : c.hi], dv[c.lo : c.hi] = su, sv
     return du.view(u.shape), dv.view(v.shape), None if dm is None else dm.view(m.shape)
 
 
-def _chain(chunk, windows, d):
-    """d/du -> d/dx through the chunk's bin map (identity without one)."""
-    return d if windows.bin_width is None else chunk.rowwise(d, windows.bin_width, torch.div)
+def joint_hist_double_backward(
+    hu, hv, hm, grad, u, v, m, num_bins, sigma, kernel_u, kernel_v, needs, ranges=None, first=0.0,
+    length=1.0,
+):  # fmt: skip
+    """The derivatives of L2 = sum(hu du + hv dv + hm dm), (du, dv, dm) the backward's outputs
+    from grad = G, with respect to (G, u, v, m): the backward's own backward.
+
+    With a = du/dx and b = dv/dy the rows' map slopes (1 in bin coordinates) and T_ij as in
+    ``_Gathered``: du = a m T_10, dv = b m T_01, dm = T_00, so
+
+        dL2/dG[a, c] = sum_n (hu a m w_u' w_v + hv b m w_u w_v' + hm w_u w_v)  (a scatter)
+        dL2/dx = a (hu a m T_20 + hv b m T_11 + hm T_10)
+        dL2/dy = b (hu a m T_11 + hv b m T_02 + hm T_01)
+        dL2/dm = hu a T_10 + hv b T_01
+
+    hu, hv, hm (B, N) or None (zero); ``needs``: which of the four to compute (None for the
+    others). Exact over the window, like the forward: w'' of the Gaussian and the cubic
+    B-spline (C2), 0 for the box. The ranges are not differentiated (a binning choice).
+    """
+    acc = _acc_dtype(u.dtype)
+    B, K = u.shape[0], num_bins
+    g = grad.reshape(-1).to(acc)
+    flat = [None if t is None else t.reshape(-1).to(acc) for t in (hu, hv, hm)]
+    need_g, need_u, need_v, need_m = needs
+    need_m = need_m and m is not None
+    dg = torch.zeros(B * K * K, dtype=torch.float64, device=u.device) if need_g else None
+    du = torch.zeros_like(u).view(-1) if need_u else None
+    dv = torch.zeros_like(v).view(-1) if need_v else None
+    dm = torch.zeros_like(m).view(-1) if need_m else None
+    maps = bin_maps(ranges, first, length, acc)
+    for c, idx, wu, wv, mc in _joint_chunks(u, v, m, K, sigma, kernel_u, kernel_v, 2, maps):
+        one = torch.ones(c.hi - c.lo, dtype=acc, device=u.device)
+        a, b = wu.chain(one), wv.chain(one)  # the slopes, per pixel
+        mm = one if mc is None else mc.to(acc)
+        h_u, h_v, h_m = (torch.zeros_like(one) if f is None else f[c.lo : c.hi] for f in flat)
+        if dg is not None:
+            _scatter_joint(dg, idx, wu, wv, [(h_u * a * mm, 1, 0), (h_v * b * mm, 0, 1), (h_m, 0, 0)])
+        t = _Gathered(g, idx, wu, wv)
+        if du is not None:
+            du[c.lo : c.hi] = a * (h_u * a * mm * t(2, 0) + h_v * b * mm * t(1, 1) + h_m * t(1, 0))
+        if dv is not None:
+            dv[c.lo : c.hi] = b * (h_u * a * mm * t(1, 1) + h_v * b * mm * t(0, 2) + h_m * t(0, 1))
+        if dm is not None:
+            dm[c.lo : c.hi] = h_u * a * t(1, 0) + h_v * b * t(0, 1)
+    out_g = None if dg is None else dg.view(B, K, K).to(grad.dtype)
+    return (out_g, *(None if d is None else d.view(t.shape) for d, t in ((du, u), (dv, v), (dm, m))))
 
 
-def _hist_chunks(u, m, num_bins, sigma, kernel, need_grad, bin_map):
+def _hist_chunks(u, m, num_bins, sigma, kernel, order, bin_map):
     B, N = u.shape
     K = num_bins
     acc = _acc_dtype(u.dtype)
     uf = u.reshape(-1)
     mf = None if m is None else m.reshape(-1)
     for c in _chunks(B, N, 16 * window_size(kernel, sigma, K, acc == torch.float64), u.device):
-        wu = _Windows(*_mapped(uf[c.lo : c.hi], c, bin_map, acc), kernel, sigma, K, need_grad)
+        wu = _Windows(uf[c.lo : c.hi].to(acc), c, bin_map, kernel, sigma, K, order)
         idx = (c.batch * K + wu.start)[:, None] + torch.arange(wu.width, device=u.device)
         yield c, idx, wu, None if mf is None else mf[c.lo : c.hi]
+
+
+def _first_map(ranges, first, length, dtype):
+    maps = bin_maps(ranges, first, length, dtype)
+    return None if maps is None else maps[0]
 
 
 def hist_forward(u, m, num_bins, sigma, kernel="gaussian", ranges=None, first=0.0, length=1.0):
@@ -258,9 +356,8 @@ def hist_forward(u, m, num_bins, sigma, kernel="gaussian", ranges=None, first=0.
     raw samples, as in :func:`joint_hist_forward`."""
     B, K = u.shape[0], num_bins
     out = torch.zeros(B * K, dtype=torch.float64, device=u.device)
-    maps = bin_maps(ranges, first, length, _acc_dtype(u.dtype))
-    bin_map = None if maps is None else maps[0]
-    for _, idx, wu, mc in _hist_chunks(u, m, K, sigma, kernel, False, bin_map):
+    bin_map = _first_map(ranges, first, length, _acc_dtype(u.dtype))
+    for _, idx, wu, mc in _hist_chunks(u, m, K, sigma, kernel, 0, bin_map):
         w = wu.w.double()
         if mc is not None:
             w = w * mc[:, None]
@@ -275,14 +372,47 @@ def hist_backward(grad, u, m, num_bins, sigma, kernel="gaussian", needs_m=True, 
     g = grad.reshape(-1).to(acc)
     du = torch.empty_like(u).view(-1)
     dm = torch.empty_like(m).view(-1) if (m is not None and needs_m) else None
-    maps = bin_maps(ranges, first, length, acc)
-    bin_map = None if maps is None else maps[0]
-    for c, idx, wu, mc in _hist_chunks(u, m, num_bins, sigma, kernel, True, bin_map):
+    bin_map = _first_map(ranges, first, length, acc)
+    for c, idx, wu, mc in _hist_chunks(u, m, num_bins, sigma, kernel, 1, bin_map):
         gw = g.index_select(0, idx.view(-1)).view(idx.shape)
-        d = _chain(c, wu, (wu.dw * gw).sum(1))
+        d = wu.chain((wu.ws[1] * gw).sum(1))
         if mc is not None:
             d = d * mc
             if dm is not None:
                 dm[c.lo : c.hi] = (wu.w * gw).sum(1)
         du[c.lo : c.hi] = d
     return du.view(u.shape), None if dm is None else dm.view(m.shape)
+
+
+def hist_double_backward(hu, hm, grad, u, m, num_bins, sigma, kernel, needs, ranges=None, first=0.0,
+                         length=1.0):  # fmt: skip
+    """The backward's own backward for the 1-D histogram (see ``joint_hist_double_backward``):
+    with du = a m T_1, dm = T_0 and T_i = sum_k w^(i)(u - k) g[k],
+
+        dL2/dg[k] = sum_n (hu a m w' + hm w),  dL2/dx = a (hu a m T_2 + hm T_1),  dL2/dm = hu a T_1.
+    """
+    acc = _acc_dtype(u.dtype)
+    B, K = u.shape[0], num_bins
+    g = grad.reshape(-1).to(acc)
+    flat = [None if t is None else t.reshape(-1).to(acc) for t in (hu, hm)]
+    need_g, need_u, need_m = needs
+    need_m = need_m and m is not None
+    dg = torch.zeros(B * K, dtype=torch.float64, device=u.device) if need_g else None
+    du = torch.zeros_like(u).view(-1) if need_u else None
+    dm = torch.zeros_like(m).view(-1) if need_m else None
+    for c, idx, wu, mc in _hist_chunks(u, m, K, sigma, kernel, 2, _first_map(ranges, first, length, acc)):
+        one = torch.ones(c.hi - c.lo, dtype=acc, device=u.device)
+        a = wu.chain(one)
+        mm = one if mc is None else mc.to(acc)
+        h_u, h_m = (torch.zeros_like(one) if f is None else f[c.lo : c.hi] for f in flat)
+        if dg is not None:
+            vals = (h_u * a * mm)[:, None] * wu.ws[1] + h_m[:, None] * wu.ws[0]
+            dg.index_add_(0, idx.reshape(-1), vals.double().reshape(-1))
+        gw = g.index_select(0, idx.view(-1)).view(idx.shape)
+        t1 = (wu.ws[1] * gw).sum(1)
+        if du is not None:
+            du[c.lo : c.hi] = a * (h_u * a * mm * (wu.ws[2] * gw).sum(1) + h_m * t1)
+        if dm is not None:
+            dm[c.lo : c.hi] = h_u * a * t1
+    out_g = None if dg is None else dg.view(B, K).to(grad.dtype)
+    return out_g, None if du is None else du.view(u.shape), None if dm is None else dm.view(m.shape)

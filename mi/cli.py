@@ -50,65 +50,13 @@ def _float_range(text: str):
     return (lo, hi)
 
 
-def _read_pil(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        if img.mode.startswith("I;16"):  # 16-bit grey PNG/TIFF
-            return np.asarray(img, dtype=np.float32) / 65535.0
-        if img.mode in ("I", "F"):  # 32-bit integer or float: keep the values
-            return np.asarray(img, dtype=np.float32)
-        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-
-
-def _read_nifti(path: Path) -> np.ndarray:
-    try:
-        import nibabel
-    except ImportError:
-        raise CLIError(f"{path}: reading NIfTI needs nibabel (pip install nibabel)") from None
-    data = np.asarray(nibabel.load(str(path)).get_fdata(dtype=np.float32))
-    if data.ndim > 3 and data.size == np.prod(data.shape[:3]):  # (x, y, z, 1, ...)
-        data = data.reshape(data.shape[:3])
-    if data.ndim != 3:
-        raise CLIError(f"{path}: expected a 3-D volume, got shape {data.shape}")
-    return np.ascontiguousarray(data.transpose(2, 1, 0)[:, ::-1])  # (z, y, x), y up on screen
-
-
 def read_image(path) -> np.ndarray:
-    """A grey image or volume as float32 (H, W) or (D, H, W).
+    """A grey image or volume as float32 (H, W) or (D, H, W): :func:`mi.io.read_image`.
 
-    PNG/JPEG/TIFF/... (PIL): colour is converted to grey; 8-bit scaled to [0, 1],
-    16-bit by 65535. ``.npy``: a 2-D or 3-D real array, values kept. ``.nii``/``.nii.gz``:
-    a 3-D volume (needs nibabel), values kept, as (z, y, x).
-    Raises CLIError with a one-line message on a missing or unreadable file.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise CLIError(f"no such file: {path}")
-    if not path.is_file():
-        raise CLIError(f"not a file: {path}")
-    name = path.name.lower()
-    try:
-        if name.endswith((".nii", ".nii.gz")):
-            a = _read_nifti(path)
-        elif name.endswith(".npy"):
-            with open(path, "rb") as f:  # np.load would try a non-.npy file as a pickle
-                a = np.lib.format.read_array(f, allow_pickle=False)
-            if a.dtype.kind not in "biuf" or a.ndim not in (2, 3):
-                raise CLIError(f"{path}: expected a 2-D or 3-D real array, got {a.dtype} {a.shape}")
-            a = a.astype(np.float32)
-        else:
-            a = _read_pil(path)
-    except CLIError:
-        raise
-    except Exception as e:  # PIL, numpy and nibabel each raise their own kinds
-        detail = str(e).replace(repr(str(path)), "").replace(str(path), "").strip(" :")
-        if type(e).__name__ == "UnidentifiedImageError":
-            detail = "not an image file that PIL can read"
-        raise CLIError(f"cannot read {path}: {detail or type(e).__name__}") from None
-    if not np.isfinite(a).all():
-        raise CLIError(f"{path}: contains NaN or Inf values")
-    return a
+    Raises :class:`mi.io.ImageReadError` (a ValueError: one line, exit status 2)."""
+    from .io import read_image as read
+
+    return read(path)
 
 
 def _shape(a: np.ndarray) -> str:
@@ -366,10 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = sub.add_parser(
         "score",
-        help="MI of two image files (PNG/JPEG, .npy, NIfTI)",
+        help="MI of two image files (PNG/JPEG, .npy, NIfTI/NRRD/MHA)",
         description="Mutual information of two images of one shape. "
-        "PNG/JPEG are read as grey in [0, 1]; .npy and .nii/.nii.gz "
-        "(needs nibabel) keep their values.",
+        "PNG/JPEG are read as grey in [0, 1]; .npy and .nii/.nii.gz/.nrrd/.mha "
+        "(read with SimpleITK) keep their values.",
     )
     score.add_argument("a", help="first image file")
     score.add_argument("b", help="second image file")
@@ -395,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         "register",
         help="align MOVING to FIXED by maximising MI (rigid/affine)",
         description="Rigid or affine registration of MOVING onto FIXED (2-D "
-        "PNG/JPEG/.npy, 3-D .npy or NIfTI) by maximising normalised MI over a "
+        "PNG/JPEG/.npy, 3-D .npy, NIfTI, NRRD or MHA) by maximising normalised MI over a "
         "pyramid. Prints the transform (fixed pixel (x, y[, z]) -> moving pixel) "
         "and MI before/after; writes the resampled image, a before/after picture "
         "and the matrix. With no files: the demo pair (a photograph, and a copy "

@@ -7,17 +7,22 @@ them to bin coordinates itself, so no bin-coordinate copy of the images is made 
 Everything after the histogram is autograd on (B, K, K) tensors (``mi.information``).
 """
 
+import contextlib
+import contextvars
 import math
+import numbers
+import operator
 import os
+import struct
 import warnings
 from collections.abc import Sequence
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
 
 from . import _autograd
-from ._torch import _acc_dtype
+from ._torch import _acc_dtype, pow2_scale
 from .information import (
     BACKENDS,
     _safe_div,
@@ -65,19 +70,64 @@ def _check_tensor(name: str, t, floating=True) -> Tensor:
 
 
 def _check_sigma(sigma, name="sigma") -> float:
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
-        raise TypeError(f"{name} must be a positive number, got {type(sigma).__name__}")
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
+        raise TypeError(
+            f"{name} must be a positive real number (int, float, or a numpy scalar), "
+            f"got {type(sigma).__name__}"
+        )
+    sigma = float(sigma)
     if not (math.isfinite(sigma) and sigma > 0):
         raise ValueError(f"{name} must be a positive finite number, got {sigma!r}")
-    return float(sigma)
+    return sigma
 
 
 def _check_num_bins(num_bins) -> int:
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int):
-        raise TypeError(f"num_bins must be an int, got {type(num_bins).__name__}")
+    """Any integral number (int, numpy.int64, ...: ``operator.index``), at least 2."""
+    if isinstance(num_bins, bool):
+        raise TypeError("num_bins must be an integer (int, numpy integer), got bool")
+    try:
+        num_bins = operator.index(num_bins)
+    except TypeError:
+        raise TypeError(
+            f"num_bins must be an integer (int, numpy integer: anything operator.index accepts), "
+            f"got {type(num_bins).__name__}"
+        ) from None
     if num_bins < 2:
         raise ValueError(f"num_bins must be at least 2, got {num_bins}")
     return num_bins
+
+
+def _device_memory(device: torch.device) -> Optional[int]:
+    """Bytes of memory on the device (physical memory for the CPU), None if unknown."""
+    try:
+        if device.type == "cuda":
+            return torch.cuda.get_device_properties(device).total_memory
+        if device.type == "cpu":
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        pass
+    return None
+
+
+#: Bytes per histogram cell that a call holds at its peak: the float64 accumulator, the
+#: result, P and the entropies' terms.
+_BYTES_PER_CELL = 32
+
+
+def _check_histogram_size(rows: int, k: int, ndim: int, device: torch.device):
+    """Refuse, before any allocation, histograms that cannot fit on the device (not while
+    torch.compile traces: the compiled call was checked eagerly, or runs on a known size)."""
+    if _compiling():
+        return
+    cells = max(rows, 1) * k**ndim
+    need, have = cells * _BYTES_PER_CELL, _device_memory(device)
+    if have is not None and need > have:
+        shape = " x ".join([str(k)] * ndim)
+        raise ValueError(
+            f"num_bins={k}: {max(rows, 1)} histogram(s) of {shape} bins need about "
+            f"{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB of {device}; use fewer "
+            f"bins (registration uses 32-64; 256 resolves 8-bit images)"
+        )
 
 
 def _check_kernel(kernel) -> str:
@@ -126,27 +176,55 @@ def _check_weights(name: str, w, like: Tensor) -> Optional[Tensor]:
 
 
 _VALUE_CHECKS = True
+_VALUE_CHECKS_HERE = contextvars.ContextVar("mi_value_checks", default=None)
 
 
 def set_value_checks(enabled: bool) -> bool:
-    """Turn the checks that read tensor data on or off; returns the previous setting.
+    """Turn the checks that read tensor data on or off for the whole process (the default
+    of every thread); returns the previous setting. :func:`value_checks` does the same for a
+    block of code in one thread.
 
-    They are: NaN/Inf in the samples, negative or NaN weights/masks, and the warnings about
-    samples that miss the bins. Together they cost one host read per call. On a GPU with the
-    Triton backend a few numbers go to pinned memory right after the pass that computes them
-    (behind an event) and the call reads them only after it has queued all its own kernels,
-    so the host waits for none of those; with the torch backend the read comes first (its
-    indexing needs sound bins). On by default; turn them off in a tight GPU loop once the
-    data are known to be sound. Argument checks (shapes, dtypes, sigma, ...) always run.
-    Skipped anyway while ``torch.compile`` traces (no graph break).
+    They are: NaN/Inf in the samples, negative or NaN weights/masks, ranges too narrow for
+    a gradient, and the warnings about samples that miss the bins. Together they cost one
+    host read per call, a device synchronisation on a GPU. With the Triton backend a few
+    numbers go to pinned memory right after the pass that computes them (behind an event)
+    and the call reads them only after it has queued all its own kernels, so the host waits
+    for none of those; with the torch backend the read comes first (its indexing needs
+    sound bins). With float16 images that need a gradient, the backward checks that the
+    gradient fits float16 (another read). On by default; turn them off in a tight GPU loop
+    (or for CUDA graphs) once the data are known to be sound: bad data then give
+    meaningless numbers, not errors. Argument checks (shapes, dtypes, sigma, ...) always
+    run. Skipped anyway while ``torch.compile`` traces (no graph break) and under
+    ``torch.func.vmap`` (which cannot read data).
     """
     global _VALUE_CHECKS
     previous, _VALUE_CHECKS = _VALUE_CHECKS, bool(enabled)
     return previous
 
 
+@contextlib.contextmanager
+def value_checks(enabled: bool):
+    """``with mi.value_checks(False): ...``: the data checks of :func:`set_value_checks` on or
+    off inside the block, for the current thread (and asyncio task) only: a
+    ``contextvars.ContextVar``, so threads that call the library at the same time do not
+    see each other's setting. Restored on exit, also on an exception."""
+    token = _VALUE_CHECKS_HERE.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS_HERE.reset(token)
+
+
+def _under_vmap() -> bool:
+    stack = torch._C._functorch.get_interpreter_stack()
+    return bool(stack) and any(i.key() == torch._C._functorch.TransformType.Vmap for i in stack)
+
+
 def _checks_on() -> bool:
-    return _VALUE_CHECKS and not _compiling()
+    if _compiling():
+        return False
+    here = _VALUE_CHECKS_HERE.get()
+    return (_VALUE_CHECKS if here is None else here) and not _under_vmap()
 
 
 def _extremes(x: Tensor) -> Tensor:
@@ -161,13 +239,57 @@ def _no_checks():
     pass
 
 
-def _queue_checks(backend: str, extremes: dict, weights=None, wname="weights", binned=()):
+class _Binned(NamedTuple):
+    """A fixed range of one image (or of ``histogram``'s bins, ``data_units``): lo..hi map onto
+    bin coordinates first..first + length of K bins; samples that miss them get a warning."""
+
+    name: str
+    samples: Tensor  # (R, N)
+    lo: float
+    hi: float
+    first: float
+    length: float
+    num_bins: int
+    data_units: bool
+
+
+class _GradRange(NamedTuple):
+    """The per-row ranges (R, 2) [lo, hi] of an image whose gradient is asked for: the bin map's
+    slope length / (hi - lo) must leave the gradient room below ``dtype``'s largest number."""
+
+    name: str
+    ranges: Tensor
+    length: float
+    dtype: torch.dtype
+
+
+#: Largest bin-map slope (bins per unit of intensity) that a gradient may be scaled by: the
+#: rest of the chain (dL/du, per pixel) then has 2**28 of room before float32 overflows.
+_MAX_SLOPE = {torch.float32: 2.0**100, torch.float64: 2.0**1000}
+
+
+def _check_slope(name: str, lo, hi, length: float, dtype):
+    """Refuse a range so narrow that the gradient with respect to the samples would overflow.
+    lo, hi: floats or lists of floats (per row)."""
+    limit = _MAX_SLOPE[_acc_dtype(dtype)]
+    for a, b in zip(lo if isinstance(lo, list) else [lo], hi if isinstance(hi, list) else [hi]):
+        span = b - a
+        if span > 0 and length > limit * span:
+            raise ValueError(
+                f"{name} spans only {span:.3g} (from {a:.6g} to {b:.6g}): the gradient with "
+                f"respect to {name} scales with {length:.3g} / {span:.3g} bins per unit and would "
+                f"overflow {_acc_dtype(dtype)}. Rescale {name} (e.g. {name} / {name}.abs().amax(); "
+                f"with value_range='auto' MI does not change), or pass float64"
+            )
+
+
+def _queue_checks(backend: str, extremes: dict, weights=None, wname="weights", binned=(), grads=()):
     """All data checks of one call behind one host read; returns ``finish()``, which runs them.
 
     extremes: {name: (R, 2) per-row [min, max] of the samples} (``_extremes``), which must
-    be finite; weights: must be >= 0 (and not NaN); binned: for each fixed range,
-    (name, samples (R, N), (lo, hi), first, length, K, data_units): lo..hi map onto bin
-    coordinates first..first + length, and samples that miss the K bins get a warning.
+    be finite; weights: must be >= 0 (and not NaN); binned: ``_Binned`` records, whose
+    samples that miss the K bins get a warning; grads: ``_GradRange`` records, refused
+    when too narrow (``_check_slope``).
 
     On a GPU with the Triton backend, the few numbers the checks need are queued for the
     host now, into pinned memory behind an event; the caller launches its work and calls
@@ -179,12 +301,12 @@ def _queue_checks(backend: str, extremes: dict, weights=None, wname="weights", b
     """
     if not _checks_on():
         return _no_checks
-    parts = [e.reshape(-1).float() for e in extremes.values()]
+    parts = [e.reshape(-1) for e in extremes.values()] + [g.ranges.reshape(-1) for g in grads]
     if weights is not None:
-        parts.append(weights.amin().float().reshape(1) if weights.numel() else weights.new_zeros(1))
-    stats = torch.cat(parts)
+        parts.append(weights.amin().reshape(1) if weights.numel() else weights.new_zeros(1))
+    stats = torch.cat(parts)  # in the widest of their dtypes: float64 samples stay finite
     if not (stats.is_cuda and backend == "triton"):
-        _run_checks(stats.tolist(), extremes, weights is not None, wname, binned)
+        _run_checks(stats.tolist(), extremes, weights is not None, wname, binned, grads)
         return _no_checks
     host = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
     host.copy_(stats, non_blocking=True)
@@ -193,12 +315,18 @@ def _queue_checks(backend: str, extremes: dict, weights=None, wname="weights", b
 
     def finish():
         event.synchronize()
-        _run_checks(host.tolist(), extremes, weights is not None, wname, binned)
+        _run_checks(host.tolist(), extremes, weights is not None, wname, binned, grads)
 
     return finish
 
 
-def _run_checks(stats, extremes, has_weights, wname, binned):
+def _to_bins_host(value: float, lo: float, hi: float, first: float, length: float) -> float:
+    """A value's bin coordinate on the host (float64), scaled so that nothing overflows."""
+    s = math.ldexp(1.0, -max(math.frexp(abs(lo))[1], math.frexp(abs(hi))[1]))
+    return (value * s - lo * s) * (length / (hi * s - lo * s)) + first
+
+
+def _run_checks(stats, extremes, has_weights, wname, binned, grads):
     """The host side of ``_queue_checks``: ``stats`` are its numbers, as floats."""
     found, at = {}, 0
     for name, e in extremes.items():
@@ -206,19 +334,23 @@ def _run_checks(stats, extremes, has_weights, wname, binned):
         at += e.numel()
         if not all(math.isfinite(t) for t in found[name]):
             raise ValueError(f"{name} contains NaN or Inf")
+    for g in grads:
+        r = stats[at : at + g.ranges.numel()]
+        at += g.ranges.numel()
+        _check_slope(g.name, r[0::2], r[1::2], g.length, g.dtype)
     if has_weights and not stats[-1] >= 0:
         raise ValueError(f"{wname} must be non-negative (and not NaN)")
-    for name, x, (lo, hi), first, length, k, data_units in binned:
-        if x.numel() == 0:
+    for b in binned:
+        if b.samples.numel() == 0:
             continue
-        scale = length / (hi - lo)  # bin coordinate u = (x - lo) * scale + first, on the host
-        u_lo = (min(found[name][0::2]) - lo) * scale + first
-        u_hi = (max(found[name][1::2]) - lo) * scale + first
+        u_lo = _to_bins_host(min(found[b.name][0::2]), b.lo, b.hi, b.first, b.length)
+        u_hi = _to_bins_host(max(found[b.name][1::2]), b.lo, b.hi, b.first, b.length)
         outside = 0.0
-        if u_lo < -1.0 or u_hi > k:  # rare: a second look only when some sample misses the bins
-            below, above = lo + (-1.0 - first) / scale, lo + (k - first) / scale
-            outside = ((x < below) | (x > above)).float().mean().item()
-        _warn_binning(k, name, data_units, outside, u_lo, u_hi)
+        if u_lo < -1.0 or u_hi > b.num_bins:  # rare: a second look only when some sample misses the bins
+            unit = (b.hi - b.lo) / b.length
+            below, above = b.lo + (-1.0 - b.first) * unit, b.lo + (b.num_bins - b.first) * unit
+            outside = ((b.samples < below) | (b.samples > above)).float().mean().item()
+        _warn_binning(b.num_bins, b.name, b.data_units, outside, u_lo, u_hi)
 
 
 def _warn_binning(num_bins, name, data_units, outside, lo, hi):
@@ -315,20 +447,88 @@ def histogram(x: Tensor, bins, sigma: float, *, weights: Optional[Tensor] = None
     """
     _check_tensor("x", x)
     lo, step, k = _bin_layout(bins)
-    sig = _check_sigma(sigma) / step
+    sig = _sigma_in_bins(_check_sigma(sigma) / step)
     xf, lead = _flatten_samples(x)
     w = _check_weights("weights", weights, x)
     be = _resolve_backend(backend, x)
-    span = (lo, lo + step * (k - 1))  # the first and last bin centres -> bin coordinates 0 and K - 1
+    _check_histogram_size(xf.shape[0], k, 1, x.device)
+    acc = _acc_dtype(x.dtype)
+    span = _data_span(lo, step, k, acc)  # the first and last bin centres -> bin coordinates 0 and K - 1
+    xf = _guard_grad("x", xf, span, k - 1.0)
     check = _no_checks
     if _checks_on():
-        check = _queue_checks(be, {"x": _extremes(xf)}, w, binned=[("x", xf, span, 0.0, k - 1.0, k, True)])
+        check = _queue_checks(
+            be, {"x": _extremes(xf)}, w, binned=[_Binned("x", xf, *span, 0.0, k - 1.0, k, True)]
+        )
     wf = None if w is None else w.reshape(xf.shape)
-    r = torch.tensor([span], dtype=_acc_dtype(x.dtype), device=x.device)
+    r = torch.tensor([span], dtype=acc, device=x.device)
     h = _autograd.hist(xf, wf, k, sig, "gaussian", be, False, r, 0.0, k - 1.0)
     h = _safe_normalize(h, -1).reshape(*lead, k).to(x.dtype)
     check()
     return h
+
+
+def _sigma_in_bins(sig: float) -> float:
+    """A kernel width in bin widths for the op: refused below 2**-40 (a spike finer than float32
+    can place a sample, and 1 / sigma^2 would overflow), capped at 2**64 (flat over any
+    number of bins; exact to float64 rounding)."""
+    if sig < 2.0**-40:
+        raise ValueError(f"sigma is {sig:.3g} bin widths; it must be at least 2**-40 (9.1e-13) bin widths")
+    return min(sig, 2.0**64)
+
+
+def _data_span(lo: float, step: float, k: int, acc) -> tuple[float, float]:
+    """(first, last bin centre), which must be finite in the accumulation dtype."""
+    span = (lo, lo + step * (k - 1))
+    big = torch.finfo(acc).max
+    if not all(abs(t) <= big for t in span):
+        raise ValueError(f"bins span {span[0]:.6g}..{span[1]:.6g}, beyond the range of {acc} ({big:.3g})")
+    if not _rounded(span[1], acc) > _rounded(span[0], acc):
+        raise ValueError(f"bins span {span[0]!r}..{span[1]!r}, a single value in {acc}")
+    return span
+
+
+def _rounded(value: float, dtype) -> float:
+    """value rounded to float32 (or kept, for float64), on the host; |value| must fit."""
+    return value if dtype == torch.float64 else struct.unpack("f", struct.pack("f", value))[0]
+
+
+def _grad_needed(t: Tensor) -> bool:
+    return torch.is_grad_enabled() and t.requires_grad
+
+
+class _HalfGradCheck(torch.autograd.Function):
+    """The identity, whose backward refuses a gradient that overflowed float16 (65504)."""
+
+    @staticmethod
+    def forward(x, name):
+        return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.name = inputs[1]
+
+    @staticmethod
+    def backward(ctx, g):
+        if not torch.isfinite(g).all():
+            raise ValueError(
+                f"the gradient with respect to {ctx.name} overflows float16 (largest 65504): its "
+                f"range is narrow for its number of pixels; pass {ctx.name} as float32"
+            )
+        return g, None
+
+
+def _guard_grad(name: str, x: Tensor, span, length: float) -> Tensor:
+    """Refuse a fixed range too narrow for x's gradient now (``_check_slope``); with the
+    value checks on, guard a float16 gradient against overflow (one host read in the
+    backward). Returns x, or an identity view of it that carries the float16 guard."""
+    if not _grad_needed(x):
+        return x
+    if span is not None:
+        _check_slope(name, span[0], span[1], length, x.dtype)
+    if x.dtype == torch.float16 and _checks_on():
+        return _HalfGradCheck.apply(x, name)
+    return x
 
 
 def _safe_normalize(h: Tensor, dims) -> Tensor:
@@ -371,22 +571,25 @@ def histogram2d(
     if x1.device != x2.device:
         raise ValueError(f"x1 and x2 must be on the same device, got {x1.device} and {x2.device}")
     lo, step, k = _bin_layout(bins)
-    sig = _check_sigma(sigma) / step
+    sig = _sigma_in_bins(_check_sigma(sigma) / step)
     xf1, lead = _flatten_samples(x1)
     xf2 = x2.reshape(xf1.shape)
     w = _check_weights("weights", weights, x1)
     dtype = torch.promote_types(x1.dtype, x2.dtype)
     xf1, xf2 = xf1.to(dtype), xf2.to(dtype)  # no copy unless the dtypes differ
     be = _resolve_backend(backend, xf1)
-    span = (lo, lo + step * (k - 1))
+    _check_histogram_size(xf1.shape[0], k, 2, x1.device)
+    acc = _acc_dtype(dtype)
+    span = _data_span(lo, step, k, acc)
+    xf1, xf2 = _guard_grad("x1", xf1, span, k - 1.0), _guard_grad("x2", xf2, span, k - 1.0)
     check = _no_checks
     if _checks_on():
         check = _queue_checks(
             be, {"x1": _extremes(xf1), "x2": _extremes(xf2)}, w,
-            binned=[("x1", xf1, span, 0.0, k - 1.0, k, True), ("x2", xf2, span, 0.0, k - 1.0, k, True)],
+            binned=[_Binned(n, t, *span, 0.0, k - 1.0, k, True) for n, t in (("x1", xf1), ("x2", xf2))],
         )  # fmt: skip
     wf = None if w is None else w.reshape(xf1.shape)
-    r = torch.tensor([span], dtype=_acc_dtype(dtype), device=x1.device)
+    r = torch.tensor([span], dtype=acc, device=x1.device)
     j = _autograd.joint_hist(xf1, xf2, wf, k, sig, "gaussian", "gaussian", be, False, r, r, 0.0, k - 1.0)
     j = _safe_normalize(j, (-2, -1)).reshape(*lead, k, k).to(dtype)
     check()
@@ -434,11 +637,26 @@ def _row_range(x: Tensor, rng, m: Optional[Tensor], extremes: Optional[Tensor] =
     if m is None:
         e = _extremes(xd) if extremes is None else extremes
         return e[:, :1], e[:, 1:]
+    if xd.numel() == 0:  # no rows or no pixels: amin refuses empty tensors
+        return xd.new_zeros((xd.shape[0], 1)), xd.new_ones((xd.shape[0], 1))
     keep = m > 0
     lo = torch.where(keep, xd, math.inf).amin(-1, keepdim=True)
     hi = torch.where(keep, xd, -math.inf).amax(-1, keepdim=True)
     empty = ~keep.any(-1, keepdim=True)
     return torch.where(empty, 0.0, lo), torch.where(empty, 1.0, hi)
+
+
+def _fixed_range(name: str, pair, acc) -> tuple[float, float]:
+    """A fixed (lo, hi), which must be finite and distinct in the accumulation dtype."""
+    big = torch.finfo(acc).max
+    if not all(abs(t) <= big for t in pair):
+        raise ValueError(
+            f"{name} {pair!r} is beyond the range of {acc} ({big:.3g}), the images' accumulation dtype"
+        )
+    lo, hi = (_rounded(t, acc) for t in pair)
+    if not hi > lo:
+        raise ValueError(f"{name} {pair!r} is a single value in {acc}, the images' accumulation dtype")
+    return pair
 
 
 def _range_rows(x: Tensor, rng, m: Optional[Tensor], extremes: Optional[Tensor], dtype) -> Tensor:
@@ -453,26 +671,45 @@ def _range_rows(x: Tensor, rng, m: Optional[Tensor], extremes: Optional[Tensor],
 
 # Where lo..hi land in bin coordinates, per kernel: (first, margin at the end). The B-spline's
 # support is 2 bins: one bin of margin keeps every pixel's unit of mass inside the K bins.
-_LAYOUT = {"gaussian": (0.0, 1.0), "bspline": (1.0, 2.0)}
+# Mattes: 2 padding bins each side, bin width (max - min) / (K - 4).
+_LAYOUT = {"gaussian": (0.0, 1.0), "bspline": (1.0, 2.0), "mattes": (2.0, 2.0)}
 
 
-def _mattes_terms(x: Tensor, rng, num_bins: int, m: Optional[Tensor], extremes: Optional[Tensor]) -> Tensor:
-    """ITK's continuous Parzen window index, in float64 with ITK's own arithmetic:
-    bin width (max - min) / (K - 4), ``term = x / width - (min / width - 2)``."""
-    x = x.double()
-    lo, hi = _row_range(x, rng, m, None if extremes is None else extremes.double())
+def _mattes_terms(x: Tensor, r: Tensor, num_bins: int) -> Tensor:
+    """ITK's continuous Parzen window index of x (R, N) with ranges r ((R, 2) or (1, 2)
+    float64), in float64 with ITK's own arithmetic: bin width (max - min) / (K - 4),
+    ``term = x / width - (min / width - 2)``. Every value is scaled first by the power of two
+    s that brings the range near 1 (``pow2_scale``): exact, so the terms are ITK's bit for
+    bit, and nothing overflows for ranges near float64's limits. A constant row has width 1."""
+    s = pow2_scale(r.abs().amax(1, keepdim=True))
+    lo, hi = r[:, :1] * s, r[:, 1:] * s
     span = hi - lo
-    if isinstance(span, Tensor):
-        width = torch.where(span > 0, span, float(num_bins - 4)) / (num_bins - 4)
-    else:
-        width = span / (num_bins - 4)
-    return x / width - (lo / width - 2.0)
+    width = torch.where(span > 0, span / (num_bins - 4), s)
+    return (x.double() * s) / width - (lo / width - 2.0)
 
 
-def _image_joint(x, y, *, num_bins, sigma, value_range, mask, per_channel, kernel, backend, deterministic):
-    """(soft joint histogram (R, K, K), leading shape of the result, result dtype, resolved
-    backend, ``finish()`` of the data checks: the caller calls it after queuing the rest of
-    its work)."""
+class _Images(NamedTuple):
+    """The checked arguments of an image call: rows (R, N) of x and y in the promoted dtype, the
+    mask's rows, and what the result's shape and dtype will be."""
+
+    x: Tensor
+    y: Tensor
+    mask: Optional[Tensor]
+    weights: Optional[Tensor]  # the checked mask before reshaping (for the checks)
+    lead: tuple
+    dtype: torch.dtype
+    dtypes: tuple  # of x and y as given (of their gradients)
+    num_bins: int
+    sigma: float
+    ranges: tuple  # (range of x, range of y), each "auto" or (lo, hi)
+    kernel: str
+    backend: str
+    first: float  # lo..hi of a range map onto bin coordinates first..first + length
+    length: float
+
+
+def _check_images(x, y, *, num_bins, sigma, value_range, mask, per_channel, kernel, backend) -> _Images:
+    """Argument checks (no data read) and the images as rows."""
     _check_tensor("x", x)
     _check_tensor("y", y)
     if x.ndim < 3:
@@ -482,50 +719,79 @@ def _image_joint(x, y, *, num_bins, sigma, value_range, mask, per_channel, kerne
     if x.device != y.device:
         raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
     k = _check_num_bins(num_bins)
-    sig = _check_sigma(sigma)
-    rng = _check_range(value_range)
+    sig = _sigma_in_bins(_check_sigma(sigma))
     kernel = _check_kernel(kernel)
+    if kernel == "mattes" and k < 5:
+        raise ValueError(f"kernel='mattes' needs num_bins >= 5 (it keeps 4 padding bins), got {k}")
     if not isinstance(per_channel, bool):
         raise TypeError(f"per_channel must be a bool, got {type(per_channel).__name__}")
     dtype = torch.promote_types(x.dtype, y.dtype)
-    acc = _acc_dtype(dtype)
+    acc = torch.float64 if kernel == "mattes" else _acc_dtype(dtype)
+    rng = tuple(r if r == "auto" else _fixed_range("value_range", r, acc) for r in _check_range(value_range))
+    first, end = _LAYOUT[kernel]
+    length = k - end - first
+    dtypes = (x.dtype, y.dtype)  # of the gradients, before promotion
+    x, y = (
+        _guard_grad(n, t, None if r == "auto" else r, length)
+        for n, t, r in (("x", x, rng[0]), ("y", y, rng[1]))
+    )
     m = _check_weights("mask", mask, x)
     b, c = x.shape[:2]
     rows, lead = (b * c, (b, c)) if per_channel else (b, (b,))
-    xr, yr = x.reshape(rows, -1).to(dtype), y.reshape(rows, -1).to(dtype)  # no copy for equal dtypes
+    n = x.numel() // rows if rows else 0  # explicit: reshape(0, -1) is ambiguous
+    xr, yr = x.reshape(rows, n).to(dtype), y.reshape(rows, n).to(dtype)  # no copy for equal dtypes
     be = _resolve_backend(backend, xr)
-    mr = None if m is None else m.reshape(rows, -1)
-    if kernel == "mattes" and k < 5:
-        raise ValueError(f"kernel='mattes' needs num_bins >= 5 (it keeps 4 padding bins), got {k}")
+    _check_histogram_size(rows, k, 2, x.device)
+    mr = None if m is None else m.reshape(rows, n)
+    return _Images(xr, yr, mr, m, lead, dtype, dtypes, k, sig, rng, kernel, be, first, length)
+
+
+def _image_joint(x, y, *, num_bins, sigma, value_range, mask, per_channel, kernel, backend, deterministic):
+    """(soft joint histogram (R, K, K), leading shape of the result, result dtype, resolved
+    backend, ``finish()`` of the data checks: the caller calls it after queuing the rest of
+    its work)."""
+    a = _check_images(
+        x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
+        per_channel=per_channel, kernel=kernel, backend=backend,
+    )  # fmt: skip
+    k, rng, first, length = a.num_bins, a.ranges, a.first, a.length
+    mattes = a.kernel == "mattes"
+    acc = torch.float64 if mattes else _acc_dtype(a.dtype)  # of the ranges
+    checks = _checks_on()
     # One pass per image gives the rows' extremes: the NaN/Inf check and, for value_range="auto"
     # without a mask, the range itself.
     ext = [
-        _extremes(t) if (_checks_on() or (r == "auto" and mr is None)) else None
-        for t, r in zip((xr, yr), rng)
+        _extremes(t) if (checks or (r == "auto" and a.mask is None)) else None
+        for t, r in zip((a.x, a.y), rng)
     ]
-    if kernel == "mattes":
+    r_x = _range_rows(a.x, rng[0], a.mask, ext[0], acc)
+    same = rng[0] != "auto" and rng[1] == rng[0]  # one fixed range: one host-to-device copy
+    r_y = r_x if same else _range_rows(a.y, rng[1], a.mask, ext[1], acc)
+    named = (("x", a.x, rng[0], r_x, a.dtypes[0]), ("y", a.y, rng[1], r_y, a.dtypes[1]))
+    grads = [
+        _GradRange(n, rows, length, dt)
+        for n, t, r, rows, dt in named
+        if checks and r == "auto" and _grad_needed(t)
+    ]
+    xr, yr = a.x, a.y
+    if mattes:
         # ITK: the fixed image's bin is floor(term) clamped to [2, K-3] (a box window, at that
         # bin's centre here, so rounding cannot move it); the moving one a cubic B-spline at term.
-        u = _mattes_terms(xr, rng[0], k, mr, ext[0]).floor().clamp(2.0, k - 3.0).to(acc)
-        v = _mattes_terms(yr, rng[1], k, mr, ext[1]).to(acc)
-        kernel_u, kernel_v, r_x, r_y = "box", "bspline", None, None
-        first, length = 2.0, k - 4.0  # where a fixed range lands, for the warnings
+        op_acc = _acc_dtype(a.dtype)
+        u = _mattes_terms(xr, r_x, k).floor().clamp(2.0, k - 3.0).to(op_acc)
+        v = _mattes_terms(yr, r_y, k).to(op_acc)
+        kernels, op_ranges = ("box", "bspline"), (None, None)
     else:
-        u, v, kernel_u, kernel_v = xr, yr, kernel, kernel
-        r_x = _range_rows(xr, rng[0], mr, ext[0], acc)
-        same = rng[0] != "auto" and rng[1] == rng[0]  # one fixed range: one host-to-device copy
-        r_y = r_x if same else _range_rows(yr, rng[1], mr, ext[1], acc)
-        first, end = _LAYOUT[kernel]
-        length = k - end - first
+        u, v, kernels, op_ranges = xr, yr, (a.kernel, a.kernel), (r_x, r_y)
     check = _no_checks
-    if _checks_on():
-        binned = [(n, t, r, first, length, k, False) for n, t, r in (("x", xr, rng[0]), ("y", yr, rng[1]))
-                  if r != "auto"]  # fmt: skip
-        check = _queue_checks(be, {"x": ext[0], "y": ext[1]}, m, "mask", binned)
+    if checks:
+        pairs = (("x", a.x, rng[0]), ("y", a.y, rng[1]))
+        binned = [_Binned(n, t, *r, first, length, k, False) for n, t, r in pairs if r != "auto"]
+        check = _queue_checks(a.backend, {"x": ext[0], "y": ext[1]}, a.weights, "mask", binned, grads)
     j = _autograd.joint_hist(
-        u, v, mr, k, sig, kernel_u, kernel_v, be, bool(deterministic), r_x, r_y, first, length
+        u, v, a.mask, k, a.sigma, *kernels, a.backend, bool(deterministic), *op_ranges, first, length
     )
-    return j, lead, dtype, be, check
+    return j, a.lead, a.dtype, a.backend, check
 
 
 def joint_histogram(
@@ -613,15 +879,29 @@ def mutual_information(
         * ``"studholme"``: ``(H(x) + H(y)) / H(x, y)`` in [1, 2] (Studholme et al. 1999).
 
         A zero denominator (constant images at tiny sigma, an all-zero mask) gives the
-        value of independent variables (0, or 1 for studholme), never NaN.
+        value of independent variables (0, or 1 for studholme), never NaN. A constant image
+        (lo == hi) lands on the first bin. An empty batch (B = 0) gives an empty result.
+
+        Edges: any finite values work, from subnormal (1e-40) to near the float limit
+        (3e38); the bin map scales each range by a power of two first, which is exact. A
+        gradient that could not be represented is refused with a ValueError instead: a
+        range so narrow that its slope, ``(K - 1) / (hi - lo)`` bins per unit, exceeds 2**100
+        (float32; 2**1000 in float64), and a float16 gradient beyond 65504 (checked in the
+        backward). Differentiable twice:
+        the second derivative is exact; a third is refused. Works under ``torch.func``
+        (grad, vmap, jacrev) and ``torch.compile``; autocast does not change the float32
+        accumulation.
 
     Args:
         x, y: images (B, C, *spatial) of the same shape: 2-D (B, C, H, W), 3-D (B, C, D, H, W)
             or any other number of spatial dimensions; any floating dtype (half precision
             is computed in float32).
-        num_bins: K >= 2 bins per image.
-        sigma: the Gaussian kernel's standard deviation in *bin widths* (> 0). The kernel is
-            truncated where it falls below 2**-24 of its peak. Ignored by ``kernel="bspline"``.
+        num_bins: K >= 2 bins per image (any integral type: ``operator.index``); refused when
+            B x K x K histograms would not fit in the device's memory.
+        sigma: the Gaussian kernel's standard deviation in *bin widths* (> 0; at least 2**-40,
+            capped at 2**64). The kernel is truncated where it falls below 2**-24 of its
+            peak, so below 0.087 bins a sample half-way between two centres adds nothing.
+            Ignored by ``kernel="bspline"``.
         value_range: ``(lo, hi)``: intensities lo..hi map onto the bin centres 0..K-1 (the
             same for x and y; mass falling beyond the first/last bin is dropped); or
             ``"auto"``: each sample's (and image's) own min..max, over the pixels the mask
@@ -640,7 +920,9 @@ def mutual_information(
             window: its nearest bin, no gradient), y the *moving* one (cubic B-spline), bin
             width (max - min) / (K - 4) with 2 padding bins each side, each image's own range
             by default; ``-mutual_information(f, m, kernel="mattes", num_bins=50)`` is ITK's
-            metric value (K >= 5).
+            metric value (K >= 5). With a mask (ITK's fixed mask), ITK takes the fixed
+            image's range over the mask but the moving image's over the whole image:
+            ``value_range=("auto", (m.min(), m.max()))`` gives ITK's value.
         backend: ``"auto"`` (Triton for CUDA tensors when available, else torch),
             ``"torch"`` or ``"triton"``.
         deterministic: bitwise-identical results run to run on the GPU (Triton backend;

@@ -41,75 +41,160 @@ def joint_pdf(joint: Tensor) -> Tensor:
     return joint / total.clamp_min(torch.finfo(joint.dtype).tiny)
 
 
+def _entropy_terms(joint: Tensor):
+    """q = [P (K*K), p_a (K), p_b (K)] side by side, log q (0 where q = 0), q > 0, S = sum J
+    (at least tiny): plain differentiable ops."""
+    total = joint.sum((-2, -1), keepdim=True).clamp_min(torch.finfo(joint.dtype).tiny)
+    p = joint / total
+    q = torch.cat([p.flatten(-2), p.sum(-1), p.sum(-2)], -1)
+    pos = q > 0
+    return q, torch.where(pos, q, 1.0).log(), pos, total
+
+
+def _entropies_of(q: Tensor, log_q: Tensor, k: int):
+    """(H(a), H(b), H(a, b)) from ``_entropy_terms``: -sum q log q per segment."""
+    e = -(q * log_q)
+    return e[..., k * k : k * k + k].sum(-1), e[..., k * k + k :].sum(-1), e[..., : k * k].sum(-1)
+
+
+def _entropies_vjp(q, log_q, pos, total, k, g_ha, g_hb, g_hab):
+    """dL/dJ from dL/dH(a), dL/dH(b), dL/dH(a, b) (each (...,)): dH/dq = -(log q + 1), 0 where
+    q = 0 (the subgradient of 0 log 0 = 0); the marginals' terms broadcast back to
+    dL/dP[a, c] = g_ab[a, c] + g_a[a] + g_b[c]; then dL/dJ = (sum(g P) - g) / S. Out of place
+    and made of differentiable ops, so that it can itself be differentiated."""
+    sizes = (k * k, k, k)
+    g = torch.cat([t[..., None].expand(*t.shape, n) for t, n in zip((g_hab, g_ha, g_hb), sizes)], -1)
+    g = torch.where(pos, (log_q + 1.0) * g, 0.0)  # -dL/dq
+    p = q[..., : k * k].unflatten(-1, (k, k))
+    g = g[..., : k * k].unflatten(-1, (k, k)) + g[..., k * k : k * k + k, None] + g[..., None, k * k + k :]
+    return ((g * p).sum((-2, -1), keepdim=True) - g) / total
+
+
+def _score_partials(h_a, h_b, h_ab, normalize: str, scale: float):
+    """(score, dscore/dH(a), dscore/dH(b), dscore/dH(a, b)) of the entropies, as the Triton
+    kernels' ``_score``; a zero denominator gives the independent value and no gradient.
+    The torch path's score is its first element (autograd differentiates it)."""
+    if normalize == "none":
+        one = torch.full_like(h_a, scale)
+        return (h_a + h_b - h_ab) * scale, one, one, -one
+    if normalize == "arithmetic":
+        d = h_a + h_b
+        ok = d > 0
+        d1 = torch.where(ok, d, 1.0)
+        d_ab = torch.where(ok, 2.0 * h_ab / (d1 * d1), 0.0)
+        return torch.where(ok, 2.0 * (d - h_ab) / d1, 0.0), d_ab, d_ab, torch.where(ok, -2.0 / d1, 0.0)
+    ok = h_ab > 0
+    h1 = torch.where(ok, h_ab, 1.0)
+    d_ab = torch.where(ok, 1.0 / h1, 0.0)
+    return torch.where(ok, (h_a + h_b) / h1, 1.0), d_ab, d_ab, torch.where(ok, -(h_a + h_b) / (h1 * h1), 0.0)
+
+
+def _vmap_leading(fn, info, in_dims, joint, *rest):
+    """vmap rule of a Function on (..., K, K) histograms: the vmapped dim as one more leading dim."""
+    joint = joint.movedim(in_dims[0], 0)
+    out = fn.apply(joint, *rest)
+    return out, tuple(0 for _ in out) if isinstance(out, tuple) else 0
+
+
 class _Entropies(torch.autograd.Function):
     """(H(a), H(b), H(a, b)) in nats of a joint histogram J (..., K, K), with P = J / S.
 
     The three distributions are laid side by side in one tensor q = [P (K*K), p_a (K),
-    p_b (K)], so that each step is one kernel for all three (on a GPU every op is a launch
-    of a few microseconds; the arithmetic on K*K numbers is negligible): forward
-    ``H = -sum q log q`` per segment; backward dH/dq = -(log q + 1), 0 where q = 0 (the
-    subgradient convention of 0 log 0 = 0), the marginals' terms broadcast back to
-    dL/dP[a, c] = g_ab[a, c] + g_a[a] + g_b[c], then dL/dJ = (g - sum(g P)) / S.
-    ``log`` only ever sees q > 0 (it is ten times slower on zeros on a CPU).
+    p_b (K)] (``_entropy_terms``), so that each step is one kernel for all three (on a GPU
+    every op is a launch of a few microseconds; the arithmetic on K*K numbers is
+    negligible). The backward is ``_entropies_vjp``; under ``create_graph`` it recomputes the
+    terms from the saved histogram, so that the second derivative is exact. ``log`` only
+    ever sees q > 0 (it is ten times slower on zeros on a CPU).
     """
 
     @staticmethod
-    def forward(ctx, joint):
-        k = joint.shape[-1]
-        total = joint.sum((-2, -1), keepdim=True).clamp_min(torch.finfo(joint.dtype).tiny)
-        p = joint / total
-        q = torch.cat([p.flatten(-2), p.sum(-1), p.sum(-2)], -1)
-        pos = q > 0
-        log_q = torch.where(pos, q, 1.0).log_()
-        e = (q * log_q).neg_()  # -q log q, 0 where q = 0
-        ctx.save_for_backward(q, log_q, pos, total)
-        ctx.k = k
-        return e[..., k * k : k * k + k].sum(-1), e[..., k * k + k :].sum(-1), e[..., : k * k].sum(-1)
+    def forward(joint):
+        q, log_q, pos, total = _entropy_terms(joint)
+        return _entropies_of(q, log_q, joint.shape[-1])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
 
     @staticmethod
     def backward(ctx, g_ha, g_hb, g_hab):
-        q, log_q, pos, total = ctx.saved_tensors
-        k = ctx.k
-        sizes = (k * k, k, k)
-        g = torch.cat([t[..., None].expand(*t.shape, n) for t, n in zip((g_hab, g_ha, g_hb), sizes)], -1)
-        g = (log_q + 1.0).mul_(g).mul_(pos)  # -dL/dq
-        p = q[..., : k * k].unflatten(-1, (k, k))
-        g = (
-            g[..., : k * k].unflatten(-1, (k, k))
-            + g[..., k * k : k * k + k, None]
-            + g[..., None, k * k + k :]
-        )
-        return ((g * p).sum((-2, -1), keepdim=True) - g) / total
+        (joint,) = ctx.saved_tensors
+        return _entropies_vjp(*_entropy_terms(joint), joint.shape[-1], g_ha, g_hb, g_hab)
+
+    @staticmethod
+    def vmap(info, in_dims, joint):
+        return _vmap_leading(_Entropies, info, in_dims, joint)
 
 
 class _TritonEntropies(torch.autograd.Function):
-    """_Entropies in two Triton launches (``mi.kernels.entropy``): float32 (B, K, K) only."""
+    """_Entropies in two Triton launches (``mi.kernels.entropy``): float32 (B, K, K) only. A
+    backward under ``create_graph`` runs the torch formula, which is differentiable."""
 
     @staticmethod
-    def forward(ctx, joint):
+    def forward(joint):
         h, pa, pb, s = kernels.entropies_forward(joint)
-        ctx.save_for_backward(joint, pa, pb, s, h)
-        return h[0], h[1], h[2]
+        return h[0], h[1], h[2], pa, pb, s, h
 
     @staticmethod
-    def backward(ctx, g_ha, g_hb, g_hab):
-        return kernels.entropies_backward(*ctx.saved_tensors, (g_ha, g_hb, g_hab))
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], *output[3:])
+        ctx.mark_non_differentiable(*output[3:])
+        ctx.set_materialize_grads(False)  # no zeros for the saved outputs nobody differentiates
+
+    @staticmethod
+    def backward(ctx, g_ha, g_hb, g_hab, *_):
+        joint, *saved = ctx.saved_tensors
+        zero = joint.new_zeros(joint.shape[:1])
+        g_ha, g_hb, g_hab = (zero if g is None else g for g in (g_ha, g_hb, g_hab))
+        if torch.is_grad_enabled():
+            return _entropies_vjp(*_entropy_terms(joint), joint.shape[-1], g_ha, g_hb, g_hab)
+        return kernels.entropies_backward(joint, *saved, (g_ha, g_hb, g_hab))
+
+    @staticmethod
+    def vmap(info, in_dims, joint):
+        return _vmap_triton(_TritonEntropies, in_dims, joint)
 
 
 class _TritonScore(torch.autograd.Function):
     """A score of the entropies (``normalize``, times ``scale``) fused into the same two
-    launches: the scalar math and its chain rule run inside the kernels."""
+    launches: the scalar math and its chain rule run inside the kernels. A backward under
+    ``create_graph`` runs the torch formula (``_score_partials``, ``_entropies_vjp``)."""
 
     @staticmethod
-    def forward(ctx, joint, normalize, scale):
+    def forward(joint, normalize, scale):
         h, pa, pb, s = kernels.entropies_forward(joint, normalize, scale)
-        ctx.save_for_backward(joint, pa, pb, s, h)
-        ctx.normalize, ctx.scale = normalize, scale
-        return h[4]
+        return h[4], pa, pb, s, h
 
     @staticmethod
-    def backward(ctx, g):
-        return kernels.entropies_backward(*ctx.saved_tensors, (g,), ctx.normalize, ctx.scale), None, None
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], *output[1:])
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.set_materialize_grads(False)
+        ctx.normalize, ctx.scale = inputs[1:]
+
+    @staticmethod
+    def backward(ctx, g, *_):
+        joint, *saved = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            terms = _entropy_terms(joint)
+            k = joint.shape[-1]
+            _, d_a, d_b, d_ab = _score_partials(*_entropies_of(*terms[:2], k), ctx.normalize, ctx.scale)
+            return _entropies_vjp(*terms, k, g * d_a, g * d_b, g * d_ab), None, None
+        return kernels.entropies_backward(joint, *saved, (g,), ctx.normalize, ctx.scale), None, None
+
+    @staticmethod
+    def vmap(info, in_dims, joint, normalize, scale):
+        return _vmap_triton(_TritonScore, in_dims, joint, normalize, scale)
+
+
+def _vmap_triton(fn, in_dims, joint, *rest):
+    """vmap rule of the Triton Functions on (B, K, K): the vmapped dim folded into B. Their
+    outputs are per histogram (B,) and (B, K), but for the entropies' (5, B) last."""
+    j = joint.movedim(in_dims[0], 0)
+    lead, k = j.shape[:2], j.shape[-1]
+    out = fn.apply(j.reshape(-1, k, k), *rest)
+    shaped = [t.reshape(*lead, *t.shape[1:]) for t in out[:-1]] + [out[-1].reshape(5, *lead)]
+    return tuple(shaped), (0,) * (len(out) - 1) + (1,)
 
 
 def _use_triton(joint: Tensor, backend: str) -> bool:
@@ -131,7 +216,8 @@ def entropies_from_joint(joint: Tensor, base: Optional[float] = None, backend: s
     """
     if _use_triton(joint, backend):
         k = joint.shape[-1]
-        ha, hb, hab = (h.reshape(joint.shape[:-2]) for h in _TritonEntropies.apply(joint.reshape(-1, k, k)))
+        out = _TritonEntropies.apply(joint.reshape(-1, k, k))
+        ha, hb, hab = (h.reshape(joint.shape[:-2]) for h in out[:3])
     else:
         ha, hb, hab = _Entropies.apply(joint)
     if base is not None:
@@ -179,14 +265,8 @@ def mutual_information_from_joint(
     """
     normalize = check_normalize(normalize)
     base = check_base(base)
+    scale = 1.0 if base is None or normalize != "none" else 1.0 / math.log(base)
     if _use_triton(joint, backend):
         k = joint.shape[-1]
-        scale = 1.0 if base is None or normalize != "none" else 1.0 / math.log(base)
-        return _TritonScore.apply(joint.reshape(-1, k, k), normalize, scale).reshape(joint.shape[:-2])
-    ha, hb, hab = entropies_from_joint(joint)
-    mi = ha + hb - hab
-    if normalize == "arithmetic":
-        return _safe_div(2.0 * mi, ha + hb, 0.0)
-    if normalize == "studholme":
-        return _safe_div(ha + hb, hab, 1.0)
-    return mi if base is None else mi / math.log(base)
+        return _TritonScore.apply(joint.reshape(-1, k, k), normalize, scale)[0].reshape(joint.shape[:-2])
+    return _score_partials(*entropies_from_joint(joint), normalize, scale)[0]

@@ -590,7 +590,7 @@ def _remap(x: Tensor) -> Tensor:
     return torch.sin(3.0 * x) ** 2
 
 
-def demo_pair(shape=(192, 160), angle_deg: float = 7.0, shift=(6.0, -4.0)):
+def demo_pair(shape=(192, 160), angle_deg: float = 7.0, shift=(6.0, -4.0), matrix=None):
     """A 2-D multi-modal pair with a known rigid transform, from matplotlib's sample photo.
 
     ``fixed`` is grace_hopper.jpg in grey, [0, 1], area-downsampled to ``shape`` (H, W).
@@ -601,7 +601,9 @@ def demo_pair(shape=(192, 160), angle_deg: float = 7.0, shift=(6.0, -4.0)):
     Returns:
         (fixed, moving, true_matrix): two float32 tensors of ``shape`` and the (3, 3)
         float64 matrix mapping fixed pixel (x, y) to moving pixel (x, y): rotation by
-        ``angle_deg`` (x towards y) about the fixed centre, then ``shift`` (x, y) pixels.
+        ``angle_deg`` (x towards y) about the fixed centre, then ``shift`` (x, y) pixels;
+        or ``matrix`` (3, 3) itself when given (any invertible affine map, in the pixels
+        of ``shape``).
     """
     from matplotlib import cbook
     from PIL import Image
@@ -609,7 +611,10 @@ def demo_pair(shape=(192, 160), angle_deg: float = 7.0, shift=(6.0, -4.0)):
     with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as im:
         big = torch.from_numpy(np.asarray(im.convert("L"), dtype=np.float32) / 255.0)[None, None]
     big_shape, shape = tuple(big.shape[2:]), tuple(shape)
-    true = _rigid_matrix(math.radians(angle_deg), shift, (_extent(shape) - 1.0) / 2.0)
+    if matrix is None:
+        true = _rigid_matrix(math.radians(angle_deg), shift, (_extent(shape) - 1.0) / 2.0)
+    else:
+        true = torch.as_tensor(matrix, dtype=torch.float64)
     # the same transform in the photo's pixels: p_big = k (p + 1/2) - 1/2 per axis
     k = _extent(big_shape) / _extent(shape)
     s = torch.eye(3, dtype=torch.float64)
@@ -670,43 +675,16 @@ class RegisterError(ValueError):
 
 
 def load_image(path) -> np.ndarray:
-    """A grey image or volume as float32 (H, W) or (D, H, W).
-
-    PNG/JPEG/... (PIL): colour -> grey, 8-bit scaled to [0, 1] (16-bit by 65535).
-    .npy: a 2-D or 3-D array, values kept. NIfTI (.nii, .nii.gz): needs nibabel; the
-    voxel array is returned as (k, j, i), so (x, y, z) here are the file's voxel indices
-    (i, j, k), as in ITK; the voxel spacing and orientation are not used.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise RegisterError(f"{p}: no such file")
-    name = p.name.lower()
-    if name.endswith(".npy"):
-        a = np.load(p)
-        if a.ndim not in (2, 3) or not np.issubdtype(a.dtype, np.number):
-            raise RegisterError(f"{p}: expected a 2-D or 3-D numeric array, got {a.dtype} {a.shape}")
-        return a.astype(np.float32)
-    if name.endswith((".nii", ".nii.gz")):
-        try:
-            import nibabel
-        except ImportError:
-            raise RegisterError(f"{p}: reading NIfTI needs nibabel (pip install nibabel)") from None
-        a = np.asarray(nibabel.load(str(p)).get_fdata(dtype=np.float32))
-        a = a.reshape(a.shape[:3]) if a.ndim > 3 and a.size == np.prod(a.shape[:3]) else a
-        if a.ndim != 3:
-            raise RegisterError(f"{p}: expected a 3-D volume, got shape {a.shape}")
-        return np.ascontiguousarray(a.transpose(2, 1, 0))
-    from PIL import Image, UnidentifiedImageError
+    """A grey image or volume as float32 (H, W) or (D, H, W): :func:`mi.io.read_image` (the
+    project's one reader; NIfTI, NRRD and MHA through SimpleITK, as its voxel array
+    ``[k, j, i]``, so (x, y, z) here are the file's voxel indices (i, j, k), as in ITK; the
+    voxel spacing and orientation are not used). Raises :class:`RegisterError`."""
+    from .io import ImageReadError, read_image
 
     try:
-        with Image.open(p) as im:
-            if im.mode.startswith("I;16"):
-                return np.asarray(im, dtype=np.float32) / 65535.0
-            if im.mode in ("I", "F"):
-                return np.asarray(im, dtype=np.float32)
-            return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-    except UnidentifiedImageError:
-        raise RegisterError(f"{p}: not an image PIL can read, nor .npy / .nii / .nii.gz") from None
+        return read_image(path)
+    except ImageReadError as e:
+        raise RegisterError(str(e)) from None
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

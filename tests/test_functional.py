@@ -50,8 +50,10 @@ def test_histogram2d_matches_dense():
     g = torch.randn(2, 3, 32, 32, generator=gen)
     (j * g).sum().backward()
     (ref * g.double()).sum().backward()
-    torch.testing.assert_close(x1.grad.double(), a.grad / step, rtol=1e-4, atol=1e-9)
-    torch.testing.assert_close(x2.grad.double(), b.grad / step, rtol=1e-4, atol=1e-9)
+    # float32 sums through the normalisation cancel terms of size max|grad| (as for histogram):
+    # the error measured is 2e-6 to 4e-6 of max|grad| per element, bound at 1e-5 of it
+    for got, want in ((x1.grad, a.grad / step), (x2.grad, b.grad / step)):
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5 * want.abs().max().item())
 
 
 def test_seed_readme_usage_and_the_x255_warning():
@@ -93,9 +95,10 @@ def test_mutual_information_matches_dense(shape, normalize, k, sigma):
     torch.testing.assert_close(got.double(), ref, rtol=2e-5, atol=1e-6)
     got.sum().backward()
     ref.sum().backward()
-    scale = yd.grad.abs().max().item()
-    torch.testing.assert_close(y.grad.double(), yd.grad, rtol=1e-3, atol=1e-4 * scale)
-    torch.testing.assert_close(x.grad.double(), xd.grad, rtol=1e-3, atol=1e-4 * xd.grad.abs().max().item())
+    # float32 gradients through the entropies cancel terms of size max|grad|: measured at most
+    # 5e-6 of max|grad| over these cases, bound at 2e-5 of it
+    for got_grad, want in ((y.grad, yd.grad), (x.grad, xd.grad)):
+        torch.testing.assert_close(got_grad.double(), want, rtol=0, atol=2e-5 * want.abs().max().item())
 
 
 def test_per_channel_and_auto_range():
@@ -111,6 +114,57 @@ def test_per_channel_and_auto_range():
             jv = to_bins(v, v.min(), v.max(), 16)
             ref = oracle_mi(dense_joint(ju[None], jv[None], None, 16, 0.8))[0]
             assert got[b, c].item() == pytest.approx(ref.item(), rel=2e-5)
+
+
+def _oracle_rows(x, y, m, k, sigma, rx, ry):
+    """MI per row of the dense float64 estimator: x, y, m (R, N); rx, ry: "auto" (each row's
+    min..max over the pixels with m > 0) or a (lo, hi) pair."""
+    out = []
+    for xr, yr, mr in zip(x.double(), y.double(), m.double()):
+        keep = mr > 0
+        bounds = [(t[keep].min(), t[keep].max()) if r == "auto" else r for t, r in ((xr, rx), (yr, ry))]
+        u, v = (to_bins(t, lo, hi, k) for t, (lo, hi) in zip((xr, yr), bounds))
+        out.append(oracle_mi(dense_joint(u[None], v[None], mr[None], k, sigma))[0])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("mask_shape", ["full", "broadcast"])
+def test_per_channel_with_a_mask(mask_shape):
+    """One histogram per (sample, channel), each over the pixels its mask keeps, each with its
+    own automatic range: against the dense oracle per row."""
+    gen = torch.Generator().manual_seed(21)
+    x = torch.rand(2, 3, 9, 11, generator=gen) * torch.tensor([1.0, 50.0, 0.01])[:, None, None]
+    y = remap(x / x.amax((-2, -1), keepdim=True)) + 0.1 * torch.rand(2, 3, 9, 11, generator=gen)
+    shape = (2, 3, 9, 11) if mask_shape == "full" else (2, 1, 9, 11)
+    m = torch.rand(shape, generator=gen) * (torch.rand(shape, generator=gen) > 0.3)
+    got = mi.mutual_information(x, y, num_bins=12, sigma=0.6, mask=m, per_channel=True)
+    assert got.shape == (2, 3)
+    mm = m.expand(2, 3, 9, 11).reshape(6, -1)
+    want = _oracle_rows(x.reshape(6, -1), y.reshape(6, -1), mm, 12, 0.6, "auto", "auto").view(2, 3)
+    torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "value_range", [((-0.2, 1.3), (0.1, 0.9)), ("auto", (0.0, 1.2)), ((0.0, 1.0), "auto")], ids=str
+)
+def test_gaussian_with_a_range_per_image(value_range):
+    gen = torch.Generator().manual_seed(22)
+    x = torch.rand(3, 1, 10, 12, generator=gen)
+    y = remap(x) * 0.9 + 0.1 * torch.rand(3, 1, 10, 12, generator=gen)
+    got = mi.mutual_information(x, y, num_bins=20, sigma=0.8, value_range=value_range)
+    want = _oracle_rows(x.view(3, -1), y.view(3, -1), torch.ones(3, 120), 20, 0.8, *value_range)
+    torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=1e-6)
+
+
+def test_entropies_in_bits():
+    gen = torch.Generator().manual_seed(23)
+    x = torch.rand(2, 1, 16, 16, generator=gen)
+    y = remap(x)
+    got = mi.entropies(x, y, num_bins=24, sigma=0.7, value_range=(0, 1), base=2)
+    u, v = to_bins(x.flatten(1), 0, 1, 24), to_bins(y.flatten(1), 0, 1, 24)
+    want = entropies(dense_joint(u, v, None, 24, 0.7))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w / math.log(2), rtol=1e-5, atol=1e-6)
 
 
 def test_base_and_entropies():

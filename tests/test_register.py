@@ -158,6 +158,49 @@ def test_volume_3d_rigid():
     assert r.mi_after > r.mi_before
 
 
+def _corner_error(matrix, true, shape):
+    """The largest displacement error |A_found p - A_true p| (px) over the image's corners."""
+    sizes = list(reversed(shape))
+    corners = torch.tensor(list(itertools.product(*[(0, s - 1) for s in sizes])), dtype=torch.float64)
+    p = torch.cat([corners, torch.ones(len(corners), 1, dtype=torch.float64)], 1)
+    return ((p @ matrix.T - p @ true.T)[:, :-1]).norm(dim=1).max().item()
+
+
+def test_demo_pair_2d_affine():
+    """A known affine map with scaling (1.06, 0.95), shear and a 5 degree rotation, plus
+    (4, -3) px, on the photo vs its remap: recovered to 0.5 px at the worst corner (0.2 px
+    measured)."""
+    shape = (192, 160)
+    c = (torch.tensor([160.0, 192.0], dtype=torch.float64) - 1) / 2
+    true = torch.eye(3, dtype=torch.float64)
+    lin = torch.tensor([[1.06, 0.05], [-0.04, 0.95]], dtype=torch.float64)
+    true[:2, :2] = lin @ _rigid_matrix(math.radians(5.0), (0.0, 0.0), c)[:2, :2]
+    true[:2, 2] = c + torch.tensor([4.0, -3.0], dtype=torch.float64) - true[:2, :2] @ c
+    fixed, moving, true = demo_pair(shape, matrix=true)
+    torch.manual_seed(0)
+    r = register(fixed, moving, transform="affine", **FAST)
+    err = _corner_error(r.matrix, true, shape)
+    print(f"2-D affine: corners {err:.3f} px")
+    assert err < 0.5
+    assert r.mi_after > r.mi_before + 0.1
+
+
+def test_mask_leaves_out_an_occlusion():
+    """The fixed image has an 80x70 block painted over (an occlusion the moving image lacks);
+    a mask that leaves it out recovers the rigid transform to 0.1 px at the corners (0.03 px
+    measured; 0.18 px without the mask)."""
+    fixed, moving, true = demo_pair()
+    occluded = fixed.clone()
+    occluded[30:110, 20:90] = 0.9 + 0.1 * torch.rand(80, 70, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(fixed, dtype=torch.bool)
+    mask[30:110, 20:90] = False
+    torch.manual_seed(0)
+    r = register(occluded, moving, transform="rigid", mask=mask, **FAST)
+    err = _corner_error(r.matrix, true, fixed.shape)
+    print(f"2-D rigid with a mask: corners {err:.3f} px")
+    assert err < 0.1
+
+
 # ---------------------------------------------------------------- options
 
 
@@ -292,12 +335,9 @@ def test_load_image_errors(tmp_path, capsys):
     np.save(tmp_path / "v.npy", np.zeros((2, 2, 2, 2)))
     with pytest.raises(RegisterError, match="2-D or 3-D"):
         load_image(tmp_path / "v.npy")
-    (tmp_path / "v.nii").write_bytes(b"\0" * 400)
-    try:
-        import nibabel  # noqa: F401
-    except ImportError:
-        with pytest.raises(RegisterError, match="nibabel"):
-            load_image(tmp_path / "v.nii")
+    (tmp_path / "v.nii").write_bytes(b"\0" * 400)  # reading NIfTI itself: tests/test_io.py
+    with pytest.raises(RegisterError, match="cannot read"):
+        load_image(tmp_path / "v.nii")
     from mi.cli import main
 
     assert main(["register", str(tmp_path / "missing.png"), str(tmp_path / "x.txt"), "--quiet"]) == 2

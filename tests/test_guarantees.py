@@ -1,0 +1,414 @@
+"""What holds for any finite input (the README's "Guarantees"), case by case.
+
+Empty batches, values near the float limits and subnormal ones, bin counts that cannot
+fit, integral numbers of other types, torch.func transforms, second derivatives,
+autocast, and the value-check switch. Oracles: the dense float64 formulas of ``oracle.py``
+(and their autograd, to second order), plain autograd for the transforms, and the same
+call on rescaled data for the scale cases (MI with value_range="auto" is invariant
+under x -> a x + b).
+"""
+
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+from images import photo, remap, to_tensor01
+from oracle import dense_joint, to_bins
+from oracle import mutual_information as oracle_mi
+
+import mi
+
+BACKENDS = [
+    "torch",
+    pytest.param("triton", marks=pytest.mark.skipif(not mi.triton_available(), reason="no triton")),
+]
+
+
+def _pair(shape=(2, 1, 12, 10), seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=g, dtype=torch.float64)
+    y = remap(x) * 0.8 + 0.2 * torch.rand(shape, generator=g, dtype=torch.float64)
+    return x.to(dtype), y.to(dtype)
+
+
+# ---------------------------------------------------------------- empty batches
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch_gives_empty_results_and_gradients(backend):
+    x = torch.rand(0, 2, 8, 8, requires_grad=True)
+    y = torch.rand(0, 2, 8, 8)
+    kw = dict(num_bins=16, backend=backend)
+    for per_channel, lead in ((False, (0,)), (True, (0, 2))):
+        for kernel in ("gaussian", "bspline", "mattes"):
+            s = mi.mutual_information(x, y, per_channel=per_channel, kernel=kernel, **kw)
+            assert s.shape == lead
+            (g,) = torch.autograd.grad(s.sum(), x)
+            assert g.shape == x.shape
+    assert mi.joint_histogram(x, y, **kw).shape == (0, 16, 16)
+    assert all(h.shape == (0,) for h in mi.entropies(x, y, **kw))
+    assert mi.MutualInformationLoss(reduction="none")(x, y).shape == (0,)
+    assert mi.MutualInformationLoss(reduction="sum")(x, y).item() == 0.0
+    bins = torch.linspace(0, 1, 8)
+    assert mi.histogram(torch.rand(0, 5), bins, 0.1, backend=backend).shape == (0, 8)
+    assert mi.histogram2d(torch.rand(0, 3, 5), torch.rand(0, 3, 5), bins, 0.1, backend=backend).shape == (
+        0, 3, 8, 8
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- extreme finite values
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kernel", ["gaussian", "bspline", "mattes"])
+@pytest.mark.parametrize(
+    "scale,shift", [(1.5e38, -1.0), (2.9e38, -0.5), (2.0**-133, 0.0), (2.0**-146, 3.0), (1e30, 0.0)],
+    ids=["near-max-signed", "near-max", "subnormal", "deep-subnormal", "1e30"],
+)  # fmt: skip
+def test_extreme_scales_give_the_unscaled_mi(scale, shift, kernel, backend):
+    """float32 images at 1e-44 (a few subnormal steps) to 2.9e38: MI with value_range="auto" is
+    that of the same images at unit scale. Subnormal numbers are few (multiples of 2**-149),
+    so there the images are integers times a power of two, which float32 holds exactly."""
+    x, y = _pair((2, 1, 12, 10), seed=1, dtype=torch.float64)
+    if scale < 1e-30:
+        x, y = (torch.round(t * 7) for t in (x, y))  # 0..7: exact multiples of the subnormal step
+    xs, ys = ((t + shift) * scale for t in (x, y))
+    xs, ys = xs.float(), ys.float()
+    assert torch.isfinite(xs).all() and (xs.abs().max() > 1e38 or xs.abs().max() < 1e-30 or scale == 1e30)
+    kw = dict(num_bins=16, kernel=kernel, backend=backend)
+    got = mi.mutual_information(xs, ys, **kw)
+    want = mi.mutual_information(x.float() + shift, y.float() + shift, **kw)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_at_huge_scale_is_the_scaled_gradient(backend):
+    """d MI / dx at x * a is d MI / dx / a: finite and exact at a = 1e38."""
+    x, y = _pair(seed=2)
+    a = 1e38
+    xs = (x * a).requires_grad_()
+    x1 = x.clone().requires_grad_()
+    for t, other in ((xs, y), (x1, y)):
+        mi.mutual_information(t, other, num_bins=16, backend=backend).sum().backward()
+    assert torch.isfinite(xs.grad).all()
+    scale = x1.grad.abs().max().item()
+    torch.testing.assert_close(xs.grad.double() * a, x1.grad.double(), rtol=0, atol=1e-5 * scale)
+
+
+def test_float64_near_its_limits():
+    x, y = _pair(seed=3, dtype=torch.float64)
+    want = mi.mutual_information(x, y, num_bins=16)
+    for a in (1e307, 1e-310):
+        for kernel in ("gaussian", "mattes"):
+            got = mi.mutual_information((x - 0.5) * a, y * a, num_bins=16, kernel=kernel)
+            ref = mi.mutual_information(x - 0.5, y, num_bins=16, kernel=kernel)
+            torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-12)
+    assert torch.isfinite(want).all()
+
+
+def test_a_range_too_narrow_for_the_gradient_is_refused_and_the_value_still_works():
+    x, y = _pair(seed=4)
+    xs = (x * 1e-40).requires_grad_()  # 63 bins per 1e-40: a gradient of ~1e41 per pixel
+    with pytest.raises(ValueError, match=r"x spans only .* would overflow torch.float32"):
+        mi.mutual_information(xs, y, num_bins=64)
+    with pytest.raises(ValueError, match="x spans only"):
+        mi.mutual_information(xs, y, num_bins=64, value_range=((0.0, 1e-40), "auto"))
+    with torch.no_grad():
+        value = mi.mutual_information(xs, y, num_bins=64)
+    torch.testing.assert_close(value, mi.mutual_information(x, y, num_bins=64), rtol=2e-5, atol=2e-6)
+    xd = (x.double() * 1e-40).requires_grad_()  # float64 has the room
+    g = mi.mutual_information(xd, y.double(), num_bins=64)
+    assert torch.isfinite(torch.autograd.grad(g.sum(), xd)[0]).all()
+    # a float32 image promoted to float64 by the other one still gets a float32 gradient: refused
+    with pytest.raises(ValueError, match="x spans only"):
+        mi.mutual_information(xs, y.double(), num_bins=64)
+
+
+def test_fixed_ranges_that_float32_cannot_hold_are_refused():
+    x, y = _pair(seed=5)
+    with pytest.raises(ValueError, match="beyond the range of torch.float32"):
+        mi.mutual_information(x, y, value_range=(0.0, 1e39))
+    with pytest.raises(ValueError, match="a single value in torch.float32"):
+        mi.mutual_information(x, y, value_range=(1.0, 1.0 + 1e-9))
+    # float64 images hold both
+    assert torch.isfinite(mi.mutual_information(x.double(), y.double(), value_range=(0.0, 1e39))).all()
+    with pytest.raises(ValueError, match="beyond the range"):
+        mi.histogram(x.flatten(1), torch.linspace(0, 1e39, 8, dtype=torch.float64), 1e37)
+
+
+def test_float16_gradient_that_overflows_is_refused():
+    """A float16 image whose range (2e-5) is tiny for 16 pixels: the true gradient is ~3e5,
+    beyond float16's 65504 (float32 holds it)."""
+    x, y = _pair((1, 1, 4, 4), seed=6)
+    xh = (x * 2e-5).half().requires_grad_()
+    loss = mi.mutual_information(xh, y.half(), num_bins=64, sigma=0.3).sum()
+    with pytest.raises(ValueError, match="overflows float16"):
+        loss.backward()
+    xf = (x * 2e-5).requires_grad_()
+    mi.mutual_information(xf, y, num_bins=64, sigma=0.3).sum().backward()
+    assert xf.grad.abs().max() > 4 * 65504
+    # promoted to float32 by the other image: the gradient still comes back in float16
+    xh = (x * 2e-5).half().requires_grad_()
+    with pytest.raises(ValueError, match="overflows float16"):
+        mi.mutual_information(xh, y, num_bins=64, sigma=0.3).sum().backward()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the interpreter's x * c -> inf
+def test_far_away_samples_give_no_nan_in_any_window():
+    """A fixed range with samples 3e38 away (inf in bin coordinates): zero weight, zero gradient."""
+    x, y = _pair(seed=7)
+    x = x.clone()
+    x[0, 0, 0, :3] = torch.tensor([3e38, -3e38, 1e30])
+    for kernel in ("gaussian", "bspline"):
+        for backend in ("torch", "triton") if mi.triton_available() else ("torch",):
+            xx = x.clone().requires_grad_()
+            s = mi.mutual_information(xx, y, value_range=((0.0, 1.0), "auto"), num_bins=8, sigma=0.1,
+                                      kernel=kernel, backend=backend)  # fmt: skip
+            s.sum().backward()
+            assert torch.isfinite(s).all() and torch.isfinite(xx.grad).all()
+            assert (xx.grad[0, 0, 0, :3] == 0).all()
+
+
+# ---------------------------------------------------------------- sizes and argument types
+
+
+def test_bins_that_cannot_fit_are_refused_before_allocating():
+    x, y = _pair()
+    with pytest.raises(
+        ValueError, match=r"num_bins=200000: 2 histogram\(s\) of 200000 x 200000 bins need about .* GiB"
+    ):
+        mi.mutual_information(x, y, num_bins=200_000)
+    with pytest.raises(ValueError, match="GiB"):
+        mi.histogram2d(x.flatten(1), y.flatten(1), torch.linspace(0, 1, 300_000), 0.1)
+
+
+def test_integral_and_real_numbers_of_other_types():
+    x, y = _pair()
+    want = mi.mutual_information(x, y, num_bins=32, sigma=0.5)
+    for k in (np.int64(32), np.int32(32), torch.tensor(32)):
+        torch.testing.assert_close(mi.mutual_information(x, y, num_bins=k, sigma=0.5), want, rtol=0, atol=0)
+    for s in (np.float32(0.5), np.float64(0.5)):
+        torch.testing.assert_close(mi.mutual_information(x, y, num_bins=32, sigma=s), want, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="num_bins must be an integer .* operator.index"):
+        mi.mutual_information(x, y, num_bins=np.float64(32))
+    with pytest.raises(TypeError, match="sigma must be a positive real number"):
+        mi.mutual_information(x, y, sigma=torch.tensor(0.5))
+    with pytest.raises(ValueError, match="sigma is .* bin widths; it must be at least 2\\*\\*-40"):
+        mi.mutual_information(x, y, sigma=1e-20)
+
+
+# ---------------------------------------------------------------- torch.func
+
+
+def _mi(x, y, backend="torch", **kw):
+    return mi.mutual_information(x, y, num_bins=16, sigma=0.7, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "kw",
+    [dict(), dict(kernel="mattes"), dict(normalize="studholme", value_range=(0, 1))],
+    ids=["gaussian", "mattes", "studholme-fixed"],
+)
+def test_torch_func_grad_vmap_jacrev_match_autograd(kw, backend):
+    x, y = _pair((3, 1, 9, 8), seed=8)
+    # grad
+    got = torch.func.grad(lambda a: _mi(a, y, backend, **kw).sum())(x)
+    xx = x.clone().requires_grad_()
+    _mi(xx, y, backend, **kw).sum().backward()
+    torch.testing.assert_close(got, xx.grad, rtol=1e-6, atol=1e-7)
+    # vmap over an extra leading dim: each slice is a batch of 3
+    xs, ys = torch.stack([x, x.flip(-1)]), torch.stack([y, y])
+    got = torch.func.vmap(lambda a, b: _mi(a, b, backend, **kw))(xs, ys)
+    want = torch.stack([_mi(a, b, backend, **kw) for a, b in zip(xs, ys)])
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    # jacrev: rows of the Jacobian are the per-sample gradients
+    jac = torch.func.jacrev(lambda a: _mi(a, y, backend, **kw))(x)
+    assert jac.shape == (3, *x.shape)
+    for b in range(3):
+        xx = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(_mi(xx, y, backend, **kw)[b], xx)
+        torch.testing.assert_close(jac[b], g, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_per_sample_gradients_with_vmap_of_grad(backend):
+    """The usual per-sample recipe: vmap(grad(loss of one sample)) over the batch, with a mask."""
+    x, y = _pair((4, 1, 10, 9), seed=9)
+    m = (torch.rand(4, 1, 10, 9, generator=torch.Generator().manual_seed(1)) > 0.2).float()
+    loss = mi.MutualInformationLoss(num_bins=16, backend=backend)
+
+    def one(a, b, w):
+        return loss(a[None], b[None], w[None])
+
+    got = torch.func.vmap(torch.func.grad(one))(x, y, m)
+    for i in range(4):
+        xx = x[i : i + 1].clone().requires_grad_()
+        loss(xx, y[i : i + 1], m[i : i + 1]).backward()
+        torch.testing.assert_close(got[i], xx.grad[0], rtol=1e-5, atol=1e-7)
+
+
+def test_histograms_under_vmap():
+    x = torch.rand(3, 2, 50)
+    bins = torch.linspace(0, 1, 8)
+    got = torch.func.vmap(lambda t: mi.histogram2d(t, t.flip(-1), bins, 0.1))(x)
+    want = torch.stack([mi.histogram2d(t, t.flip(-1), bins, 0.1) for t in x])
+    torch.testing.assert_close(got, want)
+    got = torch.func.vmap(lambda t: mi.histogram(t, bins, 0.1))(x)
+    torch.testing.assert_close(got, torch.stack([mi.histogram(t, bins, 0.1) for t in x]))
+
+
+# ---------------------------------------------------------------- second derivatives
+
+
+def _dense_mi(x, y, k, sigma, normalize, kernel="gaussian", m=None):
+    """The dense float64 estimator on data in [0, 1] with value_range (0, 1), autograd all the way."""
+    b = x.shape[0]
+    if kernel == "gaussian":
+        u, v = to_bins(x, 0.0, 1.0, k), to_bins(y, 0.0, 1.0, k)
+        j = dense_joint(u.reshape(b, -1), v.reshape(b, -1), m, k, sigma)
+    else:  # bspline: lo..hi onto 1..K-2
+        u, v = (1.0 + t * (k - 3) for t in (x, y))
+        j = dense_joint(u.reshape(b, -1), v.reshape(b, -1), m, k, sigma, "bspline", "bspline")
+    return oracle_mi(j, normalize)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("normalize", ["none", "arithmetic", "studholme"])
+@pytest.mark.parametrize("kernel", ["gaussian", "bspline"])
+def test_second_derivatives_match_the_dense_oracle(kernel, normalize, backend):
+    """grad(create_graph=True) then a second backward: the Hessian-vector product of the dense
+    float64 estimator. float32 on the Triton path (interpreter), float64 on the torch path."""
+    dtype = torch.float32 if backend == "triton" else torch.float64
+    x, y = _pair((2, 1, 7, 6), seed=10, dtype=torch.float64)
+    m = torch.rand(2, 42, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    v = torch.randn(2, 1, 7, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    k, sigma = 8, 0.8
+    out = {}
+    for name in ("ours", "oracle"):
+        xx = x.clone().to(dtype if name == "ours" else torch.float64).requires_grad_()
+        yy = y.clone().to(xx.dtype).requires_grad_()
+        mm = m.clone().to(xx.dtype).requires_grad_()
+        if name == "ours":
+            s = mi.mutual_information(
+                xx, yy, num_bins=k, sigma=sigma, value_range=(0, 1), normalize=normalize,
+                kernel=kernel, mask=mm.view(2, 1, 7, 6), backend=backend,
+            )  # fmt: skip
+        else:
+            s = _dense_mi(xx, yy, k, sigma, normalize, kernel, mm)
+        gx, gy, gm = torch.autograd.grad(s.sum(), (xx, yy, mm), create_graph=True)
+        hvp = torch.autograd.grad((gx * v.to(xx.dtype)).sum(), (xx, yy, mm))
+        out[name] = [t.double() for t in (gx, gy, gm, *hvp)]
+    tol = 1e-9 if dtype == torch.float64 else 2e-4
+    for a, b, what in zip(out["ours"], out["oracle"], ["gx", "gy", "gm", "Hxx v", "Hyx v", "Hmx v"]):
+        scale = b.abs().max().item()
+        err = (a - b).abs().max().item()
+        assert err <= tol * scale, f"{what}: {err:.3g} > {tol} * {scale:.3g}"
+
+
+def test_gradgradcheck_of_the_public_functions():
+    x, y = _pair((1, 1, 5, 4), seed=11, dtype=torch.float64)
+    m = torch.rand(1, 1, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    inputs = tuple(t.clone().requires_grad_() for t in (x, y, m))
+    for kw in (dict(), dict(kernel="bspline"), dict(kernel="mattes"), dict(normalize="studholme")):
+
+        def f(a, b, w, kw=kw):
+            return mi.mutual_information(a, b, num_bins=8, sigma=0.8, value_range=(0, 1), mask=w, **kw)
+
+        assert torch.autograd.gradgradcheck(f, inputs)
+    bins = torch.linspace(0, 1, 6, dtype=torch.float64)
+    assert torch.autograd.gradgradcheck(lambda a, w: mi.histogram(a, bins, 0.2, weights=w),
+                                        (inputs[0].flatten(1), inputs[2].flatten(1)))  # fmt: skip
+
+
+def test_third_derivative_is_refused():
+    x, y = _pair((1, 1, 5, 4), seed=12, dtype=torch.float64)
+    x.requires_grad_()
+    s = mi.mutual_information(x, y, num_bins=8, value_range=(0, 1))
+    (g,) = torch.autograd.grad(s, x, create_graph=True)
+    (h,) = torch.autograd.grad(g.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="third derivatives of the histogram op are not implemented"):
+        torch.autograd.grad(h.sum(), x)
+
+
+# ---------------------------------------------------------------- autocast
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_autocast_cpu_bfloat16_changes_nothing(backend):
+    """Under autocast the op and the entropies run in float32 as declared: the same numbers."""
+    x, y = _pair((2, 1, 16, 16), seed=13)
+    loss = mi.MutualInformationLoss(backend=backend, reduction="none")
+    xx = x.clone().requires_grad_()
+    want = loss(xx, y)
+    (g_want,) = torch.autograd.grad(want.sum(), xx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = loss(xx, y)
+        assert got.dtype == torch.float32
+        (g_got,) = torch.autograd.grad(got.sum(), xx)  # a backward inside the region, too
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(g_got, g_want, rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for f in (mi.mutual_information, mi.joint_histogram):
+            assert f(x, y).dtype == torch.float32
+            assert f(x.bfloat16(), y.bfloat16()).dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------- the value-check switch
+
+
+def test_value_checks_context_manager_restores_and_is_per_thread():
+    bad = torch.rand(1, 1, 8, 8)
+    bad[0, 0, 0, 0] = float("nan")
+    y = torch.rand(1, 1, 8, 8)
+    with mi.value_checks(False):
+        assert torch.isnan(mi.mutual_information(bad, y)).all()  # no error inside
+        entered, release, seen = threading.Event(), threading.Event(), []
+
+        def other():  # another thread keeps the process default: checks on
+            entered.set()
+            try:
+                mi.mutual_information(bad, y)
+                seen.append("no error")
+            except ValueError as e:
+                seen.append(str(e))
+            release.wait(5)
+
+        t = threading.Thread(target=other)
+        t.start()
+        entered.wait(5)
+        t.join(10)
+        release.set()
+        assert seen == ["x contains NaN or Inf"]
+    with pytest.raises(ValueError, match="x contains NaN"):
+        mi.mutual_information(bad, y)
+    with pytest.raises(KeyError):  # restored on an exception, too
+        with mi.value_checks(False):
+            raise KeyError
+    with pytest.raises(ValueError, match="x contains NaN"):
+        mi.mutual_information(bad, y)
+    previous = mi.set_value_checks(False)  # the process default ...
+    try:
+        with mi.value_checks(True):  # ... under a block that turns them back on
+            with pytest.raises(ValueError, match="x contains NaN"):
+                mi.mutual_information(bad, y)
+    finally:
+        mi.set_value_checks(previous)
+
+
+def test_real_photo_at_many_scales():
+    """A real photograph and its remap at scales 1e-35 to 1e35: one MI, float32, both windows."""
+    a = to_tensor01(photo((64, 48))).double()
+    b = remap(a)
+    want = {
+        k: mi.mutual_information(a.float(), b.float(), num_bins=32, kernel=k) for k in ("gaussian", "mattes")
+    }
+    for e in range(-35, 36, 10):
+        s = 10.0**e
+        for k, w in want.items():
+            got = mi.mutual_information((a * s).float(), (b * s).float(), num_bins=32, kernel=k)
+            torch.testing.assert_close(got, w, rtol=1e-5, atol=1e-6, msg=f"scale 1e{e} {k}")
+    assert math.isfinite(want["gaussian"].item())

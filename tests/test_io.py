@@ -1,0 +1,142 @@
+"""The one image reader (mi.io.read_image) and the commands that use it, on medical files.
+
+Oracles: the NIfTI file's own bytes parsed here from its header (dims, datatype,
+vox_offset; voxel i fastest), independent of SimpleITK's reader; SimpleITK's array for
+NRRD and MetaImage; and ``mi.mutual_information`` on the arrays decoded here for the
+numbers ``mi score`` prints.
+"""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import mi
+from mi.cli import main
+from mi.io import ImageReadError, read_image
+from mi.register import RegisterError, load_image, run_cli
+
+sitk = pytest.importorskip("SimpleITK")
+
+NIFTI_DTYPES = {2: np.uint8, 4: np.int16, 8: np.int32, 16: np.float32, 64: np.float64, 512: np.uint16}
+
+
+def _raw_nifti(path):
+    """The voxel array of a NIfTI-1 file straight from its bytes: [k, j, i] (C order of the
+    file's i-fastest data), float32, no reorientation; scl_slope/scl_inter applied."""
+    data = gzip.open(path).read() if str(path).endswith(".gz") else open(path, "rb").read()
+    endian = "<" if struct.unpack("<i", data[:4])[0] == 348 else ">"
+    dims = struct.unpack(endian + "8h", data[40:56])
+    code = struct.unpack(endian + "h", data[70:72])[0]
+    offset = int(struct.unpack(endian + "f", data[108:112])[0])
+    slope, inter = struct.unpack(endian + "2f", data[112:120])
+    shape = tuple(reversed(dims[1 : dims[0] + 1]))
+    a = np.frombuffer(data, np.dtype(NIFTI_DTYPES[code]).newbyteorder(endian), np.prod(shape), offset)
+    a = a.reshape(shape).astype(np.float64)
+    if slope not in (0.0, 1.0) or inter != 0.0:
+        a = a * (slope or 1.0) + inter
+    return a.astype(np.float32)
+
+
+def _volume(shape=(5, 7, 9), seed=0):
+    """An asymmetric volume: every axis distinguishable (a flip or transpose would show)."""
+    rng = np.random.default_rng(seed)
+    k, j, i = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    return (100 * k + 10 * j + i + rng.random(shape)).astype(np.float32)
+
+
+def _write(a, path, spacing=(1.0, 1.0, 3.0), direction=None):
+    img = sitk.GetImageFromArray(a)
+    img.SetSpacing(spacing)
+    img.SetOrigin((-10.0, 4.0, 2.5))
+    if direction is not None:
+        img.SetDirection(direction)
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_nifti_voxels_in_the_files_own_order(tmp_path, suffix):
+    a = _volume()
+    for direction in (None, (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)):  # identity, then rotated
+        path = _write(a, tmp_path / f"v{suffix}", direction=direction)
+        got = read_image(path)
+        raw = _raw_nifti(path)
+        assert got.shape == (5, 7, 9) and got.dtype == np.float32
+        np.testing.assert_array_equal(got, raw)  # the bytes, index [k, j, i], nothing flipped
+        np.testing.assert_array_equal(got, a)
+        np.testing.assert_array_equal(load_image(path), got)  # mi register reads the same
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".mhd"])
+def test_other_medical_formats(tmp_path, suffix):
+    a = _volume((4, 6, 3), seed=1)
+    path = _write(a, tmp_path / f"v{suffix}")
+    np.testing.assert_array_equal(read_image(path), sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
+    np.testing.assert_array_equal(read_image(path), a)
+
+
+def test_integer_nifti_and_2d(tmp_path):
+    a = (np.arange(24, dtype=np.int16).reshape(2, 3, 4) * 7 - 50).astype(np.int16)
+    path = tmp_path / "i.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(a), str(path))
+    np.testing.assert_array_equal(read_image(path), _raw_nifti(path))
+    img2 = np.random.default_rng(2).random((6, 5)).astype(np.float32)
+    path = tmp_path / "p.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(img2), str(path))
+    np.testing.assert_array_equal(read_image(path), img2)
+
+
+def test_bad_medical_files(tmp_path):
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_bytes(b"\0" * 400)
+    with pytest.raises(ImageReadError, match="cannot read .*junk.nii.gz"):
+        read_image(junk)
+    with pytest.raises(RegisterError, match="cannot read"):
+        load_image(junk)
+    vec = sitk.GetImageFromArray(np.zeros((4, 5, 3), np.float32), isVector=True)
+    sitk.WriteImage(vec, str(tmp_path / "rgb.nii.gz"))
+    with pytest.raises(ImageReadError, match="expected a grey image, got 3 components"):
+        read_image(tmp_path / "rgb.nii.gz")
+    nan = _volume()
+    nan[1, 2, 3] = np.nan
+    with pytest.raises(ImageReadError, match="NaN"):
+        read_image(_write(nan, tmp_path / "nan.mha"))  # (ITK turns NaN into 0 in NIfTI)
+    with pytest.raises(ImageReadError, match="no such file"):
+        read_image(tmp_path / "missing.nii.gz")
+
+
+def test_score_two_nifti_files_prints_mutual_information(tmp_path, capsys):
+    """``mi score`` on two NIfTI volumes prints what mi.mutual_information gives on the
+    arrays decoded from the files' bytes here (to the 4 decimals it prints)."""
+    a = _volume((6, 8, 10), seed=3)
+    b = np.sqrt(a.max() - a) + np.random.default_rng(4).random(a.shape).astype(np.float32)
+    pa, pb = _write(a, tmp_path / "a.nii.gz"), _write(b, tmp_path / "b.nii.gz")
+    assert main(["score", str(pa), str(pb), "--bins", "16", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    x, y = (torch.from_numpy(_raw_nifti(p))[None, None] for p in (pa, pb))
+    kw = dict(num_bins=16, sigma=0.4)
+    want = {
+        "MI (nats)": mi.mutual_information(x, y, **kw),
+        "MI (bits)": mi.mutual_information(x, y, base=2, **kw),
+        "NMI arithmetic": mi.mutual_information(x, y, normalize="arithmetic", **kw),
+        "NMI Studholme": mi.mutual_information(x, y, normalize="studholme", **kw),
+    }
+    ha, hb, hab = mi.entropies(x, y, **kw)
+    want.update({"H(a) (nats)": ha, "H(b) (nats)": hb, "H(a,b) (nats)": hab})
+    want["Pearson"] = torch.tensor(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+    for label, value in want.items():
+        printed = float(next(ln for ln in out.splitlines() if ln.startswith(label)).split()[-1])
+        assert printed == pytest.approx(value.item(), abs=5.1e-5), label
+    score = float(next(ln for ln in out.splitlines() if ln.startswith("score (")).rsplit(":", 1)[1])
+    assert score == pytest.approx(want["MI (nats)"].item(), abs=5.1e-7)
+
+
+def test_register_two_nifti_files(tmp_path, capsys):
+    a = _volume((12, 12, 12), seed=5)
+    pa, pb = _write(a, tmp_path / "f.nii.gz"), _write(np.roll(a, 1, axis=2), tmp_path / "m.nii.gz")
+    paths = run_cli(pa, pb, tmp_path / "out", "rigid", levels=1, iterations=2)
+    assert "after" in capsys.readouterr().out
+    assert np.load(paths["warped"]).shape == (12, 12, 12)
