@@ -85,6 +85,36 @@ def _hist_backward(grad, u, m, num_bins, sigma, kernel, backend, r, first, lengt
 # off inside: the op accumulates in float32/float64 whatever the surrounding region asks.
 
 
+def fast_apply(fn):
+    """Class decorator for a setup_context-style Function: ``fn.call(*args)`` is
+    ``fn.apply(*args)``, but outside torch.func transforms it goes through an old-style twin
+    with the same forward, setup_context and backward. torch binds a setup_context
+    Function's arguments with ``inspect.signature`` on every apply (20-80 us of host time,
+    more with more arguments); the twin skips that, and torch.func (and torch.compile, which
+    traces Functions) still get ``fn``."""
+
+    class Eager(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *args):
+            out = fn.forward(*args)
+            fn.setup_context(ctx, args, out)
+            return out
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return fn.backward(ctx, *grads)
+
+    Eager.__name__ = Eager.__qualname__ = f"{fn.__name__}Eager"
+
+    def call(*args):
+        if torch.compiler.is_compiling() or torch._C._functorch.get_interpreter_stack():
+            return fn.apply(*args)
+        return Eager.apply(*args)
+
+    fn.call = staticmethod(call)
+    return fn
+
+
 def _no_autocast(t):
     return torch.autocast(t.device.type, enabled=False)
 
@@ -111,6 +141,7 @@ def _unfold(t, size):
     return None if t is None else t.reshape(size, t.shape[0] // size, *t.shape[1:])
 
 
+@fast_apply
 class _ThirdDerivative(torch.autograd.Function):
     """The identity on a second derivative, whose own backward refuses to go further."""
 
@@ -136,9 +167,10 @@ def _no_third_derivative(out, *inputs):
     deps = [t for t in inputs if isinstance(t, Tensor) and t.requires_grad]
     if not (torch.is_grad_enabled() and deps):
         return out
-    return tuple(None if t is None else _ThirdDerivative.apply(t, *deps) for t in out)
+    return tuple(None if t is None else _ThirdDerivative.call(t, *deps) for t in out)
 
 
+@fast_apply
 class _JointHist(torch.autograd.Function):
     @staticmethod
     def forward(u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, deterministic, rx, ry, first, length):
@@ -157,7 +189,7 @@ class _JointHist(torch.autograd.Function):
     def backward(ctx, grad):
         u, v, m, rx, ry = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
-        du, dv, dm = _JointHistBackward.apply(grad, u, v, m, rx, ry, *ctx.spec, *needs)
+        du, dv, dm = _JointHistBackward.call(grad, u, v, m, rx, ry, *ctx.spec, *needs)
         return du, dv, dm, *[None] * 10
 
     @staticmethod
@@ -174,6 +206,7 @@ class _JointHist(torch.autograd.Function):
         return _unfold(j, n), 0
 
 
+@fast_apply
 class _JointHistBackward(torch.autograd.Function):
     """(du, dv, dm) from grad = dL/dJ, each None where not needed; differentiable once more."""
 
@@ -214,6 +247,7 @@ class _JointHistBackward(torch.autograd.Function):
         return tuple(_unfold(t, n) for t in out), tuple(None if t is None else 0 for t in out)
 
 
+@fast_apply
 class _Hist(torch.autograd.Function):
     @staticmethod
     def forward(u, m, num_bins, sigma, kernel, backend, deterministic, r, first, length):
@@ -229,7 +263,7 @@ class _Hist(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         u, m, r = ctx.saved_tensors
-        du, dm = _HistBackward.apply(grad, u, m, r, *ctx.spec, *ctx.needs_input_grad[:2])
+        du, dm = _HistBackward.call(grad, u, m, r, *ctx.spec, *ctx.needs_input_grad[:2])
         return du, dm, *[None] * 8
 
     @staticmethod
@@ -240,6 +274,7 @@ class _Hist(torch.autograd.Function):
         return _unfold(_Hist.apply(u, m, num_bins, sigma, kernel, backend, det, r, first, length), n), 0
 
 
+@fast_apply
 class _HistBackward(torch.autograd.Function):
     """(du, dm) from grad = dL/dH, each None where not needed; differentiable once more."""
 
@@ -289,7 +324,7 @@ def joint_hist(
     args += (float(first), float(length))
     if torch.compiler.is_compiling():
         return joint_hist_op(*args)
-    return _JointHist.apply(*args)
+    return _JointHist.call(*args)
 
 
 def hist(u, m, num_bins, sigma, kernel, backend, deterministic, r=None, first=0.0, length=1.0):
@@ -297,7 +332,7 @@ def hist(u, m, num_bins, sigma, kernel, backend, deterministic, r=None, first=0.
     args = (u, m, num_bins, sigma, kernel, backend, deterministic, r, float(first), float(length))
     if torch.compiler.is_compiling():
         return hist_op(*args)
-    return _Hist.apply(*args)
+    return _Hist.call(*args)
 
 
 # ---------------------------------------------------------------- torch.compile: custom ops

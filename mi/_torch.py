@@ -158,6 +158,9 @@ def bin_maps(ranges, first: float, length: float, dtype):
         return None
     out = []
     for r in ranges:
+        if out and r is ranges[0]:  # one shared range (the same tensor): the same map
+            out.append(out[0])
+            continue
         r = r.to(dtype)
         s = pow2_scale(r.abs().amax(1))
         r_s = r * s[:, None]  # exact

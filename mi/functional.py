@@ -497,6 +497,7 @@ def _grad_needed(t: Tensor) -> bool:
     return torch.is_grad_enabled() and t.requires_grad
 
 
+@_autograd.fast_apply
 class _HalfGradCheck(torch.autograd.Function):
     """The identity, whose backward refuses a gradient that overflowed float16 (65504)."""
 
@@ -527,7 +528,7 @@ def _guard_grad(name: str, x: Tensor, span, length: float) -> Tensor:
     if span is not None:
         _check_slope(name, span[0], span[1], length, x.dtype)
     if x.dtype == torch.float16 and _checks_on():
-        return _HalfGradCheck.apply(x, name)
+        return _HalfGradCheck.call(x, name)
     return x
 
 
@@ -773,16 +774,15 @@ def _image_joint(x, y, *, num_bins, sigma, value_range, mask, per_channel, kerne
         for n, t, r, rows, dt in named
         if checks and r == "auto" and _grad_needed(t)
     ]
-    xr, yr = a.x, a.y
     if mattes:
         # ITK: the fixed image's bin is floor(term) clamped to [2, K-3] (a box window, at that
         # bin's centre here, so rounding cannot move it); the moving one a cubic B-spline at term.
         op_acc = _acc_dtype(a.dtype)
-        u = _mattes_terms(xr, r_x, k).floor().clamp(2.0, k - 3.0).to(op_acc)
-        v = _mattes_terms(yr, r_y, k).to(op_acc)
+        u = _mattes_terms(a.x, r_x, k).floor().clamp(2.0, k - 3.0).to(op_acc)
+        v = _mattes_terms(a.y, r_y, k).to(op_acc)
         kernels, op_ranges = ("box", "bspline"), (None, None)
     else:
-        u, v, kernels, op_ranges = xr, yr, (a.kernel, a.kernel), (r_x, r_y)
+        u, v, kernels, op_ranges = a.x, a.y, (a.kernel, a.kernel), (r_x, r_y)
     check = _no_checks
     if checks:
         pairs = (("x", a.x, rng[0]), ("y", a.y, rng[1]))

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from . import kernels
+from ._autograd import fast_apply
 
 NORMALIZATIONS = ("none", "arithmetic", "studholme")
 BACKENDS = ("auto", "torch", "triton")
@@ -96,6 +97,7 @@ def _vmap_leading(fn, info, in_dims, joint, *rest):
     return out, tuple(0 for _ in out) if isinstance(out, tuple) else 0
 
 
+@fast_apply
 class _Entropies(torch.autograd.Function):
     """(H(a), H(b), H(a, b)) in nats of a joint histogram J (..., K, K), with P = J / S.
 
@@ -126,6 +128,7 @@ class _Entropies(torch.autograd.Function):
         return _vmap_leading(_Entropies, info, in_dims, joint)
 
 
+@fast_apply
 class _TritonEntropies(torch.autograd.Function):
     """_Entropies in two Triton launches (``mi.kernels.entropy``): float32 (B, K, K) only. A
     backward under ``create_graph`` runs the torch formula, which is differentiable."""
@@ -155,6 +158,7 @@ class _TritonEntropies(torch.autograd.Function):
         return _vmap_triton(_TritonEntropies, in_dims, joint)
 
 
+@fast_apply
 class _TritonScore(torch.autograd.Function):
     """A score of the entropies (``normalize``, times ``scale``) fused into the same two
     launches: the scalar math and its chain rule run inside the kernels. A backward under
@@ -216,10 +220,10 @@ def entropies_from_joint(joint: Tensor, base: Optional[float] = None, backend: s
     """
     if _use_triton(joint, backend):
         k = joint.shape[-1]
-        out = _TritonEntropies.apply(joint.reshape(-1, k, k))
+        out = _TritonEntropies.call(joint.reshape(-1, k, k))
         ha, hb, hab = (h.reshape(joint.shape[:-2]) for h in out[:3])
     else:
-        ha, hb, hab = _Entropies.apply(joint)
+        ha, hb, hab = _Entropies.call(joint)
     if base is not None:
         scale = 1.0 / math.log(base)
         ha, hb, hab = ha * scale, hb * scale, hab * scale
@@ -268,5 +272,5 @@ def mutual_information_from_joint(
     scale = 1.0 if base is None or normalize != "none" else 1.0 / math.log(base)
     if _use_triton(joint, backend):
         k = joint.shape[-1]
-        return _TritonScore.apply(joint.reshape(-1, k, k), normalize, scale)[0].reshape(joint.shape[:-2])
+        return _TritonScore.call(joint.reshape(-1, k, k), normalize, scale)[0].reshape(joint.shape[:-2])
     return _score_partials(*entropies_from_joint(joint), normalize, scale)[0]
