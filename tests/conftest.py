@@ -5,7 +5,7 @@ _empty, _empty_like = torch.empty, torch.empty_like
 
 
 def _nan_filled(t):
-    if t.is_floating_point():
+    if t.is_floating_point() and not t.requires_grad:  # (torch's own placeholder leaves stay as they are)
         t.fill_(float("nan"))
     return t
 

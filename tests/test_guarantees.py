@@ -412,3 +412,26 @@ def test_real_photo_at_many_scales():
             got = mi.mutual_information((a * s).float(), (b * s).float(), num_bins=32, kernel=k)
             torch.testing.assert_close(got, w, rtol=1e-5, atol=1e-6, msg=f"scale 1e{e} {k}")
     assert math.isfinite(want["gaussian"].item())
+
+
+def test_torch_compile_under_autocast_and_its_double_backward():
+    """The compiled call (one custom op) under CPU autocast gives the eager numbers; a second
+    derivative through a compiled call is refused by torch (AOTAutograd has no double backward)
+    with an error, never a number."""
+    x, y = _pair((2, 1, 16, 16), seed=14)
+
+    def loss(a, b):
+        return mi.mutual_information(a, b, num_bins=16, sigma=0.8).sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    yy = y.clone().requires_grad_()
+    want = loss(x, yy)
+    (g_want,) = torch.autograd.grad(want, yy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = compiled(x, yy)
+    (g_got,) = torch.autograd.grad(got, yy)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(g_got, g_want, rtol=0, atol=1e-6 * g_want.abs().max().item())
+    (g,) = torch.autograd.grad(compiled(x, yy), yy, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g.sum(), yy)
