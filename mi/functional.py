@@ -23,6 +23,7 @@ from torch import Tensor
 
 from . import _autograd
 from ._torch import _acc_dtype, pow2_scale
+from .distributed import all_reduce_minmax, all_reduce_sum, check_group
 from .information import (
     BACKENDS,
     _safe_div,
@@ -647,6 +648,48 @@ def _row_range(x: Tensor, rng, m: Optional[Tensor], extremes: Optional[Tensor] =
     return torch.where(empty, 0.0, lo), torch.where(empty, 1.0, hi)
 
 
+def _shard_stats(group, a, rng, ext, checks):
+    """The rows' statistics of the whole (sharded) images, from one all-reduce over ``group``:
+    (extremes of x and y (for the checks and "auto" ranges), masked "auto" ranges of x and y
+    (None where not needed), the smallest weight as a 1-element tensor (for the mask check)).
+    A rank's empty shard contributes nothing; rows with no pixel on any rank come back as the
+    single-process call would make them."""
+    inf = math.inf
+
+    def local_extremes(t, e):
+        if e is None:
+            return None
+        return (
+            e
+            if t.shape[1]
+            else torch.tensor([[inf, -inf]], dtype=e.dtype, device=e.device).expand(t.shape[0], 2)
+        )
+
+    def local_masked(t, r):
+        if r != "auto" or a.mask is None:
+            return None
+        keep, td = a.mask > 0, t.detach()
+        if td.numel() == 0:
+            return torch.tensor([[inf, -inf]], dtype=td.dtype, device=td.device).expand(t.shape[0], 2)
+        lo = torch.where(keep, td, inf).amin(-1)
+        return torch.stack([lo, torch.where(keep, td, -inf).amax(-1)], 1)
+
+    w = a.weights
+    wmin = None
+    if checks and w is not None:
+        v = w.amin() if w.numel() else torch.tensor(inf, dtype=w.dtype, device=w.device)
+        wmin = torch.stack([v, v]).reshape(1, 2)
+    pairs = [local_extremes(t, e) for t, e in zip((a.x, a.y), ext)]
+    pairs += [local_masked(t, r) for t, r in zip((a.x, a.y), rng)] + [wmin]
+    out = all_reduce_minmax(group, pairs)
+    nothing = [None if p is None else torch.isinf(p[:, :1]) & (p[:, :1] > 0) for p in out]
+    ext = [None if p is None else torch.where(n, 0.0, p) for p, n in zip(out[:2], nothing[:2])]
+    masked = [None if p is None else torch.where(n, p.new_tensor([0.0, 1.0]), p)
+              for p, n in zip(out[2:4], nothing[2:4])]  # fmt: skip
+    weights = None if out[4] is None else torch.where(nothing[4], 0.0, out[4])[0, :1]
+    return ext, masked, weights if checks else a.weights
+
+
 def _fixed_range(name: str, pair, acc) -> tuple[float, float]:
     """A fixed (lo, hi), which must be finite and distinct in the accumulation dtype."""
     big = torch.finfo(acc).max
@@ -747,10 +790,14 @@ def _check_images(x, y, *, num_bins, sigma, value_range, mask, per_channel, kern
     return _Images(xr, yr, mr, m, lead, dtype, dtypes, k, sig, rng, kernel, be, first, length)
 
 
-def _image_joint(x, y, *, num_bins, sigma, value_range, mask, per_channel, kernel, backend, deterministic):
+def _image_joint(
+    x, y, *, num_bins, sigma, value_range, mask, per_channel, kernel, backend, deterministic, group=None
+):
     """(soft joint histogram (R, K, K), leading shape of the result, result dtype, resolved
     backend, ``finish()`` of the data checks: the caller calls it after queuing the rest of
-    its work)."""
+    its work). With ``group``, x, y and mask are this rank's shard of the pixels and the
+    histogram is that of the whole images (``mi.distributed``)."""
+    group = check_group(group)
     a = _check_images(
         x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
         per_channel=per_channel, kernel=kernel, backend=backend,
@@ -765,9 +812,14 @@ def _image_joint(x, y, *, num_bins, sigma, value_range, mask, per_channel, kerne
         _extremes(t) if (checks or (r == "auto" and a.mask is None)) else None
         for t, r in zip((a.x, a.y), rng)
     ]
-    r_x = _range_rows(a.x, rng[0], a.mask, ext[0], acc)
+    masked, weights = [None, None], a.weights
+    if group is not None:  # the whole images' extremes and ranges, from one all-reduce
+        ext, masked, weights = _shard_stats(group, a, rng, ext, checks)
+    r_x = masked[0].to(acc) if masked[0] is not None else _range_rows(a.x, rng[0], a.mask, ext[0], acc)
     same = rng[0] != "auto" and rng[1] == rng[0]  # one fixed range: one host-to-device copy
     r_y = r_x if same else _range_rows(a.y, rng[1], a.mask, ext[1], acc)
+    if masked[1] is not None:
+        r_y = masked[1].to(acc)
     named = (("x", a.x, rng[0], r_x, a.dtypes[0]), ("y", a.y, rng[1], r_y, a.dtypes[1]))
     grads = [
         _GradRange(n, rows, length, dt)
@@ -787,11 +839,11 @@ def _image_joint(x, y, *, num_bins, sigma, value_range, mask, per_channel, kerne
     if checks:
         pairs = (("x", a.x, rng[0]), ("y", a.y, rng[1]))
         binned = [_Binned(n, t, *r, first, length, k, False) for n, t, r in pairs if r != "auto"]
-        check = _queue_checks(a.backend, {"x": ext[0], "y": ext[1]}, a.weights, "mask", binned, grads)
+        check = _queue_checks(a.backend, {"x": ext[0], "y": ext[1]}, weights, "mask", binned, grads)
     j = _autograd.joint_hist(
         u, v, a.mask, k, a.sigma, *kernels, a.backend, bool(deterministic), *op_ranges, first, length
     )
-    return j, a.lead, a.dtype, a.backend, check
+    return all_reduce_sum(j, group), a.lead, a.dtype, a.backend, check
 
 
 def joint_histogram(
@@ -806,6 +858,7 @@ def joint_histogram(
     kernel: str = "gaussian",
     backend: str = "auto",
     deterministic: bool = False,
+    group=None,
 ) -> Tensor:
     """Soft joint histogram of two images, normalised to sum to 1: (B, K, K) or (B, C, K, K).
 
@@ -813,7 +866,7 @@ def joint_histogram(
     """
     j, lead, dtype, be, check = _image_joint(
         x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
-        per_channel=per_channel, kernel=kernel, backend=backend, deterministic=deterministic,
+        per_channel=per_channel, kernel=kernel, backend=backend, deterministic=deterministic, group=group,
     )  # fmt: skip
     p = joint_pdf(j).reshape(*lead, num_bins, num_bins).to(dtype)
     check()
@@ -833,6 +886,7 @@ def entropies(
     kernel: str = "gaussian",
     backend: str = "auto",
     deterministic: bool = False,
+    group=None,
 ):
     """Marginal and joint entropies ``(H(x), H(y), H(x, y))`` of two images, each (B,) or (B, C).
 
@@ -842,7 +896,7 @@ def entropies(
     base = check_base(base)
     j, lead, dtype, be, check = _image_joint(
         x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
-        per_channel=per_channel, kernel=kernel, backend=backend, deterministic=deterministic,
+        per_channel=per_channel, kernel=kernel, backend=backend, deterministic=deterministic, group=group,
     )  # fmt: skip
     h = tuple(t.reshape(lead).to(dtype) for t in entropies_from_joint(j, base, be))
     check()
@@ -863,6 +917,7 @@ def mutual_information(
     kernel: str = "gaussian",
     backend: str = "auto",
     deterministic: bool = False,
+    group=None,
 ) -> Tensor:
     """Mutual information of two batches of images from their soft joint histogram.
 
@@ -930,6 +985,12 @@ def mutual_information(
             on CPU is always deterministic.
         normalize: see above.
         base: logarithm base of the unnormalised MI (None: nats; 2: bits).
+        group: None, or a ``torch.distributed`` process group whose ranks each pass their own
+            shard of the pixels (x, y and mask: e.g. slabs of one volume, the same B and C
+            and the same arguments on every rank): every rank gets the whole images' score,
+            from one all-reduce of the extremes and one of the (B, K, K) histograms, and its
+            backward gives the gradient of its own shard with no further communication
+            (``mi.distributed``). Eager mode only.
 
     Returns:
         (B,) scores, or (B, C) with ``per_channel=True``; dtype of the inputs.
@@ -946,7 +1007,7 @@ def mutual_information(
     base = check_base(base)
     j, lead, dtype, be, check = _image_joint(
         x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
-        per_channel=per_channel, kernel=kernel, backend=backend, deterministic=deterministic,
+        per_channel=per_channel, kernel=kernel, backend=backend, deterministic=deterministic, group=group,
     )  # fmt: skip
     score = mutual_information_from_joint(j, normalize, base, be).reshape(lead).to(dtype)
     check()

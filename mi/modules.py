@@ -28,7 +28,7 @@ class MutualInformation(nn.Module):
         value_range: (lo, hi) mapped onto the bins, or "auto" (each image's min..max).
         base: log base of unnormalised MI (2: bits, as the seed).
         **kwargs: passed to :func:`mi.mutual_information` (per_channel, kernel, backend,
-            deterministic).
+            deterministic, group).
 
     Example:
         >>> a = torch.rand(2, 1, 64, 64)
@@ -77,7 +77,8 @@ class MutualInformationLoss(nn.Module):
 
     Args:
         num_bins, sigma, normalize, value_range, base, per_channel, kernel, backend,
-        deterministic: as in :func:`mi.mutual_information`.
+        deterministic, group: as in :func:`mi.mutual_information` (``group``: each rank
+        passes its shard of the pixels; see ``mi.distributed``).
         reduction: ``"mean"`` | ``"sum"`` | ``"none"`` over the batch (and channels).
 
     Shape:

@@ -1,0 +1,91 @@
+"""Joint histograms sharded over ``torch.distributed``: each rank holds some of the pixels.
+
+MI is a function of the joint histogram, and the joint histogram is a sum over pixels, so
+a volume split into slabs (or any partition of its pixels) across ranks needs two
+collectives per call:
+
+* one all-reduce of the per-row extremes (``value_range="auto"``, masked ranges, and what
+  the value checks read), as a MAX of ``[-min, max]`` in float64, so that every rank bins
+  with the whole image's range and raises (or not) on the same data;
+* one all-reduce (SUM) of the unnormalised joint histograms ``(B, K, K)``.
+
+Every rank then computes the same entropies and score. The backward needs no
+communication: every rank's loss is the same function of the summed histogram, so the
+gradient of its local histogram is the gradient of the sum (the all-reduce's backward is
+the identity), and each rank's op backward gives the gradient of its own pixels.
+Works with any backend that has MAX and SUM all-reduces (gloo on CPU, NCCL on GPU).
+"""
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_group", "all_reduce_minmax", "all_reduce_sum"]
+
+
+def check_group(group):
+    """None (not distributed), or a process group of an initialised ``torch.distributed``."""
+    if group is None:
+        return None
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            "group= needs torch.distributed initialised first (torch.distributed.init_process_group)"
+        )
+    if not isinstance(group, dist.ProcessGroup):
+        raise TypeError(
+            f"group must be a torch.distributed process group or None, got {type(group).__name__}"
+        )
+    if torch.compiler.is_compiling():
+        raise ValueError("group= is not supported under torch.compile; call the function eagerly")
+    return group
+
+
+def all_reduce_minmax(group, pairs: list) -> list:
+    """Per-row ``[lo, hi]`` pairs (each (R, 2), +inf / -inf where a rank has nothing) reduced
+    over the group in one all-reduce: lo by MIN, hi by MAX. A row with a NaN on any rank
+    comes back NaN on every rank (MAX itself is not NaN-safe). None entries pass through."""
+    import torch.distributed as dist
+
+    present = [p for p in pairs if p is not None]
+    if not present:
+        return pairs
+    flat = [torch.stack([-p[:, 0].double(), p[:, 1].double()], 1) for p in present]
+    nan = [p.isnan().any(1, keepdim=True).double() for p in present]
+    buf = torch.cat([torch.cat([f.nan_to_num(nan=-math.inf), n], 1) for f, n in zip(flat, nan)])
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=group)
+    out, at = [], 0
+    for p in pairs:
+        if p is None:
+            out.append(None)
+            continue
+        part = buf[at : at + p.shape[0]]
+        at += p.shape[0]
+        pair = torch.stack([-part[:, 0], part[:, 1]], 1)
+        out.append(torch.where(part[:, 2:] > 0, math.nan, pair).to(p.dtype))
+    return out
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the group; the backward is the identity (every rank's loss is the same
+    function of the sum, so d loss / d local = d loss / d sum, with no communication)."""
+
+    @staticmethod
+    def forward(ctx, t, group):
+        import torch.distributed as dist
+
+        out = t.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
+def all_reduce_sum(t: Tensor, group: Optional[object]) -> Tensor:
+    """t summed over the group (differentiable, identity backward); t itself without one."""
+    return t if group is None else _AllReduceSum.apply(t, group)

@@ -1,0 +1,105 @@
+"""Joint histograms sharded over torch.distributed (gloo on CPU): 2 and 3 processes, each with a
+slab of the same volumes, must give the single-process numbers on the whole volumes, and each
+its own slab's gradient: 1e-9 in float64 and 1e-5 in float32 (relative to the largest value)."""
+
+import os
+import socket
+import tempfile
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import mi
+
+pytestmark = pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()), reason="no gloo"
+)
+
+#: (name, keyword arguments, dtype); every case runs on every rank in one spawn per world size
+CASES = [
+    ("auto-f64", dict(num_bins=16, sigma=0.7), torch.float64),
+    ("auto-f32", dict(num_bins=16, sigma=0.7), torch.float32),
+    ("fixed-studholme", dict(num_bins=24, value_range=(-0.1, 1.2), normalize="studholme"), torch.float64),
+    ("mask-per-channel", dict(num_bins=12, per_channel=True, mask=True), torch.float64),
+    ("mattes-mask", dict(num_bins=20, kernel="mattes", mask=True), torch.float64),
+    ("bspline-arith", dict(num_bins=16, kernel="bspline", normalize="arithmetic"), torch.float32),
+]
+
+
+def _volumes(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 2, 11, 6, 5, generator=g, dtype=torch.float64)
+    y = torch.sin(3 * x) ** 2 + 0.1 * torch.rand(x.shape, generator=g, dtype=torch.float64)
+    m = (torch.rand(2, 1, 11, 6, 5, generator=g) > 0.3).double() * torch.rand(2, 1, 11, 6, 5, generator=g)
+    m[:, :, 7:] = 0  # some ranks' slabs are all masked out
+    return x.to(dtype), y.to(dtype), m.to(dtype)
+
+
+def _score(x, y, m, kw, group=None):
+    kw = dict(kw)
+    mask = m if kw.pop("mask", False) else None
+    x, y = x.clone().requires_grad_(), y.clone().requires_grad_()
+    s = mi.mutual_information(x, y, mask=mask, group=group, **kw)
+    h = mi.entropies(
+        x.detach(), y.detach(), mask=mask, group=group, **{k: v for k, v in kw.items() if k != "normalize"}
+    )
+    gx, gy = torch.autograd.grad(s.sum(), (x, y))
+    return s.detach(), torch.stack(h), gx, gy
+
+
+def _worker(rank, world, init, out_dir):
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    group = torch.distributed.group.WORLD
+    # uneven slabs along the depth axis, one of them empty for world = 3 (11 = 6 + 5 + 0)
+    bounds = {2: [0, 6, 11], 3: [0, 6, 11, 11]}[world]
+    lo, hi = bounds[rank], bounds[rank + 1]
+    results = {}
+    for name, kw, dtype in CASES:
+        x, y, m = _volumes(dtype)
+        s, h, gx, gy = _score(x[:, :, lo:hi], y[:, :, lo:hi], m[:, :, lo:hi], kw, group)
+        results[name] = (s, h, gx, gy, lo, hi)
+    x, y, _ = _volumes(torch.float64)
+    loss = mi.MutualInformationLoss(group=group)(x[:, :, lo:hi], y[:, :, lo:hi])
+    results["loss"] = loss.item() - mi.MutualInformationLoss()(x, y).item()  # 0: the whole volume's
+    bad = x.clone()
+    bad[0, 0, 0, 0, 0] = float("nan")  # on rank 0's slab only: every rank must raise
+    try:
+        mi.mutual_information(bad[:, :, lo:hi], y[:, :, lo:hi], group=group)
+        results["nan"] = "no error"
+    except ValueError as e:
+        results["nan"] = str(e)
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_equals_single_process(world):
+    with tempfile.TemporaryDirectory() as out:
+        mp.spawn(_worker, args=(world, f"tcp://127.0.0.1:{_free_port()}", out), nprocs=world, join=True)
+        ranks = [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(world)]
+    for name, kw, dtype in CASES:
+        want = _score(*_volumes(dtype), kw)
+        tol = 1e-9 if dtype == torch.float64 else 1e-5
+        for r, res in enumerate(ranks):
+            s, h, gx, gy, lo, hi = res[name]
+            pairs = ((s, want[0], "score"), (h, want[1], "entropies"))
+            pairs += ((gx, want[2][:, :, lo:hi], "grad x"), (gy, want[3][:, :, lo:hi], "grad y"))
+            for got, ref, what in pairs:
+                scale = max(ref.abs().max().item(), 1e-30) if ref.numel() else 1.0
+                err = (got - ref).abs().max().item() if ref.numel() else 0.0
+                assert got.shape == ref.shape and err <= tol * scale, f"{name} rank {r} {what}: {err:.3g}"
+    assert all(res["nan"] == "x contains NaN or Inf" for res in ranks), [res["nan"] for res in ranks]
+    assert all(abs(res["loss"]) < 1e-12 for res in ranks), [res["loss"] for res in ranks]
+
+
+def test_group_needs_an_initialised_process_group():
+    x = torch.rand(1, 1, 4, 4)
+    with pytest.raises(ValueError, match="init_process_group"):
+        mi.mutual_information(x, x, group=object())
