@@ -334,7 +334,7 @@ def joint_hist_double_backward(
         if dm is not None:
             dm[c.lo : c.hi] = h_u * a * t(1, 0) + h_v * b * t(0, 1)
     out_g = None if dg is None else dg.view(B, K, K).to(grad.dtype)
-    return (out_g, *(None if d is None else d.view(t.shape) for d, t in ((du, u), (dv, v), (dm, m))))
+    return (out_g, *(None if d is None else d.view(src.shape) for d, src in ((du, u), (dv, v), (dm, m))))
 
 
 def _hist_chunks(u, m, num_bins, sigma, kernel, order, bin_map):

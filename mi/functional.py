@@ -639,13 +639,19 @@ def _row_range(x: Tensor, rng, m: Optional[Tensor], extremes: Optional[Tensor] =
     if m is None:
         e = _extremes(xd) if extremes is None else extremes
         return e[:, :1], e[:, 1:]
-    if xd.numel() == 0:  # no rows or no pixels: amin refuses empty tensors
-        return xd.new_zeros((xd.shape[0], 1)), xd.new_ones((xd.shape[0], 1))
+    e = _masked_extremes(xd, m)
+    empty = torch.isinf(e[:, :1]) & (e[:, :1] > 0)  # no pixel kept: the range (0, 1)
+    return torch.where(empty, 0.0, e[:, :1]), torch.where(empty, 1.0, e[:, 1:])
+
+
+def _masked_extremes(x: Tensor, m: Tensor) -> Tensor:
+    """(R, 2) [min, max] of each row of x over the pixels with m > 0; [+inf, -inf] for a row
+    that keeps none (the identities of min and max, which a reduction over shards needs)."""
+    if x.numel() == 0:  # no rows or no pixels: amin refuses empty tensors
+        return torch.tensor([[math.inf, -math.inf]], dtype=x.dtype, device=x.device).expand(x.shape[0], 2)
     keep = m > 0
-    lo = torch.where(keep, xd, math.inf).amin(-1, keepdim=True)
-    hi = torch.where(keep, xd, -math.inf).amax(-1, keepdim=True)
-    empty = ~keep.any(-1, keepdim=True)
-    return torch.where(empty, 0.0, lo), torch.where(empty, 1.0, hi)
+    lo = torch.where(keep, x, math.inf).amin(-1)
+    return torch.stack([lo, torch.where(keep, x, -math.inf).amax(-1)], 1)
 
 
 def _shard_stats(group, a, rng, ext, checks):
@@ -666,13 +672,7 @@ def _shard_stats(group, a, rng, ext, checks):
         )
 
     def local_masked(t, r):
-        if r != "auto" or a.mask is None:
-            return None
-        keep, td = a.mask > 0, t.detach()
-        if td.numel() == 0:
-            return torch.tensor([[inf, -inf]], dtype=td.dtype, device=td.device).expand(t.shape[0], 2)
-        lo = torch.where(keep, td, inf).amin(-1)
-        return torch.stack([lo, torch.where(keep, td, -inf).amax(-1)], 1)
+        return None if r != "auto" or a.mask is None else _masked_extremes(t.detach(), a.mask)
 
     w = a.weights
     wmin = None
