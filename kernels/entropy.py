@@ -5,7 +5,8 @@ whose arithmetic is nothing on a GPU; composed of torch ops it is ~20 launches, 
 microseconds of host time, which is what a registration loop waits for. These two kernels
 do the same math (``mi.information._Entropies``, the reference) in two launches.
 
-Conventions: ``P = J / S`` with ``S = max(sum J, tiny)``; marginals ``p_a = sum_c P``,
+Conventions: ``P = J / S`` with ``S = sum J`` (1 for an all-zero J; a subnormal sum is kept,
+so that P sums to 1 however small J is); marginals ``p_a = sum_c P``,
 ``p_b = sum_a P``; ``H(p) = -sum p log p`` with ``0 log 0 = 0``; natural log.
 """
 
@@ -15,8 +16,6 @@ import triton.language as tl
 
 from .utils import ensure_contiguous, on_device
 
-#: float32's smallest normal number: the clamp of an all-zero histogram's total.
-TINY = torch.finfo(torch.float32).tiny
 #: The forward's tile (FWD_BLOCK x FWD_BLOCK bins, fewer for K < 64) and warps: one program
 #: per histogram, so it gets 8 warps (16 bins per thread); the backward's block and warps.
 FWD_BLOCK, FWD_WARPS, BWD_BLOCK, BWD_WARPS = 64, 8, 1024, 4
@@ -62,9 +61,8 @@ def _entropies_fwd_kernel(
     p_h,  # (5, B) fp32 out: H(a), H(b), H(a, b), m = sum P (1, or 0 if J is all zero), score
     p_pa,  # (B, K) fp32 out: p_a
     p_pb,  # (B, K) fp32 out: p_b
-    p_s,  # (B,) fp32 out: S = max(sum J, tiny)
+    p_s,  # (B,) fp32 out: S = sum J, or 1 if it is 0
     K,
-    tiny,
     scale,  # MODE 1: 1 / log(base)
     MODE: tl.constexpr,  # index in SCORES: 0 the entropies only, else also the score (row 4)
     BLOCK_A: tl.constexpr,
@@ -86,7 +84,8 @@ def _entropies_fwd_kernel(
     for a0 in range(0, K, BLOCK_A):
         for c0 in range(0, K, BLOCK_C):
             b_s += _tile(p_jb, a0, c0, K, o_a, o_c)
-    s = tl.maximum(tl.sum(b_s), tiny)
+    tot = tl.sum(b_s)
+    s = tl.where(tot > 0.0, tot, 1.0)
 
     b_hab = tl.zeros([BLOCK_C], dtype=tl.float32)
     b_hb = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -202,7 +201,7 @@ def entropies_forward(joint, score="entropies", scale=1.0):
     h rows: H(a), H(b), H(a, b) in nats; sum P (1 to rounding, or 0 for an all-zero J);
     the ``score`` (one of ``SCORES`` but "entropies": mutual information times ``scale``,
     e.g. 1 / log(base), or a normalised MI as in ``mi.information``), unset for
-    "entropies". S = max(sum J, tiny). All four are what ``entropies_backward`` needs.
+    "entropies". S = sum J, or 1 if it is 0. All four are what ``entropies_backward`` needs.
     """
     _check(joint)
     mode = _mode(score)
@@ -214,7 +213,7 @@ def entropies_forward(joint, score="entropies", scale=1.0):
     if B:
         block = min(FWD_BLOCK, triton.next_power_of_2(K))
         _entropies_fwd_kernel[(B,)](
-            joint, h, pa, pb, s, K, TINY, float(scale), MODE=mode, BLOCK_A=block, BLOCK_C=block,
+            joint, h, pa, pb, s, K, float(scale), MODE=mode, BLOCK_A=block, BLOCK_C=block,
             num_warps=FWD_WARPS,
         )  # fmt: skip
     return h, pa, pb, s

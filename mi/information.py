@@ -39,13 +39,15 @@ def _safe_div(num: Tensor, den: Tensor, fallback: float) -> Tensor:
 def joint_pdf(joint: Tensor) -> Tensor:
     """Normalise a joint histogram (..., K, K) to sum to 1 (all zeros stays all zeros)."""
     total = joint.sum((-2, -1), keepdim=True)
-    return joint / total.clamp_min(torch.finfo(joint.dtype).tiny)
+    return joint / torch.where(total > 0, total, 1.0)
 
 
 def _entropy_terms(joint: Tensor):
     """q = [P (K*K), p_a (K), p_b (K)] side by side, log q (0 where q = 0), q > 0, S = sum J
-    (at least tiny): plain differentiable ops."""
-    total = joint.sum((-2, -1), keepdim=True).clamp_min(torch.finfo(joint.dtype).tiny)
+    (1 for an all-zero histogram; a subnormal total is kept, so that P still sums to 1):
+    plain differentiable ops."""
+    total = joint.sum((-2, -1), keepdim=True)
+    total = torch.where(total > 0, total, 1.0)
     p = joint / total
     q = torch.cat([p.flatten(-2), p.sum(-1), p.sum(-2)], -1)
     pos = q > 0

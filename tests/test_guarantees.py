@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from images import photo, remap, to_tensor01
-from oracle import dense_joint, to_bins
+from oracle import dense_joint, entropies, to_bins
 from oracle import mutual_information as oracle_mi
 
 import mi
@@ -76,12 +76,12 @@ def test_extreme_scales_give_the_unscaled_mi(scale, shift, kernel, backend):
         x, y = (torch.round(t * 7) for t in (x, y))  # 0..7: exact multiples of the subnormal step
     xs, ys = ((t + shift) * scale for t in (x, y))
     xs, ys = xs.float(), ys.float()
-    assert torch.isfinite(xs).all() and (xs.abs().max() > 1e38 or xs.abs().max() < 1e-30 or scale == 1e30)
+    assert torch.isfinite(xs).all()
     kw = dict(num_bins=16, kernel=kernel, backend=backend)
     got = mi.mutual_information(xs, ys, **kw)
     want = mi.mutual_information(x.float() + shift, y.float() + shift, **kw)
     assert torch.isfinite(got).all()
-    torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(got, want, rtol=5e-6, atol=5e-7)  # measured 1.0e-6 relative at most
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -105,7 +105,7 @@ def test_float64_near_its_limits():
         for kernel in ("gaussian", "mattes"):
             got = mi.mutual_information((x - 0.5) * a, y * a, num_bins=16, kernel=kernel)
             ref = mi.mutual_information(x - 0.5, y, num_bins=16, kernel=kernel)
-            torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(got, ref, rtol=2e-13, atol=1e-14)  # measured 2.2e-14
     assert torch.isfinite(want).all()
 
 
@@ -281,7 +281,8 @@ def _dense_mi(x, y, k, sigma, normalize, kernel="gaussian", m=None):
 @pytest.mark.parametrize("kernel", ["gaussian", "bspline"])
 def test_second_derivatives_match_the_dense_oracle(kernel, normalize, backend):
     """grad(create_graph=True) then a second backward: the Hessian-vector product of the dense
-    float64 estimator. float32 on the Triton path (interpreter), float64 on the torch path."""
+    float64 estimator. float32 on the Triton path (interpreter), float64 on the torch path;
+    bounds relative to the largest element, about 10x the errors measured."""
     dtype = torch.float32 if backend == "triton" else torch.float64
     x, y = _pair((2, 1, 7, 6), seed=10, dtype=torch.float64)
     m = torch.rand(2, 42, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
@@ -302,7 +303,7 @@ def test_second_derivatives_match_the_dense_oracle(kernel, normalize, backend):
         gx, gy, gm = torch.autograd.grad(s.sum(), (xx, yy, mm), create_graph=True)
         hvp = torch.autograd.grad((gx * v.to(xx.dtype)).sum(), (xx, yy, mm))
         out[name] = [t.double() for t in (gx, gy, gm, *hvp)]
-    tol = 1e-9 if dtype == torch.float64 else 2e-4
+    tol = 2e-14 if dtype == torch.float64 else 5e-6  # measured 1.3e-15 and 8.9e-7 of the largest
     for a, b, what in zip(out["ours"], out["oracle"], ["gx", "gy", "gm", "Hxx v", "Hyx v", "Hmx v"]):
         scale = b.abs().max().item()
         err = (a - b).abs().max().item()
@@ -435,3 +436,23 @@ def test_torch_compile_under_autocast_and_its_double_backward():
     (g,) = torch.autograd.grad(compiled(x, yy), yy, create_graph=True)
     with pytest.raises(RuntimeError):
         torch.autograd.grad(g.sum(), yy)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_subnormal_total_mass_is_normalised(backend):
+    """A mask of 1e-39 (subnormal in float32) makes the joint histogram's total subnormal. P
+    must still sum to 1 and give the oracle's entropies (the normalisation once clamped the
+    total to the smallest normal float, 1.2e-38, and returned a P summing to about 0.1: a
+    hypothesis run found it with a window weight of 5e-20 squared). What remains is the
+    precision of subnormal float32 values of 1e-39 to 1e-41 (1.4e-45 absolute): up to 4e-6
+    measured in an entropy, bound 2e-5."""
+    x = torch.tensor([[[0.0, 0.5, 1.0, 0.25]]])
+    y = torch.tensor([[[1.0, 0.0, 0.75, 0.5]]])
+    m = torch.full_like(x, 1e-39)
+    kw = dict(num_bins=5, sigma=0.5, value_range=(0.0, 1.0), mask=m, backend=backend)
+    p = mi.joint_histogram(x, y, **kw)
+    assert abs(p.sum().item() - 1) < 1e-5
+    u, v = to_bins(x.flatten(1), 0.0, 1.0, 5), to_bins(y.flatten(1), 0.0, 1.0, 5)
+    want = entropies(dense_joint(u, v, m.flatten(1).double(), 5, 0.5))
+    for got, w in zip(mi.entropies(x, y, **kw), want):
+        torch.testing.assert_close(got.double(), w, rtol=0, atol=2e-5)
