@@ -955,7 +955,9 @@ def mutual_information(
             B x K x K histograms would not fit in the device's memory.
         sigma: the Gaussian kernel's standard deviation in *bin widths* (> 0; at least 2**-40,
             capped at 2**64). The kernel is truncated where it falls below 2**-24 of its
-            peak, so below 0.087 bins a sample half-way between two centres adds nothing.
+            peak, so below 0.087 bins a sample half-way between two centres adds nothing
+            (below 0.123 on the Triton path, whose 2-D window also skips the cells below
+            2**-24 of the peak, a sample half-way between centres on both axes).
             Ignored by ``kernel="bspline"``.
         value_range: ``(lo, hi)``: intensities lo..hi map onto the bin centres 0..K-1 (the
             same for x and y; mass falling beyond the first/last bin is dropped); or

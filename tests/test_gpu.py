@@ -206,7 +206,8 @@ def test_torch_func_and_second_derivatives_on_cuda():
         (g,) = torch.autograd.grad(s, xx, create_graph=True)
         (hvp[str(dev)],) = torch.autograd.grad((g * v.to(dev, dtype)).sum(), xx)
     ref = hvp["cpu"]
-    torch.testing.assert_close(hvp["cuda"].cpu().double(), ref, rtol=0, atol=2e-4 * ref.abs().max().item())
+    # the CPU test's float32 bound (8.9e-7 measured in the interpreter; not yet on a GPU)
+    torch.testing.assert_close(hvp["cuda"].cpu().double(), ref, rtol=0, atol=5e-6 * ref.abs().max().item())
 
 
 def test_extreme_scales_on_cuda():
@@ -218,4 +219,4 @@ def test_extreme_scales_on_cuda():
             (a.double() * scale).float().cuda(), (b.double() * scale).float().cuda(), num_bins=16
         )
         want = mi.mutual_information(a.cuda(), b.cuda(), num_bins=16)
-        torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-6)
+        torch.testing.assert_close(got, want, rtol=5e-6, atol=5e-7)  # as on the CPU

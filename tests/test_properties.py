@@ -33,10 +33,10 @@ from oracle import entropies as oracle_entropies  # noqa: E402
 import mi  # noqa: E402
 
 settings.register_profile(
-    "ci", max_examples=60, deadline=None, derandomize=True, print_blob=True,
+    "ci", max_examples=40, deadline=None, derandomize=True, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )  # fmt: skip
-settings.register_profile("dev", max_examples=600, deadline=None, print_blob=True,
+settings.register_profile("dev", max_examples=400, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
@@ -49,22 +49,50 @@ SCALES = {
     torch.float32: (-30, 30),
     torch.float64: (-30, 30),
 }
-#: rounding of a score computed in the accumulation dtype (MI is a difference of entropies
-#: of up to log(512^2) = 12.5 nats; float32 sums of K^2 terms)
-TOL = {torch.float32: 2e-4, torch.float64: 1e-9}
-#: the smallest sigma for which every sample has a bin within its window's truncation radius
-#: (5.77 sigma >= 0.5): below it a sample between two centres can add nothing, by design
-SIGMA_ORACLE = 0.0867
+#: Bounds on |ours - reference| / max(|reference|, 1), from the largest errors the "ci" and "dev"
+#: profiles measured, with a margin of about 4 to 10: float64 1.8e-15; float32 5.9e-7 (both
+#: backends); float16 4.7e-4 and bfloat16 3.8e-3, whose results are rounded to their own
+#: dtype (2 units of their epsilon); the histograms in data units, float32 4.2e-6 (the
+#: Gaussian's truncation at 2**-24 of its peak, over up to 300 bins) and float64 1.3e-15.
+TOL = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 5e-6, torch.float64: 2e-14}
+HIST_TOL = {torch.float32: 3e-5, torch.float64: 2e-14}
+
+
+def map_tol(num_bins, sigma, dtype):
+    """What a sample's bin coordinate, rounded once in the accumulation dtype (up to K units of
+    its epsilon), does to a window weight: |dw| <= |du| max|w'| = |du| 0.61 / sigma for the
+    Gaussian (0.5 for the cubic B-spline: sigma 1 there). Added to the bounds against the
+    float64 oracle, times 8 (measured up to 1.7 times it: 5.2e-6 at K = 57, sigma 0.37 in
+    float32; 5.0e-14 at K = 102, sigma 0.37 in float64)."""
+    eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps / 2
+    return 8 * num_bins * eps / sigma
+
+
+#: The smallest sigma for which every sample keeps some of its mass, by design: the torch
+#: backend's window keeps the bins within 5.77 sigma (>= 0.5 from sigma 0.087 on), and the
+#: Triton forward also skips the cells of the 2-D window below 2**-24 of the kernel's peak,
+#: which a sample half-way between centres on both axes clears from sigma 0.1227 on
+#: (0.25 / sigma^2 <= 24 ln 2). Below it the oracle, which truncates nothing, differs.
+SIGMA_ORACLE = 0.1227
 
 
 # ---------------------------------------------------------------- drawing a case
 
 
+#: Every dtype is a test of its own (a short derandomised run left to draw the dtype can miss
+#: one); the Triton backend (the interpreter, slow) draws a quarter as many examples.
+TRITON_DTYPES = DTYPES[:3]
+triton_only = pytest.mark.skipif(not TRITON, reason="triton is not importable")
+fewer = settings(settings.default, max_examples=max(4, settings.default.max_examples // 4))
+
+
+def _ids(dtypes):
+    return [str(d).split(".")[-1] for d in dtypes]
+
+
 @st.composite
-def cases(draw, small=False):
-    backend = draw(st.sampled_from(["torch", "triton"] if TRITON else ["torch"]))
-    small = small or backend == "triton"  # the interpreter is slow
-    dtype = draw(st.sampled_from(DTYPES[:3] if backend == "triton" else DTYPES))
+def cases(draw, backend, dtype):
+    small = backend == "triton"  # the interpreter is slow
     ndim = draw(st.integers(1, 5))
     budget = 48 if small else 200
     sizes, total = [], 1
@@ -72,7 +100,7 @@ def cases(draw, small=False):
         s = draw(st.integers(1, max(1, min(9, budget // total))))
         sizes.append(s)
         total *= s
-    batch = draw(st.sampled_from([0, 1, 3]))
+    batch = draw(st.sampled_from([1, 3, 0]))  # (the first is what short runs draw most)
     channels = draw(st.sampled_from([1, 2]))
     shape = (batch, channels, *sizes)
     kernel = draw(st.sampled_from(["gaussian", "bspline", "mattes"]))
@@ -217,10 +245,6 @@ def oracle_scores(joint, normalize):
 # ---------------------------------------------------------------- the properties
 
 
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _close(a, b, tol, what):
     a, b = a.double().reshape(-1), b.double().reshape(-1)
     err = (a - b).abs()
@@ -257,12 +281,25 @@ def _min_span(t, m, case, rng, name):
     return min(spans) if spans else math.inf
 
 
-@given(case=cases())
-def test_mutual_information_properties(case):
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids(DTYPES))
+@given(data=st.data())
+def test_mutual_information_properties(dtype, data):
+    check_mutual_information(data.draw(cases("torch", dtype), label="case"))
+
+
+@triton_only
+@pytest.mark.parametrize("dtype", TRITON_DTYPES, ids=_ids(TRITON_DTYPES))
+@fewer
+@given(data=st.data())
+def test_mutual_information_properties_triton(dtype, data):
+    check_mutual_information(data.draw(cases("triton", dtype), label="case"))
+
+
+def check_mutual_information(case):
     x, y, m, rng = make(case)
     copies = [None if t is None else t.clone() for t in (x, y, m)]
-    acc = _acc(case["dtype"])
-    tol = TOL[acc] * (20 if case["dtype"] in (torch.float16, torch.bfloat16) else 1)
+    tol = TOL[case["dtype"]]
+    rounded = map_tol(case["num_bins"], case["sigma"] if case["kernel"] == "gaussian" else 1.0, case["dtype"])
     kw = call_kwargs(case, rng, m)
     normalize = case["normalize"]
     xg, yg = x.clone().requires_grad_(), y.clone().requires_grad_()
@@ -300,10 +337,10 @@ def test_mutual_information_properties(case):
     pr = p.reshape(-1, case["num_bins"], case["num_bins"])
     rha, rhb, rhab = oracle_scores(pr, "none")[1]
     for got, want, what in ((ha, rha, "H(x)"), (hb, rhb, "H(y)"), (hab, rhab, "H(x,y)")):
-        _close(got.reshape(-1), want, tol * 5, what)
+        _close(got.reshape(-1), want, tol, what)
     # information inequalities, in the accumulation's rounding
     mi_none = mi.mutual_information(x, y, normalize="none", **kw).double()
-    slack = tol * 10 * (1 + hab.double().abs())
+    slack = tol * (1 + hab.double().abs())
     assert bool((mi_none >= -slack).all() & (mi_none <= torch.minimum(ha, hb).double() + slack).all())
     if normalize == "arithmetic":
         assert bool(((score.double() >= -slack) & (score.double() <= 1 + slack)).all())
@@ -313,7 +350,7 @@ def test_mutual_information_properties(case):
     if case["kernel"] != "mattes":
         swapped = rng if rng == "auto" or not isinstance(rng[0], (tuple, str)) else (rng[1], rng[0])
         back = mi.mutual_information(y, x, normalize=normalize, **{**kw, "value_range": swapped})
-        _close(back, score, tol * 5, "MI(y, x) vs MI(x, y)")
+        _close(back, score, tol, "MI(y, x) vs MI(x, y)")
     # scaling by a power of two is exact for every window (the map's own scale absorbs it)
     if rng == "auto" and case["dtype"] != torch.float16:
         two = 2.0**-37 if case["scale"] > 1 else 2.0**37
@@ -327,22 +364,20 @@ def test_mutual_information_properties(case):
             moved = mi.mutual_information(
                 x * 3.0 - x.new_tensor(7.0) * case["scale"], y, normalize=normalize, **kw
             )
-            _close(moved, score, tol * 50, "MI(3 x - 7, y)")  # rounds x: smooth windows move little
+            _close(moved, score, tol + rounded, "MI(3 x - 7, y)")  # rounds x: smooth windows move little
     # the dense float64 oracle
     if case["sigma"] >= SIGMA_ORACLE:
         joint = oracle_joint(x, y, m, case, rng)
         want, (rha, rhb, rhab) = oracle_scores(joint, normalize)
-        _close(score.reshape(-1), want, tol * 10, f"score vs oracle ({normalize})")
-        _close(hab.reshape(-1), rhab, tol * 10, "H(x,y) vs oracle")
+        _close(score.reshape(-1), want, tol + rounded, f"score vs oracle ({normalize})")
+        _close(hab.reshape(-1), rhab, tol + rounded, "H(x,y) vs oracle")
     # nothing the caller passed is modified
     for t, c in zip((x, y, m), copies):
         assert t is None or torch.equal(t, c)
 
 
 @st.composite
-def histogram_cases(draw):
-    backend = draw(st.sampled_from(["torch", "triton"] if TRITON else ["torch"]))
-    dtype = draw(st.sampled_from([torch.float32] if backend == "triton" else [torch.float32, torch.float64]))
+def histogram_cases(draw, backend, dtype):
     k = draw(st.integers(2, 64 if backend == "triton" else 300))
     scale = 10.0 ** draw(st.integers(-30, 30))
     return dict(
@@ -353,8 +388,23 @@ def histogram_cases(draw):
     )  # fmt: skip
 
 
-@given(case=histogram_cases())
-def test_histogram_properties(case):
+HIST_DTYPES = [torch.float32, torch.float64]
+
+
+@pytest.mark.parametrize("dtype", HIST_DTYPES, ids=_ids(HIST_DTYPES))
+@given(data=st.data())
+def test_histogram_properties(dtype, data):
+    check_histograms(data.draw(histogram_cases("torch", dtype), label="case"))
+
+
+@triton_only
+@fewer
+@given(data=st.data())
+def test_histogram_properties_triton(data):
+    check_histograms(data.draw(histogram_cases("triton", torch.float32), label="case"))
+
+
+def check_histograms(case):
     """histogram / histogram2d in data units at any scale: sums, finite gradients, the oracle."""
     g = torch.Generator().manual_seed(case["seed"])
     k, s, lo = case["k"], case["scale"], case["lo"]
@@ -377,7 +427,7 @@ def test_histogram_properties(case):
         assert "spans only" in str(e) and case["dtype"] == torch.float32 and (k - 1) / s > 2.0**100, str(e)
         return
     assert torch.isfinite(gx).all() and torch.isfinite(gy).all()
-    tol = TOL[case["dtype"]] * 10
+    tol = HIST_TOL[case["dtype"]] + map_tol(k, case["sigma_bins"], case["dtype"])
     for t, dims in ((h, (-1,)), (j, (-2, -1))):
         tot = t.double().sum(dims)
         assert bool(((tot - 1).abs() < 1e-5).logical_or(tot == 0).all()), tot
