@@ -39,7 +39,7 @@ CASES = {
     "C3": ((1, 1, 96, 96, 96), 64, 0.5),
     "C4": ((1, 1, 160, 192, 224), 256, 0.5),  # a brain MR volume
 }
-PROVIDERS = ["mi", "seed", "kornia", "kornia-hist2d", "monai", "histogramdd"]
+PROVIDERS = ["mi", "seed", "kornia", "kornia-compat", "kornia-hist2d", "monai", "monai-compat", "histogramdd"]
 FIELDS = [
     "case",
     "provider",

@@ -39,7 +39,15 @@ CASES = {
     "G4": ((1, 1, 160, 192, 224), 256),
 }
 DRY_CASES = {"D1": ((2, 1, 16, 16), 8), "D2": ((1, 1, 8, 8, 8), 8)}
-PROVIDERS = ["mi", "mi-torch", "seed", "kornia", "monai"]  # also: kornia-hist2d
+PROVIDERS = [
+    "mi",
+    "mi-torch",
+    "seed",
+    "kornia",
+    "kornia-compat",
+    "monai",
+    "monai-compat",
+]  # also: kornia-hist2d
 MODES = ["fwd", "bwd", "fwd_bwd"]
 FIELDS = [
     "case",

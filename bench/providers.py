@@ -15,8 +15,11 @@ gradient. Each peer is called with its own arguments set to the same bins and ba
   linspace(0, 1, K) and std ``sigma_ratio`` times the bin width, so ``sigma_ratio = sigma``.
   It normalises each pixel's weights to sum 1 over the bins (the others do not).
 * histogramdd: ``torch.histogramdd``, hard binning, forward only (no gradient): a floor.
+* monai-compat, kornia-compat: this library's drop-ins (``mi.compat``), called exactly as
+  monai and kornia above: the same numbers (tests/test_compat.py), on the fused op.
 """
 
+import importlib
 import math
 
 import torch
@@ -61,8 +64,8 @@ def _seed():
     return run
 
 
-def _kornia():
-    from kornia.losses import mutual_information_loss
+def _kornia(module="kornia.losses"):
+    mutual_information_loss = importlib.import_module(module).mutual_information_loss
 
     def run(x, y, num_bins, sigma):
         return mutual_information_loss(
@@ -83,8 +86,8 @@ def _kornia_hist2d():
     return run
 
 
-def _monai():
-    from monai.losses import GlobalMutualInformationLoss
+def _monai(module="monai.losses"):
+    GlobalMutualInformationLoss = importlib.import_module(module).GlobalMutualInformationLoss
 
     losses = {}
 
@@ -122,6 +125,8 @@ _FACTORIES = {
     "kornia-hist2d": _kornia_hist2d,
     "monai": _monai,
     "histogramdd": _histogramdd,
+    "monai-compat": lambda: _monai("mi.compat.monai"),
+    "kornia-compat": lambda: _kornia("mi.compat.kornia"),
 }
 
 

@@ -18,6 +18,7 @@ from .utils import (
     num_replicas,
     row_ranges,
     use_deterministic,
+    window_param,
     window_size,
 )
 from .window import _load_bins, _pixel_block, _window, _window_and_grad, _window_start
@@ -33,7 +34,7 @@ def _hist_fwd_kernel(
     s_r,
     N,
     K,
-    c_g,  # 1 / (2 sigma^2)
+    c_k,  # the window's parameter (utils.window_param): 1 / (2 sigma^2) for the gaussian
     fp_scale,  # 2**bits (FIXED_POINT only)
     first,  # MAP: lo..hi map onto bin coordinates first..first + length
     length,
@@ -63,13 +64,13 @@ def _hist_fwd_kernel(
         b_m = tl.where(m_n, 1.0, 0.0)
     if FIXED_POINT:
         b_m = b_m * tl.load(p_ms + i_b)
-    b_s = _window_start(b_u, K, c_g, W, KIND)
+    b_s = _window_start(b_u, K, c_k, W, KIND)
     p_o = p_out + ((i_n % REPLICAS) * tl.num_programs(1) + i_b) * K
 
     for j0 in range(0, W, BLOCK_W):
         o_j = j0 + tl.arange(0, BLOCK_W)
         b_c = b_s[:, None] + o_j[None, :]
-        b_val = _window(b_u[:, None] - b_c.to(tl.float32), c_g, KIND) * b_m[:, None]
+        b_val = _window(b_u[:, None] - b_c.to(tl.float32), c_k, KIND) * b_m[:, None]
         m_j = m_n[:, None] & (o_j[None, :] < W) & (b_val != 0.0)
         if FIXED_POINT:
             b_q = (b_val * fp_scale + 0.5).to(tl.int64)
@@ -89,7 +90,7 @@ def _hist_bwd_kernel(
     s_r,
     N,
     K,
-    c_g,
+    c_k,
     first,
     length,
     MAP: tl.constexpr,
@@ -109,7 +110,7 @@ def _hist_bwd_kernel(
     """
     i_n, i_b, o_x, m_n = _pixel_block(N, BLOCK_N)
     b_u, c_u, k_u = _load_bins(p_u, o_x, m_n, p_r, s_r, i_b, first, length, MAP)
-    b_s = _window_start(b_u, K, c_g, W, KIND)
+    b_s = _window_start(b_u, K, c_k, W, KIND)
     p_gb = p_g + i_b * K
 
     b_du = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -118,7 +119,7 @@ def _hist_bwd_kernel(
         o_j = j0 + tl.arange(0, BLOCK_W)
         b_c = b_s[:, None] + o_j[None, :]
         m_c = m_n[:, None] & (o_j[None, :] < W)
-        b_w, b_dw = _window_and_grad(b_u[:, None] - b_c.to(tl.float32), c_g, KIND)
+        b_w, b_dw = _window_and_grad(b_u[:, None] - b_c.to(tl.float32), c_k, KIND)
         b_g = tl.load(p_gb + b_c, mask=m_c, other=0.0)
         if NEEDS_U:
             b_du += tl.sum(b_g * b_dw, axis=1)
@@ -148,6 +149,7 @@ def hist_forward(
     K = int(num_bins)
     w = window_size(kernel, K, sigma)
     block_n, block_w, num_warps = block_sizes(w)
+    c_k = window_param(sigma, kernel)
     fixed = use_deterministic(deterministic)
     if B == 0 or N == 0:
         return torch.zeros((B, K), dtype=torch.float32, device=u.device)
@@ -156,10 +158,9 @@ def hist_forward(
     reps = num_replicas(num_blocks, B, K, 8 if fixed else 4, MAX_REPLICAS_HIST)
     out = torch.zeros((reps, B, K), dtype=dtype, device=u.device)
     m_mul, fp_scale, back = forward_scales(m, B, N, fixed, u.device)
-    c_g = 1.0 / (2.0 * float(sigma) ** 2)
     ((r, s_r),) = row_ranges(ranges, u, 1)
     _hist_fwd_kernel[(num_blocks, B)](
-        u, u if m is None else m, u if m_mul is None else m_mul, out, r, s_r, N, K, c_g, fp_scale,
+        u, u if m is None else m, u if m_mul is None else m_mul, out, r, s_r, N, K, c_k, fp_scale,
         float(first), float(length), MAP=ranges is not None, W=w, KIND=kernel_id(kernel),
         HAS_M=m is not None, FIXED_POINT=fixed, REPLICAS=reps, BLOCK_N=block_n, BLOCK_W=block_w,
         num_warps=num_warps,
@@ -189,10 +190,11 @@ def hist_backward(
         return du, dm
     w = window_size(kernel, K, sigma)
     block_n, block_w, num_warps = block_sizes(w)
+    c_k = window_param(sigma, kernel)
     ((r, s_r),) = row_ranges(ranges, u, 1)
     _hist_bwd_kernel[(triton.cdiv(N, block_n), B)](
         u, u if m is None else m, grad, u if du is None else du, u if dm is None else dm, r, s_r,
-        N, K, 1.0 / (2.0 * float(sigma) ** 2), float(first), float(length), MAP=ranges is not None,
+        N, K, c_k, float(first), float(length), MAP=ranges is not None,
         W=w, KIND=kernel_id(kernel), HAS_M=m is not None, NEEDS_U=du is not None,
         NEEDS_M=dm is not None, BLOCK_N=block_n, BLOCK_W=block_w, num_warps=num_warps,
     )  # fmt: skip

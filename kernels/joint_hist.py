@@ -19,6 +19,7 @@ from .utils import (
     num_replicas,
     row_ranges,
     use_deterministic,
+    window_param,
     window_size,
 )
 from .window import _load_bins, _pixel_block, _window, _window_and_grad, _window_start
@@ -37,7 +38,7 @@ def _joint_hist_fwd_kernel(
     s_rv,
     N,
     K,
-    c_g,  # 1 / (2 sigma^2)
+    c_k,  # the window's parameter (utils.window_param): 1 / (2 sigma^2) for the gaussian
     fp_scale,  # 2**bits, the fixed-point unit (FIXED_POINT only)
     first,  # MAP: lo..hi map onto bin coordinates first..first + length
     length,
@@ -90,8 +91,8 @@ def _joint_hist_fwd_kernel(
         b_m = tl.where(m_n, 1.0, 0.0)
     if FIXED_POINT:
         b_m = b_m * tl.load(p_ms + i_b)
-    b_su = _window_start(b_u, K, c_g, W_U, KIND_U)
-    b_sv = _window_start(b_v, K, c_g, W_V, KIND_V)
+    b_su = _window_start(b_u, K, c_k, W_U, KIND_U)
+    b_sv = _window_start(b_v, K, c_k, W_V, KIND_V)
     # bin offsets inside one K x K histogram stay int32 (the launcher checks K*K < 2**31)
     p_o = p_out + ((i_n % REPLICAS) * tl.num_programs(1) + i_b) * K * K
 
@@ -99,14 +100,14 @@ def _joint_hist_fwd_kernel(
         o_j = j0 + tl.arange(0, BLOCK_W)
         b_c = b_sv[:, None] + o_j[None, :]
         m_c = m_n[:, None] & (o_j[None, :] < W_V)
-        b_wv = _window(b_v[:, None] - b_c.to(tl.float32), c_g, KIND_V) * b_m[:, None]
+        b_wv = _window(b_v[:, None] - b_c.to(tl.float32), c_k, KIND_V) * b_m[:, None]
         for i in range(W_U):
             b_a = b_su + i
-            b_wu = _window(b_u - b_a.to(tl.float32), c_g, KIND_U)
+            b_wu = _window(b_u - b_a.to(tl.float32), c_k, KIND_U)
             b_val = b_wu[:, None] * b_wv
             p_j = p_o + (b_a[:, None] * K + b_c)
             if KIND_U == 0 and KIND_V == 0:
-                # exp(-(du^2 + dv^2) c_g) is below 2**-24 of its peak outside the disk of radius
+                # exp(-(du^2 + dv^2) c_k) is below 2**-24 of its peak outside the disk of radius
                 # r: skip those cells of the square window (about 26 of its 36 at sigma 0.5 are
                 # inside). Strict, so m = 0 adds nothing either.
                 m_j = m_c & (b_val > b_m[:, None] * 5.960464477539063e-08)
@@ -135,7 +136,7 @@ def _joint_hist_bwd_kernel(
     s_rv,
     N,
     K,
-    c_g,
+    c_k,
     first,
     length,
     MAP: tl.constexpr,
@@ -165,8 +166,8 @@ def _joint_hist_bwd_kernel(
     i_n, i_b, o_x, m_n = _pixel_block(N, BLOCK_N)
     b_u, c_u, k_u = _load_bins(p_u, o_x, m_n, p_ru, s_ru, i_b, first, length, MAP)
     b_v, c_v, k_v = _load_bins(p_v, o_x, m_n, p_rv, s_rv, i_b, first, length, MAP)
-    b_su = _window_start(b_u, K, c_g, W_U, KIND_U)
-    b_sv = _window_start(b_v, K, c_g, W_V, KIND_V)
+    b_su = _window_start(b_u, K, c_k, W_U, KIND_U)
+    b_sv = _window_start(b_v, K, c_k, W_V, KIND_V)
     p_gb = p_g + i_b * K * K
 
     b_du = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -176,10 +177,10 @@ def _joint_hist_bwd_kernel(
         o_j = j0 + tl.arange(0, BLOCK_W)
         b_c = b_sv[:, None] + o_j[None, :]
         m_c = m_n[:, None] & (o_j[None, :] < W_V)
-        b_wv, b_dwv = _window_and_grad(b_v[:, None] - b_c.to(tl.float32), c_g, KIND_V)
+        b_wv, b_dwv = _window_and_grad(b_v[:, None] - b_c.to(tl.float32), c_k, KIND_V)
         for i in range(W_U):
             b_a = b_su + i
-            b_wu, b_dwu = _window_and_grad(b_u - b_a.to(tl.float32), c_g, KIND_U)
+            b_wu, b_dwu = _window_and_grad(b_u - b_a.to(tl.float32), c_k, KIND_U)
             b_g = tl.load(p_gb + (b_a[:, None] * K + b_c), mask=m_c, other=0.0)
             if NEEDS_U or NEEDS_M:
                 b_t = tl.sum(b_g * b_wv, axis=1)
@@ -224,6 +225,7 @@ def joint_hist_forward(
     ku, kv = kernel_id(kernel_u), kernel_id(kernel_v)
     w_u, w_v = window_size(kernel_u, K, sigma), window_size(kernel_v, K, sigma)
     block_n, block_w, num_warps = block_sizes(w_v)
+    c_k = window_param(sigma, kernel_u, kernel_v)
     fixed = use_deterministic(deterministic)
     (r_u, s_u), (r_v, s_v) = row_ranges(ranges, u, 2)
     if B == 0 or N == 0:
@@ -233,10 +235,9 @@ def joint_hist_forward(
     reps = num_replicas(num_blocks, B, K * K, 8 if fixed else 4, MAX_REPLICAS_JOINT)
     out = torch.zeros((reps, B, K, K), dtype=dtype, device=u.device)
     m_mul, fp_scale, back = forward_scales(m, B, N, fixed, u.device)
-    c_g = 1.0 / (2.0 * float(sigma) ** 2)
     _joint_hist_fwd_kernel[(num_blocks, B)](
         u, v, u if m is None else m, u if m_mul is None else m_mul, out, r_u, r_v, s_u, s_v,
-        N, K, c_g, fp_scale, float(first), float(length), MAP=ranges is not None, W_U=w_u, W_V=w_v,
+        N, K, c_k, fp_scale, float(first), float(length), MAP=ranges is not None, W_U=w_u, W_V=w_v,
         KIND_U=ku, KIND_V=kv, HAS_M=m is not None, FIXED_POINT=fixed, REPLICAS=reps,
         BLOCK_N=block_n, BLOCK_W=block_w, num_warps=num_warps,
     )  # fmt: skip
@@ -269,11 +270,12 @@ def joint_hist_backward(
     ku, kv = kernel_id(kernel_u), kernel_id(kernel_v)
     w_u, w_v = window_size(kernel_u, K, sigma), window_size(kernel_v, K, sigma)
     block_n, block_w, num_warps = block_sizes(w_v)
+    c_k = window_param(sigma, kernel_u, kernel_v)
     (r_u, s_u), (r_v, s_v) = row_ranges(ranges, u, 2)
     _joint_hist_bwd_kernel[(triton.cdiv(N, block_n), B)](
         u, v, u if m is None else m, grad,
         u if du is None else du, u if dv is None else dv, u if dm is None else dm,
-        r_u, r_v, s_u, s_v, N, K, 1.0 / (2.0 * float(sigma) ** 2), float(first), float(length),
+        r_u, r_v, s_u, s_v, N, K, c_k, float(first), float(length),
         MAP=ranges is not None, W_U=w_u, W_V=w_v, KIND_U=ku, KIND_V=kv, HAS_M=m is not None,
         NEEDS_U=du is not None, NEEDS_V=dv is not None, NEEDS_M=dm is not None,
         BLOCK_N=block_n, BLOCK_W=block_w, num_warps=num_warps,

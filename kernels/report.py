@@ -46,11 +46,24 @@ WINDOWS = [
     ("gaussian", "gaussian", 256, 8.0),
     ("bspline", "bspline", 64, 1.0),
     ("box", "bspline", 64, 1.0),
+    # mi.compat: kornia's default window (xu, radius 1) and a wider truncated Gaussian; MONAI's
+    # b-spline pair (its target's tie-splitting box on the second axis)
+    ("xu", "xu", 64, 1.0),
+    ("tgauss", "tgauss", 64, 2.0),
+    ("bspline", "nearest", 32, 1.0),
 ]
 
 
 def _abbrev(kind):
-    return {"gaussian": "g", "bspline": "b", "box": "x"}[kind]
+    return {
+        "gaussian": "g",
+        "bspline": "b",
+        "box": "x",
+        "xu": "u",
+        "tgauss": "t",
+        "rect": "r",
+        "nearest": "n",
+    }[kind]
 
 
 #: The sample pointers, read (and their gradients written) in the samples' own dtype.
@@ -86,8 +99,8 @@ def _configs():
     for i, (ku, kv, k, sigma) in enumerate(WINDOWS):
         w_u, w_v = window_size(ku, k, sigma), window_size(kv, k, sigma)
         bn, bw, nw = block_sizes(w_v)
-        # kernel="mattes" passes bin coordinates computed in float64 (MAP off); the others raw samples
-        bins_given = ku == "box"
+        # kernel="mattes" and mi.compat pass bin coordinates (MAP off); the others raw samples
+        bins_given = ku in ("box", "xu", "tgauss") or kv == "nearest"
         tag = f"{_abbrev(ku)}{w_u}x{_abbrev(kv)}{w_v}-BN{bn}-BW{bw}-nw{nw}" + ("-nomap" if bins_given else "")
         common = dict(W_U=w_u, W_V=w_v, KIND_U=KERNEL_IDS[ku], KIND_V=KERNEL_IDS[kv], HAS_M=True)
         common.update(MAP=not bins_given)

@@ -11,7 +11,9 @@ import math
 import torch
 
 #: Window kinds, by name, as the kernels know them (a ``tl.constexpr`` int).
-KERNEL_IDS = {"gaussian": 0, "bspline": 1, "box": 2}
+KERNEL_IDS = {"gaussian": 0, "bspline": 1, "box": 2, "xu": 3, "tgauss": 4, "rect": 5, "nearest": 6}
+#: The kinds whose parameter is a radius R in bin widths (kornia's windows, ``mi.compat``).
+RADIUS_KINDS = ("xu", "tgauss", "rect")
 
 #: sqrt(48 ln 2): beyond this many sigmas the Gaussian is below 2**-24 of its peak, i.e.
 #: below float32 resolution; the window is the ceil(2 r) bins within r = this * sigma.
@@ -56,16 +58,31 @@ def window_size(kernel, num_bins, sigma):
 
     ceil(2 r) for a support radius r: gaussian r = sqrt(48 ln 2) sigma (5 bins at sigma 0.4,
     where round(x) +- ceil(5.77 sigma) would take 7); bspline (cubic, support (-2, 2)): 4;
-    box (nearest bin): 1. The same as the torch backend's ``mi._torch.window_size``.
+    box (nearest bin): 1; xu, tgauss and rect (radius R = sigma): ceil(2 R + 1); nearest: 2.
+    The same as the torch backend's ``mi._torch.window_size``.
     """
     kernel_id(kernel)
     if kernel == "gaussian":
         w = math.ceil(2.0 * GAUSSIAN_TRUNCATION * float(sigma))
     elif kernel == "bspline":
         w = 4
+    elif kernel in RADIUS_KINDS:  # closed support |d| <= R, with half a bin of margin
+        w = math.ceil(2.0 * float(sigma) + 1.0)
+    elif kernel == "nearest":
+        w = 2
     else:
         w = 1
     return max(1, min(w, int(num_bins)))
+
+
+def window_param(sigma, *kernels):
+    """The kernels' scalar ``c_k`` for the window kinds of one launch: 1 / (2 sigma^2) when a
+    gaussian is among them, the radius ``sigma`` for kornia's kinds (``RADIUS_KINDS``); the
+    others ignore it. One launch cannot mix the two meanings."""
+    gauss, radius = "gaussian" in kernels, any(k in RADIUS_KINDS for k in kernels)
+    if gauss and radius:
+        raise ValueError(f"one launch cannot mix a gaussian with a radius window, got {kernels}")
+    return 1.0 / (2.0 * float(sigma) ** 2) if gauss else float(sigma)
 
 
 def block_sizes(w_cols):

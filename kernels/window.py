@@ -1,7 +1,10 @@
 """Per-axis window functions shared by the histogram kernels (Triton device functions).
 
 Window kinds are ``tl.constexpr`` ints (see ``utils.KERNEL_IDS``): 0 gaussian, 1 cubic
-B-spline, 2 box. ``c_g`` is 1 / (2 sigma^2), used by the gaussian only.
+B-spline, 2 box, and the compatibility kinds of ``mi.compat`` (``mi._torch.KERNELS``): 3 xu,
+4 tgauss, 5 rect (kornia's, radius R) and 6 nearest (MONAI's box, ties split). ``c_k`` is
+the window's parameter: 1 / (2 sigma^2) for the gaussian, the radius R for 3-5, unused
+by the others (``utils.window_param``).
 """
 
 import triton
@@ -49,22 +52,27 @@ def _load_bins(p_x, o_x, m_n, p_r, s_r, i_b, first, length, MAP: tl.constexpr):
 
 
 @triton.jit
-def _window_start(b_x, K, c_g, W: tl.constexpr, KIND: tl.constexpr):
+def _window_start(b_x, K, c_k, W: tl.constexpr, KIND: tl.constexpr):
     """First bin s = clamp(floor(x - r) + 1, 0, K - W) of each pixel's W-bin window.
 
     r is the window's support radius: sqrt(48 ln 2) sigma for the gaussian (where it falls
-    below 2**-24 of its peak; sigma from c_g = 1 / (2 sigma^2)), 2 for the cubic B-spline,
-    1/2 for the box. The bins with |x - a| < r are the ceil(2 r) = W integers from
-    floor(x - r) + 1 on (``utils.window_size``). x is clamped to [-W-1, K+W+1] first so
-    that huge values cannot overflow the integer conversion; the start is clamped again as
-    an integer, so no bin index is ever outside [0, K) (even for NaN, whose conversion is
-    unspecified). Weights are computed from the real x, so a far-away pixel gets weight 0
-    in every bin of its (edge) window.
+    below 2**-24 of its peak; sigma from c_k = 1 / (2 sigma^2)), 2 for the cubic B-spline,
+    1/2 for the box, R + 1/2 for xu, tgauss and rect (a margin around their closed support
+    |d| <= R), 1 for nearest (the two bins around a tie). The bins with |x - a| < r are the
+    ceil(2 r) = W integers from floor(x - r) + 1 on (``utils.window_size``). x is clamped to
+    [-W-1, K+W+1] first so that huge values cannot overflow the integer conversion; the
+    start is clamped again as an integer, so no bin index is ever outside [0, K) (even for
+    NaN, whose conversion is unspecified). Weights are computed from the real x, so a
+    far-away pixel gets weight 0 in every bin of its (edge) window.
     """
     if KIND == 0:
-        r = tl.sqrt(16.635532333438686 / c_g)  # 24 ln 2 / c_g = 48 ln 2 sigma^2
+        r = tl.sqrt(16.635532333438686 / c_k)  # 24 ln 2 / c_k = 48 ln 2 sigma^2
     elif KIND == 1:
         r = 2.0
+    elif KIND == 3 or KIND == 4 or KIND == 5:
+        r = c_k + 0.5
+    elif KIND == 6:
+        r = 1.0
     else:
         r = 0.5
     b_c = tl.minimum(tl.maximum(b_x, -W - 1.0), K + W + 1.0)
@@ -73,24 +81,25 @@ def _window_start(b_x, K, c_g, W: tl.constexpr, KIND: tl.constexpr):
 
 
 @triton.jit
-def _window(b_d, c_g, KIND: tl.constexpr):
+def _window(b_d, c_k, KIND: tl.constexpr):
     """w(d) of the distance d (bin widths) of a sample from a bin centre (the derivative that
     ``_window_and_grad`` also computes is dead code here, removed by the compiler)."""
-    b_w, _ = _window_and_grad(b_d, c_g, KIND)
+    b_w, _ = _window_and_grad(b_d, c_k, KIND)
     return b_w
 
 
 @triton.jit
-def _window_and_grad(b_d, c_g, KIND: tl.constexpr):
-    """(w(d), w'(d)); the box window's derivative is 0 (piecewise constant). Both are 0, never
-    NaN, for |d| = inf (a sample mapped beyond the float range)."""
+def _window_and_grad(b_d, c_k, KIND: tl.constexpr):
+    """(w(d), w'(d)); the flat windows' derivative (box, rect, nearest) is 0. Both are 0,
+    never NaN, for |d| = inf (a sample mapped beyond the float range). The same formulas as
+    the torch backend's ``_weights``."""
     if KIND == 0:
         # Beyond 40 sigma the Gaussian underflows to exactly 0: clamping there changes no weight
         # and keeps d w finite for a sample at +-inf (as the torch backend's _weights).
-        d_max = 40.0 * tl.sqrt(0.5 / c_g)
+        d_max = 40.0 * tl.sqrt(0.5 / c_k)
         b_d = tl.minimum(tl.maximum(b_d, -d_max), d_max)
-        b_w = tl.exp(-(b_d * b_d) * c_g)
-        b_dw = -2.0 * c_g * b_d * b_w
+        b_w = tl.exp(-(b_d * b_d) * c_k)
+        b_dw = -2.0 * c_k * b_d * b_w
     elif KIND == 1:
         b_d = tl.minimum(tl.maximum(b_d, -3.0), 3.0)  # beyond the support every term is 0
         b_a = tl.abs(b_d)
@@ -106,6 +115,29 @@ def _window_and_grad(b_d, c_g, KIND: tl.constexpr):
             b_d * (1.5 * b_a - 2.0),
             tl.where(b_a < 2.0, -0.5 * b_t * b_t * b_sign, 0.0),
         )
+    elif KIND == 3:  # xu (kornia): a = |d| (1 / R), the polynomials in Horner form
+        inv = 1.0 / c_k
+        b_d = tl.minimum(tl.maximum(b_d, -2.0 * c_k), 2.0 * c_k)
+        b_a = tl.abs(b_d) * inv
+        b_in = b_a < 0.5
+        b_out = b_a <= 1.0
+        b_w = tl.where(
+            b_in, b_a * (-1.8 * b_a - 0.1) + 1.0, tl.where(b_out, b_a * (1.8 * b_a - 3.7) + 1.9, 0.0)
+        )
+        b_sign = tl.where(b_d < 0.0, -1.0, tl.where(b_d > 0.0, 1.0, 0.0))
+        b_dw = tl.where(b_in, -3.6 * b_a - 0.1, tl.where(b_out, 3.6 * b_a - 3.7, 0.0)) * b_sign * inv
+    elif KIND == 4:  # tgauss (kornia): exp(-d^2 / (2 R^2)) on |d| <= R, peak 1
+        b_d = tl.minimum(tl.maximum(b_d, -2.0 * c_k - 1.0), 2.0 * c_k + 1.0)
+        b_t = b_d / c_k
+        b_w = tl.where(tl.abs(b_d) <= c_k, tl.exp(-0.5 * (b_t * b_t)), 0.0)
+        b_dw = -b_t / c_k * b_w
+    elif KIND == 5:  # rect (kornia): 1 on |d| <= R
+        b_w = tl.where(tl.abs(b_d) <= c_k, 1.0, 0.0)
+        b_dw = tl.zeros_like(b_d)
+    elif KIND == 6:  # nearest (MONAI's box): a tie at |d| = 1/2 gives each bin 1/2
+        b_a = tl.abs(b_d)
+        b_w = tl.where(b_a < 0.5, 1.0, tl.where(b_a == 0.5, 0.5, 0.0))
+        b_dw = tl.zeros_like(b_d)
     else:
         b_w = tl.where((b_d >= -0.5) & (b_d < 0.5), 1.0, 0.0)
         b_dw = tl.zeros_like(b_d)

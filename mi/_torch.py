@@ -2,7 +2,8 @@
 
 Works in *bin coordinates* (bin centres at 0..K-1). For every pixel only the W bins
 of its window are touched, per axis (W = 2R+1 with R = ceil(5.77 sigma) for the
-Gaussian, 4 for the cubic B-spline, 1 for the box), so the work is O(N W^2) and,
+Gaussian, 4 for the cubic B-spline, 1 for the box, 2-3 for kornia's windows of radius
+1 and MONAI's tie-splitting box), so the work is O(N W^2) and,
 since pixels are processed in chunks, the memory is O(K^2 + chunk * W^2) whatever
 N is: no N x K tensor is ever built. Sums are accumulated in float64, so the
 result is the dense formula to float32 rounding.
@@ -21,7 +22,14 @@ import torch
 # and below float64 resolution (2**-53) beyond the second.
 GAUSS_SUPPORT = math.sqrt(48.0 * math.log(2.0))
 GAUSS_SUPPORT_F64 = math.sqrt(106.0 * math.log(2.0))
-KERNELS = ("gaussian", "bspline", "box")
+#: Window kinds. The compatibility kinds (``mi.compat``): "xu", "tgauss" and "rect" are
+#: kornia's Xu et al. (2008) quadratic, truncated Gaussian and rectangular kernels of radius
+#: R = ``sigma`` bin widths (closed support |d| <= R: at |d| = R the Xu kernel's value is 0
+#: up to rounding, but its slope is not, and kornia's autograd takes it; the truncated
+#: Gaussian is exp(-d^2 / (2 R^2)), peak 1: kornia's 1 / (R sqrt(2 pi)) is the caller's
+#: constant factor); "nearest" is
+#: MONAI's zero-order B-spline, the box with a tie (|d| = 1/2) split half and half.
+KERNELS = ("gaussian", "bspline", "box", "xu", "tgauss", "rect", "nearest")
 # Budget for the per-chunk temporaries (indices + values of chunk * W^2 entries).
 CHUNK_BYTES = 32 * 2**20
 # On a GPU (this backend is the fallback there: float64, or no Triton) each op is a launch:
@@ -38,6 +46,10 @@ def support(kernel: str, sigma: float, double: bool = False) -> float:
         return 2.0
     if kernel == "box":
         return 0.5
+    if kernel in ("xu", "tgauss", "rect"):  # closed support |d| <= R: half a bin of margin
+        return sigma + 0.5
+    if kernel == "nearest":  # |d| <= 1/2 with ties: the two bins around u
+        return 1.0
     raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
 
 
@@ -87,8 +99,40 @@ def _weights(u, kernel, sigma, num_bins, width, order):
         if order >= 2:  # C2: the second derivative is continuous, 0 beyond the support
             out.append(torch.where(inner, 3.0 * a - 2.0, t))
         return start.long(), out
-    # box: the nearest bin, [c - 0.5, c + 0.5); flat, so every derivative is 0
-    w = ((d >= -0.5) & (d < 0.5)).to(u.dtype)
+    if kernel == "xu":  # kornia's arithmetic: a = |d| * (1 / R), the polynomials in Horner form
+        d.clamp_(-2.0 * sigma, 2.0 * sigma)  # beyond the support every term is 0; keeps them finite
+        a = d.abs() * (1.0 / sigma)
+        inner, outer = a < 0.5, a <= 1.0
+        w = torch.where(inner, a * (-1.8 * a - 0.1) + 1.0, torch.where(outer, a * (1.8 * a - 3.7) + 1.9, 0.0))
+        out = [w]
+        # At d = 0 the kernel has a kink (its -0.1 |a| term): there w' = w'' = 0, autograd's
+        # convention for |d| (d|d|/dd = sign(d), whose own derivative is 0), as kornia gets.
+        sign = torch.sign(d)
+        if order >= 1:
+            slope = torch.where(inner, -3.6 * a - 0.1, torch.where(outer, 3.6 * a - 3.7, 0.0))
+            out.append(slope * sign * (1.0 / sigma))
+        if order >= 2:
+            curve = torch.where(inner, -3.6, torch.where(outer, 3.6, torch.zeros_like(a)))
+            out.append(curve * (sign * sign) / sigma**2)
+        return start.long(), out
+    if kernel == "tgauss":
+        d.clamp_(-2.0 * sigma - 1.0, 2.0 * sigma + 1.0)
+        inside = d.abs() <= sigma
+        t = d / sigma
+        w = torch.where(inside, torch.exp(-0.5 * (t * t)), 0.0)
+        out = [w]
+        if order >= 1:
+            out.append(-t / sigma * w)
+        if order >= 2:
+            out.append((t * t - 1.0) / sigma**2 * w)
+        return start.long(), out
+    if kernel == "rect":  # 1 on the closed support: flat, every derivative is 0
+        w = (d.abs() <= sigma).to(u.dtype)
+    elif kernel == "nearest":  # the nearest bin; a tie at |d| = 1/2 gives each bin 1/2
+        a = d.abs()
+        w = torch.where(a < 0.5, 1.0, torch.where(a == 0.5, 0.5, 0.0)).to(u.dtype)
+    else:  # box: the nearest bin, [c - 0.5, c + 0.5); flat, so every derivative is 0
+        w = ((d >= -0.5) & (d < 0.5)).to(u.dtype)
     return start.long(), [w] + [torch.zeros_like(d)] * order
 
 
@@ -305,8 +349,9 @@ def joint_hist_double_backward(
         dL2/dm = hu a T_10 + hv b T_01
 
     hu, hv, hm (B, N) or None (zero); ``needs``: which of the four to compute (None for the
-    others). Exact over the window, like the forward: w'' of the Gaussian and the cubic
-    B-spline (C2), 0 for the box. The ranges are not differentiated (a binning choice).
+    others). Exact over the window, like the forward: w'' of the Gaussian, the cubic
+    B-spline (C2), the truncated Gaussian and the Xu kernel (piecewise), 0 for the flat
+    windows (box, rect, nearest). The ranges are not differentiated (a binning choice).
     """
     acc = _acc_dtype(u.dtype)
     B, K = u.shape[0], num_bins

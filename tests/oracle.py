@@ -21,6 +21,18 @@ def window(d, kernel="gaussian", sigma=1.0):
         return torch.where(a < 1, inner, torch.where(a < 2, outer, torch.zeros_like(a)))
     if kernel == "box":  # zero-order B-spline: the bin whose centre is nearest, [c-0.5, c+0.5)
         return ((d >= -0.5) & (d < 0.5)).to(d.dtype)
+    if kernel == "nearest":  # MONAI's zero-order B-spline: ties at |d| = 1/2 split
+        return (d.abs() < 0.5).to(d.dtype) + 0.5 * (d.abs() == 0.5).to(d.dtype)
+    # kornia's kernels of radius R = sigma (Xu et al. 2008, eq. 22; a truncated Gaussian with
+    # peak 1; a rectangle), each 0 beyond |d| = R
+    a = d.abs() / sigma
+    if kernel == "xu":
+        quad = torch.where(a < 0.5, 1.0 - 0.1 * a - 1.8 * a**2, 1.9 - 3.7 * a + 1.8 * a**2)
+        return torch.where(a <= 1.0, quad, torch.zeros_like(a))
+    if kernel == "tgauss":
+        return torch.where(a <= 1.0, torch.exp(-0.5 * a**2), torch.zeros_like(a))
+    if kernel == "rect":
+        return (a <= 1.0).to(d.dtype)
     raise ValueError(kernel)
 
 

@@ -216,6 +216,12 @@ def test_hist_backward(kernel, K, sigma, N, with_m, nan_empty):
         pytest.param("gaussian", "box", 16, 0.7, 100, id="gaussian-box-K16-s0.7-N100"),
         pytest.param("bspline", "gaussian", 16, 0.7, 100, id="bspline-gaussian-K16-s0.7-N100"),
         pytest.param("box", "box", 16, 0.7, 100, id="box-box-K16-s0.7-N100"),
+        # the compatibility windows (mi.compat): kornia's (radius sigma), MONAI's b-spline pair
+        pytest.param("xu", "xu", 16, 1.0, 100, id="xu-xu-K16-R1-N100"),
+        pytest.param("xu", "xu", 16, 2.3, 100, id="xu-xu-K16-R2.3-N100"),
+        pytest.param("tgauss", "tgauss", 16, 1.5, 100, id="tgauss-tgauss-K16-R1.5-N100"),
+        pytest.param("rect", "rect", 16, 1.0, 100, id="rect-rect-K16-R1-N100"),
+        pytest.param("bspline", "nearest", 16, 0.7, 100, id="bspline-nearest-K16-N100"),
         # W = min(2 * 47 + 1, 80) = 80 > MAX_BLOCK_W: the window is walked in chunks
         pytest.param("gaussian", "gaussian", 80, 8.0, 50, id="gaussian-gaussian-K80-s8.0-N50"),
     ],
@@ -487,9 +493,12 @@ def test_window_sizes():
     assert utils.window_size("gaussian", 5, 2.5) == 5  # capped at K
     assert utils.window_size("bspline", 3, 1.0) == 3
     assert utils.window_size("box", 64, 1.0) == 1
+    assert utils.window_size("xu", 64, 1.0) == 3  # |d| <= 1: kornia takes the slope at the ends
+    assert utils.window_size("rect", 64, 1.0) == 3  # |d| <= 1 (and half a bin of margin)
+    assert utils.window_size("nearest", 64, 1.0) == 2  # a tie touches two bins
     from mi import _torch  # the two backends use the same windows
 
-    for kind in ("gaussian", "bspline", "box"):
+    for kind in utils.KERNEL_IDS:
         for k, sigma in [(256, 0.05), (256, 0.4), (64, 0.5), (256, 1.3), (16, 3.0), (256, 8.0)]:
             assert utils.window_size(kind, k, sigma) == _torch.window_size(kind, sigma, k)
     for w in (1, 4, 5, 47, 93, 256):

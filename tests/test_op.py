@@ -18,6 +18,13 @@ CASES = [
     (2, 300, 12, 0.5, "bspline", "bspline"),
     (2, 300, 12, 0.5, "box", "bspline"),  # ITK Mattes' pair of windows
     (2, 300, 12, 0.5, "bspline", "box"),  # the box on the second axis: dv must be 0 too
+    # the compatibility windows (mi.compat): kornia's, of radius sigma, and MONAI's pair
+    (2, 300, 16, 1.0, "xu", "xu"),
+    (2, 300, 16, 1.7, "xu", "xu"),
+    (2, 300, 16, 1.0, "tgauss", "tgauss"),
+    (2, 300, 16, 2.5, "tgauss", "tgauss"),
+    (2, 300, 16, 1.0, "rect", "rect"),
+    (2, 300, 12, 0.5, "bspline", "nearest"),
 ]
 IDS = [f"B{b}-N{n}-K{k}-s{s}-{ku}-{kv}" for b, n, k, s, ku, kv in CASES]
 
@@ -49,12 +56,13 @@ def test_joint_matches_dense_oracle(b, n, k, sigma, ku, kv, with_mask):
     # Window truncation drops < 2**-24 of the peak and sums are float64: float32 rounding.
     assert _rel(j, ref) < 3e-7
     g = torch.randn(b, k, k, generator=gen)
-    ref.backward(g.double())
+    if ref.requires_grad:  # (not for two flat windows without a mask)
+        ref.backward(g.double())
     du, dv, dm = _torch.joint_hist_backward(g, u, v, m, k, sigma, ku, kv)
     for got, want, kind in [(du, ud.grad, ku), (dv, vd.grad, kv)] + (
         [(dm, md.grad, "")] if m is not None else []
     ):
-        if kind == "box":  # the box window has no gradient, on either axis
+        if kind in ("box", "rect", "nearest"):  # flat windows have no gradient, on either axis
             assert want is None or want.abs().max() == 0  # (the oracle agrees)
             assert torch.count_nonzero(got) == 0
         else:
@@ -120,6 +128,20 @@ def test_gradcheck_float64(ku, kv, door):
     m = torch.rand(2, 30, generator=gen, dtype=torch.float64).requires_grad_()
     assert torch.autograd.gradcheck(lambda u, v, m: joint(u, v, m, 8, 0.7, ku, kv, "torch", False), (u, v, m))
     assert torch.autograd.gradcheck(lambda u, m: hist(u, m, 8, 0.7, ku, "torch", False), (u, m))
+
+
+@pytest.mark.parametrize("kind,radius", [("xu", 1.0), ("xu", 1.6), ("tgauss", 1.3)])
+def test_compat_windows_gradcheck_and_second_derivative(kind, radius):
+    """kornia's smooth windows (mi.compat): the op's backward and its own backward (exact, from
+    w'') against finite differences, float64; the piecewise parts of these windows are met at
+    random points, not at their joins."""
+    gen = torch.Generator().manual_seed(5)
+    u = (torch.rand(2, 40, generator=gen, dtype=torch.float64) * 8).requires_grad_()
+    v = (torch.rand(2, 40, generator=gen, dtype=torch.float64) * 8).requires_grad_()
+    m = torch.rand(2, 40, generator=gen, dtype=torch.float64).requires_grad_()
+    fn = lambda u, v, m: _autograd.joint_hist(u, v, m, 8, radius, kind, kind, "torch", False)
+    assert torch.autograd.gradcheck(fn, (u, v, m))
+    assert torch.autograd.gradgradcheck(fn, (u, v, m))
 
 
 def test_opcheck():
