@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 import mi
+from mi.registration.optim import DEFAULT_SAMPLING, DEFAULT_TOLERANCE
 
 __all__ = ["main"]
 
@@ -240,6 +241,22 @@ def cmd_score(args) -> int:
     return 0
 
 
+def _fraction_or_count(text: str):
+    """--sampling: "auto", "0.2" (a fraction) or "50000" (a count)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction in (0, 1], a voxel count or auto, got {text!r}"
+        ) from None
+
+
 def cmd_register(args) -> int:
     from PIL import Image
 
@@ -247,6 +264,9 @@ def cmd_register(args) -> int:
 
     its = args.iterations[0] if args.iterations is not None and len(args.iterations) == 1 else args.iterations
     kw = dict(levels=args.levels, iterations=its, lr=args.lr, progress=not args.quiet, num_bins=args.bins)
+    kw.update(sampling=args.sampling, sampling_strategy=args.strategy, tolerance=args.tolerance)
+    if args.fixed is not None:
+        kw.update(mask=args.mask, moving_mask=args.moving_mask, initial=args.initial)
     if (args.fixed is None) != (args.moving is None):
         raise CLIError("give both FIXED and MOVING, or neither for the demo pair")
     if args.fixed is not None:
@@ -343,12 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
         "register",
         help="align MOVING to FIXED by maximising MI (rigid/affine)",
         description="Rigid or affine registration of MOVING onto FIXED (2-D "
-        "PNG/JPEG/.npy, 3-D .npy, NIfTI, NRRD or MHA) by maximising normalised MI over a "
-        "pyramid. Prints the transform (fixed pixel (x, y[, z]) -> moving pixel) "
-        "and MI before/after; writes the resampled image, a before/after picture "
-        "and the matrix. With no files: the demo pair (a photograph, and a copy "
-        "rotated 7 deg, shifted (6, -4) px and remapped sin(3x)^2), and the "
-        "error against the known transform.",
+        "PNG/JPEG/.npy, 3-D .npy, NIfTI, NRRD, MHA or a DICOM folder) by maximising normalised "
+        "MI over a pyramid, in physical space (mm) for medical formats. Prints the transform "
+        "(fixed physical (x, y[, z]) -> moving physical, ITK's convention) and MI before/after; "
+        "writes the moving image resampled onto the fixed grid (in the fixed file's format, "
+        "with its geometry), the ITK transform file, the matrix and a before/after picture. "
+        "With no files: the demo pair (a photograph, and a copy rotated 7 deg, shifted "
+        "(6, -4) px and remapped sin(3x)^2), and the error against the known transform.",
     )
     reg.add_argument("fixed", nargs="?", help="fixed image (omit both for the demo pair)")
     reg.add_argument("moving", nargs="?", help="moving image, same number of dimensions")
@@ -362,8 +383,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Adam steps per level, coarsest first (one value: all levels)",
     )
-    reg.add_argument("--lr", type=float, default=0.5, help="step in pixels (default 0.5)")
+    reg.add_argument(
+        "--lr", type=float, default=0.5, help="step in mm (pixels without geometry; default 0.5)"
+    )
     reg.add_argument("--bins", type=int, default=32, help="histogram bins (default 32)")
+    reg.add_argument(
+        "--sampling",
+        type=_fraction_or_count,
+        default=DEFAULT_SAMPLING,
+        metavar="F|N",
+        help="fixed voxels resampled per iteration: a fraction in (0, 1], a count, or auto "
+        f"(default {DEFAULT_SAMPLING}: see mi.register; 1.0: every voxel)",
+    )
+    reg.add_argument(
+        "--strategy", choices=("random", "regular"), default="random", help="how voxels are sampled"
+    )
+    reg.add_argument(
+        "--tolerance", type=float, default=DEFAULT_TOLERANCE, help="convergence test per level (0: off)"
+    )
+    reg.add_argument("--mask", metavar="FILE", help="fixed-image mask (its grid)")
+    reg.add_argument("--moving-mask", metavar="FILE", help="moving-image mask (its grid)")
+    reg.add_argument("--initial", metavar="TFM", help="initial ITK transform file (fixed -> moving)")
     reg.add_argument("--quiet", action="store_true", help="no progress bar")
     reg.set_defaults(func=cmd_register)
     return parser

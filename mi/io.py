@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageReadError", "read_image", "MEDICAL_SUFFIXES"]
+__all__ = ["ImageReadError", "read_image", "read_medical", "is_medical", "MEDICAL_SUFFIXES"]
 
 MEDICAL_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -25,7 +25,7 @@ class ImageReadError(ValueError):
     """A file that is missing, unreadable, or not a grey 2-D/3-D image; one line, naming it."""
 
 
-def _read_medical(path: Path) -> np.ndarray:
+def _simpleitk(path: Path):
     try:
         import SimpleITK as sitk
     except ImportError:
@@ -33,6 +33,17 @@ def _read_medical(path: Path) -> np.ndarray:
             f"{path}: reading {''.join(path.suffixes) or 'this format'} needs SimpleITK "
             "(pip install SimpleITK, or pip install 'torch-mutual-information[medical]')"
         ) from None
+    return sitk
+
+
+def read_medical(path):
+    """A NIfTI / NRRD / MetaImage file as a grey 2-D or 3-D ``SimpleITK.Image``, with its
+    geometry (spacing, origin, direction); a 4-D file holding one volume gives that volume.
+    Raises :class:`ImageReadError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"no such file: {path}")
+    sitk = _simpleitk(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as e:  # ITK's exceptions: keep the first line of the reason
@@ -42,12 +53,15 @@ def _read_medical(path: Path) -> np.ndarray:
         raise ImageReadError(
             f"{path}: expected a grey image, got {img.GetNumberOfComponentsPerPixel()} components per voxel"
         )
-    a = sitk.GetArrayFromImage(img)
-    if a.ndim == 4 and a.shape[0] == 1:  # a 4-D file with one volume
-        a = a[0]
-    if a.ndim not in (2, 3):
-        raise ImageReadError(f"{path}: expected a 2-D or 3-D image, got shape {a.shape}")
-    return a.astype(np.float32)
+    if img.GetDimension() == 4 and img.GetSize()[3] == 1:  # a 4-D file with one volume
+        img = img[:, :, :, 0]
+    if img.GetDimension() not in (2, 3):
+        raise ImageReadError(f"{path}: expected a 2-D or 3-D image, got size {img.GetSize()}")
+    return img
+
+
+def _read_medical(path: Path) -> np.ndarray:
+    return _simpleitk(path).GetArrayFromImage(read_medical(path)).astype(np.float32)
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -75,6 +89,11 @@ def _read_pil(path: Path) -> np.ndarray:
         ) from None
 
 
+def is_medical(path) -> bool:
+    """Whether ``path`` names a format read through SimpleITK (by its suffix)."""
+    return Path(path).name.lower().endswith(MEDICAL_SUFFIXES)
+
+
 def read_image(path) -> np.ndarray:
     """A grey image or volume as float32 (H, W) or (D, H, W); see the module's docstring.
 
@@ -88,7 +107,7 @@ def read_image(path) -> np.ndarray:
         raise ImageReadError(f"not a file: {path}")
     name = path.name.lower()
     try:
-        if name.endswith(MEDICAL_SUFFIXES):
+        if is_medical(path):
             a = _read_medical(path)
         elif name.endswith(".npy"):
             a = _read_npy(path)

@@ -139,4 +139,7 @@ def test_register_two_nifti_files(tmp_path, capsys):
     pa, pb = _write(a, tmp_path / "f.nii.gz"), _write(np.roll(a, 1, axis=2), tmp_path / "m.nii.gz")
     paths = run_cli(pa, pb, tmp_path / "out", "rigid", levels=1, iterations=2)
     assert "after" in capsys.readouterr().out
-    assert np.load(paths["warped"]).shape == (12, 12, 12)
+    warped, fixed = sitk.ReadImage(str(paths["warped"])), sitk.ReadImage(str(pa))
+    assert paths["warped"].name.endswith(".nii.gz") and warped.GetSize() == fixed.GetSize() == (12, 12, 12)
+    for get in ("GetSpacing", "GetOrigin", "GetDirection"):  # the fixed image's geometry
+        assert np.allclose(getattr(warped, get)(), getattr(fixed, get)()), get

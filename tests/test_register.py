@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from mi.register import (
     RegisterError,
     RegistrationResult,
-    _rigid_matrix,
     demo_pair,
     demo_volume_pair,
     load_image,
@@ -29,6 +28,7 @@ from mi.register import (
     theta_to_matrix,
     warp,
 )
+from mi.registration.transforms import rigid_matrix as _rigid_matrix
 
 FAST = dict(iterations=(60, 30, 15), progress=False)
 
@@ -112,11 +112,11 @@ def test_theta_matches_simpleitk_resample():
 def test_result_helpers():
     a = _rigid_matrix(math.radians(7.0), (6.0, -4.0), (79.5, 95.5))
     eye = torch.eye(3)
-    r = RegistrationResult(a, eye[:2], eye, [], 1.0, 1.0, "rigid", torch.tensor([79.5, 95.5]).double())
+    r = RegistrationResult(a, a, eye[:2], eye, [], 1.0, 1.0, "rigid", torch.tensor([79.5, 95.5]).double())
     assert r.angle_deg == pytest.approx(7.0)
     torch.testing.assert_close(r.translation, torch.tensor([6.0, -4.0], dtype=torch.float64))
     a3 = _rigid_matrix(torch.tensor([0.0, math.radians(5.0), 0.0]), (1.0, 2.0, 3.0), (9.5,) * 3)
-    r3 = RegistrationResult(a3, a3[:3], eye, [], 1.0, 1.0, "rigid", torch.full((3,), 9.5).double())
+    r3 = RegistrationResult(a3, a3, a3[:3], eye, [], 1.0, 1.0, "rigid", torch.full((3,), 9.5).double())
     torch.testing.assert_close(r3.rotation_vector_deg, torch.tensor([0.0, 5.0, 0.0]).double())
     torch.testing.assert_close(r3.translation, torch.tensor([1.0, 2.0, 3.0]).double())
 
@@ -249,7 +249,7 @@ def test_progress_bar(small, capsys):
     fixed, moving, _ = small
     register(fixed, moving, levels=2, iterations=2)
     err = capsys.readouterr().err
-    assert "level 1/2" in err and "level 2/2" in err and "2/2 loss" in err
+    assert "level 1/2" in err and "level 2/2" in err and "2/2 [" in err and "loss=" in err  # tqdm
     register(fixed, moving, levels=1, iterations=2, progress=False)
     assert capsys.readouterr().err == ""
 
@@ -274,7 +274,8 @@ def _bad_cases():
         (dict(initial=singular, transform="affine"), ValueError, "not invertible"),
         (dict(initial=scaled), ValueError, "rotation"),
         (dict(initial=last), ValueError, "last row"),
-        (dict(initial="eye"), TypeError, "initial"),
+        (dict(initial="eye"), ValueError, "no such transform file"),
+        (dict(initial=3), TypeError, "initial"),
         (dict(initial=eye * np.nan), ValueError, "NaN"),
         (dict(levels=0), ValueError, "levels"),
         (dict(levels=2.0), TypeError, "levels"),
@@ -283,7 +284,7 @@ def _bad_cases():
         (dict(iterations=0), ValueError, "iterations"),
         (dict(lr=0.0), ValueError, "lr"),
         (dict(mask=torch.ones(16, 16)), ValueError, "mask"),
-        (dict(mask=torch.zeros(32, 32)), ValueError, "no pixel"),
+        (dict(mask=torch.zeros(32, 32)), ValueError, "keeps no voxel"),
         (dict(mask=-torch.ones(32, 32)), ValueError, "non-negative"),
         (dict(fixed=torch.rand(2, 1, 32, 32)), ValueError, "single-channel"),
         (dict(fixed=torch.rand(32)), ValueError, "2-D"),

@@ -1,0 +1,217 @@
+"""Files in and out of a registration: the outputs of ``mi register`` and its picture.
+
+Reading goes through the project's one reader (:mod:`mi.io`; medical formats with their
+geometry, :func:`mi.registration.space.read_path`). Writing: the warped moving image on the
+fixed grid, in the fixed image's format and with its geometry (NIfTI, NRRD, MHA: spacing,
+origin, direction, so a viewer shows it in place over the fixed image), the ITK transform
+file, the matrix as text, and a before/after picture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..functional import joint_histogram
+from ..io import MEDICAL_SUFFIXES, ImageReadError, is_medical, read_image
+from .optim import RegistrationResult, register
+from .space import as_image, voxel_matrix, warp
+
+
+class RegisterError(ValueError):
+    """A user error of the ``mi register`` command (bad file, unknown format)."""
+
+
+def load_image(path) -> np.ndarray:
+    """A grey image or volume as float32 (H, W) or (D, H, W): :func:`mi.io.read_image` (the
+    array only; :func:`mi.register` reads the geometry too). Raises :class:`RegisterError`."""
+    try:
+        return read_image(path)
+    except ImageReadError as e:
+        raise RegisterError(str(e)) from None
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    lo, hi = float(x.min()), float(x.max())
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
+def _slices(x: np.ndarray, spacing) -> list:
+    """[(2-D slice, aspect, name, origin)]: the image itself in 2-D; in 3-D the three
+    orthogonal slices through the centre (axial z, coronal y, sagittal x), each with the
+    aspect of its voxels (mm per row / mm per column), the z axis drawn upwards."""
+    if x.ndim == 2:
+        return [(x, spacing[1] / spacing[0], "", "upper")]
+    z, y, k = (s // 2 for s in x.shape)
+    sx, sy, sz = spacing
+    return [  # (slice, aspect, name, imshow origin: the slice axis z drawn upwards)
+        (x[z], sy / sx, "axial", "upper"),
+        (x[:, y, :], sz / sx, "coronal", "lower"),
+        (x[:, :, k], sz / sy, "sagittal", "lower"),
+    ]
+
+
+def save_figure(path, result: RegistrationResult, fixed, moving) -> Path:
+    """Before/after picture: colour overlays of the fixed image (magenta) and the moving image
+    resampled onto it (green), by the initial identity and by the result (3-D: three
+    orthogonal slices through the centre, in physical proportions), and the 64-bin joint
+    histograms (log colour scale) of each, over the overlap. ``fixed``, ``moving``: the
+    registered images (anything :func:`mi.register` accepts)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+
+    f, m = as_image("fixed", fixed, "cpu")[0], as_image("moving", moving, "cpu")[0]
+    gf, gm = result.fixed_geometry, result.moving_geometry
+    eye = torch.eye(result.dim + 1, dtype=torch.float64)
+    cases = [
+        ("before", voxel_matrix(eye, gf, gm), result.mi_before),
+        ("after", result.matrix, result.mi_after),
+    ]
+    cols = 1 if result.dim == 2 else 3
+    fig = Figure(figsize=(4.2 * max(cols, 2), 3.6 * 3 if cols == 3 else 8), layout="constrained")
+    grid = fig.add_gridspec(3 if cols == 3 else 2, max(cols, 2))
+    cmap = colormaps["magma"].with_extremes(bad="black", under="black")  # empty bins: black
+    for row, (label, voxel, score) in enumerate(cases):
+        warped, overlap = warp(m, voxel, f.shape[2:])
+        pairs = zip(_slices(f[0, 0].numpy(), gf.spacing), _slices(warped[0, 0].numpy(), gf.spacing))
+        for col, ((fa, aspect, name, origin), (wa, *_)) in enumerate(pairs):
+            ax = fig.add_subplot(grid[row, col] if cols == 3 else grid[0, row])
+            fa, wa = _unit(fa), _unit(wa)
+            ax.imshow(np.stack([fa, wa, fa], -1), aspect=aspect, origin=origin)
+            ax.set_title(f"{label} {name}: fixed magenta / moving green, NMI {score:.4f}", fontsize=8)
+            ax.axis("off")
+        j = joint_histogram(f, warped, num_bins=64, mask=overlap)[0].numpy()
+        ax = fig.add_subplot(grid[-1, row])
+        pos = j[j > 0]
+        norm = LogNorm(vmin=max(pos.min(), j.max() * 1e-5), vmax=j.max()) if pos.size else None
+        im = ax.imshow(j, origin="lower", cmap=cmap, norm=norm)
+        ax.set_title(f"joint histogram {label} (log scale)", fontsize=9)
+        ax.set_xlabel("moving intensity bin")
+        ax.set_ylabel("fixed intensity bin")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.suptitle(f"mi register ({result.transform}, {result.dim}-D)")
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def describe(result: RegistrationResult) -> str:
+    unit = result.fixed_geometry.unit if result.fixed_geometry is not None else "px"
+    axes = "(x, y)" if result.dim == 2 else "(x, y, z)"
+    lines = [
+        f"transform ({result.transform}), fixed physical {axes} -> moving physical {axes}:",
+        np.array2string(result.physical.numpy(), precision=5, suppress_small=True),
+    ]
+    t = ", ".join(f"{v:+.3f}" for v in result.translation.tolist())
+    if result.dim == 2:
+        lines.append(f"rotation {result.angle_deg:+.3f} deg about the centre, translation ({t}) {unit}")
+    else:
+        rv = ", ".join(f"{v:+.3f}" for v in result.rotation_vector_deg.tolist())
+        lines.append(f"rotation vector ({rv}) deg about the centre, translation ({t}) {unit}")
+    lines.append(
+        f"normalised MI (Studholme, 1..2): before {result.mi_before:.4f}  after {result.mi_after:.4f}"
+        f"  ({result.seconds:.1f} s)"
+    )
+    return "\n".join(lines)
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return next((s for s in MEDICAL_SUFFIXES if name.endswith(s)), path.suffix.lower())
+
+
+def write_warped(path_stem: Path, result: RegistrationResult, fixed_path: Path, moving_values) -> Path:
+    """The warped image on the fixed grid, in the fixed file's format: medical formats (and a
+    DICOM folder: NIfTI) with the fixed geometry; PNG/JPEG scaled to the moving image's
+    min..max (8-bit); .npy with its values."""
+    warped = result.warped.detach().cpu().reshape(result.fixed_shape).numpy()
+    if fixed_path.is_dir() or is_medical(fixed_path):
+        suffix = ".nii.gz" if fixed_path.is_dir() else _suffix(fixed_path)
+        if suffix in (".nhdr", ".mhd"):  # headers with a separate data file: write the one-file form
+            suffix = {".nhdr": ".nrrd", ".mhd": ".mha"}[suffix]
+        from .space import _sitk
+
+        out = Path(f"{path_stem}{suffix}")
+        _sitk().WriteImage(result.warped_image(), str(out))
+        return out
+    if warped.ndim == 2 and _suffix(fixed_path) != ".npy":
+        from PIL import Image
+
+        lo, hi = float(moving_values.min()), float(moving_values.max())
+        scaled = np.clip((warped - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
+        out = Path(f"{path_stem}.png")
+        Image.fromarray(np.round(scaled * 255.0).astype(np.uint8)).save(out)
+        return out
+    out = Path(f"{path_stem}.npy")
+    np.save(out, warped)
+    return out
+
+
+def run_cli(
+    fixed_path,
+    moving_path,
+    out_dir=".",
+    transform: str = "rigid",
+    *,
+    progress: bool = True,
+    **kwargs,
+) -> dict:
+    """Register two image files (or DICOM folders), print the result and write the outputs.
+
+    Runs :func:`mi.register` on the files (their geometry: medical formats register in mm),
+    prints the transform (fixed physical -> moving physical), rotation/translation and the
+    normalised MI before/after, and writes into ``out_dir`` (created if needed), named after
+    the moving file:
+
+    * ``<moving>_registered.<ext>``: the moving image on the fixed grid, in the fixed file's
+      format with its geometry (:func:`write_warped`);
+    * ``<moving>_transform.tfm``: the ITK transform (SimpleITK, ITK and ANTs read it);
+      written when SimpleITK is installed;
+    * ``<moving>_matrix.txt``: the same matrix as text (numpy.savetxt);
+    * ``<moving>_registration.png``: the before/after picture (:func:`save_figure`).
+
+    ``kwargs`` go to :func:`mi.register` (levels, iterations, lr, sampling, masks, ...).
+    Returns ``{"warped", "figure", "matrix", "transform" (or None): Path, "result"}``.
+    Raises :class:`RegisterError` (a ValueError) for unreadable files.
+    """
+    fixed_path, moving_path = Path(fixed_path), Path(moving_path)
+    from .space import read_path
+
+    try:
+        fixed, moving = read_path(fixed_path), read_path(moving_path)
+    except ImageReadError as e:
+        raise RegisterError(str(e)) from None
+    except ImportError as e:
+        raise RegisterError(str(e)) from None
+    result = register(fixed, moving, transform=transform, progress=progress, **kwargs)
+    print(describe(result))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = moving_path.name.split(".")[0]
+    moving_values = as_image("moving", moving, "cpu")[0]
+    warped_path = write_warped(out / f"{stem}_registered", result, fixed_path, moving_values)
+    matrix_path = out / f"{stem}_matrix.txt"
+    np.savetxt(matrix_path, result.physical.numpy(), header="fixed physical (x, y[, z]) -> moving physical")
+    try:
+        transform_path = result.save_transform(out / f"{stem}_transform.tfm")
+    except ImportError:
+        transform_path = None
+    figure_path = save_figure(out / f"{stem}_registration.png", result, fixed, moving)
+    for label, p in (
+        ("image", warped_path),
+        ("transform", transform_path),
+        ("picture", figure_path),
+        ("matrix", matrix_path),
+    ):
+        if p is not None:
+            print(f"wrote {label}: {p}")
+    return {
+        "warped": warped_path,
+        "figure": figure_path,
+        "matrix": matrix_path,
+        "transform": transform_path,
+        "result": result,
+    }

@@ -1,0 +1,359 @@
+"""Physical space: image geometry, the index <-> physical maps, and resampling.
+
+Conventions (the whole subpackage):
+
+* **Index coordinates** are in ITK order ``(i, j, k)`` = ``(x, y, z)``: ``x`` is the array's
+  last axis (W), ``y`` the row (H), ``z`` the slice (D); voxel centres sit at the integers
+  ``0 .. size - 1``. The array is ``image[y, x]`` / ``volume[z, y, x]`` (SimpleITK's
+  ``GetArrayFromImage``), the reverse of the index order.
+* **Physical coordinates** (mm for medical images) are ITK's: ``p = origin + D diag(spacing) i``
+  with ``D`` the direction matrix (columns: the index axes in physical space). A tensor or
+  array without geometry has spacing 1 (or ``spacing=``), origin 0 and D = identity, so
+  its physical coordinates are its (scaled) voxel indices.
+* A **transform** maps **fixed** physical points to **moving** physical points, ITK's
+  convention and what SimpleITK's ``ImageRegistrationMethod.Execute`` returns: the warped
+  image is ``warped(p) = moving(T p)``. Its voxel form, fixed index -> moving index, is
+  ``M^-1 T F`` with ``F`` and ``M`` the images' index -> physical maps (:func:`voxel_matrix`).
+* **theta** is the (d, d+1) matrix for ``affine_grid(theta, size, align_corners=False)``
+  (normalised coordinates in [-1, 1], voxel *edges* at +-1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: Smallest |det| of a direction matrix, and largest deviation from orthonormal, accepted.
+DIRECTION_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where an image's voxels lie: ``shape`` in array order ((H, W) or (D, H, W)) and, in
+    index order (x, y[, z]), ``spacing`` (mm per voxel, > 0), ``origin`` (the physical point
+    of voxel 0) and ``direction`` (d x d, row-major as ITK's flat tuple: orthonormal
+    columns)."""
+
+    shape: tuple
+    spacing: tuple
+    origin: tuple
+    direction: tuple
+    unit: str = "mm"  # "px" for a plain array given no spacing
+
+    @property
+    def dim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> tuple:
+        """Voxels per index axis (x, y[, z]): the reversed array shape."""
+        return tuple(reversed(self.shape))
+
+    def index_to_physical(self) -> Tensor:
+        """(d+1) x (d+1) float64: ``[[D diag(spacing), origin], [0, 1]]``."""
+        d = self.dim
+        m = torch.eye(d + 1, dtype=torch.float64)
+        direction = torch.tensor(self.direction, dtype=torch.float64).reshape(d, d)
+        m[:d, :d] = direction @ torch.diag(torch.tensor(self.spacing, dtype=torch.float64))
+        m[:d, d] = torch.tensor(self.origin, dtype=torch.float64)
+        return m
+
+    def center(self) -> Tensor:
+        """The physical centre of the voxel grid, (d,) float64."""
+        idx = torch.tensor([(s - 1) / 2.0 for s in self.size] + [1.0], dtype=torch.float64)
+        return (self.index_to_physical() @ idx)[: self.dim]
+
+    def radius(self) -> float:
+        """Half the grid's physical diagonal (mm)."""
+        return 0.5 * math.sqrt(sum((n * s) ** 2 for n, s in zip(self.size, self.spacing)))
+
+    def to_sitk(self, image):
+        """Copy this geometry onto a SimpleITK image (of the same size)."""
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+
+def identity_geometry(shape: Sequence[int], spacing=None) -> Geometry:
+    """The geometry of a plain array: origin 0, identity direction, ``spacing`` (one number
+    or one per index axis x, y[, z]; default 1)."""
+    d, given = len(shape), spacing
+    if spacing is None:
+        spacing = (1.0,) * d
+    elif isinstance(spacing, (int, float, np.floating, np.integer)) and not isinstance(spacing, bool):
+        spacing = (float(spacing),) * d
+    else:
+        try:
+            if isinstance(spacing, (str, bytes)):
+                raise TypeError
+            spacing = tuple(float(s) for s in spacing)
+        except (TypeError, ValueError):
+            raise TypeError(f"spacing must be a number or one number per axis, got {spacing!r}") from None
+    if len(spacing) != d:
+        raise ValueError(f"spacing must give {d} values (x, y[, z]) for a {d}-D image, got {len(spacing)}")
+    check_spacing(spacing)
+    eye = tuple(float(i == j) for i in range(d) for j in range(d))
+    return Geometry(tuple(int(s) for s in shape), spacing, (0.0,) * d, eye, "px" if given is None else "mm")
+
+
+def check_spacing(spacing, name="spacing"):
+    if not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"{name} must be positive and finite, got {tuple(spacing)}")
+
+
+def check_direction(direction, d: int, name="direction"):
+    m = np.asarray(direction, dtype=np.float64).reshape(d, d)
+    if not np.isfinite(m).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    err = np.abs(m.T @ m - np.eye(d)).max()
+    if err > DIRECTION_TOLERANCE:
+        raise ValueError(f"{name} must have orthonormal columns (a rotation or reflection), got {m.tolist()}")
+
+
+# ---------------------------------------------------------------- reading inputs
+
+
+def _sitk():
+    try:
+        import SimpleITK as sitk
+    except ImportError:
+        raise ImportError(
+            "medical images need SimpleITK: pip install SimpleITK (or pip install "
+            "'torch-mutual-information[medical]')"
+        ) from None
+    return sitk
+
+
+def _is_sitk_image(x) -> bool:
+    return type(x).__name__ == "Image" and type(x).__module__.startswith("SimpleITK")
+
+
+def read_path(path):
+    """A file or a DICOM series folder -> a SimpleITK image (medical formats and DICOM, with
+    their geometry) or a float32 array (PNG/JPEG/.npy: voxel space). Raises
+    :class:`mi.io.ImageReadError` (a ValueError naming the file)."""
+    from ..io import ImageReadError, is_medical, read_image, read_medical
+
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"no such file: {path}")
+    if path.is_dir():
+        sitk = _sitk()
+        names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
+        if not names:
+            raise ImageReadError(f"{path}: a folder with no DICOM series in it")
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(names)
+        try:
+            return reader.Execute()
+        except RuntimeError as e:
+            raise ImageReadError(f"cannot read the DICOM series in {path}: {str(e).strip()[-200:]}") from None
+    return read_medical(path) if is_medical(path) else read_image(path)
+
+
+def as_image(name: str, x, device=None, spacing=None):
+    """An image argument -> ((1, 1, *shape) float32 tensor, :class:`Geometry`).
+
+    ``x``: a SimpleITK image (its geometry), a file path or a DICOM folder (:func:`read_path`:
+    the geometry of medical formats; PNG/JPEG/.npy are voxel space),
+    or a tensor / array (H, W), (D, H, W), (1, 1, H, W) or (1, 1, D, H, W) (voxel space,
+    with ``spacing`` if given). ``spacing`` only applies to tensors and arrays.
+    """
+    if isinstance(x, (str, Path)):
+        x = read_path(x)
+    if _is_sitk_image(x):
+        if spacing is not None:
+            raise ValueError(f"spacing= is for tensors and arrays; {name} is an image with its own geometry")
+        sitk = _sitk()
+        if x.GetNumberOfComponentsPerPixel() != 1:
+            raise ValueError(
+                f"{name} must be a grey image, got {x.GetNumberOfComponentsPerPixel()} components"
+            )
+        d = x.GetDimension()
+        if d not in (2, 3):
+            raise ValueError(f"{name} must be 2-D or 3-D, got a {d}-D image")
+        arr = sitk.GetArrayFromImage(x)
+        geom = Geometry(tuple(arr.shape), x.GetSpacing(), x.GetOrigin(), x.GetDirection())
+        check_spacing(geom.spacing, f"{name}'s spacing")
+        check_direction(geom.direction, d, f"{name}'s direction")
+        t = torch.from_numpy(arr.astype(np.float32, copy=False))[None, None]
+    else:
+        t = _as_tensor(name, x)
+        geom = identity_geometry(t.shape[2:], spacing)
+    t = t.detach().to(device=device if device is not None else t.device, dtype=torch.float32)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    return t, geom
+
+
+def _from_numpy(x):
+    return torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+
+
+def _as_tensor(name: str, x) -> Tensor:
+    """(H, W) / (D, H, W) / (1, 1, H, W) / (1, 1, D, H, W) tensor or array -> (1, 1, ...)."""
+    x = _from_numpy(x)
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor, numpy array, SimpleITK image or a file path, "
+            f"got {type(x).__name__}"
+        )
+    if x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"{name} must hold real numbers, got {x.dtype}")
+    if x.ndim in (2, 3):
+        return x[None, None]
+    if x.ndim in (4, 5) and x.shape[:2] == (1, 1):
+        return x
+    if x.ndim in (4, 5):
+        raise ValueError(
+            f"{name} must be one single-channel image: (1, 1, H, W) or (1, 1, D, H, W), "
+            f"got shape {tuple(x.shape)}"
+        )
+    raise ValueError(
+        f"{name} must be 2-D (H, W) / (1, 1, H, W) or 3-D (D, H, W) / (1, 1, D, H, W), "
+        f"got shape {tuple(x.shape)}"
+    )
+
+
+def as_mask(name: str, mask, image: Tensor, geom: Geometry) -> Tensor | None:
+    """A mask for ``image``: bool or non-negative float, its shape (a SimpleITK image or a
+    file must also have its geometry, to 1e-4 mm) -> (1, 1, *shape) float32, or None."""
+    if mask is None:
+        return None
+    if isinstance(mask, (str, Path)) or _is_sitk_image(mask):
+        m, g = as_image(name, mask, image.device)
+        if g.shape != geom.shape or not all(
+            np.allclose(a, b, atol=1e-4)
+            for a, b in zip((g.spacing, g.origin, g.direction), (geom.spacing, geom.origin, geom.direction))
+        ):
+            raise ValueError(f"{name} must have its image's grid (shape, spacing, origin, direction)")
+    else:
+        mask = _from_numpy(mask)
+        if not isinstance(mask, Tensor):
+            raise TypeError(
+                f"{name} must be a tensor, array, SimpleITK image, file path or None, "
+                f"got {type(mask).__name__}"
+            )
+        if not (mask.dtype == torch.bool or mask.is_floating_point()):
+            raise TypeError(f"{name} must be bool or floating, got {mask.dtype}")
+        m = mask.detach().to(image.device, torch.float32)
+        if m.ndim == image.ndim - 2:
+            m = m[None, None]
+        if m.shape != image.shape:
+            raise ValueError(
+                f"{name} must have its image's shape {tuple(image.shape[2:])}, got {tuple(mask.shape)}"
+            )
+    if not (torch.isfinite(m).all() and (m >= 0).all()):
+        raise ValueError(f"{name} must be finite and non-negative")
+    if not (m > 0).any():
+        raise ValueError(f"{name} keeps no voxel (all zero)")
+    return m
+
+
+# ---------------------------------------------------------------- voxel maps and resampling
+
+
+def voxel_matrix(physical: Tensor, fixed: Geometry, moving: Geometry) -> Tensor:
+    """A physical transform (fixed mm -> moving mm) as a voxel matrix (fixed index -> moving index)."""
+    return torch.linalg.inv(moving.index_to_physical()) @ physical @ fixed.index_to_physical()
+
+
+def physical_matrix(voxel: Tensor, fixed: Geometry, moving: Geometry) -> Tensor:
+    """The inverse of :func:`voxel_matrix`."""
+    return moving.index_to_physical() @ voxel @ torch.linalg.inv(fixed.index_to_physical())
+
+
+def extent(shape: Sequence[int], scale=1.0) -> Tensor:
+    """Extent per index axis (x, y[, z]) of an array ``shape`` whose voxels are ``scale``
+    full-resolution voxels wide (a number, or one per index axis)."""
+    sizes = torch.tensor(list(reversed(tuple(shape))), dtype=torch.float64)
+    return sizes * torch.as_tensor(scale, dtype=torch.float64)
+
+
+def to_normalized(ext: Tensor) -> Tensor:
+    """(d+1)x(d+1): full-resolution voxel coordinates -> grid_sample's normalised ones
+    (align_corners=False) of a grid of extent ``ext`` (:func:`extent`).
+
+    ``n = (2 p + 1) / e - 1``: voxel centre 0 -> -1 + 1/e, voxel edges -0.5 and e - 0.5 ->
+    -1 and +1. For a pyramid level whose voxels are ``s`` full-resolution voxels wide along
+    an axis, ``e = s * level_size`` there: level voxel ``q`` is centred on full-resolution
+    ``s q + (s-1)/2``, so ``p`` stays in full-resolution voxels at every level.
+    """
+    d = ext.numel()
+    n = torch.eye(d + 1, dtype=torch.float64)
+    n[:d, :d] = torch.diag(2.0 / ext)
+    n[:d, d] = 1.0 / ext - 1.0
+    return n
+
+
+def matrix_to_theta(matrix, fixed_shape: Sequence[int], moving_shape: Sequence[int]) -> Tensor:
+    """Voxel matrix (fixed index -> moving index, (x, y[, z]) order) -> affine_grid theta (d, d+1).
+
+    ``fixed_shape``/``moving_shape`` are the spatial array shapes ((H, W) or (D, H, W)).
+    Use ``affine_grid(theta[None], (1, C, *fixed_shape), align_corners=False)`` and
+    ``grid_sample(moving, grid, align_corners=False)``.
+    """
+    m = torch.as_tensor(matrix, dtype=torch.float64)
+    d = m.shape[0] - 1
+    nf, nm = to_normalized(extent(fixed_shape)), to_normalized(extent(moving_shape))
+    return (nm @ m @ torch.linalg.inv(nf))[:d]
+
+
+def theta_to_matrix(theta, fixed_shape: Sequence[int], moving_shape: Sequence[int]) -> Tensor:
+    """The inverse of :func:`matrix_to_theta`: theta (d, d+1) -> voxel matrix (d+1, d+1)."""
+    t = torch.as_tensor(theta, dtype=torch.float64)
+    d = t.shape[0]
+    full = torch.eye(d + 1, dtype=torch.float64)
+    full[:d] = t
+    nf, nm = to_normalized(extent(fixed_shape)), to_normalized(extent(moving_shape))
+    return torch.linalg.inv(nm) @ full @ nf
+
+
+def sample_grid(moving: Tensor, theta: Tensor, out_shape: Sequence[int]) -> Tensor:
+    """Bilinear/trilinear resampling (zero padding) of every channel of ``moving`` onto a grid."""
+    grid = F.affine_grid(theta.to(moving)[None], (1, moving.shape[1], *out_shape), align_corners=False)
+    return F.grid_sample(moving, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def overlap_weight(points: Tensor, shape: Sequence[int]) -> Tensor:
+    """What bilinear/trilinear resampling of an image of ones (zero padding) gives at
+    normalised points (..., d) of a grid of array ``shape``, without resampling anything: per
+    axis ``clamp(min(u + 1, size - u), 0, 1)`` at voxel coordinate ``u`` (1 inside, fading
+    to 0 over the half voxel beyond each edge), multiplied over the axes. (...,)"""
+    w = None
+    for axis, size in enumerate(reversed(tuple(shape))):  # points are (x, y[, z])
+        u = ((points[..., axis] + 1.0) * size - 1.0) / 2.0
+        a = torch.clamp(torch.minimum(u + 1.0, size - u), 0.0, 1.0)
+        w = a if w is None else w * a
+    return w
+
+
+def sample_points(moving: Tensor, points: Tensor) -> Tensor:
+    """Bilinear/trilinear values of every channel of ``moving`` at normalised points (n, d)
+    (grid_sample's coordinates, (x, y[, z]) order) -> (1, C, n)."""
+    d = points.shape[-1]
+    grid = points.to(moving).reshape(1, *([1] * (d - 1)), -1, d)
+    out = F.grid_sample(moving, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.reshape(1, moving.shape[1], -1)
+
+
+def warp(moving, matrix, fixed_shape: Sequence[int]):
+    """Resample ``moving`` onto a grid of ``fixed_shape`` through the voxel ``matrix``
+    (fixed index -> moving index).
+
+    Returns ``(warped, overlap)``, both (1, 1, *fixed_shape) float32: ``warped(p) =
+    moving(A p)`` (bilinear/trilinear, zero outside), ``overlap`` the same resampling of
+    an image of ones (1 inside the moving image, fading to 0 over its last half voxel).
+    """
+    m = moving if isinstance(moving, Tensor) and moving.ndim >= 4 else _as_tensor("moving", moving).float()
+    theta = matrix_to_theta(matrix, fixed_shape, m.shape[2:])
+    out = sample_grid(torch.cat([m, torch.ones_like(m)], 1), theta, tuple(fixed_shape))
+    return out[:, :1], out[:, 1:]
