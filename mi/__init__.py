@@ -16,6 +16,7 @@ from .functional import (
     value_checks,
 )
 from .information import entropies_from_joint, mutual_information_from_joint
+from .local import LocalMutualInformationLoss, local_mutual_information
 from .modules import MutualInformation, MutualInformationLoss
 
 __version__ = "0.1.0"
@@ -28,6 +29,8 @@ __all__ = [
     "entropies",
     "entropies_from_joint",
     "mutual_information_from_joint",
+    "local_mutual_information",
+    "LocalMutualInformationLoss",
     "MutualInformation",
     "MutualInformationLoss",
     "set_value_checks",

@@ -802,6 +802,19 @@ def _image_joint(
         x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
         per_channel=per_channel, kernel=kernel, backend=backend,
     )  # fmt: skip
+    u, v, kernels, op_ranges, check = _binning(a, group)
+    j = _autograd.joint_hist(
+        u, v, a.mask, a.num_bins, a.sigma, *kernels, a.backend, bool(deterministic), *op_ranges, a.first,
+        a.length,
+    )  # fmt: skip
+    return all_reduce_sum(j, group), a.lead, a.dtype, a.backend, check
+
+
+def _binning(a: _Images, group=None):
+    """What the op needs besides the rows: (u, v: the rows as the op takes them, the two window
+    kinds, the two ranges (R or 1, 2) or None, ``finish()`` of the data checks). u and v are
+    the samples themselves with their rows' ranges, or for ``kernel="mattes"`` ITK's bin
+    coordinates (ranges None). With ``group``, the ranges are those of the whole images."""
     k, rng, first, length = a.num_bins, a.ranges, a.first, a.length
     mattes = a.kernel == "mattes"
     acc = torch.float64 if mattes else _acc_dtype(a.dtype)  # of the ranges
@@ -840,10 +853,7 @@ def _image_joint(
         pairs = (("x", a.x, rng[0]), ("y", a.y, rng[1]))
         binned = [_Binned(n, t, *r, first, length, k, False) for n, t, r in pairs if r != "auto"]
         check = _queue_checks(a.backend, {"x": ext[0], "y": ext[1]}, weights, "mask", binned, grads)
-    j = _autograd.joint_hist(
-        u, v, a.mask, k, a.sigma, *kernels, a.backend, bool(deterministic), *op_ranges, first, length
-    )
-    return all_reduce_sum(j, group), a.lead, a.dtype, a.backend, check
+    return u, v, kernels, op_ranges, check
 
 
 def joint_histogram(

@@ -4,8 +4,9 @@ Medical formats go through SimpleITK, which reads what these users have and is w
 ANTs and SimpleITK users compare against: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``,
 ``.nhdr``) and MetaImage (``.mha``, ``.mhd``). The voxel array is SimpleITK's
 (``GetArrayFromImage``): index ``[k, j, i]`` for the file's voxel ``(i, j, k)``, the
-transpose of nibabel's ``get_fdata()[i, j, k]``; nothing is flipped or reoriented. The
-geometry (spacing, origin, direction) is not used here.
+transpose of nibabel's ``get_fdata()[i, j, k]``; nothing is flipped or reoriented.
+:func:`read_image` gives that array; :func:`read_medical` the ``SimpleITK.Image`` itself,
+with its geometry (spacing, origin, direction), which registration uses.
 
 ``.npy``: a 2-D or 3-D real array, values kept. Anything else goes to PIL: colour becomes
 grey, 8-bit is scaled to [0, 1] and 16-bit by 65535; 32-bit integer or float images keep

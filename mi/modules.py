@@ -109,16 +109,18 @@ class MutualInformationLoss(nn.Module):
         self.value_range, self.reduction, self.kwargs = value_range, reduction, kwargs
 
     def forward(self, fixed: Tensor, moving: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        score = mutual_information(
-            fixed, moving, num_bins=self.num_bins, sigma=self.sigma, value_range=self.value_range,
-            normalize=self.normalize, mask=mask, **self.kwargs,
-        )  # fmt: skip
-        loss = -score
+        loss = -self._score(fixed, moving, mask)
         if self.reduction == "mean":
             return loss.mean()
         if self.reduction == "sum":
             return loss.sum()
         return loss
+
+    def _score(self, fixed: Tensor, moving: Tensor, mask: Optional[Tensor]) -> Tensor:
+        return mutual_information(
+            fixed, moving, num_bins=self.num_bins, sigma=self.sigma, value_range=self.value_range,
+            normalize=self.normalize, mask=mask, **self.kwargs,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         return (

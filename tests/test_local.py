@@ -1,0 +1,130 @@
+"""mi.local_mutual_information against the dense float64 estimator applied to each patch (a
+Python loop over patches in the test; the library makes one op call), on real images."""
+
+import math
+
+import pytest
+import torch
+from images import mri, photo, remap, to_tensor01
+from oracle import dense_joint, mutual_information
+
+import mi
+
+FIRST = {"gaussian": (0.0, 1.0), "bspline": (1.0, 2.0)}  # (first, end): lo..hi -> first..K - end
+
+
+def _oracle(x, y, patch, k, sigma, kernel, normalize="none", mask=None):
+    """(B, *grid) float64: each patch's MI from its own dense joint histogram, bins from each
+    image's range over its mask, padding (beyond the image) left out."""
+    b, spatial = x.shape[0], x.shape[2:]
+    grid = [math.ceil(s / p) for s, p in zip(spatial, patch)]
+    first, end = FIRST[kernel]
+    out = torch.zeros(b, *grid, dtype=torch.float64)
+    for i in range(b):
+        m = torch.ones_like(x[i], dtype=torch.float64) if mask is None else mask[i].double()
+        coords = []
+        for t in (x[i].double(), y[i].double()):
+            lo, hi = t[m > 0].min().detach(), t[m > 0].max().detach()  # the range: not differentiated
+            coords.append(first + (t - lo) * (k - end - first) / (hi - lo))
+        for cell in _cells(grid):
+            sl = (slice(None),) + tuple(slice(c * p, (c + 1) * p) for c, p in zip(cell, patch))
+            u, v, w = coords[0][sl].reshape(1, -1), coords[1][sl].reshape(1, -1), m[sl].reshape(1, -1)
+            j = dense_joint(u, v, w, k, sigma, kernel, kernel)
+            out[(i, *cell)] = (
+                mutual_information(j, normalize)[0] if j.sum() > 0 else (normalize == "studholme")
+            )
+    return out
+
+
+def _cells(grid):
+    import itertools
+
+    return itertools.product(*[range(g) for g in grid])
+
+
+def _pair2d():
+    x = to_tensor01(photo((50, 37)))  # 37 x 50: neither a multiple of the patches below
+    return torch.cat([x, x.flip(-1)]), torch.cat([remap(x), remap(x.flip(-1))])
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize(
+    "patch, kernel, normalize",
+    [
+        ((16, 16), "gaussian", "none"),
+        ((10, 12), "bspline", "studholme"),
+        ((37, 50), "gaussian", "arithmetic"),
+    ],
+)
+def test_matches_the_dense_estimator_per_patch(patch, kernel, normalize, backend):
+    x, y = _pair2d()
+    xx, yy = x.clone().requires_grad_(), y.clone().requires_grad_()
+    got = mi.local_mutual_information(
+        xx, yy, patch_size=patch, num_bins=16, sigma=0.8, kernel=kernel, normalize=normalize, backend=backend
+    )
+    xd, yd = x.double().requires_grad_(), y.double().requires_grad_()
+    want = _oracle(xd, yd, patch, 16, 0.8, kernel, normalize)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    g = torch.randn(want.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    (got * g.float()).sum().backward()
+    (want * g).sum().backward()
+    for a, b in ((xx.grad, xd.grad), (yy.grad, yd.grad)):
+        assert (a.double() - b).abs().max() <= 5e-5 * b.abs().max()  # measured up to 4.4e-6 (Triton)
+
+
+def test_volume_mask_and_per_channel():
+    """3-D, a mask (one patch with no voxel kept scores 0), per channel."""
+    m = mri()
+    vol = torch.from_numpy(m[::8, ::8] / m.max()).float()  # 32 x 32
+    x = torch.stack([vol.roll(i, 0) for i in range(12)])[None, None]  # (1, 1, 12, 32, 32)
+    y = remap(x) + 0.05 * torch.rand(x.shape, generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(x)
+    mask[..., :8, :8] = 0.0  # the first patch column of every slab: nothing kept
+    mask[..., 20:, 3:] = 0.5
+    got = mi.local_mutual_information(x, y, patch_size=(5, 8, 8), mask=mask, num_bins=12)
+    want = _oracle(x, y, (5, 8, 8), 12, 1.0, "gaussian", mask=mask)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    assert (got[0, :, 0, 0] == 0).all()
+    two = torch.cat([x, y], 1)
+    per = mi.local_mutual_information(two, two.flip(1), patch_size=8, per_channel=True)
+    assert per.shape == (1, 2, 2, 4, 4)
+    torch.testing.assert_close(per[:, 0], mi.local_mutual_information(x, y, patch_size=8))
+
+
+def test_loss_module_and_bad_input():
+    x, y = _pair2d()
+    a = x.clone().requires_grad_()
+    loss = mi.LocalMutualInformationLoss(patch_size=12)
+    value = loss(a, y)
+    value.backward()
+    assert value.ndim == 0 and torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
+    score = mi.local_mutual_information(x, y, patch_size=12, normalize="studholme")
+    torch.testing.assert_close(value, -score.mean())
+    assert mi.LocalMutualInformationLoss(12, reduction="none")(x, y).shape == score.shape
+    for kw, exc, words in [
+        (dict(patch_size=60), ValueError, "larger than the image"),
+        (dict(patch_size=0), ValueError, "positive"),
+        (dict(patch_size=(8, 8, 8)), ValueError, "2 ints"),
+        (dict(patch_size=2.5), TypeError, "patch_size"),
+        (dict(patch_size=(8, 8.0)), ValueError, "ints"),
+    ]:
+        with pytest.raises(exc, match=words):
+            mi.local_mutual_information(x, y, **kw)
+    with pytest.raises(ValueError, match="reduction"):
+        mi.LocalMutualInformationLoss(8, reduction="max")
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "bspline", "mattes"])
+def test_one_patch_is_the_global_score(kernel):
+    """A patch the size of the image is the image: the same number as mi.mutual_information
+    (Mattes included, whose bins are ITK's for the whole image)."""
+    x, y = _pair2d()
+    mask = (x > 0.2).float()
+    one = mi.local_mutual_information(
+        x, y, patch_size=x.shape[2:], kernel=kernel, mask=mask, normalize="studholme"
+    )
+    whole = mi.mutual_information(
+        x, y, num_bins=32, sigma=1.0, kernel=kernel, mask=mask, normalize="studholme"
+    )
+    torch.testing.assert_close(one.reshape(-1), whole, rtol=1e-6, atol=0)
