@@ -404,3 +404,35 @@ def test_a_dicom_series_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no DICOM series"):
         register(tmp_path / "empty", img, progress=False)
+
+
+def test_cli_options_mask_initial_and_sampling(tmp_path, pair):
+    """--mask, --moving-mask, --initial, --sampling and --strategy reach mi.register."""
+    from mi.cli import main
+
+    fixed, moving = pair
+    paths = {n: tmp_path / f"{n}.nii.gz" for n in ("fixed", "moving", "mask", "mmask")}
+    sitk.WriteImage(fixed, str(paths["fixed"]))
+    sitk.WriteImage(moving, str(paths["moving"]))
+    sitk.WriteImage(sitk.Cast(fixed > 0.05, sitk.sitkUInt8), str(paths["mask"]))
+    sitk.WriteImage(sitk.Cast(moving > -1.0, sitk.sitkUInt8), str(paths["mmask"]))  # everything
+    start = tmp_path / "start.tfm"
+    sitk.WriteTransform(_affine(TRUE), str(start))  # start at the answer: a short run stays there
+    args = ["register", str(paths["fixed"]), str(paths["moving"]), "-o", str(tmp_path / "out"), "--quiet"]
+    args += ["--mask", str(paths["mask"]), "--moving-mask", str(paths["mmask"]), "--initial", str(start)]
+    args += [
+        "--sampling",
+        "0.25",
+        "--strategy",
+        "regular",
+        "--levels",
+        "1",
+        "--iterations",
+        "5",
+        "--lr",
+        "0.01",
+    ]
+    assert main(args) == 0
+    found = torch.from_numpy(np.loadtxt(tmp_path / "out" / "moving_matrix.txt"))
+    assert _corner_error(found, as_image("f", fixed)[1]) < 0.2
+    assert main(args[:6] + ["--sampling", "half"]) == 2  # argparse refuses it
