@@ -267,6 +267,8 @@ def cmd_register(args) -> int:
     kw.update(sampling=args.sampling, sampling_strategy=args.strategy, tolerance=args.tolerance)
     if args.fixed is not None:
         kw.update(mask=args.mask, moving_mask=args.moving_mask, initial=args.initial)
+    if args.transform == "bspline":
+        kw.update(grid_spacing=args.grid_spacing, bending=args.bending)
     if (args.fixed is None) != (args.moving is None):
         raise CLIError("give both FIXED and MOVING, or neither for the demo pair")
     if args.fixed is not None:
@@ -284,6 +286,14 @@ def cmd_register(args) -> int:
         "shifted (6, -4) px and remapped sin(3x)^2)"
     )
     result = reg.run_cli(paths[0], paths[1], out, args.transform, **kw)["result"]
+    if args.transform == "bspline":  # not a matrix: the mean displacement error over the pixels
+        h, w = result.fixed_shape
+        pts = torch.stack(torch.meshgrid(torch.arange(w), torch.arange(h), indexing="xy"), -1).reshape(-1, 2)
+        pts = pts.double()
+        want = pts @ true[:2, :2].T + true[:2, 2]
+        err = (result.transform_points(pts) - want).norm(dim=1)
+        print(f"error against the known transform: {err.mean():.3f} px mean, {err.max():.3f} px at most")
+        return 0
     angle, centre, corner = reg.transform_error(result.matrix, true, result.fixed_shape)
     print(
         f"error against the known transform: rotation {angle:.3f} deg, {centre:.3f} px at the "
@@ -374,7 +384,16 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("fixed", nargs="?", help="fixed image (omit both for the demo pair)")
     reg.add_argument("moving", nargs="?", help="moving image, same number of dimensions")
     reg.add_argument("-o", "--out", default="out", metavar="DIR", help="output folder (default ./out/)")
-    reg.add_argument("--transform", choices=("rigid", "affine"), default="rigid")
+    reg.add_argument(
+        "--transform",
+        choices=("rigid", "affine", "bspline"),
+        default="rigid",
+        help="bspline: an affine stage, then a B-spline free-form deformation",
+    )
+    reg.add_argument(
+        "--grid-spacing", type=float, default=20.0, metavar="MM", help="bspline control points (mm)"
+    )
+    reg.add_argument("--bending", type=float, default=1.0, help="bspline bending-energy weight")
     reg.add_argument("--levels", type=int, default=3, help="pyramid levels (default 3)")
     reg.add_argument(
         "--iterations",

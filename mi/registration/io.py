@@ -16,6 +16,7 @@ import torch
 
 from ..functional import joint_histogram
 from ..io import MEDICAL_SUFFIXES, ImageReadError, is_medical, read_image
+from .deformable import DeformableResult, register_deformable
 from .optim import RegistrationResult, register
 from .space import as_image, voxel_matrix, warp
 
@@ -66,16 +67,19 @@ def save_figure(path, result: RegistrationResult, fixed, moving) -> Path:
     f, m = as_image("fixed", fixed, "cpu")[0], as_image("moving", moving, "cpu")[0]
     gf, gm = result.fixed_geometry, result.moving_geometry
     eye = torch.eye(result.dim + 1, dtype=torch.float64)
+    if isinstance(result, DeformableResult):  # its warp is not a matrix: the result's own image
+        after = (result.warped.reshape(f.shape).cpu(), result.overlap.reshape(f.shape).cpu())
+    else:
+        after = warp(m, result.matrix, f.shape[2:])
     cases = [
-        ("before", voxel_matrix(eye, gf, gm), result.mi_before),
-        ("after", result.matrix, result.mi_after),
+        ("before", warp(m, voxel_matrix(eye, gf, gm), f.shape[2:]), result.mi_before),
+        ("after", after, result.mi_after),
     ]
     cols = 1 if result.dim == 2 else 3
     fig = Figure(figsize=(4.2 * max(cols, 2), 3.6 * 3 if cols == 3 else 8), layout="constrained")
     grid = fig.add_gridspec(3 if cols == 3 else 2, max(cols, 2))
     cmap = colormaps["magma"].with_extremes(bad="black", under="black")  # empty bins: black
-    for row, (label, voxel, score) in enumerate(cases):
-        warped, overlap = warp(m, voxel, f.shape[2:])
+    for row, (label, (warped, overlap), score) in enumerate(cases):
         pairs = zip(_slices(f[0, 0].numpy(), gf.spacing), _slices(warped[0, 0].numpy(), gf.spacing))
         for col, ((fa, aspect, name, origin), (wa, *_)) in enumerate(pairs):
             ax = fig.add_subplot(grid[row, col] if cols == 3 else grid[0, row])
@@ -98,9 +102,22 @@ def save_figure(path, result: RegistrationResult, fixed, moving) -> Path:
     return path
 
 
-def describe(result: RegistrationResult) -> str:
+def describe(result) -> str:
     unit = result.fixed_geometry.unit if result.fixed_geometry is not None else "px"
     axes = "(x, y)" if result.dim == 2 else "(x, y, z)"
+    if isinstance(result, DeformableResult):
+        u = result.displacement_field().norm(dim=0)
+        grid = "x".join(map(str, result.grid.size))
+        spacing = ", ".join(f"{s:.1f}" for s in result.grid.spacing)
+        return "\n".join([
+            f"affine stage, fixed physical {axes} -> moving physical {axes}:",
+            np.array2string(result.affine.numpy(), precision=5, suppress_small=True),
+            f"B-spline deformation (applied first): {grid} control points, spacing ({spacing}) {unit}; "
+            f"displacement mean {u.mean():.3f}, max {u.max():.3f} {unit}; folding (Jacobian <= 0) "
+            f"{100 * result.folding_fraction():.3f} % of the voxels",
+            f"normalised MI (Studholme, 1..2): affine {result.mi_before:.4f}  "
+            f"deformable {result.mi_after:.4f}  ({result.seconds:.1f} s)",
+        ])  # fmt: skip
     lines = [
         f"transform ({result.transform}), fixed physical {axes} -> moving physical {axes}:",
         np.array2string(result.physical.numpy(), precision=5, suppress_small=True),
@@ -169,8 +186,10 @@ def run_cli(
     * ``<moving>_registered.<ext>``: the moving image on the fixed grid, in the fixed file's
       format with its geometry (:func:`write_warped`);
     * ``<moving>_transform.tfm``: the ITK transform (SimpleITK, ITK and ANTs read it);
-      written when SimpleITK is installed;
-    * ``<moving>_matrix.txt``: the same matrix as text (numpy.savetxt);
+      written when SimpleITK is installed; for ``transform="bspline"`` ``.h5``, the composite
+      of the affine stage and the B-spline deformation (:func:`register_deformable`, after an
+      affine :func:`mi.register`; ``grid_spacing`` (mm) and ``bending`` in ``kwargs``);
+    * ``<moving>_matrix.txt``: the (affine) matrix as text (numpy.savetxt);
     * ``<moving>_registration.png``: the before/after picture (:func:`save_figure`).
 
     ``kwargs`` go to :func:`mi.register` (levels, iterations, lr, sampling, masks, ...).
@@ -186,7 +205,15 @@ def run_cli(
         raise RegisterError(str(e)) from None
     except ImportError as e:
         raise RegisterError(str(e)) from None
-    result = register(fixed, moving, transform=transform, progress=progress, **kwargs)
+    if transform == "bspline":  # an affine stage, then the deformation on top
+        spacing, bending = kwargs.pop("grid_spacing", 20.0), kwargs.pop("bending", 1.0)
+        affine = register(fixed, moving, transform="affine", progress=progress, **kwargs)
+        kwargs.pop("tolerance", None), kwargs.pop("initial", None)
+        result = register_deformable(
+            fixed, moving, initial=affine, grid_spacing=spacing, bending=bending, progress=progress, **kwargs
+        )
+    else:
+        result = register(fixed, moving, transform=transform, progress=progress, **kwargs)
     print(describe(result))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,7 +223,8 @@ def run_cli(
     matrix_path = out / f"{stem}_matrix.txt"
     np.savetxt(matrix_path, result.physical.numpy(), header="fixed physical (x, y[, z]) -> moving physical")
     try:
-        transform_path = result.save_transform(out / f"{stem}_transform.tfm")
+        suffix = ".h5" if transform == "bspline" else ".tfm"  # (the composite: HDF5, as ITK prefers)
+        transform_path = result.save_transform(out / f"{stem}_transform{suffix}")
     except ImportError:
         transform_path = None
     figure_path = save_figure(out / f"{stem}_registration.png", result, fixed, moving)

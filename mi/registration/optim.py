@@ -174,6 +174,43 @@ def _positive_int(name: str, v) -> int:
     return int(v)
 
 
+def read_pair(fixed, moving, device, spacing, moving_spacing):
+    """(fixed tensor, its geometry, moving tensor, its geometry) of :func:`register`'s inputs,
+    both on the fixed image's device, with the same number of dimensions."""
+    f, gf = as_image("fixed", fixed, device, spacing)
+    m, gm = as_image("moving", moving, f.device, moving_spacing if moving_spacing is not None else spacing)
+    if f.ndim != m.ndim:
+        raise ValueError(
+            f"fixed and moving must both be 2-D or both 3-D, got spatial shapes "
+            f"{tuple(f.shape[2:])} and {tuple(m.shape[2:])}"
+        )
+    return f, gf, m, gm
+
+
+def _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed):
+    """(fixed mask, moving mask, loss function on the images' device, the sampling generator)."""
+    w = as_mask("mask", mask, f, gf)
+    wm = as_mask("moving_mask", moving_mask, m, gm)
+    loss_fn = _make_loss(loss, loss_kwargs)
+    if isinstance(loss_fn, nn.Module):
+        loss_fn = loss_fn.to(f.device)
+    return w, wm, loss_fn, torch.Generator(device=f.device).manual_seed(int(seed))
+
+
+def _check_levels(levels, gf: Geometry, gm: Geometry) -> int:
+    """A positive number of pyramid levels whose coarsest keeps MIN_LEVEL_SIZE voxels per axis."""
+    levels = _positive_int("levels", levels)
+    for name, g in (("fixed", gf), ("moving", gm)):
+        factors = shrink_factors(g, levels - 1)
+        if any(n // s < MIN_LEVEL_SIZE for n, s in zip(g.size, factors)):
+            raise ValueError(
+                f"levels={levels} shrinks {name} ({'x'.join(map(str, g.size))} voxels, pooled "
+                f"{'x'.join(map(str, factors))}) below {MIN_LEVEL_SIZE} voxels along an axis; "
+                "use fewer levels"
+            )
+    return levels
+
+
 def _check_iterations(iterations, levels: int) -> tuple:
     if iterations is None:  # coarse levels are cheap: more steps there
         return tuple(min(200, 30 * 2**lvl) for lvl in reversed(range(levels)))
@@ -398,34 +435,15 @@ def register(
         raise TypeError(f"transform must be a string, got {type(transform).__name__}")
     if transform not in TRANSFORMS:
         raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
-    f, gf = as_image("fixed", fixed, device, spacing)
-    m, gm = as_image("moving", moving, f.device, moving_spacing if moving_spacing is not None else spacing)
-    if f.ndim != m.ndim:
-        raise ValueError(
-            f"fixed and moving must both be 2-D or both 3-D, got spatial shapes "
-            f"{tuple(f.shape[2:])} and {tuple(m.shape[2:])}"
-        )
-    levels = _positive_int("levels", levels)
-    for name, g in (("fixed", gf), ("moving", gm)):
-        factors = shrink_factors(g, levels - 1)
-        if any(n // s < MIN_LEVEL_SIZE for n, s in zip(g.size, factors)):
-            raise ValueError(
-                f"levels={levels} shrinks {name} ({'x'.join(map(str, g.size))} voxels, pooled "
-                f"{'x'.join(map(str, factors))}) below {MIN_LEVEL_SIZE} voxels along an axis; "
-                "use fewer levels"
-            )
+    f, gf, m, gm = read_pair(fixed, moving, device, spacing, moving_spacing)
+    levels = _check_levels(levels, gf, gm)
     its = _check_iterations(iterations, levels)
     lr = _check_positive("lr", lr)
     tolerance = _check_positive("tolerance", tolerance, allow_zero=True)
     sampling = _check_sampling(sampling, sampling_strategy)
     d = f.ndim - 2
     init = as_matrix(initial, d, transform)
-    w = as_mask("mask", mask, f, gf)
-    wm = as_mask("moving_mask", moving_mask, m, gm)
-    loss_fn = _make_loss(loss, loss_kwargs)
-    if isinstance(loss_fn, nn.Module):
-        loss_fn = loss_fn.to(f.device)
-    gen = torch.Generator(device=f.device).manual_seed(int(seed))
+    w, wm, loss_fn, gen = _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed)
 
     center = gf.center()
     model = Transform(transform, center, gf.radius(), init)
