@@ -13,7 +13,6 @@ moves every point by the same displacement (tests: to float32 rounding).
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -88,25 +87,28 @@ class ControlGrid:
     def displacement(self, coef: Tensor, points: Tensor) -> Tensor:
         """The displacement (n, d) in mm at physical points (n, d): ITK's B-spline sum over
         the 4^d support points; 0 where the support leaves the grid. Differentiable with
-        respect to ``coef`` (d, *grid) and ``points``."""
+        respect to ``coef`` (d, *grid) and ``points``. The 4 weights per axis are computed
+        once and combined by broadcasting: one gather of (d, n, 4^d) coefficients."""
         d = self.dim
         c = self.continuous_index(points)
         start = torch.floor(c.detach()) - 1.0
         sizes = torch.tensor(self.size, device=points.device)
         valid = ((start >= 0) & (start + 3 <= (sizes - 1).to(start))).all(-1)
         start = torch.where(valid[:, None], start, torch.zeros_like(start)).long()
-        flat = coef.reshape(d, -1)
-        strides = [1]
-        for n in self.size[:-1]:
-            strides.append(strides[-1] * n)  # x fastest, as the array's last axis
-        out = torch.zeros(points.shape[0], d, dtype=coef.dtype, device=points.device)
-        for offs in itertools.product(range(4), repeat=d):
-            o = torch.tensor(offs, device=points.device)
-            idx = start + o
-            w = _bspline3(c - idx.to(c)).prod(-1)
-            lin = sum(idx[:, a] * strides[a] for a in range(d))
-            out = out + (w.to(coef.dtype) * valid)[:, None] * flat[:, lin].T
-        return out
+        offsets = torch.arange(4, device=points.device)
+        stride, lin, weight = 1, None, None
+        for a in range(d):  # x fastest, as the array's last axis
+            idx = start[:, a : a + 1] + offsets  # (n, 4)
+            w = _bspline3(c[:, a : a + 1] - idx.to(c))
+            if lin is None:
+                lin, weight = idx * stride, w
+            else:  # (n, 4^a) x (n, 4) -> (n, 4^(a+1)), this axis varying slowest
+                lin = (lin[:, None, :] + (idx * stride)[:, :, None]).reshape(len(c), -1)
+                weight = (weight[:, None, :] * w[:, :, None]).reshape(len(c), -1)
+            stride *= self.size[a]
+        vals = coef.reshape(d, -1)[:, lin]  # (d, n, 4^d)
+        out = (vals * (weight * valid[:, None]).to(coef.dtype)).sum(-1)
+        return out.T
 
     def to_sitk(self, coef: Tensor):
         """A ``SimpleITK.BSplineTransform`` with this grid and these coefficients."""
