@@ -29,41 +29,22 @@ import os
 import sys
 import time
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_cpu import machine  # noqa: E402
 
 from mi.registration import brain, register_deformable  # noqa: E402
-from mi.registration.bspline import ControlGrid  # noqa: E402
-from mi.registration.space import as_image  # noqa: E402
+from mi.registration.bspline import random_deformation  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def make_pair(shrink, amplitude, seed=0):
-    import SimpleITK as sitk
 
     fixed, _, _ = brain.brain_pair(shrink=shrink)
     contrast = brain.brain_contrast2()
-    _, g = as_image("f", fixed)
-    grid = ControlGrid.over(g, 40.0)
-    gen = torch.Generator().manual_seed(seed)
-    coef = torch.randn(3, *reversed(grid.size), generator=gen, dtype=torch.float64) * amplitude
-    true = grid.to_sitk(coef)
-    field = sitk.TransformToDisplacementField(
-        true,
-        sitk.sitkVectorFloat64,
-        fixed.GetSize(),
-        fixed.GetOrigin(),
-        fixed.GetSpacing(),
-        fixed.GetDirection(),
-    )
-    inverse = sitk.InvertDisplacementField(
-        field, maximumNumberOfIterations=50, meanErrorToleranceThreshold=1e-5
-    )
-    moving = sitk.Resample(contrast, fixed, sitk.DisplacementFieldTransform(inverse), sitk.sitkLinear, 0.0)
+    true, apply = random_deformation(fixed, 40.0, amplitude, seed)
+    moving = apply(contrast)
     return fixed, moving, true
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from images import photo, remap, to_tensor01
 
-from mi.registration.bspline import ControlGrid
+from mi.registration.bspline import ControlGrid, random_deformation
 from mi.registration.deformable import register_deformable
 from mi.registration.space import as_image
 
@@ -82,26 +82,8 @@ def deformed_pair():
     the deformation's dense field (SimpleITK's InvertDisplacementField)."""
     x = to_tensor01(photo((120, 100)))[0, 0]
     fixed = sitk.GetImageFromArray(x.numpy())
-    _, g = as_image("f", fixed)
-    grid = ControlGrid.over(g, 24.0)
-    coef = (
-        torch.randn(2, *reversed(grid.size), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        * 2.5
-    )
-    true = grid.to_sitk(coef)
-    field = sitk.TransformToDisplacementField(
-        true,
-        sitk.sitkVectorFloat64,
-        fixed.GetSize(),
-        fixed.GetOrigin(),
-        fixed.GetSpacing(),
-        fixed.GetDirection(),
-    )
-    inverse = sitk.InvertDisplacementField(
-        field, maximumNumberOfIterations=50, meanErrorToleranceThreshold=1e-5
-    )
-    moved = sitk.Resample(fixed, fixed, sitk.DisplacementFieldTransform(inverse), sitk.sitkLinear, 0.0)
-    moving = sitk.GetImageFromArray(remap(torch.from_numpy(sitk.GetArrayFromImage(moved))).numpy())
+    true, apply = random_deformation(fixed, 24.0, 2.5)
+    moving = sitk.GetImageFromArray(remap(torch.from_numpy(sitk.GetArrayFromImage(apply(fixed)))).numpy())
     return fixed, moving, true
 
 
