@@ -228,12 +228,9 @@ def register_deformable(
         ff, fm = shrink_factors(gf, level), shrink_factors(gm, level)
         fl, wl = _pool(f, ff), _pool(w, ff)
         ml = _pool(torch.cat([m] + ([wm] if wm is not None else []), 1), fm)
-        phys = (to_fixed @ torch.linalg.inv(to_normalized(extent(fl.shape[2:], ff)))).to(
-            f
-        )  # level normalised -> mm
-        to_grid = (to_normalized(extent(ml.shape[2:], fm)) @ to_moving_inv @ affine).to(
-            f
-        )  # mm -> moving normalised
+        # the level's normalised coordinates -> mm, and mm -> the moving level's normalised ones
+        phys = (to_fixed @ torch.linalg.inv(to_normalized(extent(fl.shape[2:], ff)))).to(f)
+        to_grid = (to_normalized(extent(ml.shape[2:], fm)) @ to_moving_inv @ affine).to(f)
         sampler = _Sampler(sampling, sampling_strategy, wl, fl[0, 0].numel(), gen)
         n, lr0 = its[levels - 1 - level], lr * 2.0**level
         opt = torch.optim.Adam([coef], lr=lr0)
