@@ -284,7 +284,8 @@ def test_monai_half_and_module_behaviour():
     loss = mm.GlobalMutualInformationLoss(reduction=LossReduction.NONE)
     ref = ml.GlobalMutualInformationLoss(reduction="none")(x, y)
     half = loss(x.half(), y.half())
-    assert half.dtype == torch.float16 and _rel(half, ref) < 2e-3  # the inputs' own half rounding
+    # the inputs' own half rounding: measured 2.2e-4 from the float32 value
+    assert half.dtype == torch.float16 and _rel(half, ref) < 5e-4
     assert torch.equal(x, x0) and torch.equal(y, y0)
 
 
@@ -389,7 +390,8 @@ def test_kornia_constant_and_half():
     assert gy.abs().max() < 1e-6 and hy.abs().max() < 1e-6  # float32 noise in both (MI is flat at 0)
     xh, yh = x.half(), y.half()
     got, want = mk.mutual_information_loss(xh, yh), kl.mutual_information_loss(xh, yh)
-    assert got.dtype == want.dtype == torch.float16 and _rel(got, want) < 1e-3  # one half rounding
+    # at most one float16 ulp (2**-10) apart: both compute in float32 (measured: equal)
+    assert got.dtype == want.dtype == torch.float16 and _rel(got, want) <= 2.0**-10
 
 
 def test_kornia_second_derivative():

@@ -57,7 +57,7 @@ def test_control_grid_is_simpleitk_bspline(size, spacing, origin, direction, gri
 
 
 def test_bspline_reproduces_a_linear_field_and_its_jacobian():
-    """Coefficients 0.1 x the control points' positions make u(p) = 0.1 (p - c) inside the grid
+    """Coefficients 0.1 x the control points' positions make u(p) = 0.1 p inside the grid
     (cubic B-splines reproduce linear functions): the Jacobian determinant is 1.1^d."""
     fixed = to_tensor01(photo((40, 30)))[0, 0]
     r = register_deformable(fixed, fixed, levels=1, iterations=1, lr=1e-9, progress=False, grid_spacing=8.0)

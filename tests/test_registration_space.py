@@ -98,9 +98,7 @@ def test_geometry_and_warp_match_simpleitk(pair):
     fixed, moving = pair
     f, gf = as_image("fixed", fixed)
     m, gm = as_image("moving", moving)
-    for i in range(3):
-        idx = [3, 5, 7][:3]
-        idx[i] += 4
+    for idx in ([7, 5, 7], [3, 9, 7], [3, 5, 11]):
         want = fixed.TransformIndexToPhysicalPoint(idx)
         got = (gf.index_to_physical() @ torch.tensor([*idx, 1.0], dtype=torch.float64))[:3]
         assert np.allclose(got.numpy(), want, atol=1e-9)

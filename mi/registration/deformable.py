@@ -137,21 +137,25 @@ class DeformableResult:
         return path
 
 
-def _on_grid(grid: ControlGrid, coef: Tensor, g: Geometry) -> Tensor:
-    """u at every voxel of geometry ``g``: (*shape, d), in chunks of CHUNK voxels."""
-    n = math.prod(g.shape)
-    to_phys = g.index_to_physical()
-    d = g.dim
-    out = torch.empty(n, d, dtype=torch.float64)
-    for lo in range(0, n, CHUNK):
-        flat = torch.arange(lo, min(n, lo + CHUNK))
+def _voxel_points(g: Geometry, dtype=torch.float64, device=None):
+    """Yield (first voxel, physical points (n, d)) of the voxels of geometry ``g`` in C order,
+    CHUNK at a time."""
+    total, to_phys, d = math.prod(g.shape), g.index_to_physical().to(dtype=dtype, device=device), g.dim
+    for lo in range(0, total, CHUNK):
+        flat = torch.arange(lo, min(total, lo + CHUNK), device=device)
         idx = []
-        for size in reversed(g.shape):
-            idx.append((flat % size).double())
+        for size in reversed(g.shape):  # x first: the last array axis
+            idx.append((flat % size).to(dtype))
             flat = flat // size
-        p = torch.stack(idx, -1) @ to_phys[:d, :d].T + to_phys[:d, d]
+        yield lo, torch.stack(idx, -1) @ to_phys[:d, :d].T + to_phys[:d, d]
+
+
+def _on_grid(grid: ControlGrid, coef: Tensor, g: Geometry) -> Tensor:
+    """u at every voxel of geometry ``g``: (*shape, d)."""
+    out = torch.empty(math.prod(g.shape), g.dim, dtype=torch.float64)
+    for lo, p in _voxel_points(g):
         out[lo : lo + len(p)] = grid.displacement(coef, p)
-    return out.reshape(*g.shape, d)
+    return out.reshape(*g.shape, g.dim)
 
 
 def register_deformable(
@@ -278,21 +282,13 @@ def _warp_and_score(result: DeformableResult, f, m, w, wm, deform: bool):
 
     gf, gm = result.fixed_geometry, result.moving_geometry
     d = gf.dim
-    to_fixed = gf.index_to_physical()
-    n = math.prod(gf.shape)
     to_grid = (to_normalized(extent(gm.shape)) @ torch.linalg.inv(gm.index_to_physical()) @ result.affine).to(
         f
     )
     stack = torch.cat([m] + ([wm] if wm is not None else []), 1)
     vals, ovl = [], []
     coef = result.coef.to(f)
-    for lo in range(0, n, CHUNK):
-        flat = torch.arange(lo, min(n, lo + CHUNK), device=f.device)
-        idx = []
-        for size in reversed(gf.shape):
-            idx.append((flat % size).to(f))
-            flat = flat // size
-        p = torch.stack(idx, -1) @ to_fixed[:d, :d].T.to(f) + to_fixed[:d, d].to(f)
+    for _, p in _voxel_points(gf, f.dtype, f.device):
         q = p + result.grid.displacement(coef, p) if deform else p
         coords = q @ to_grid[:d, :d].T + to_grid[:d, d]
         out = sample_points(stack, coords)
