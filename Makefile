@@ -40,9 +40,11 @@ bench: $(STAMP)
 
 bench-gpu: $(STAMP)
 	$(BIN)/python bench/bench_gpu.py
+	$(BIN)/python bench/bench_regime.py --sweep
 
 bench-gpu-dry: $(STAMP)
 	TRITON_INTERPRET=1 $(BIN)/python bench/bench_gpu.py --dry-run
+	TRITON_INTERPRET=1 $(BIN)/python bench/bench_regime.py --dry-run
 
 kernels-report: $(STAMP)
 	$(BIN)/python -m mi.kernels.report

@@ -14,8 +14,11 @@ that lets ``TRITON_INTERPRET`` be set any time before the first launch, and keep
 import functools
 import importlib
 
+from .utils import forced_method
+
 __all__ = [
     "is_available",
+    "forced_method",
     "joint_hist_forward",
     "joint_hist_backward",
     "hist_forward",

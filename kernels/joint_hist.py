@@ -8,6 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .tiled import joint_hist_backward_tiled, joint_hist_forward_tiled
 from .utils import (
     MAX_REPLICAS_JOINT,
     block_sizes,
@@ -15,6 +16,7 @@ from .utils import (
     ensure_contiguous,
     finish_forward,
     forward_scales,
+    joint_method,
     kernel_id,
     num_replicas,
     row_ranges,
@@ -211,6 +213,9 @@ def joint_hist_forward(
     """Unnormalised soft joint histogram J (B, K, K) float32 of bin coordinates u, v (B, N).
 
     J[b, a, c] = sum_n m[b, n] w_u(u[b, n] - a) w_v(v[b, n] - c); m None means all ones.
+    Up to ``utils.AUTO_TILED_BINS`` bins (or as ``mi.kernels.forced_method`` says) the tiled
+    kernel computes it (``tiled.py``: tensor cores, no atomics, deterministic by
+    construction, ``deterministic`` then changes nothing); otherwise this scatter kernel.
     ``ranges=(r_u, r_v)``, each (B, 2) or (1, 2) [lo, hi] per row: u and v are raw samples
     (fp32/fp16/bf16) whose lo..hi map onto bin coordinates first..first + length (see
     ``window._load_bins``); None: u and v are bin coordinates already.
@@ -226,6 +231,8 @@ def joint_hist_forward(
     w_u, w_v = window_size(kernel_u, K, sigma), window_size(kernel_v, K, sigma)
     block_n, block_w, num_warps = block_sizes(w_v)
     c_k = window_param(sigma, kernel_u, kernel_v)
+    if joint_method("forward", K, w_u, w_v) == "tiled":  # deterministic by construction
+        return joint_hist_forward_tiled(u, v, m, K, sigma, kernel_u, kernel_v, ranges, first, length)
     fixed = use_deterministic(deterministic)
     (r_u, s_u), (r_v, s_v) = row_ranges(ranges, u, 2)
     if B == 0 or N == 0:
@@ -253,7 +260,7 @@ def joint_hist_backward(
 
     None for what is not needed; dm is None when m is None. ``ranges``, ``first`` and
     ``length`` as in the forward (du and dv are then with respect to the raw samples).
-    A gather, no atomics: deterministic.
+    A gather, no atomics: deterministic. The tiled kernel where the forward would use it.
     """
     check_inputs(u, m, num_bins, sigma, v=v)
     B, N = u.shape
@@ -269,6 +276,10 @@ def joint_hist_backward(
         return du, dv, dm
     ku, kv = kernel_id(kernel_u), kernel_id(kernel_v)
     w_u, w_v = window_size(kernel_u, K, sigma), window_size(kernel_v, K, sigma)
+    if joint_method("backward", K, w_u, w_v) == "tiled":
+        return joint_hist_backward_tiled(
+            u, v, m, grad, K, sigma, kernel_u, kernel_v, needs_u, needs_v, needs_m, ranges, first, length
+        )
     block_n, block_w, num_warps = block_sizes(w_v)
     c_k = window_param(sigma, kernel_u, kernel_v)
     (r_u, s_u), (r_v, s_v) = row_ranges(ranges, u, 2)

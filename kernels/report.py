@@ -5,8 +5,9 @@
 No GPU is needed: ``triton.compile`` builds the cubin for a ``GPUTarget`` and the
 ``cuobjdump`` shipped in the Triton wheel prints registers, stack/local memory (spills)
 and static shared memory per kernel. Every configuration here is one the launchers
-actually use (block sizes from ``utils.block_sizes``). Exits non-zero if a kernel fails
-to compile or spills. Must not run under TRITON_INTERPRET (it is removed here before the
+actually use (block sizes from ``utils.block_sizes`` and ``utils.TILED_CONFIGS``). Exits
+non-zero if a kernel fails to compile, spills, or needs more shared memory than a block
+may have (its launch would fail). Must not run under TRITON_INTERPRET (it is removed here before the
 kernel modules are imported).
 """
 
@@ -26,14 +27,20 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from . import entropy, hist, joint_hist  # noqa: E402
+from . import entropy, hist, joint_hist, tiled  # noqa: E402
 from .utils import (  # noqa: E402
     KERNEL_IDS,
     MAX_REPLICAS_HIST,
     MAX_REPLICAS_JOINT,
+    MAX_TILED_BINS,
+    TILED_PRECISION,
     block_sizes,
+    tiled_config,
     window_size,
 )
+
+#: Shared memory one block may use (opt-in maximum), bytes: a kernel above it cannot launch.
+SHARED_LIMIT = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}
 
 COLUMNS = ["kernel", "arch", "config", "registers", "local_bytes", "shared_bytes"]
 
@@ -89,6 +96,40 @@ def _signature(fn, constexprs, samples="fp32"):
     return sig
 
 
+#: (kernel_u, kernel_v, K, sigma) of the tiled kernels: the loss defaults (sigma 1) at each
+#: K they serve, the seed's sigma 0.4, the B-spline pair and Mattes (box x B-spline).
+TILED_WINDOWS = [
+    ("gaussian", "gaussian", 16, 1.0),
+    ("gaussian", "gaussian", 32, 1.0),
+    ("gaussian", "gaussian", 64, 1.0),
+    ("gaussian", "gaussian", 128, 1.0),
+    ("gaussian", "gaussian", 64, 0.4),
+    ("bspline", "bspline", 64, 1.0),
+    ("box", "bspline", 32, 1.0),
+]
+
+
+def _tiled_configs():
+    """The tiled kernels as ``tiled._launch_args`` launches them, in each precision measured."""
+    import torch
+
+    fwd, bwd = tiled._joint_tiled_fwd_kernel, tiled._joint_tiled_bwd_kernel
+    for ku, kv, k, sigma in TILED_WINDOWS:
+        w_u, w_v = window_size(ku, k, sigma), window_size(kv, k, sigma)
+        common = dict(MAP=ku != "box", W_U=w_u, W_V=w_v, KIND_U=KERNEL_IDS[ku], KIND_V=KERNEL_IDS[kv],
+                      HAS_M=True)  # fmt: skip
+        for direction, fn in (("forward", fwd), ("backward", bwd)):
+            if k > MAX_TILED_BINS[direction]:
+                continue
+            kp, bp, nw, _ = tiled_config(direction, k, 1, 1 << 20, torch.device("cpu"))
+            tag = f"{_abbrev(ku)}{w_u}x{_abbrev(kv)}{w_v}-K{k}-KP{kp}-BP{bp}-nw{nw}"
+            const = dict(common, KP=kp, BLOCK_P=bp)
+            if direction == "backward":
+                const.update(NEEDS_U=True, NEEDS_V=True, NEEDS_M=True)
+            for prec in dict.fromkeys([TILED_PRECISION[direction], "tf32x3", "tf32"]):
+                yield fn.__name__, fn, f"{tag}-{prec}", dict(const, PRECISION=prec), nw, "fp32"
+
+
 def _configs():
     """Yield (kernel name, fn, config label, constexprs, num_warps, sample dtype) as the
     launchers use them (MAP on where the public functions pass raw samples and their ranges,
@@ -126,6 +167,7 @@ def _configs():
             const = dict(common, FIXED_POINT=False, REPLICAS=MAX_REPLICAS_HIST)
             yield fwd1.__name__, fwd1, f"{tag}-float-{half}", const, nw, half
             yield bwd1.__name__, bwd1, f"{tag}-{half}", dict(common, NEEDS_U=True, NEEDS_M=True), nw, half
+    yield from _tiled_configs()
     fwd, bwd = entropy._entropies_fwd_kernel, entropy._entropies_bwd_kernel
     for mode, score in enumerate(entropy.SCORES):
         nw = entropy.FWD_WARPS
@@ -215,13 +257,17 @@ def main(argv=None):
         writer.writeheader()
         writer.writerows(rows)
     spills = [r for r in rows if r["local_bytes"] > 0]
+    too_big = [r for r in rows if r["shared_bytes"] > SHARED_LIMIT[r["arch"]]]
     print(
         f"{len(rows)} kernel builds (triton {triton.__version__}) in "
         f"{time.perf_counter() - t0:.0f} s -> {args.out}"
     )
     for r in spills:
         print(f"SPILL {r['kernel']} {r['arch']} {r['config']}: {r['local_bytes']} bytes local")
-    return 1 if spills else 0
+    for r in too_big:
+        print(f"SHARED {r['kernel']} {r['arch']} {r['config']}: {r['shared_bytes']} bytes > "
+              f"{SHARED_LIMIT[r['arch']]} (the launch would fail)")  # fmt: skip
+    return 1 if spills or too_big else 0
 
 
 if __name__ == "__main__":

@@ -45,6 +45,88 @@ REPLICA_BYTES = 64 << 20
 FIXED_POINT_BITS = 32
 
 
+#: Tiled path (``tiled.py``): the largest K per direction. The forward keeps a K x K fp32
+#: accumulator in registers (128 x 128: 64 registers per thread at 8 warps); the backward
+#: also holds G = dL/dJ and its transpose, which at K = 128 take about 270 KB of shared
+#: memory for the dot's layouts, more than an sm_90 block may have (227 KB): above 64 bins
+#: the backward is the scatter path's gather (which has no atomics to avoid).
+MAX_TILED_BINS = {"forward": 128, "backward": 64}
+#: ``tl.dot``'s input precision in the tiled kernels, per direction (see ``tiled.py``).
+TILED_PRECISION = {"forward": "tf32x3", "backward": "tf32x3"}
+#: (BLOCK_P pixels per dot, num_warps) per direction and padded K, from the sweep on an
+#: H200 (``bench/bench_regime.py --sweep``, results/bench_regime_sweep.csv) among the blocks
+#: that compile for sm_80 and sm_90 without spills (``make kernels-report``).
+TILED_CONFIGS = {
+    "forward": {16: (32, 4), 32: (32, 4), 64: (32, 4), 128: (16, 8)},
+    "backward": {16: (64, 4), 32: (64, 4), 64: (32, 4)},
+}
+#: The auto rule: the tiled path up to this many bins, the scatter path above (both
+#: directions). Measured on an H200 (Triton 3.6), R1 (160x192x224, sigma 1): at K = 32 the
+#: tiled kernels take 1.1 ms forward and 0.7 ms backward against 3.1 and 1.6 ms for the whole
+#: scatter call; at K = 64 the tiled tf32x3 forward takes 5.5 ms or more and its backward 2.4
+#: ms, both slower than scatter (3.1 and 1.6 ms). bench/results/bench_regime*.csv.
+AUTO_TILED_BINS = 32
+#: Persistent programs per multiprocessor in the tiled kernels (per row: divided by B).
+TILED_PROGRAMS_PER_SM = 4
+#: Bytes of per-program partial histograms the tiled forward may allocate.
+TILED_PARTIAL_BYTES = 64 << 20
+#: Multiprocessors assumed where torch cannot say (CPU tensors in the interpreter).
+DEFAULT_SMS = 4
+
+METHODS = ("auto", "tiled", "scatter")
+_forced = ["auto"]
+
+
+@contextlib.contextmanager
+def forced_method(method):
+    """Within the block, the joint-histogram launchers use ``method`` ("tiled" or "scatter";
+    "auto": the rule of ``joint_method``) wherever it can serve (tiled: K up to
+    ``MAX_TILED_BINS``). For tests and benchmarks; not thread-local."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    previous, _forced[0] = _forced[0], method
+    try:
+        yield
+    finally:
+        _forced[0] = previous
+
+
+def joint_method(direction, num_bins, w_u, w_v):
+    """ "tiled" or "scatter" for the ``direction`` ("forward" or "backward") of a joint
+    histogram of K = ``num_bins`` with windows of w_u x w_v bins: ``forced_method`` if set
+    (and possible), else the measured rule (README, "GPU")."""
+    if int(num_bins) > MAX_TILED_BINS[direction]:
+        return "scatter"
+    if _forced[0] != "auto":
+        return _forced[0]
+    return "tiled" if int(num_bins) <= AUTO_TILED_BINS else "scatter"
+
+
+@functools.cache
+def _multiprocessors(index):
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def tiled_config(direction, num_bins, batch, n, device):
+    """(KP, BLOCK_P, num_warps, programs per row) of the ``direction`` tiled kernel.
+
+    KP: K padded to a power of two, at least 16 (``tl.dot``'s smallest tile); BLOCK_P and
+    num_warps from ``TILED_CONFIGS``. Programs per row: TILED_PROGRAMS_PER_SM on every
+    multiprocessor over the batch, at most one per block of pixels, and TILED_PARTIAL_BYTES
+    of partial histograms in all.
+    """
+    kp = max(16, triton_next_power_of_2(num_bins))
+    block_p, num_warps = TILED_CONFIGS[direction][kp]
+    if device.type == "cuda":
+        sms = _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
+    else:
+        sms = DEFAULT_SMS
+    want = math.ceil(TILED_PROGRAMS_PER_SM * sms / max(1, batch))
+    by_memory = TILED_PARTIAL_BYTES // max(1, batch * int(num_bins) ** 2 * 4)
+    programs = max(1, min(want, math.ceil(n / block_p), by_memory))
+    return kp, block_p, num_warps, programs
+
+
 def kernel_id(name):
     """The integer id of a window kind, with a clear error for an unknown name."""
     try:

@@ -462,7 +462,7 @@ def histogram(x: Tensor, bins, sigma: float, *, weights: Optional[Tensor] = None
             be, {"x": _extremes(xf)}, w, binned=[_Binned("x", xf, *span, 0.0, k - 1.0, k, True)]
         )
     wf = None if w is None else w.reshape(xf.shape)
-    r = torch.tensor([span], dtype=acc, device=x.device)
+    r = _pair_row(*span, acc, x.device)
     h = _autograd.hist(xf, wf, k, sig, "gaussian", be, False, r, 0.0, k - 1.0)
     h = _safe_normalize(h, -1).reshape(*lead, k).to(x.dtype)
     check()
@@ -591,7 +591,7 @@ def histogram2d(
             binned=[_Binned(n, t, *span, 0.0, k - 1.0, k, True) for n, t in (("x1", xf1), ("x2", xf2))],
         )  # fmt: skip
     wf = None if w is None else w.reshape(xf1.shape)
-    r = torch.tensor([span], dtype=acc, device=x1.device)
+    r = _pair_row(*span, acc, x1.device)
     j = _autograd.joint_hist(xf1, xf2, wf, k, sig, "gaussian", "gaussian", be, False, r, r, 0.0, k - 1.0)
     j = _safe_normalize(j, (-2, -1)).reshape(*lead, k, k).to(dtype)
     check()
@@ -648,7 +648,7 @@ def _masked_extremes(x: Tensor, m: Tensor) -> Tensor:
     """(R, 2) [min, max] of each row of x over the pixels with m > 0; [+inf, -inf] for a row
     that keeps none (the identities of min and max, which a reduction over shards needs)."""
     if x.numel() == 0:  # no rows or no pixels: amin refuses empty tensors
-        return torch.tensor([[math.inf, -math.inf]], dtype=x.dtype, device=x.device).expand(x.shape[0], 2)
+        return _pair_row(math.inf, -math.inf, x.dtype, x.device).expand(x.shape[0], 2)
     keep = m > 0
     lo = torch.where(keep, x, math.inf).amin(-1)
     return torch.stack([lo, torch.where(keep, x, -math.inf).amax(-1)], 1)
@@ -665,11 +665,7 @@ def _shard_stats(group, a, rng, ext, checks):
     def local_extremes(t, e):
         if e is None:
             return None
-        return (
-            e
-            if t.shape[1]
-            else torch.tensor([[inf, -inf]], dtype=e.dtype, device=e.device).expand(t.shape[0], 2)
-        )
+        return e if t.shape[1] else _pair_row(inf, -inf, e.dtype, e.device).expand(t.shape[0], 2)
 
     def local_masked(t, r):
         return None if r != "auto" or a.mask is None else _masked_extremes(t.detach(), a.mask)
@@ -710,7 +706,15 @@ def _range_rows(x: Tensor, rng, m: Optional[Tensor], extremes: Optional[Tensor],
     lo, hi = _row_range(x, rng, m, extremes)
     if isinstance(lo, Tensor):
         return torch.cat([lo, hi], -1).to(dtype)
-    return torch.tensor([[lo, hi]], dtype=dtype, device=x.device)
+    return _pair_row(lo, hi, dtype, x.device)
+
+
+def _pair_row(lo: float, hi: float, dtype, device) -> Tensor:
+    """[[lo, hi]] (1, 2) on ``device`` by two fills: ``torch.tensor`` would copy from the host,
+    which synchronises with the GPU and cannot be captured in a CUDA graph."""
+    out = torch.full((1, 2), lo, dtype=dtype, device=device)
+    out[:, 1:].fill_(hi)
+    return out
 
 
 # Where lo..hi land in bin coordinates, per kernel: (first, margin at the end). The B-spline's

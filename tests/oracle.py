@@ -39,7 +39,7 @@ def window(d, kernel="gaussian", sigma=1.0):
 def dense_joint(u, v, m=None, num_bins=8, sigma=0.5, kernel_u="gaussian", kernel_v="gaussian"):
     """J[b, a, c] = sum_n m[b, n] w(u[b, n] - a) w(v[b, n] - c), every bin, in float64."""
     u, v = u.double(), v.double()
-    a = torch.arange(num_bins, dtype=torch.float64)
+    a = torch.arange(num_bins, dtype=torch.float64, device=u.device)
     wu = window(u[..., None] - a, kernel_u, sigma)  # (B, N, K): the tensor the library never builds
     wv = window(v[..., None] - a, kernel_v, sigma)
     if m is not None:

@@ -92,6 +92,13 @@ def oracle_hist_grads(u, m, g, K, sigma, kernel):
             for t in leaves]  # fmt: skip
 
 
+@pytest.fixture(params=["scatter", "tiled"])
+def method(request):
+    """Both joint-histogram paths (``mi.kernels.forced_method``): the atomics and the tiles."""
+    with mk.forced_method(request.param):
+        yield request.param
+
+
 @pytest.fixture
 def nan_empty(monkeypatch):
     """Fresh outputs start as NaN, so a kernel that forgets to write a pixel fails loudly."""
@@ -134,7 +141,7 @@ VARIANTS = [
 
 @pytest.mark.parametrize("with_m, deterministic", VARIANTS)
 @pytest.mark.parametrize("ku, kv, K, sigma, N", _joint_cases())
-def test_joint_forward(ku, kv, K, sigma, N, with_m, deterministic):
+def test_joint_forward(ku, kv, K, sigma, N, with_m, deterministic, method):
     B = 2
     u, v, m = make_inputs(B, N, K, seed=K * 1000 + N, with_m=with_m)
     J = mk.joint_hist_forward(u, v, m, K, sigma, ku, kv, deterministic=deterministic)
@@ -152,14 +159,15 @@ def test_gaussian_disk_drops_only_float32_dust(sigma):
     g = torch.Generator().manual_seed(4)
     u, v = (torch.rand(2, N, generator=g) * 50 + 7 for _ in range(2))  # no mass past the edges
     ref = dense_joint(u, v, None, K, sigma)
-    J = mk.joint_hist_forward(u.to(DEVICE), v.to(DEVICE), None, K, sigma).cpu().double()
+    with mk.forced_method("scatter"):  # the tiled path keeps the whole square (tested with the rest)
+        J = mk.joint_hist_forward(u.to(DEVICE), v.to(DEVICE), None, K, sigma).cpu().double()
     assert (J.sum((1, 2)) / ref.sum((1, 2)) - 1).abs().max().item() < 1e-6
     assert (J - ref).abs().max().item() < 1e-6 * ref.abs().max().item()
 
 
 @pytest.mark.parametrize("with_m", [pytest.param(False, id="nom"), pytest.param(True, id="m")])
 @pytest.mark.parametrize("ku, kv, K, sigma, N", _joint_cases())
-def test_joint_backward(ku, kv, K, sigma, N, with_m, nan_empty):
+def test_joint_backward(ku, kv, K, sigma, N, with_m, nan_empty, method):
     B = 2
     u, v, m = make_inputs(B, N, K, seed=K * 1000 + N + 1, with_m=with_m)
     G = torch.randn(B, K, K, generator=torch.Generator().manual_seed(N)).to(DEVICE)
@@ -226,7 +234,7 @@ def test_hist_backward(kernel, K, sigma, N, with_m, nan_empty):
         pytest.param("gaussian", "gaussian", 80, 8.0, 50, id="gaussian-gaussian-K80-s8.0-N50"),
     ],
 )
-def test_joint_other_pairs_and_wide_windows(ku, kv, K, sigma, N):
+def test_joint_other_pairs_and_wide_windows(ku, kv, K, sigma, N, method):
     u, v, m = make_inputs(2, N, K, seed=21)
     ref = dense_joint(u.cpu(), v.cpu(), m.cpu(), K, sigma, ku, kv)
     for det in (False, True):
@@ -253,7 +261,7 @@ def test_joint_other_pairs_and_wide_windows(ku, kv, K, sigma, N):
     [(True, False, False), (False, True, False), (False, False, True), (False, False, False)],
     ids=["u", "v", "m", "none"],
 )
-def test_joint_backward_only_what_is_needed(needs_u, needs_v, needs_m, nan_empty):
+def test_joint_backward_only_what_is_needed(needs_u, needs_v, needs_m, nan_empty, method):
     K, sigma = 8, 0.7
     u, v, m = make_inputs(2, 50, K, seed=3)
     G = torch.randn(2, K, K).to(DEVICE)
@@ -268,7 +276,7 @@ def test_joint_backward_only_what_is_needed(needs_u, needs_v, needs_m, nan_empty
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # d*d of 3e38 -> inf
-def test_far_outside_only():
+def test_far_outside_only(method):
     """Every pixel far outside the range: all-zero histogram, zero gradients, no NaN."""
     K = 16
     u = torch.tensor([[-1000.0, 1e6, -3e38, 3e38, -40.0]], device=DEVICE)
@@ -281,7 +289,7 @@ def test_far_outside_only():
     assert du.abs().max().item() == 0.0
 
 
-def test_torch_deterministic_mode_is_honoured():
+def test_torch_deterministic_mode_is_honoured(method):
     K = 16
     u, v, m = make_inputs(2, 200, K, seed=5)
     det = mk.joint_hist_forward(u, v, m, K, 0.4, deterministic=True)
@@ -307,9 +315,10 @@ def test_fixed_point_error_bound():
     u = torch.randint(0, K, (2, N), generator=g).float()
     v = torch.randint(0, K, (2, N), generator=g).float()
     m = torch.rand(2, N, generator=g) * 1e4
-    J = mk.joint_hist_forward(
-        u.to(DEVICE), v.to(DEVICE), m.to(DEVICE), K, 1.0, "box", "box", deterministic=True
-    )
+    with mk.forced_method("scatter"):  # fixed point is the scatter path's determinism
+        J = mk.joint_hist_forward(
+            u.to(DEVICE), v.to(DEVICE), m.to(DEVICE), K, 1.0, "box", "box", deterministic=True
+        )
     bits = utils.fixed_point_bits(N)
     m_mul = 1.0 / m.amax(1, keepdim=True)  # the launcher's float32 multiplier
     contrib = (m * m_mul).double() / m_mul.double()  # the float32 contributions, exactly
@@ -324,7 +333,7 @@ def test_fixed_point_error_bound():
     assert bits == 32 and utils.fixed_point_bits(2**31) == 31
 
 
-def test_non_contiguous_inputs():
+def test_non_contiguous_inputs(method):
     K = 8
     base = torch.rand(300, 2, device=DEVICE) * K
     u, v = base.t(), base.flip(1).t()  # (2, 300) views, not contiguous
@@ -345,7 +354,7 @@ def test_bad_inputs():
         mk.hist_forward(u, None, 1, 1.0)
 
 
-def test_empty():
+def test_empty(method):
     u = torch.zeros(2, 0, device=DEVICE)
     assert mk.joint_hist_forward(u, u, None, 4, 1.0).abs().sum().item() == 0.0
     assert mk.hist_forward(u, None, 4, 1.0).shape == (2, 4)
@@ -406,7 +415,7 @@ MAPPED = [
 @pytest.mark.parametrize("ku, kv, K, sigma, first, length", [
     ("gaussian", "gaussian", 16, 0.7, 0.0, 15.0), ("bspline", "bspline", 12, 1.0, 1.0, 9.0),
 ])  # fmt: skip
-def test_joint_mapped(ku, kv, K, sigma, first, length, dtype, shared):
+def test_joint_mapped(ku, kv, K, sigma, first, length, dtype, shared, method):
     """MAP: raw samples and row ranges in, mapped in registers; gradients w.r.t. the raw samples."""
     x, y, m, rx, ry = make_mapped(3, 301, 5, dtype, shared)
     bins = dict(ranges=(rx, ry), first=first, length=length)
@@ -455,7 +464,7 @@ PUBLIC = [
 
 
 @pytest.mark.parametrize("kw", PUBLIC)
-def test_public_api_triton_matches_torch(kw):
+def test_public_api_triton_matches_torch(kw, method):
     """The whole call (ranges, masks, maps in the kernels, entropies) on both backends."""
     kw = dict(kw)
     dtype = kw.pop("dtype", torch.float32)

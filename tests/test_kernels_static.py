@@ -1,4 +1,5 @@
-"""Ahead-of-time compile of every kernel for sm_80 and sm_90, no GPU needed: none may spill.
+"""Ahead-of-time compile of every kernel for sm_80 and sm_90, no GPU needed: none may spill
+or need more shared memory than a block may have.
 
 Runs ``python -m mi.kernels.report`` in a subprocess without TRITON_INTERPRET (kernels
 defined under the interpreter cannot be compiled), writing its CSV to a temporary folder.
@@ -20,6 +21,8 @@ KERNELS = {
     "_hist_bwd_kernel",
     "_entropies_fwd_kernel",
     "_entropies_bwd_kernel",
+    "_joint_tiled_fwd_kernel",
+    "_joint_tiled_bwd_kernel",
 }
 
 
@@ -61,3 +64,13 @@ def test_no_kernel_spills(report):
     spills = [r for r in rows if int(r["local_bytes"]) > 0]
     assert not spills, f"register spills: {spills}"
     assert proc.returncode == 0, f"report failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+
+
+def test_shared_memory_fits_a_block(report):
+    """Triton stages the tiled kernels' dot operands in shared memory; a kernel above the
+    per-block limit compiles but cannot launch (checked here, so no GPU is needed to see it)."""
+    _, rows = report
+    limit = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}
+    too_big = [r for r in rows if int(r["shared_bytes"]) > limit[r["arch"]]]
+    assert not too_big, f"shared memory above the block limit: {too_big}"
+    assert any(r["kernel"] == "_joint_tiled_fwd_kernel" and "K128" in r["config"] for r in rows)
