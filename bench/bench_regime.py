@@ -276,7 +276,7 @@ def sweep(x, y, measure, out):
         with kernels.forced_method("scatter"):
             time_into(row, "fwd_ms", lambda a=args, k=k: kernels.joint_hist_forward(*a, k, SIGMA))
             time_into(row, "bwd_ms", lambda a=args, k=k, g=g: kernels.joint_hist_backward(
-                *a, g, k, SIGMA, needs_u=False))  # fmt: skip
+                g, *a, k, SIGMA, needs_u=False))  # fmt: skip
         print(row, file=sys.stderr, flush=True)
         rows.append(row)
         kp = max(16, k)
@@ -291,7 +291,7 @@ def sweep(x, y, measure, out):
                         *a, k, SIGMA, precision=p
                     )
                     bwd = lambda a=args, g=g, k=k, p=prec: tiled.joint_hist_backward_tiled(
-                        *a, g, k, SIGMA, needs_u=False, precision=p
+                        g, *a, k, SIGMA, needs_u=False, precision=p
                     )
                     time_into(row, "fwd_ms", fwd)
                     if k <= utils.MAX_TILED_BINS["backward"]:

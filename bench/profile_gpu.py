@@ -46,10 +46,10 @@ def main():
             "kernel fwd, fixed point",
             lambda: kernels.joint_hist_forward(u, v, None, k, sigma, deterministic=True),
         ),
-        ("kernel bwd (du, dv)", lambda: kernels.joint_hist_backward(u, v, None, g, k, sigma)),
+        ("kernel bwd (du, dv)", lambda: kernels.joint_hist_backward(g, u, v, None, k, sigma)),
         (
             "  the same, raw samples mapped in the kernel",
-            lambda: kernels.joint_hist_backward(xr, yr, None, g, k, sigma, **mapped),
+            lambda: kernels.joint_hist_backward(g, xr, yr, None, k, sigma, **mapped),
         ),
     ]
     yy = y.clone().requires_grad_()

@@ -136,7 +136,7 @@ def _hist_bwd_kernel(
 
 @ensure_contiguous
 def hist_forward(
-    u, m, num_bins, sigma, kernel="gaussian", deterministic=False, ranges=None, first=0.0, length=1.0
+    u, m, num_bins, sigma, kernel="gaussian", *, ranges=None, first=0.0, length=1.0, deterministic=False
 ):
     """Unnormalised soft histogram H (B, K) float32: H[b, a] = sum_n m[b, n] w(u[b, n] - a).
 
@@ -170,7 +170,7 @@ def hist_forward(
 
 @ensure_contiguous
 def hist_backward(
-    u, m, grad, num_bins, sigma, kernel="gaussian", needs_u=True, needs_m=False,
+    grad, u, m, num_bins, sigma, kernel="gaussian", *, needs_u=True, needs_m=False,
     ranges=None, first=0.0, length=1.0,
 ):  # fmt: skip
     """(du, dm), each (B, N) in the dtype of u, m, or None, from grad = dL/dH (B, K).

@@ -207,8 +207,8 @@ def _joint_hist_bwd_kernel(
 
 @ensure_contiguous
 def joint_hist_forward(
-    u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", deterministic=False,
-    ranges=None, first=0.0, length=1.0,
+    u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", *, ranges=None, first=0.0,
+    length=1.0, deterministic=False,
 ):  # fmt: skip
     """Unnormalised soft joint histogram J (B, K, K) float32 of bin coordinates u, v (B, N).
 
@@ -253,8 +253,8 @@ def joint_hist_forward(
 
 @ensure_contiguous
 def joint_hist_backward(
-    u, v, m, grad, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian",
-    needs_u=True, needs_v=True, needs_m=False, ranges=None, first=0.0, length=1.0,
+    grad, u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", *, needs_u=True,
+    needs_v=True, needs_m=False, ranges=None, first=0.0, length=1.0,
 ):  # fmt: skip
     """(du, dv, dm), each (B, N) in the dtype of u, v, m, or None, from grad = dL/dJ (B, K, K).
 
@@ -278,7 +278,7 @@ def joint_hist_backward(
     w_u, w_v = window_size(kernel_u, K, sigma), window_size(kernel_v, K, sigma)
     if joint_method("backward", K, w_u, w_v) == "tiled":
         return joint_hist_backward_tiled(
-            u, v, m, grad, K, sigma, kernel_u, kernel_v, needs_u, needs_v, needs_m, ranges, first, length
+            grad, u, v, m, K, sigma, kernel_u, kernel_v, needs_u, needs_v, needs_m, ranges, first, length
         )
     block_n, block_w, num_warps = block_sizes(w_v)
     c_k = window_param(sigma, kernel_u, kernel_v)

@@ -241,7 +241,7 @@ def joint_hist_forward_tiled(
 
 @ensure_contiguous
 def joint_hist_backward_tiled(
-    u, v, m, grad, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", needs_u=True, needs_v=True,
+    grad, u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", needs_u=True, needs_v=True,
     needs_m=False, ranges=None, first=0.0, length=1.0, precision=None,
 ):  # fmt: skip
     """(du, dv, dm) as ``joint_hist.joint_hist_backward``, by the tiled kernel."""

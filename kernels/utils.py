@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from .. import _torch
+
 #: Window kinds, by name, as the kernels know them (a ``tl.constexpr`` int).
 KERNEL_IDS = {"gaussian": 0, "bspline": 1, "box": 2, "xu": 3, "tgauss": 4, "rect": 5, "nearest": 6}
 #: The kinds whose parameter is a radius R in bin widths (kornia's windows, ``mi.compat``).
@@ -17,7 +19,8 @@ RADIUS_KINDS = ("xu", "tgauss", "rect")
 
 #: sqrt(48 ln 2): beyond this many sigmas the Gaussian is below 2**-24 of its peak, i.e.
 #: below float32 resolution; the window is the ceil(2 r) bins within r = this * sigma.
-GAUSSIAN_TRUNCATION = math.sqrt(48.0 * math.log(2.0))
+#: The torch backend's constant: one spelling for both backends.
+GAUSSIAN_TRUNCATION = _torch.GAUSS_SUPPORT
 
 #: Widest window chunk one program holds in registers (columns of the pixel x window tile).
 #: A sigma of 4 bins gives W = ceil(2 * 5.77 * 4) = 47 -> one chunk of 64; wider
@@ -136,25 +139,12 @@ def kernel_id(name):
 
 
 def window_size(kernel, num_bins, sigma):
-    """W: how many consecutive bins one pixel touches along an axis (at most ``num_bins``).
-
-    ceil(2 r) for a support radius r: gaussian r = sqrt(48 ln 2) sigma (5 bins at sigma 0.4,
-    where round(x) +- ceil(5.77 sigma) would take 7); bspline (cubic, support (-2, 2)): 4;
-    box (nearest bin): 1; xu, tgauss and rect (radius R = sigma): ceil(2 R + 1); nearest: 2.
-    The same as the torch backend's ``mi._torch.window_size``.
-    """
+    """W: how many consecutive bins one pixel touches along an axis (at most ``num_bins``):
+    the torch backend's ``mi._torch.window_size`` (5 bins for a gaussian at sigma 0.4, 12 at
+    1; 4 for the cubic B-spline, 1 for the box, ceil(2 R + 1) for kornia's windows, 2 for
+    MONAI's tie-splitting box), with the kernel name checked."""
     kernel_id(kernel)
-    if kernel == "gaussian":
-        w = math.ceil(2.0 * GAUSSIAN_TRUNCATION * float(sigma))
-    elif kernel == "bspline":
-        w = 4
-    elif kernel in RADIUS_KINDS:  # closed support |d| <= R, with half a bin of margin
-        w = math.ceil(2.0 * float(sigma) + 1.0)
-    elif kernel == "nearest":
-        w = 2
-    else:
-        w = 1
-    return max(1, min(w, int(num_bins)))
+    return max(1, _torch.window_size(kernel, float(sigma), int(num_bins)))
 
 
 def window_param(sigma, *kernels):

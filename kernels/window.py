@@ -10,6 +10,12 @@ by the others (``utils.window_param``).
 import triton
 import triton.language as tl
 
+from .utils import GAUSSIAN_TRUNCATION
+
+#: r^2 c_k at the Gaussian's support radius r = GAUSSIAN_TRUNCATION sigma (c_k = 1 / (2 sigma^2)):
+#: 24 ln 2, the exponent where the window is 2**-24 of its peak.
+_GAUSS_R2_CK = tl.constexpr(GAUSSIAN_TRUNCATION**2 / 2.0)
+
 
 @triton.jit
 def _pixel_block(N, BLOCK_N: tl.constexpr):
@@ -66,7 +72,7 @@ def _window_start(b_x, K, c_k, W: tl.constexpr, KIND: tl.constexpr):
     far-away pixel gets weight 0 in every bin of its (edge) window.
     """
     if KIND == 0:
-        r = tl.sqrt(16.635532333438686 / c_k)  # 24 ln 2 / c_k = 48 ln 2 sigma^2
+        r = tl.sqrt(_GAUSS_R2_CK / c_k)  # 24 ln 2 / c_k = 48 ln 2 sigma^2
     elif KIND == 1:
         r = 2.0
     elif KIND == 3 or KIND == 4 or KIND == 5:

@@ -5,10 +5,14 @@ Two doors to the same implementation. In eager mode a plain ``torch.autograd.Fun
 ``torch.compile`` the same functions registered with ``torch.library.custom_op`` (fake
 implementations, ``register_autograd``), so ``fullgraph=True`` sees one opaque node on CPU
 and CUDA alike; ``torch.library.opcheck`` checks that registration. Inputs are in bin
-coordinates, or raw with a range per row (below); ``backend`` is already resolved ("torch"
-or "triton"). The backward is hand-written: autograd never sees a per-pixel-per-bin tensor.
+coordinates, or raw with a range per row (below). What the op does with them (bins, windows,
+backend, determinism, where raw samples land) is one frozen ``Binning``, from the public
+functions to the two backends, whose functions have the same signatures; only the custom
+ops' schema spells it out. The backward is hand-written: autograd never sees a
+per-pixel-per-bin tensor.
 """
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -23,57 +27,105 @@ def _kernels():
     return kernels
 
 
+# ---------------------------------------------------------------- the op's contract
+
+
+@dataclass(frozen=True)
+class Binning:
+    """How the op turns samples into a soft histogram: one record from the public functions to
+    both backends (flattened only in the ``torch.compile`` custom ops' schema).
+
+    Attributes:
+        num_bins: K bins per axis, centres at bin coordinates 0..K-1.
+        sigma: the window's width in bin widths: the Gaussian's standard deviation, the radius
+            R of kornia's windows ("xu", "tgauss", "rect"); unused by the others.
+        kernels: the window kind of each axis (``_torch.KERNELS``): one for ``hist``, two
+            (u's, v's) for ``joint_hist``.
+        backend: "torch" or "triton" (resolved).
+        deterministic: bitwise-reproducible sums (the torch backend always is; Triton: integer
+            fixed point, or the tiled path where it runs).
+        first, length: where raw samples land: each row's range [lo, hi] maps onto bin
+            coordinates first..first + length (used when the op is given ranges).
+    """
+
+    num_bins: int
+    sigma: float
+    kernels: tuple
+    backend: str = "torch"
+    deterministic: bool = False
+    first: float = 0.0
+    length: float = 1.0
+
+    def __post_init__(self):
+        put = object.__setattr__
+        put(self, "num_bins", int(self.num_bins))
+        put(self, "sigma", float(self.sigma))
+        put(self, "kernels", tuple(self.kernels))
+        put(self, "deterministic", bool(self.deterministic))
+        put(self, "first", float(self.first))
+        put(self, "length", float(self.length))
+        if len(self.kernels) not in (1, 2) or any(k not in _torch.KERNELS for k in self.kernels):
+            raise ValueError(f"kernels must be one or two of {_torch.KERNELS}, got {self.kernels!r}")
+        if self.backend not in ("torch", "triton"):
+            raise ValueError(f"backend must be 'torch' or 'triton' (resolved), got {self.backend!r}")
+
+    def window(self, axis: int = 0) -> int:
+        """W: the consecutive bins one sample touches along ``axis`` (``_torch.window_size``,
+        which the Triton launchers use too)."""
+        return _torch.window_size(self.kernels[axis], self.sigma, self.num_bins)
+
+    def backend_args(self) -> tuple:
+        """The positional arguments both backends' functions take after the tensors."""
+        return (self.num_bins, self.sigma, *self.kernels)
+
+    def backend_kwargs(self, ranges) -> dict:
+        return dict(ranges=ranges, first=self.first, length=self.length)
+
+
 # ---------------------------------------------------------------- implementations
 #
-# Every op takes the samples either in bin coordinates (rx = ry = None) or raw, with one
-# range [lo, hi] per row (rx, ry: (B, 2) or (1, 2)) that maps onto bin coordinates
+# Every op takes the samples either in bin coordinates (no ranges) or raw, with one range
+# [lo, hi] per row (rx, ry: (B, 2) or (1, 2)) that maps onto bin coordinates
 # first..first + length inside the backend, chunk by chunk or in registers: the caller
 # never writes a bin-coordinate copy of the images, and the gradients are with respect
-# to the raw samples. The ranges are not differentiated (a binning choice).
+# to the raw samples. The ranges are not differentiated (a binning choice). The two
+# backends have the same signatures, so each op below is one call.
 
 
 def _ranges(*rs):
     return None if rs[0] is None else rs
 
 
-def _joint_forward(
-    u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, deterministic, rx, ry, first, length
-):
-    bins = dict(ranges=_ranges(rx, ry), first=first, length=length)
-    if backend == "triton":
-        return _kernels().joint_hist_forward(
-            u, v, m, num_bins, sigma, kernel_u, kernel_v, deterministic=deterministic, **bins
-        )
-    return _torch.joint_hist_forward(u, v, m, num_bins, sigma, kernel_u, kernel_v, **bins)
+def _backend(b: Binning):
+    return _kernels() if b.backend == "triton" else _torch
 
 
-def _joint_backward(
-    grad, u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, rx, ry, first, length, needs_m,
-    needs_u=True, needs_v=True,
-):  # fmt: skip
-    bins = dict(ranges=_ranges(rx, ry), first=first, length=length)
-    if backend == "triton":  # skips what is not needed (a fixed image's gradient, in registration)
-        return _kernels().joint_hist_backward(
-            u, v, m, grad.float(), num_bins, sigma, kernel_u, kernel_v, needs_u=needs_u, needs_v=needs_v,
-            needs_m=needs_m, **bins,
-        )  # fmt: skip
-    return _torch.joint_hist_backward(
-        grad, u, v, m, num_bins, sigma, kernel_u, kernel_v, needs_m=needs_m, **bins
+def _joint_forward(u, v, m, rx, ry, b: Binning):
+    return _backend(b).joint_hist_forward(
+        u, v, m, *b.backend_args(), deterministic=b.deterministic, **b.backend_kwargs(_ranges(rx, ry))
     )
 
 
-def _hist_forward(u, m, num_bins, sigma, kernel, backend, deterministic, r, first, length):
-    bins = dict(ranges=_ranges(r), first=first, length=length)
-    if backend == "triton":
-        return _kernels().hist_forward(u, m, num_bins, sigma, kernel, deterministic=deterministic, **bins)
-    return _torch.hist_forward(u, m, num_bins, sigma, kernel, **bins)
+def _joint_backward(grad, u, v, m, rx, ry, b: Binning, needs_u=True, needs_v=True, needs_m=False):
+    """(du, dv, dm), None where not needed: the Triton kernels skip what is not asked for (a
+    fixed image's gradient, in registration)."""
+    return _backend(b).joint_hist_backward(
+        grad, u, v, m, *b.backend_args(), needs_u=needs_u, needs_v=needs_v, needs_m=needs_m and m is not None,
+        **b.backend_kwargs(_ranges(rx, ry)),
+    )  # fmt: skip
 
 
-def _hist_backward(grad, u, m, num_bins, sigma, kernel, backend, r, first, length, needs_m):
-    bins = dict(ranges=_ranges(r), first=first, length=length)
-    if backend == "triton":
-        return _kernels().hist_backward(u, m, grad.float(), num_bins, sigma, kernel, needs_m=needs_m, **bins)
-    return _torch.hist_backward(grad, u, m, num_bins, sigma, kernel, needs_m=needs_m, **bins)
+def _hist_forward(u, m, r, b: Binning):
+    return _backend(b).hist_forward(
+        u, m, *b.backend_args(), deterministic=b.deterministic, **b.backend_kwargs(_ranges(r))
+    )
+
+
+def _hist_backward(grad, u, m, r, b: Binning, needs_u=True, needs_m=False):
+    return _backend(b).hist_backward(
+        grad, u, m, *b.backend_args(), needs_u=needs_u, needs_m=needs_m and m is not None,
+        **b.backend_kwargs(_ranges(r)),
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- eager: autograd.Function
@@ -173,37 +225,30 @@ def _no_third_derivative(out, *inputs):
 @fast_apply
 class _JointHist(torch.autograd.Function):
     @staticmethod
-    def forward(u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, deterministic, rx, ry, first, length):
+    def forward(u, v, m, rx, ry, binning):
         with _no_autocast(u):
-            return _joint_forward(
-                u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, deterministic, rx, ry, first, length
-            )
+            return _joint_forward(u, v, m, rx, ry, binning)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, _, rx, ry, first, length = inputs
+        u, v, m, rx, ry, binning = inputs
         ctx.save_for_backward(u, v, m, rx, ry)
-        ctx.spec = (num_bins, sigma, kernel_u, kernel_v, backend, first, length)
+        ctx.binning = binning
 
     @staticmethod
     def backward(ctx, grad):
         u, v, m, rx, ry = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
-        du, dv, dm = _JointHistBackward.call(grad, u, v, m, rx, ry, *ctx.spec, *needs)
-        return du, dv, dm, *[None] * 10
+        du, dv, dm = _JointHistBackward.call(grad, u, v, m, rx, ry, ctx.binning, *needs)
+        return du, dv, dm, None, None, None
 
     @staticmethod
-    def vmap(
-        info, in_dims, u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, det, rx, ry, first, length
-    ):
+    def vmap(info, in_dims, u, v, m, rx, ry, binning):
         n = info.batch_size
         u, v, m = (_fold(t, d, n) for t, d in zip((u, v, m), in_dims[:3]))
         rows = u.shape[0] // n
-        rx, ry = (_fold_range(r, d, n, rows) for r, d in zip((rx, ry), in_dims[9:11]))
-        j = _JointHist.apply(
-            u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, det, rx, ry, first, length
-        )
-        return _unfold(j, n), 0
+        rx, ry = (_fold_range(r, d, n, rows) for r, d in zip((rx, ry), in_dims[3:5]))
+        return _unfold(_JointHist.apply(u, v, m, rx, ry, binning), n), 0
 
 
 @fast_apply
@@ -211,31 +256,25 @@ class _JointHistBackward(torch.autograd.Function):
     """(du, dv, dm) from grad = dL/dJ, each None where not needed; differentiable once more."""
 
     @staticmethod
-    def forward(grad, u, v, m, rx, ry, num_bins, sigma, kernel_u, kernel_v, backend, first, length,
-                needs_u, needs_v, needs_m):  # fmt: skip
+    def forward(grad, u, v, m, rx, ry, binning, needs_u, needs_v, needs_m):
         with _no_autocast(u):
-            du, dv, dm = _joint_backward(
-                grad, u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, rx, ry, first, length,
-                m is not None and needs_m, needs_u, needs_v,
-            )  # fmt: skip
-        return du if needs_u else None, dv if needs_v else None, dm
+            return _joint_backward(grad, u, v, m, rx, ry, binning, needs_u, needs_v, needs_m)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        grad, u, v, m, rx, ry, num_bins, sigma, kernel_u, kernel_v, *_ = inputs
+        grad, u, v, m, rx, ry, binning, *_ = inputs
         ctx.save_for_backward(grad, u, v, m, rx, ry)
-        ctx.spec = (num_bins, sigma, kernel_u, kernel_v)
-        ctx.map = inputs[11:13]
+        ctx.binning = binning
 
     @staticmethod
     def backward(ctx, hu, hv, hm):
         grad, u, v, m, rx, ry = ctx.saved_tensors
-        needs = ctx.needs_input_grad[:4]
+        b, needs = ctx.binning, ctx.needs_input_grad[:4]
         with _no_autocast(u), torch.no_grad():
             out = _torch.joint_hist_double_backward(
-                hu, hv, hm, grad, u, v, m, *ctx.spec, needs, _ranges(rx, ry), *ctx.map
+                hu, hv, hm, grad, u, v, m, *b.backend_args(), needs, _ranges(rx, ry), b.first, b.length
             )  # fmt: skip
-        return *_no_third_derivative(out, grad, u, v, m, hu, hv, hm), *[None] * 12
+        return *_no_third_derivative(out, grad, u, v, m, hu, hv, hm), *[None] * 6
 
     @staticmethod
     def vmap(info, in_dims, grad, u, v, m, rx, ry, *rest):
@@ -250,28 +289,28 @@ class _JointHistBackward(torch.autograd.Function):
 @fast_apply
 class _Hist(torch.autograd.Function):
     @staticmethod
-    def forward(u, m, num_bins, sigma, kernel, backend, deterministic, r, first, length):
+    def forward(u, m, r, binning):
         with _no_autocast(u):
-            return _hist_forward(u, m, num_bins, sigma, kernel, backend, deterministic, r, first, length)
+            return _hist_forward(u, m, r, binning)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        u, m, num_bins, sigma, kernel, backend, _, r, first, length = inputs
+        u, m, r, binning = inputs
         ctx.save_for_backward(u, m, r)
-        ctx.spec = (num_bins, sigma, kernel, backend, first, length)
+        ctx.binning = binning
 
     @staticmethod
     def backward(ctx, grad):
         u, m, r = ctx.saved_tensors
-        du, dm = _HistBackward.call(grad, u, m, r, *ctx.spec, *ctx.needs_input_grad[:2])
-        return du, dm, *[None] * 8
+        du, dm = _HistBackward.call(grad, u, m, r, ctx.binning, *ctx.needs_input_grad[:2])
+        return du, dm, None, None
 
     @staticmethod
-    def vmap(info, in_dims, u, m, num_bins, sigma, kernel, backend, det, r, first, length):
+    def vmap(info, in_dims, u, m, r, binning):
         n = info.batch_size
         u, m = (_fold(t, d, n) for t, d in zip((u, m), in_dims[:2]))
-        r = _fold_range(r, in_dims[7], n, u.shape[0] // n)
-        return _unfold(_Hist.apply(u, m, num_bins, sigma, kernel, backend, det, r, first, length), n), 0
+        r = _fold_range(r, in_dims[2], n, u.shape[0] // n)
+        return _unfold(_Hist.apply(u, m, r, binning), n), 0
 
 
 @fast_apply
@@ -279,28 +318,25 @@ class _HistBackward(torch.autograd.Function):
     """(du, dm) from grad = dL/dH, each None where not needed; differentiable once more."""
 
     @staticmethod
-    def forward(grad, u, m, r, num_bins, sigma, kernel, backend, first, length, needs_u, needs_m):
+    def forward(grad, u, m, r, binning, needs_u, needs_m):
         with _no_autocast(u):
-            du, dm = _hist_backward(
-                grad, u, m, num_bins, sigma, kernel, backend, r, first, length, m is not None and needs_m
-            )
-        return du if needs_u else None, dm
+            return _hist_backward(grad, u, m, r, binning, needs_u, needs_m)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        grad, u, m, r, num_bins, sigma, kernel, _, first, length, *_ = inputs
+        grad, u, m, r, binning, *_ = inputs
         ctx.save_for_backward(grad, u, m, r)
-        ctx.spec = (num_bins, sigma, kernel)
-        ctx.map = (first, length)
+        ctx.binning = binning
 
     @staticmethod
     def backward(ctx, hu, hm):
         grad, u, m, r = ctx.saved_tensors
+        b = ctx.binning
         with _no_autocast(u), torch.no_grad():
             out = _torch.hist_double_backward(
-                hu, hm, grad, u, m, *ctx.spec, ctx.needs_input_grad[:3], _ranges(r), *ctx.map
+                hu, hm, grad, u, m, *b.backend_args(), ctx.needs_input_grad[:3], _ranges(r), b.first, b.length
             )
-        return *_no_third_derivative(out, grad, u, m, hu, hm), *[None] * 9
+        return *_no_third_derivative(out, grad, u, m, hu, hm), *[None] * 4
 
     @staticmethod
     def vmap(info, in_dims, grad, u, m, r, *rest):
@@ -311,28 +347,26 @@ class _HistBackward(torch.autograd.Function):
         return tuple(_unfold(t, n) for t in out), tuple(None if t is None else 0 for t in out)
 
 
-def joint_hist(
-    u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, deterministic,
-    rx=None, ry=None, first=0.0, length=1.0,
-):  # fmt: skip
+def joint_hist(u, v, m, binning: Binning, rx=None, ry=None):
     """J[b, a, c] = sum_n m[b, n] w_u(u[b, n] - a) w_v(v[b, n] - c); u, v, m (B, N) -> (B, K, K).
 
     u, v in bin coordinates, or raw samples (any float dtype) with row ranges rx, ry (see
     above). J is float32 (float64 for float64 samples).
     """
-    args = (u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, deterministic, rx, ry)
-    args += (float(first), float(length))
     if torch.compiler.is_compiling():
-        return joint_hist_op(*args)
-    return _JointHist.call(*args)
+        b = binning
+        return joint_hist_op(
+            u, v, m, *b.backend_args(), b.backend, b.deterministic, rx, ry, b.first, b.length
+        )
+    return _JointHist.call(u, v, m, rx, ry, binning)
 
 
-def hist(u, m, num_bins, sigma, kernel, backend, deterministic, r=None, first=0.0, length=1.0):
+def hist(u, m, binning: Binning, r=None):
     """H[b, a] = sum_n m[b, n] w(u[b, n] - a); u, m (B, N) -> (B, K); r as rx above."""
-    args = (u, m, num_bins, sigma, kernel, backend, deterministic, r, float(first), float(length))
     if torch.compiler.is_compiling():
-        return hist_op(*args)
-    return _Hist.call(*args)
+        b = binning
+        return hist_op(u, m, *b.backend_args(), b.backend, b.deterministic, r, b.first, b.length)
+    return _Hist.call(u, m, r, binning)
 
 
 # ---------------------------------------------------------------- torch.compile: custom ops
@@ -340,6 +374,11 @@ def hist(u, m, num_bins, sigma, kernel, backend, deterministic, r=None, first=0.
 
 def _acc(u):
     return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def _op_binning(num_bins, sigma, kernels, backend, deterministic=False, first=0.0, length=1.0):
+    """The custom ops' flat schema back as a ``Binning``."""
+    return Binning(num_bins, sigma, kernels, backend, deterministic, first, length)
 
 
 @torch.library.custom_op("mi::joint_hist", mutates_args=())
@@ -358,9 +397,8 @@ def joint_hist_op(
     first: float = 0.0,
     length: float = 1.0,
 ) -> Tensor:
-    return _joint_forward(
-        u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, deterministic, rx, ry, first, length
-    )
+    b = _op_binning(num_bins, sigma, (kernel_u, kernel_v), backend, deterministic, first, length)
+    return _joint_forward(u, v, m, rx, ry, b)
 
 
 @joint_hist_op.register_fake
@@ -386,9 +424,8 @@ def joint_hist_backward_op(
     needs_m: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(du, dv, dm); dm is an empty tensor when not asked for (custom ops return tensors)."""
-    du, dv, dm = _joint_backward(
-        grad, u, v, m, num_bins, sigma, kernel_u, kernel_v, backend, rx, ry, first, length, needs_m
-    )
+    b = _op_binning(num_bins, sigma, (kernel_u, kernel_v), backend, first=first, length=length)
+    du, dv, dm = _joint_backward(grad, u, v, m, rx, ry, b, needs_m=needs_m)
     return du, dv, u.new_empty(0) if dm is None else dm
 
 
@@ -429,7 +466,9 @@ def hist_op(
     first: float = 0.0,
     length: float = 1.0,
 ) -> Tensor:
-    return _hist_forward(u, m, num_bins, sigma, kernel, backend, deterministic, r, first, length)
+    return _hist_forward(
+        u, m, r, _op_binning(num_bins, sigma, (kernel,), backend, deterministic, first, length)
+    )
 
 
 @hist_op.register_fake
@@ -451,7 +490,8 @@ def hist_backward_op(
     length: float,
     needs_m: bool,
 ) -> tuple[Tensor, Tensor]:
-    du, dm = _hist_backward(grad, u, m, num_bins, sigma, kernel, backend, r, first, length, needs_m)
+    b = _op_binning(num_bins, sigma, (kernel,), backend, first=first, length=length)
+    du, dm = _hist_backward(grad, u, m, r, b, needs_m=needs_m)
     return du, u.new_empty(0) if dm is None else dm
 
 

@@ -278,9 +278,12 @@ def _scatter_joint(out, idx, wu, wv, terms):
 
 
 def joint_hist_forward(
-    u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", ranges=None, first=0.0, length=1.0
-):
+    u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", *, ranges=None, first=0.0,
+    length=1.0, deterministic=False,
+):  # fmt: skip
     """J[b, a, c] = sum_n m[b, n] w_u(u[b, n] - a) w_v(v[b, n] - c); u, v, m (B, N) -> (B, K, K).
+
+    The Triton backend's signature (``mi.kernels.joint_hist_forward``); always deterministic.
 
     ``ranges=(r_u, r_v)``, each (B, 2) or (1, 2) [lo, hi] per row: u and v are raw samples
     whose lo..hi map onto bin coordinates first..first + length (``bin_maps``); None: u and v
@@ -309,10 +312,11 @@ class _Gathered:
 
 
 def joint_hist_backward(
-    grad, u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", needs_m=True,
-    ranges=None, first=0.0, length=1.0,
+    grad, u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", *, needs_u=True,
+    needs_v=True, needs_m=False, ranges=None, first=0.0, length=1.0,
 ):  # fmt: skip
-    """Gradients (du, dv, dm) of sum(grad * J), gathered from grad (B, K, K); dm is None without m.
+    """Gradients (du, dv, dm) of sum(grad * J), gathered from grad (B, K, K); dm is None without
+    m or when not needed; du and dv are computed together, and None when not needed.
 
     du = m T_10 du/dx, dv = m T_01 dv/dy, dm = T_00 (``_Gathered``). With ``ranges`` (as in
     the forward), du and dv are with respect to the raw samples. Each has the dtype of its input.
@@ -330,7 +334,8 @@ def joint_hist_backward(
             if dm is not None:
                 dm[c.lo : c.hi] = t(0, 0)
         du[c.lo : c.hi], dv[c.lo : c.hi] = su, sv
-    return du.view(u.shape), dv.view(v.shape), None if dm is None else dm.view(m.shape)
+    du, dv = (t.view(x.shape) if need else None for t, x, need in ((du, u, needs_u), (dv, v, needs_v)))
+    return du, dv, None if dm is None else dm.view(m.shape)
 
 
 def joint_hist_double_backward(
@@ -399,7 +404,9 @@ def _first_map(ranges, first, length, dtype):
     return None if maps is None else maps[0]
 
 
-def hist_forward(u, m, num_bins, sigma, kernel="gaussian", ranges=None, first=0.0, length=1.0):
+def hist_forward(
+    u, m, num_bins, sigma, kernel="gaussian", *, ranges=None, first=0.0, length=1.0, deterministic=False
+):
     """H[b, a] = sum_n m[b, n] w(u[b, n] - a); u, m (B, N) -> (B, K). ``ranges=(r,)``: u is
     raw samples, as in :func:`joint_hist_forward`."""
     B, K = u.shape[0], num_bins
@@ -413,9 +420,12 @@ def hist_forward(u, m, num_bins, sigma, kernel="gaussian", ranges=None, first=0.
     return out.view(B, K).to(_acc_dtype(u.dtype))
 
 
-def hist_backward(grad, u, m, num_bins, sigma, kernel="gaussian", needs_m=True, ranges=None, first=0.0,
-                  length=1.0):  # fmt: skip
-    """Gradients (du, dm) of sum(grad * H), gathered from grad (B, K); dm is None without m."""
+def hist_backward(
+    grad, u, m, num_bins, sigma, kernel="gaussian", *, needs_u=True, needs_m=False, ranges=None, first=0.0,
+    length=1.0,
+):  # fmt: skip
+    """Gradients (du, dm) of sum(grad * H), gathered from grad (B, K); dm is None without m or
+    when not needed, du None when not needed."""
     acc = _acc_dtype(u.dtype)
     g = grad.reshape(-1).to(acc)
     du = torch.empty_like(u).view(-1)
@@ -429,7 +439,7 @@ def hist_backward(grad, u, m, num_bins, sigma, kernel="gaussian", needs_m=True, 
             if dm is not None:
                 dm[c.lo : c.hi] = (wu.w * gw).sum(1)
         du[c.lo : c.hi] = d
-    return du.view(u.shape), None if dm is None else dm.view(m.shape)
+    return du.view(u.shape) if needs_u else None, None if dm is None else dm.view(m.shape)
 
 
 def hist_double_backward(hu, hm, grad, u, m, num_bins, sigma, kernel, needs, ranges=None, first=0.0,

@@ -391,7 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="bspline: an affine stage, then a B-spline free-form deformation",
     )
     reg.add_argument(
-        "--grid-spacing", type=float, default=20.0, metavar="MM", help="bspline control points (mm)"
+        "--grid-spacing",
+        type=float,
+        default=20.0,
+        metavar="MM",
+        help="bspline control points (mm) at the finest level (the grid starts coarser and is refined)",
     )
     reg.add_argument("--bending", type=float, default=1.0, help="bspline bending-energy weight")
     reg.add_argument("--levels", type=int, default=3, help="pyramid levels (default 3)")

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from . import _autograd
+from ._autograd import Binning
 from ._torch import _acc_dtype, pow2_scale
 from .distributed import all_reduce_minmax, all_reduce_sum, check_group
 from .information import (
@@ -463,7 +464,7 @@ def histogram(x: Tensor, bins, sigma: float, *, weights: Optional[Tensor] = None
         )
     wf = None if w is None else w.reshape(xf.shape)
     r = _pair_row(*span, acc, x.device)
-    h = _autograd.hist(xf, wf, k, sig, "gaussian", be, False, r, 0.0, k - 1.0)
+    h = _autograd.hist(xf, wf, Binning(k, sig, ("gaussian",), be, length=k - 1.0), r)
     h = _safe_normalize(h, -1).reshape(*lead, k).to(x.dtype)
     check()
     return h
@@ -592,7 +593,7 @@ def histogram2d(
         )  # fmt: skip
     wf = None if w is None else w.reshape(xf1.shape)
     r = _pair_row(*span, acc, x1.device)
-    j = _autograd.joint_hist(xf1, xf2, wf, k, sig, "gaussian", "gaussian", be, False, r, r, 0.0, k - 1.0)
+    j = _autograd.joint_hist(xf1, xf2, wf, Binning(k, sig, ("gaussian",) * 2, be, length=k - 1.0), r, r)
     j = _safe_normalize(j, (-2, -1)).reshape(*lead, k, k).to(dtype)
     check()
     return j
@@ -806,19 +807,16 @@ def _image_joint(
         x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
         per_channel=per_channel, kernel=kernel, backend=backend,
     )  # fmt: skip
-    u, v, kernels, op_ranges, check = _binning(a, group)
-    j = _autograd.joint_hist(
-        u, v, a.mask, a.num_bins, a.sigma, *kernels, a.backend, bool(deterministic), *op_ranges, a.first,
-        a.length,
-    )  # fmt: skip
+    u, v, binning, op_ranges, check = _binning(a, group, deterministic)
+    j = _autograd.joint_hist(u, v, a.mask, binning, *op_ranges)
     return all_reduce_sum(j, group), a.lead, a.dtype, a.backend, check
 
 
-def _binning(a: _Images, group=None):
-    """What the op needs besides the rows: (u, v: the rows as the op takes them, the two window
-    kinds, the two ranges (R or 1, 2) or None, ``finish()`` of the data checks). u and v are
-    the samples themselves with their rows' ranges, or for ``kernel="mattes"`` ITK's bin
-    coordinates (ranges None). With ``group``, the ranges are those of the whole images."""
+def _binning(a: _Images, group=None, deterministic=False):
+    """What the op needs besides the rows: (u, v: the rows as the op takes them, the op's
+    ``Binning``, the two ranges (R or 1, 2) or None, ``finish()`` of the data checks). u and
+    v are the samples themselves with their rows' ranges, or for ``kernel="mattes"`` ITK's
+    bin coordinates (ranges None). With ``group``, the ranges are those of the whole images."""
     k, rng, first, length = a.num_bins, a.ranges, a.first, a.length
     mattes = a.kernel == "mattes"
     acc = torch.float64 if mattes else _acc_dtype(a.dtype)  # of the ranges
@@ -857,7 +855,8 @@ def _binning(a: _Images, group=None):
         pairs = (("x", a.x, rng[0]), ("y", a.y, rng[1]))
         binned = [_Binned(n, t, *r, first, length, k, False) for n, t, r in pairs if r != "auto"]
         check = _queue_checks(a.backend, {"x": ext[0], "y": ext[1]}, weights, "mask", binned, grads)
-    return u, v, kernels, op_ranges, check
+    binning = Binning(k, a.sigma, kernels, a.backend, deterministic, a.first, a.length)
+    return u, v, binning, op_ranges, check
 
 
 def joint_histogram(

@@ -122,7 +122,7 @@ def local_mutual_information(
     grid = tuple(math.ceil(s / p) for s, p in zip(spatial, sizes))
     rows, chans = a.x.shape[0], 1 if per_channel else x.shape[1]
     count = math.prod(grid)
-    u, v, kernels, op_ranges, check = _binning(a)
+    u, v, binning, op_ranges, check = _binning(a, deterministic=deterministic)
     keep = a.mask
     if keep is None:  # the padding still has to be masked out
         keep = torch.ones((), dtype=_acc_dtype(a.dtype), device=u.device).expand(a.x.shape)
@@ -130,9 +130,7 @@ def local_mutual_information(
     if a.mask is None and all(s % p == 0 for s, p in zip(spatial, sizes)):
         m = None  # no padding and no mask: every voxel counts fully
     ranges = [r if r is None or r.shape[0] == 1 else r.repeat_interleave(count, 0) for r in op_ranges]
-    joint = _autograd.joint_hist(
-        u, v, m, a.num_bins, a.sigma, *kernels, a.backend, bool(deterministic), *ranges, a.first, a.length
-    )
+    joint = _autograd.joint_hist(u, v, m, binning, *ranges)
     score = mutual_information_from_joint(joint, normalize, base, a.backend)
     out = score.reshape(*a.lead, *grid).to(a.dtype)
     check()

@@ -191,7 +191,7 @@ def test_monai_bspline_ties_split():
     wa, _, wb, _ = theirs.parzen_windowing(pred, target)
     pab = torch.bmm(wa.permute(0, 2, 1), wb.to(wa)) / wa.shape[1]
     u, v = (mm._bspline_terms(t.reshape(2, -1), k) for t in (pred, target))
-    joint = _autograd.joint_hist(u, v, None, k, 1.0, "bspline", "nearest", "torch", False) / 900
+    joint = _autograd.joint_hist(u, v, None, _autograd.Binning(k, 1.0, ("bspline", "nearest"), "torch")) / 900
     assert (joint - pab).abs().max() < 1e-15
 
 

@@ -276,7 +276,7 @@ def test_tiled_kernels_against_oracle(ku, kv, sigma, k):
     for method in ("tiled", "scatter"):
         with mk.forced_method(method):
             got = mk.joint_hist_forward(u, v, m, k, sigma, ku, kv)
-            grads = mk.joint_hist_backward(u, v, m, grad, k, sigma, ku, kv, needs_m=True)
+            grads = mk.joint_hist_backward(grad, u, v, m, k, sigma, ku, kv, needs_m=True)
         for a, w, what in zip((got, *grads), (ref.detach(), *want), "Juvm"):
             err = (a.cpu().double() - w).abs().max().item()
             scale = w.abs().max().item()

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from oracle import dense_hist, dense_joint
@@ -58,7 +59,7 @@ def test_joint_matches_dense_oracle(b, n, k, sigma, ku, kv, with_mask):
     g = torch.randn(b, k, k, generator=gen)
     if ref.requires_grad:  # (not for two flat windows without a mask)
         ref.backward(g.double())
-    du, dv, dm = _torch.joint_hist_backward(g, u, v, m, k, sigma, ku, kv)
+    du, dv, dm = _torch.joint_hist_backward(g, u, v, m, k, sigma, ku, kv, needs_m=True)
     for got, want, kind in [(du, ud.grad, ku), (dv, vd.grad, kv)] + (
         [(dm, md.grad, "")] if m is not None else []
     ):
@@ -79,7 +80,7 @@ def test_hist_matches_dense_oracle(b, n, k, sigma, ku, kv):
     assert _rel(h, ref) < 3e-7
     g = torch.randn(b, k, generator=gen)
     ref.backward(g.double())
-    du, dm = _torch.hist_backward(g, u, m, k, sigma, ku)
+    du, dm = _torch.hist_backward(g, u, m, k, sigma, ku, needs_m=True)
     assert _rel(du, ud.grad) < 1e-5 and _rel(dm, md.grad) < 1e-5
 
 
@@ -95,9 +96,15 @@ def test_chunking_does_not_change_the_result(monkeypatch):
     gen = torch.Generator().manual_seed(1)
     u, v, m = _data(2, 5000, 32, gen)
     g = torch.randn(2, 32, 32, generator=gen)
-    whole = _torch.joint_hist_forward(u, v, m, 32, 0.7), _torch.joint_hist_backward(g, u, v, m, 32, 0.7)
+    whole = (
+        _torch.joint_hist_forward(u, v, m, 32, 0.7),
+        _torch.joint_hist_backward(g, u, v, m, 32, 0.7, needs_m=True),
+    )
     monkeypatch.setattr(_torch, "CHUNK_BYTES", 1)  # 1024 pixels a chunk
-    parts = _torch.joint_hist_forward(u, v, m, 32, 0.7), _torch.joint_hist_backward(g, u, v, m, 32, 0.7)
+    parts = (
+        _torch.joint_hist_forward(u, v, m, 32, 0.7),
+        _torch.joint_hist_backward(g, u, v, m, 32, 0.7, needs_m=True),
+    )
     torch.testing.assert_close(parts[0], whole[0], rtol=1e-6, atol=0)
     for a, b in zip(parts[1], whole[1]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -112,8 +119,18 @@ def test_float64_accumulation_of_many_equal_samples():
     assert j[0, 3, 3].item() == pytest.approx(n * w * w, rel=1e-6)
 
 
+def _eager_joint(u, v, m, k, sigma, ku, kv, backend, det, rx=None, ry=None, first=0.0, length=1.0):
+    """The eager door with the custom op's flat arguments."""
+    b = _autograd.Binning(k, sigma, (ku, kv), backend, det, first, length)
+    return _autograd.joint_hist(u, v, m, b, rx, ry)
+
+
+def _eager_hist(u, m, k, sigma, kind, backend, det, r=None, first=0.0, length=1.0):
+    return _autograd.hist(u, m, _autograd.Binning(k, sigma, (kind,), backend, det, first, length), r)
+
+
 DOORS = {
-    "eager": (_autograd.joint_hist, _autograd.hist),
+    "eager": (_eager_joint, _eager_hist),
     "custom_op": (_autograd.joint_hist_op, _autograd.hist_op),
 }
 
@@ -139,9 +156,31 @@ def test_compat_windows_gradcheck_and_second_derivative(kind, radius):
     u = (torch.rand(2, 40, generator=gen, dtype=torch.float64) * 8).requires_grad_()
     v = (torch.rand(2, 40, generator=gen, dtype=torch.float64) * 8).requires_grad_()
     m = torch.rand(2, 40, generator=gen, dtype=torch.float64).requires_grad_()
-    fn = lambda u, v, m: _autograd.joint_hist(u, v, m, 8, radius, kind, kind, "torch", False)
+    fn = lambda u, v, m: _eager_joint(u, v, m, 8, radius, kind, kind, "torch", False)
     assert torch.autograd.gradcheck(fn, (u, v, m))
     assert torch.autograd.gradgradcheck(fn, (u, v, m))
+
+
+def test_binning_record():
+    """The op's contract: frozen, its fields normalised, bad wiring refused, its window the
+    backends' one."""
+    b = _autograd.Binning(np.int64(32), 1, ["gaussian", "bspline"], "triton", 1, 0, 31)
+    assert (b.num_bins, b.sigma, b.kernels, b.deterministic, b.length) == (
+        32,
+        1.0,
+        ("gaussian", "bspline"),
+        True,
+        31.0,
+    )
+    assert (b.window(0), b.window(1)) == (12, 4) and b.backend_args() == (32, 1.0, "gaussian", "bspline")
+    with pytest.raises(AttributeError):
+        b.num_bins = 8
+    with pytest.raises(ValueError, match="kernels"):
+        _autograd.Binning(8, 1.0, ("triangle",))
+    with pytest.raises(ValueError, match="kernels"):
+        _autograd.Binning(8, 1.0, ("box",) * 3)
+    with pytest.raises(ValueError, match="backend"):
+        _autograd.Binning(8, 1.0, ("box",), "auto")
 
 
 def test_opcheck():

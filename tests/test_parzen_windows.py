@@ -81,7 +81,7 @@ def test_bspline_is_a_partition_of_unity():
     from mi import _autograd  # the raw (unnormalised) op: total mass = number of pixels
 
     u = x.reshape(3, -1) * 4 + 1
-    raw = _autograd.joint_hist(u, u.flip(-1), None, 7, 1.0, "bspline", "bspline", "torch", False)
+    raw = _autograd.joint_hist(u, u.flip(-1), None, _autograd.Binning(7, 1.0, ("bspline",) * 2, "torch"))
     torch.testing.assert_close(raw.sum((-2, -1)), ones.sum().expand(3), rtol=1e-14, atol=0)
 
 

@@ -152,7 +152,7 @@ def _entropies(
         weights = common.to(acc).expand(rows, n)
     if kind == "rect":  # kornia's rectangular kernel has no gradient: the loss does not require one
         u, v = u.detach(), v.detach()
-    joint = _autograd.joint_hist(u, v, weights, k, radius, kind, kind, backend, False)
+    joint = _autograd.joint_hist(u, v, weights, _autograd.Binning(k, radius, (kind, kind), backend))
     if kind == "tgauss":  # kornia's normal density: 1 / (R sqrt(2 pi)) per window, the op's peaks at 1
         joint = joint * (1.0 / (radius * (2 * math.pi) ** 0.5)) ** 2
     check()

@@ -201,7 +201,7 @@ class GlobalMutualInformationLoss(_Loss):
                 check = _queue_checks(backend, ext, grads=grads)
             u, v = (_bspline_terms(t, k) if rows else t for t in (x, y.detach()))
             kinds, m, sigma = ("bspline", "nearest"), None, 1.0
-        joint = _autograd.joint_hist(u, v, m, k, sigma, *kinds, backend, False)
+        joint = _autograd.joint_hist(u, v, m, _autograd.Binning(k, sigma, kinds, backend))
         mi = self._mutual_information(joint / max(n, 1))
         check()
         loss = -mi.to(pred.dtype)

@@ -82,7 +82,9 @@ class ControlGrid:
         direction = torch.tensor(self.direction, dtype=points.dtype, device=points.device).reshape(d, d)
         origin = torch.tensor(self.origin, dtype=points.dtype, device=points.device)
         spacing = torch.tensor(self.spacing, dtype=points.dtype, device=points.device)
-        return ((points - origin) @ direction) / spacing  # D^-1 = D^T: (p - o) D = (D^T (p - o))^T
+        # D^-1 (p - o) as rows; the inverse itself, not D^T: a direction read from a file is
+        # orthonormal only to its float32 rounding, and ITK inverts it
+        return ((points - origin) @ torch.linalg.inv(direction).T) / spacing
 
     def displacement(self, coef: Tensor, points: Tensor) -> Tensor:
         """The displacement (n, d) in mm at physical points (n, d): ITK's B-spline sum over
@@ -109,6 +111,31 @@ class ControlGrid:
         vals = coef.reshape(d, -1)[:, lin]  # (d, n, 4^d)
         out = (vals * (weight * valid[:, None]).to(coef.dtype)).sum(-1)
         return out.T
+
+    def refined(self, coef: Tensor) -> tuple[ControlGrid, Tensor]:
+        """(the grid with twice the mesh cells per axis, half the spacing; the coefficients on
+        it that give the same displacement at every point of the valid region). The cubic
+        B-spline's two-scale relation along each axis, as ITK's
+        ``BSplineTransformParametersAdaptor``: the fine point at a coarse control point gets
+        (c[i-1] + 6 c[i] + c[i+1]) / 8, the one half-way to the next (c[i] + c[i+1]) / 2. The
+        fine grid is the one ``over`` makes for twice the mesh (mesh + 3 points, starting one
+        fine spacing outside the domain)."""
+        d = self.dim
+        direction = np.asarray(self.direction, dtype=np.float64).reshape(d, d)
+        half = np.asarray(self.spacing) / 2.0
+        grid = ControlGrid(
+            tuple(2 * n - 3 for n in self.size),
+            tuple(float(v) for v in np.asarray(self.origin) + direction @ half),
+            tuple(float(v) for v in half),
+            self.direction,
+        )
+        for axis in range(1, d + 1):
+            c = coef.movedim(axis, 0)
+            fine = c.new_empty((2 * c.shape[0] - 3, *c.shape[1:]))
+            fine[0::2] = (c[:-1] + c[1:]) / 2.0
+            fine[1::2] = (c[:-2] + 6.0 * c[1:-1] + c[2:]) / 8.0
+            coef = fine.movedim(0, axis)
+        return grid, coef
 
     def to_sitk(self, coef: Tensor):
         """A ``SimpleITK.BSplineTransform`` with this grid and these coefficients."""
