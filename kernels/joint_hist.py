@@ -231,7 +231,7 @@ def joint_hist_forward(
     w_u, w_v = window_size(kernel_u, K, sigma), window_size(kernel_v, K, sigma)
     block_n, block_w, num_warps = block_sizes(w_v)
     c_k = window_param(sigma, kernel_u, kernel_v)
-    if joint_method("forward", K, w_u, w_v) == "tiled":  # deterministic by construction
+    if joint_method("forward", K) == "tiled":  # deterministic by construction
         return joint_hist_forward_tiled(u, v, m, K, sigma, kernel_u, kernel_v, ranges, first, length)
     fixed = use_deterministic(deterministic)
     (r_u, s_u), (r_v, s_v) = row_ranges(ranges, u, 2)
@@ -276,7 +276,7 @@ def joint_hist_backward(
         return du, dv, dm
     ku, kv = kernel_id(kernel_u), kernel_id(kernel_v)
     w_u, w_v = window_size(kernel_u, K, sigma), window_size(kernel_v, K, sigma)
-    if joint_method("backward", K, w_u, w_v) == "tiled":
+    if joint_method("backward", K) == "tiled":
         return joint_hist_backward_tiled(
             grad, u, v, m, K, sigma, kernel_u, kernel_v, needs_u, needs_v, needs_m, ranges, first, length
         )

@@ -94,10 +94,10 @@ def forced_method(method):
         _forced[0] = previous
 
 
-def joint_method(direction, num_bins, w_u, w_v):
+def joint_method(direction, num_bins):
     """ "tiled" or "scatter" for the ``direction`` ("forward" or "backward") of a joint
-    histogram of K = ``num_bins`` with windows of w_u x w_v bins: ``forced_method`` if set
-    (and possible), else the measured rule (README, "GPU")."""
+    histogram of K = ``num_bins``: ``forced_method`` if set (and possible), else the measured
+    rule (``AUTO_TILED_BINS``; README, "GPU, the registration regime")."""
     if int(num_bins) > MAX_TILED_BINS[direction]:
         return "scatter"
     if _forced[0] != "auto":

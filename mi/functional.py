@@ -831,7 +831,7 @@ def _binning(a: _Images, group=None, deterministic=False):
     if group is not None:  # the whole images' extremes and ranges, from one all-reduce
         ext, masked, weights = _shard_stats(group, a, rng, ext, checks)
     r_x = masked[0].to(acc) if masked[0] is not None else _range_rows(a.x, rng[0], a.mask, ext[0], acc)
-    same = rng[0] != "auto" and rng[1] == rng[0]  # one fixed range: one host-to-device copy
+    same = rng[0] != "auto" and rng[1] == rng[0]  # one fixed range: one tensor for both
     r_y = r_x if same else _range_rows(a.y, rng[1], a.mask, ext[1], acc)
     if masked[1] is not None:
         r_y = masked[1].to(acc)
