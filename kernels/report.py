@@ -116,8 +116,7 @@ def _tiled_configs():
     fwd, bwd = tiled._joint_tiled_fwd_kernel, tiled._joint_tiled_bwd_kernel
     for ku, kv, k, sigma in TILED_WINDOWS:
         w_u, w_v = window_size(ku, k, sigma), window_size(kv, k, sigma)
-        common = dict(MAP=ku != "box", W_U=w_u, W_V=w_v, KIND_U=KERNEL_IDS[ku], KIND_V=KERNEL_IDS[kv],
-                      HAS_M=True)  # fmt: skip
+        common = dict(MAP=ku != "box", KIND_U=KERNEL_IDS[ku], KIND_V=KERNEL_IDS[kv], HAS_M=True)
         for direction, fn in (("forward", fwd), ("backward", bwd)):
             if k > MAX_TILED_BINS[direction]:
                 continue

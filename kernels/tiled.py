@@ -6,35 +6,37 @@ few hot bins at 32-64 bins. Here a program holds the whole (KP, KP) histogram (K
 to a power of two, at least 16) in registers, builds for a block of P pixels the weight
 tiles
 
-    A[p, a] = m[p] w_u(u[p] - a),   B[p, c] = w_v(v[p] - c)    (P x KP, zero outside the window)
+    A^T[a, p] = m[p] w_u(u[p] - a)  (KP x P),   B[p, c] = w_v(v[p] - c)  (P x KP)
 
 and accumulates ``J += A^T B`` on the tensor cores: no atomics, no contention, and a fixed
 order (each program's partial histogram is written to its own slot and the launcher sums
 the slots), so the result is the same bit for bit run to run. The backward is the same
 shape: C = B G^T, D = A G (P x KP), du = m rowsum(A' * C), dv = m rowsum(B' * D),
-dm = rowsum(A * C), with G = dL/dJ held in registers by each (persistent) program.
+dm = rowsum(A * C), with G = dL/dJ and G^T loaded once by each (persistent) program.
 
-The weights are evaluated densely, KP per pixel and axis, masked to the pixel's window
-(the same W bins from ``_window_start`` as the scatter kernels and the torch backend, so
-the two paths compute the same sum; the scatter kernel additionally drops the corners of
-two Gaussian windows that are below 2**-24 of the peak). Work per pixel: 2 KP window
-evaluations (exponentials for the Gaussian) and 2 KP^2 multiply-adds on the tensor cores
-per dot; memory per pixel: reads u, v, m; the backward writes up to 3 floats.
+The weights are evaluated densely, KP per pixel and axis, straight from the window
+formulas, with no window mask: the formulas are 0 outside their support (B-spline, box,
+kornia's and MONAI's windows), and the Gaussian beyond the W-bin window that the scatter
+kernels and the torch backend stop at is below 2**-24 of its peak: the tiled sum keeps
+that float32 dust, so it is closer to the untruncated dense formula and differs from the
+scatter path by less than 2**-24 of each pixel's weight. Padded bins a >= K get weights
+too; their rows and columns of J are never stored, and G is zero there. Work per pixel:
+2 KP window evaluations (one exp2 each for the Gaussian) and 2 KP^2 multiply-adds per
+product on the tensor cores; memory per pixel: reads u, v, m; the backward writes up to 3
+floats.
 
-Precision (``tl.dot``'s ``input_precision``, ``utils.TILED_PRECISION``), measured on an
-H200 (Triton 3.6) against the float64 oracle, R1 (160x192x224, K = 32, sigma 1), MI error
-relative to MI and gradient error relative to its largest magnitude
-(``bench/results/bench_regime.csv``):
-
-* "tf32": the tensor cores drop each operand's low 13 mantissa bits, an error always
-  towards zero that does not average out: MI 2.0e-5, gradient 4.6e-4 (R2 7.8e-6 and 6.1e-4,
-  R3 5.7e-6 and 3.7e-4): outside the targets (1e-5 and 1e-4).
-* "tf32x3" (the default): each operand split into two tf32 numbers, three of the four
-  products kept: MI 4.3e-7, gradient 9.5e-6 (R2 9.1e-7, 6.8e-6; R3 1.6e-7, 2.9e-6).
-* "ieee": fp32 multiply-adds, no tensor cores: MI 7.2e-7, gradient 1.1e-5, slower.
-
-The interpreter (CPU) computes ``tl.dot`` in full fp32 whatever is asked: only a GPU shows
-these errors.
+Precision (``utils.TILED_PRECISION``, ``_dot``): "tf32x3" by default, the operands split
+into tf32 parts and exact rests, three tf32 products. Measured on an H200 with the
+previous form of this kernel (window masks, A transposed in registers, Triton 3.6's own
+"tf32x3"), against the float64 oracle on R1 (160x192x224, K = 32, sigma 1): MI 4.3e-7
+relative and gradient 9.5e-6 of its largest magnitude (R2: 9.1e-7, 6.8e-6; R3: 1.6e-7,
+2.9e-6); plain "tf32", whose truncation of every weight towards zero does not average out:
+MI 2.0e-5 and gradient 4.6e-4 (outside the targets, 1e-5 and 1e-4); "ieee" (fp32, no
+tensor cores): 7.2e-7 and 1.1e-5 (``bench/results/bench_regime.csv``). This form cuts the
+forward's static instruction count (SASS, sm_90, Triton 3.9) from 1264 to 712 at 32 bins and
+from 2664 to 1064 at 64 (registers 247 -> 140); it has not been timed on a GPU yet. The
+interpreter (CPU) computes ``tl.dot`` in full fp32 whatever is asked: only a GPU shows the
+tensor cores' errors.
 """
 
 import torch
@@ -42,33 +44,50 @@ import triton
 import triton.language as tl
 
 from .utils import (
+    TILED_PRECISION,
     check_inputs,
     ensure_contiguous,
     kernel_id,
     row_ranges,
     tiled_config,
     window_param,
-    window_size,
 )
-from .window import _load_bins, _window, _window_and_grad, _window_start
+from .window import _load_bins, _window, _window_and_grad
 
 
 @triton.jit
-def _tile(b_x, o_k, K, c_k, W: tl.constexpr, KIND: tl.constexpr):
-    """(P, KP) weights w(x[p] - a) of bins a = o_k, zero outside each pixel's W-bin window."""
-    b_s = _window_start(b_x, K, c_k, W, KIND)
-    b_in = (o_k[None, :] >= b_s[:, None]) & (o_k[None, :] < b_s[:, None] + W)
-    b_w = _window(b_x[:, None] - o_k[None, :].to(tl.float32), c_k, KIND)
-    return tl.where(b_in, b_w, 0.0)
+def _weights(b_d, c_k, KIND: tl.constexpr):
+    """w(d) on a tile of distances. The gaussian as one exp2 (no clamp: d = +-inf gives 0); the
+    other kinds as ``window._window``, whose formulas are 0 outside their support."""
+    if KIND == 0:
+        return tl.exp2((b_d * b_d) * (-1.4426950408889634 * c_k))
+    else:
+        return _window(b_d, c_k, KIND)
 
 
 @triton.jit
-def _tile_and_grad(b_x, o_k, K, c_k, W: tl.constexpr, KIND: tl.constexpr):
-    """(w, w') tiles (P, KP) as ``_tile``."""
-    b_s = _window_start(b_x, K, c_k, W, KIND)
-    b_in = (o_k[None, :] >= b_s[:, None]) & (o_k[None, :] < b_s[:, None] + W)
-    b_w, b_dw = _window_and_grad(b_x[:, None] - o_k[None, :].to(tl.float32), c_k, KIND)
-    return tl.where(b_in, b_w, 0.0), tl.where(b_in, b_dw, 0.0)
+def _tf32_high(x):
+    """x with its low 13 mantissa bits cleared: exactly what the tensor cores use of x in a
+    tf32 product, so x - _tf32_high(x) is exact."""
+    return (x.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _dot(a, b, acc, PRECISION: tl.constexpr):
+    """acc + a @ b (acc None: a @ b). PRECISION "tf32x3": each operand split into its tf32
+    part and the exact rest, and a_lo b_hi + a_hi b_lo + a_hi b_hi accumulated, smallest
+    first (the a_lo b_lo term, about 2**-22 of the product, is dropped, and the rests lose
+    their own low bits in the product): Triton's "tf32x3" written out in two integer and
+    two float operations per element, where Triton 3.6's own split took about 20 (static
+    SASS counts) and, at 64 bins, ran 5-40x slower than plain tf32 on an H200. Otherwise
+    a ``tl.dot`` input precision ("tf32", "ieee")."""
+    if PRECISION == "tf32x3":
+        a_hi, b_hi = _tf32_high(a), _tf32_high(b)
+        acc = tl.dot(a - a_hi, b_hi, acc, input_precision="tf32")
+        acc = tl.dot(a_hi, b - b_hi, acc, input_precision="tf32")
+        return tl.dot(a_hi, b_hi, acc, input_precision="tf32")
+    else:
+        return tl.dot(a, b, acc, input_precision=PRECISION)
 
 
 @triton.jit
@@ -94,8 +113,6 @@ def _joint_tiled_fwd_kernel(
     first,
     length,
     MAP: tl.constexpr,
-    W_U: tl.constexpr,
-    W_V: tl.constexpr,
     KIND_U: tl.constexpr,
     KIND_V: tl.constexpr,
     HAS_M: tl.constexpr,
@@ -112,6 +129,7 @@ def _joint_tiled_fwd_kernel(
     i_b = tl.program_id(1).to(tl.int64)
     n_p = tl.num_programs(0)
     o_k = tl.arange(0, KP)
+    f_k = o_k.to(tl.float32)
     b_acc = tl.zeros((KP, KP), dtype=tl.float32)
     for i_blk in range(i_p, tl.cdiv(N, BLOCK_P), n_p):
         o_x, m_n = _block(i_blk, i_b, N, BLOCK_P)
@@ -121,9 +139,9 @@ def _joint_tiled_fwd_kernel(
             b_m = tl.load(p_m + o_x, mask=m_n, other=0.0)
         else:
             b_m = tl.where(m_n, 1.0, 0.0)
-        b_a = _tile(b_u, o_k, K, c_k, W_U, KIND_U) * b_m[:, None]
-        b_c = _tile(b_v, o_k, K, c_k, W_V, KIND_V)
-        b_acc = tl.dot(tl.trans(b_a), b_c, b_acc, input_precision=PRECISION)
+        b_at = _weights(b_u[None, :] - f_k[:, None], c_k, KIND_U) * b_m[None, :]  # A^T (KP, P)
+        b_c = _weights(b_v[:, None] - f_k[None, :], c_k, KIND_V)  # B (P, KP)
+        b_acc = _dot(b_at, b_c, b_acc, PRECISION)
     p_o = p_out + (i_p * tl.num_programs(1) + i_b) * K * K
     m_k = o_k < K
     tl.store(p_o + o_k[:, None] * K + o_k[None, :], b_acc, mask=m_k[:, None] & m_k[None, :])
@@ -148,8 +166,6 @@ def _joint_tiled_bwd_kernel(
     first,
     length,
     MAP: tl.constexpr,
-    W_U: tl.constexpr,
-    W_V: tl.constexpr,
     KIND_U: tl.constexpr,
     KIND_V: tl.constexpr,
     HAS_M: tl.constexpr,
@@ -172,21 +188,26 @@ def _joint_tiled_bwd_kernel(
     i_b = tl.program_id(1).to(tl.int64)
     n_p = tl.num_programs(0)
     o_k = tl.arange(0, KP)
+    f_k = o_k.to(tl.float32)
     m_k = o_k < K
     m_g = m_k[:, None] & m_k[None, :]
-    b_g = tl.load(p_g + i_b * K * K + o_k[:, None] * K + o_k[None, :], mask=m_g, other=0.0)
+    p_gb = p_g + i_b * K * K
+    if NEEDS_U or NEEDS_M:  # G^T[c, a] = G[a, c], loaded transposed
+        b_gt = tl.load(p_gb + o_k[None, :] * K + o_k[:, None], mask=m_g, other=0.0)
+    if NEEDS_V:
+        b_g = tl.load(p_gb + o_k[:, None] * K + o_k[None, :], mask=m_g, other=0.0)
     for i_blk in range(i_p, tl.cdiv(N, BLOCK_P), n_p):
         o_x, m_n = _block(i_blk, i_b, N, BLOCK_P)
         b_u, c_u, k_u = _load_bins(p_u, o_x, m_n, p_ru, s_ru, i_b, first, length, MAP)
         b_v, c_v, k_v = _load_bins(p_v, o_x, m_n, p_rv, s_rv, i_b, first, length, MAP)
-        b_wu, b_dwu = _tile_and_grad(b_u, o_k, K, c_k, W_U, KIND_U)
-        b_wv, b_dwv = _tile_and_grad(b_v, o_k, K, c_k, W_V, KIND_V)
+        b_wu, b_dwu = _window_and_grad(b_u[:, None] - f_k[None, :], c_k, KIND_U)
+        b_wv, b_dwv = _window_and_grad(b_v[:, None] - f_k[None, :], c_k, KIND_V)
         if HAS_M:
             b_m = tl.load(p_m + o_x, mask=m_n, other=0.0)
         else:
             b_m = tl.where(m_n, 1.0, 0.0)
         if NEEDS_U or NEEDS_M:
-            b_cg = tl.dot(b_wv, tl.trans(b_g), input_precision=PRECISION)
+            b_cg = _dot(b_wv, b_gt, None, PRECISION)
             if NEEDS_U:
                 b_du = tl.sum(b_dwu * b_cg, axis=1) * b_m * (c_u * k_u)
                 tl.store(p_du + o_x, b_du.to(p_du.dtype.element_ty), mask=m_n)
@@ -194,7 +215,7 @@ def _joint_tiled_bwd_kernel(
                 b_dm = tl.sum(b_wu * b_cg, axis=1)
                 tl.store(p_dm + o_x, b_dm.to(p_dm.dtype.element_ty), mask=m_n)
         if NEEDS_V:
-            b_dg = tl.dot(b_wu, b_g, input_precision=PRECISION)
+            b_dg = _dot(b_wu, b_g, None, PRECISION)
             b_dv = tl.sum(b_dwv * b_dg, axis=1) * b_m * (c_v * k_v)
             tl.store(p_dv + o_x, b_dv.to(p_dv.dtype.element_ty), mask=m_n)
 
@@ -202,11 +223,10 @@ def _joint_tiled_bwd_kernel(
 def _launch_args(direction, u, num_bins, sigma, kernel_u, kernel_v, ranges, rows_cols):
     K = int(num_bins)
     ku, kv = kernel_id(kernel_u), kernel_id(kernel_v)
-    w_u, w_v = window_size(kernel_u, K, sigma), window_size(kernel_v, K, sigma)
     c_k = window_param(sigma, kernel_u, kernel_v)
     (r_u, s_u), (r_v, s_v) = row_ranges(ranges, u, 2)
     kp, block_p, num_warps, programs = tiled_config(direction, K, *rows_cols, u.device)
-    const = dict(MAP=ranges is not None, W_U=w_u, W_V=w_v, KIND_U=ku, KIND_V=kv, KP=kp, BLOCK_P=block_p)
+    const = dict(MAP=ranges is not None, KIND_U=ku, KIND_V=kv, KP=kp, BLOCK_P=block_p)
     return (r_u, r_v, s_u, s_v), c_k, const, num_warps, programs
 
 
@@ -221,8 +241,6 @@ def joint_hist_forward_tiled(
     fixed order of the partial sums). ``precision``: ``tl.dot``'s input precision, None for
     ``utils.TILED_PRECISION``.
     """
-    from .utils import TILED_PRECISION
-
     check_inputs(u, m, num_bins, sigma, v=v)
     B, N = u.shape
     K = int(num_bins)
@@ -245,8 +263,6 @@ def joint_hist_backward_tiled(
     needs_m=False, ranges=None, first=0.0, length=1.0, precision=None,
 ):  # fmt: skip
     """(du, dv, dm) as ``joint_hist.joint_hist_backward``, by the tiled kernel."""
-    from .utils import TILED_PRECISION
-
     check_inputs(u, m, num_bins, sigma, v=v)
     B, N = u.shape
     K = int(num_bins)

@@ -57,17 +57,19 @@ MAX_TILED_BINS = {"forward": 128, "backward": 64}
 #: ``tl.dot``'s input precision in the tiled kernels, per direction (see ``tiled.py``).
 TILED_PRECISION = {"forward": "tf32x3", "backward": "tf32x3"}
 #: (BLOCK_P pixels per dot, num_warps) per direction and padded K, from the sweep on an
-#: H200 (``bench/bench_regime.py --sweep``, results/bench_regime_sweep.csv) among the blocks
-#: that compile for sm_80 and sm_90 without spills (``make kernels-report``).
+#: H200 of the kernels' previous form (``bench/bench_regime.py --sweep``,
+#: results/bench_regime_sweep.csv) among the blocks that compile for sm_80 and sm_90
+#: without spills (``make kernels-report``).
 TILED_CONFIGS = {
     "forward": {16: (32, 4), 32: (32, 4), 64: (32, 4), 128: (16, 8)},
     "backward": {16: (64, 4), 32: (64, 4), 64: (32, 4)},
 }
 #: The auto rule: the tiled path up to this many bins, the scatter path above (both
-#: directions). Measured on an H200 (Triton 3.6), R1 (160x192x224, sigma 1): at K = 32 the
-#: tiled kernels take 1.1 ms forward and 0.7 ms backward against 3.1 and 1.6 ms for the whole
-#: scatter call; at K = 64 the tiled tf32x3 forward takes 5.5 ms or more and its backward 2.4
-#: ms, both slower than scatter (3.1 and 1.6 ms). bench/results/bench_regime*.csv.
+#: directions). Measured on an H200 (Triton 3.6), R1 (160x192x224, sigma 1), with the tiled
+#: kernels' previous form (``tiled.py``): at K = 32 they take 1.1 ms forward and 0.7 ms
+#: backward against 3.1 and 1.6 ms for the whole scatter call; at K = 64 the tiled tf32x3
+#: forward took 5.5 ms or more and its backward 2.4 ms, both slower than scatter (3.1 and
+#: 1.6 ms). bench/results/bench_regime*.csv. To be measured again for the current form.
 AUTO_TILED_BINS = 32
 #: Persistent programs per multiprocessor in the tiled kernels (per row: divided by B).
 TILED_PROGRAMS_PER_SM = 4
