@@ -8,7 +8,8 @@ Cases (issue 9):
   R3  a batch of 16 2-D pairs 256x256, K = 32  R4  one registration iteration of R1 (affine
       ``grid_sample`` warp, MI loss, backward, Adam step), eager and replayed from a CUDA graph
 
-Providers: the library as it chooses ("auto") and on each joint-histogram path
+Providers: the library as it chooses ("auto"; "auto-graph": its forward+backward captured
+in a CUDA graph and replayed, value checks off, forward+backward only) and on each joint-histogram path
 (``mi.kernels.forced_method``: "tiled", "scatter"; "tiled-<p>" with tl.dot precision p),
 MONAI's ``GlobalMutualInformationLoss``, kornia's
 ``mutual_information_loss`` and the seed's algorithm (``bench/providers.py``). Times are
@@ -44,7 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 SIGMA = 1.0
 CASES = {"R1": ((1, 1, 160, 192, 224), 32), "R2": ((1, 1, 160, 192, 224), 64), "R3": ((16, 1, 256, 256), 32)}
 DRY_CASES = {"R1": ((1, 1, 10, 12, 14), 32), "R2": ((1, 1, 10, 12, 14), 64), "R3": ((2, 1, 16, 16), 32)}
-PROVIDERS = ["auto", "tiled", "scatter", "tiled-tf32", "tiled-ieee", "monai", "kornia", "seed"]
+PROVIDERS = ["auto", "auto-graph", "tiled", "scatter", "tiled-tf32", "tiled-ieee", "monai", "kornia", "seed"]
 #: K of the ``--sweep`` (the H200 run committed in results/ had 32 and 64 and no scatter rows)
 SWEEP_BINS = (16, 32, 64)
 MINE = ("auto", "tiled", "scatter")  # the library, by joint-histogram path
@@ -209,6 +210,46 @@ def kernel_ms(replay, repeats=10):
     return total_us / 1e3 / repeats
 
 
+def captured(fn, warmup=3):
+    """A CUDA graph of ``fn()``, after ``warmup`` eager calls on a side stream (which run)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
+def run_graph(case, x, y, num_bins, measure, bandwidth):
+    """The library's forward+backward (value checks off) captured in a CUDA graph and replayed:
+    what a training step or a captured registration step pays per call, host time gone."""
+    import mi
+
+    row = {"case": case, "provider": "auto-graph", "shape": "x".join(map(str, x.shape)), "bins": num_bins}
+    if not x.is_cuda:
+        return {**row, "note": "CUDA only"}
+    y = y.detach().requires_grad_()
+
+    def call():
+        value = mi.mutual_information(x, y, num_bins=num_bins, sigma=SIGMA, value_range=(0.0, 1.0)).sum()
+        return torch.autograd.grad(value, y)
+
+    with mi.value_checks(False):
+        graph = captured(call)
+        ms = measure(graph.replay)
+    floor_ms = BYTES_PER_VOXEL["fwd_bwd"] * x.numel() / bandwidth * 1e3
+    return {
+        **row,
+        "fwd_bwd_ms": round(ms, 4),
+        "fwd_bwd_x_floor": round(ms / floor_ms, 1),
+        "note": "graph replay",
+    }
+
+
 def run_r4(x, y, num_bins, provider, measure):
     """R4: eager step time, graph replay time, kernel time per step, and the largest
     difference between theta after 8 eager steps and after 3 warm-up + 5 replayed steps."""
@@ -225,15 +266,7 @@ def run_r4(x, y, num_bins, provider, measure):
             row["note"] = "eager only (no CUDA graph on CPU)"
             return row
         step, theta = registration_step(x, y, num_bins, provider)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()
+        graph = captured(step)
         for _ in range(5):
             graph.replay()
         torch.cuda.synchronize()
@@ -362,7 +395,10 @@ def main(argv=None):
         x, y = pair(shape)
         reference = oracle(x, y, k)
         for prov in args.providers.split(","):
-            row = run_provider(prov, case, x, y, k, measure, bandwidth, reference)
+            if prov == "auto-graph":
+                row = run_graph(case, x, y, k, measure, bandwidth)
+            else:
+                row = run_provider(prov, case, x, y, k, measure, bandwidth, reference)
             print(row, file=sys.stderr, flush=True)
             rows.append(row)
         del reference
