@@ -1,9 +1,10 @@
 """Local (patch-wise) mutual information: the MI of every patch of two images, in one call.
 
 The op already batches rows; the patches of a batch of images are just more rows. Each
-image is padded to a whole number of patches, cut into non-overlapping patches by a view
-and one copy of the samples (never a patches x voxels x bins tensor), and all the patches'
-joint histograms come from one call of the op: O(patches K^2 + N) memory.
+image is padded to a whole number of patches, cut into patches (non-overlapping, or every
+``stride`` voxels) by a view and one copy of the samples (never a patches x voxels x bins
+tensor), and all the patches' joint histograms come from one call of the op:
+O(patches K^2 + N (patch / stride)**d) memory.
 """
 
 from __future__ import annotations
@@ -23,41 +24,62 @@ from .information import check_base, check_normalize, mutual_information_from_jo
 from .modules import MutualInformationLoss
 
 
-def _patch_size(patch_size, spatial: Sequence[int]) -> tuple:
-    d = len(spatial)
-    if isinstance(patch_size, numbers.Integral) and not isinstance(patch_size, bool):
-        sizes = (int(patch_size),) * d
+def _per_axis(name: str, value, d: int) -> tuple:
+    """An int, or one int per spatial dimension, as d positive ints."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        sizes = (int(value),) * d
     else:
         try:
-            sizes = tuple(patch_size)
+            sizes = tuple(value)
         except TypeError:
             raise TypeError(
-                f"patch_size must be an int or one int per spatial dimension, got {patch_size!r}"
+                f"{name} must be an int or one int per spatial dimension, got {value!r}"
             ) from None
         if len(sizes) != d or not all(
             isinstance(p, numbers.Integral) and not isinstance(p, bool) for p in sizes
         ):
-            raise ValueError(f"patch_size must give {d} ints (one per spatial dimension), got {patch_size!r}")
+            raise ValueError(f"{name} must give {d} ints (one per spatial dimension), got {value!r}")
         sizes = tuple(int(p) for p in sizes)
     if not all(p >= 1 for p in sizes):
-        raise ValueError(f"patch_size must be positive, got {sizes}")
+        raise ValueError(f"{name} must be positive, got {sizes}")
+    return sizes
+
+
+def _patch_size(patch_size, spatial: Sequence[int]) -> tuple:
+    sizes = _per_axis("patch_size", patch_size, len(spatial))
     if any(p > s for p, s in zip(sizes, spatial)):
         raise ValueError(f"patch_size {sizes} is larger than the image {tuple(spatial)} along an axis")
     return sizes
 
 
-def _patches(t: Tensor, lead: int, chans: int, spatial: tuple, sizes: tuple) -> Tensor:
+def _stride(stride, sizes: tuple) -> tuple:
+    if stride is None:
+        return sizes
+    strides = _per_axis("stride", stride, len(sizes))
+    if any(s > p for s, p in zip(strides, sizes)):
+        raise ValueError(f"stride {strides} must be at most patch_size {sizes} (larger would skip voxels)")
+    return strides
+
+
+def _grid(spatial: tuple, sizes: tuple, strides: tuple) -> tuple:
+    """Patches per axis: starts 0, stride, 2 stride, ... until one reaches the far end."""
+    return tuple(math.ceil((s - p) / st) + 1 for s, p, st in zip(spatial, sizes, strides))
+
+
+def _patches(t: Tensor, lead: int, chans: int, spatial: tuple, sizes: tuple, strides: tuple) -> Tensor:
     """Rows (R, chans * N) of images (R, chans, *spatial) -> (R * P, chans * prod(sizes)),
-    zero-padded at the far end of every axis to whole patches, patches in C order of the grid."""
+    zero-padded at the far end of every axis to whole patches, patches in C order of the grid
+    (one copy of the samples; (patch / stride)**d of them where patches overlap)."""
     d = len(spatial)
-    grid = tuple(math.ceil(s / p) for s, p in zip(spatial, sizes))
+    grid = _grid(spatial, sizes, strides)
     x = t.reshape(lead, chans, *spatial)
-    pad = [q for s, p, g in zip(reversed(spatial), reversed(sizes), reversed(grid)) for q in (0, g * p - s)]
+    ends = [(g - 1) * st + p for g, p, st in zip(grid, sizes, strides)]
+    pad = [q for s, e in zip(reversed(spatial), reversed(ends)) for q in (0, e - s)]
     if any(pad):
         x = F.pad(x, pad)
-    x = x.reshape(lead, chans, *[v for g, p in zip(grid, sizes) for v in (g, p)])
-    # (R, C, g1, p1, g2, p2, ...) -> (R, g1, g2, ..., C, p1, p2, ...)
-    order = [0, *range(2, 2 + 2 * d, 2), 1, *range(3, 3 + 2 * d, 2)]
+    for axis, (p, st) in enumerate(zip(sizes, strides)):  # (R, C, g1, ..., gd, p1, ..., pd)
+        x = x.unfold(2 + axis, p, st)
+    order = [0, *range(2, 2 + d), 1, *range(2 + d, 2 + 2 * d)]  # (R, g1, ..., gd, C, p1, ..., pd)
     return x.permute(order).reshape(lead * math.prod(grid), chans * math.prod(sizes))
 
 
@@ -66,6 +88,7 @@ def local_mutual_information(
     y: Tensor,
     *,
     patch_size,
+    stride=None,
     num_bins: int = 32,
     sigma: float = 1.0,
     value_range: ValueRange = "auto",
@@ -77,16 +100,17 @@ def local_mutual_information(
     backend: str = "auto",
     deterministic: bool = False,
 ) -> Tensor:
-    """Mutual information of every non-overlapping patch of two batches of images.
+    """Mutual information of every patch of two batches of images.
 
     Convention:
         The images (B, C, *spatial) are cut into patches of ``patch_size`` voxels (an int, or
-        one per spatial dimension), starting at voxel 0 of every axis. At the far end of an
-        axis whose size is not a multiple of the patch size, the last patches are padded
-        and the padding is masked out: it never counts (a border patch is the MI of its
-        real voxels only). Intensities map to bins as in :func:`mi.mutual_information`, with
-        one range per *image* (``value_range="auto"``: each image's own min..max over its
-        mask), so every patch of an image shares its bins. Each patch's MI (and its
+        one per spatial dimension), starting at voxel 0 of every axis and every ``stride``
+        voxels (default: the patch size, non-overlapping) until a patch reaches the far end.
+        Where the last patch passes the far end of an axis it is padded and the padding is
+        masked out: it never counts (a border patch is the MI of its real voxels only).
+        Intensities map to bins as in :func:`mi.mutual_information`, with one range per
+        *image* (``value_range="auto"``: each image's own min..max over its mask), so every
+        patch of an image shares its bins. Each patch's MI (and its
         normalisation) is then that of its own soft joint histogram. A patch whose voxels
         all have zero mask weight scores as independent variables (0; 1 for studholme).
 
@@ -94,15 +118,19 @@ def local_mutual_information(
         x, y: images (B, C, *spatial) of the same shape, any number of spatial dimensions.
         patch_size: voxels per patch edge, an int or one per spatial dimension; at most the
             image's size along every axis.
+        stride: voxels between patch starts, an int or one per spatial dimension, at most
+            the patch size (overlapping patches below it); None: the patch size.
         num_bins, sigma, value_range, normalize, mask, base, kernel, backend, deterministic:
             as in :func:`mi.mutual_information` (``kernel="mattes"`` too).
         per_channel: False: a patch spans all channels; True: one score per channel.
 
     Returns:
         (B, *grid) scores, or (B, C, *grid) with ``per_channel=True``, where ``grid`` is
-        ``ceil(size / patch)`` per spatial axis; dtype of the inputs; differentiable with
-        respect to x, y and a float mask. Memory: O(B * patches * K^2) for the histograms
-        plus one copy of the samples; all patches go through one call of the op.
+        ``ceil((size - patch) / stride) + 1`` per spatial axis (``ceil(size / patch)``
+        without a stride); dtype of the inputs; differentiable with respect to x, y and a
+        float mask. Memory: O(B * patches * K^2) for the histograms plus one copy of the
+        samples ((patch / stride)**d copies with overlap); all patches go through one call
+        of the op.
 
     Example:
         >>> x = torch.rand(1, 1, 64, 48)
@@ -119,15 +147,16 @@ def local_mutual_information(
     if not spatial:
         raise ValueError(f"x must have spatial dimensions (B, C, *spatial), got shape {tuple(x.shape)}")
     sizes = _patch_size(patch_size, spatial)
-    grid = tuple(math.ceil(s / p) for s, p in zip(spatial, sizes))
+    strides = _stride(stride, sizes)
+    grid = _grid(spatial, sizes, strides)
     rows, chans = a.x.shape[0], 1 if per_channel else x.shape[1]
     count = math.prod(grid)
     u, v, binning, op_ranges, check = _binning(a, deterministic=deterministic)
     keep = a.mask
     if keep is None:  # the padding still has to be masked out
         keep = torch.ones((), dtype=_acc_dtype(a.dtype), device=u.device).expand(a.x.shape)
-    u, v, m = (_patches(t, rows, chans, spatial, sizes) for t in (u, v, keep))
-    if a.mask is None and all(s % p == 0 for s, p in zip(spatial, sizes)):
+    u, v, m = (_patches(t, rows, chans, spatial, sizes, strides) for t in (u, v, keep))
+    if a.mask is None and all((s - p) % st == 0 for s, p, st in zip(spatial, sizes, strides)):
         m = None  # no padding and no mask: every voxel counts fully
     ranges = [r if r is None or r.shape[0] == 1 else r.repeat_interleave(count, 0) for r in op_ranges]
     joint = _autograd.joint_hist(u, v, m, binning, *ranges)
@@ -142,7 +171,7 @@ class LocalMutualInformationLoss(MutualInformationLoss):
     or none) over patches and the batch of ``-local_mutual_information(...)``.
 
     Args:
-        patch_size: as in :func:`local_mutual_information`.
+        patch_size, stride: as in :func:`local_mutual_information`.
         num_bins, sigma, normalize, value_range, reduction and ``**kwargs``: as in
             :class:`mi.MutualInformationLoss` (defaults: 32 bins, sigma 1 bin, Studholme's
             normalisation, each image's own range, the mean); ``"none"`` gives the
@@ -154,18 +183,21 @@ class LocalMutualInformationLoss(MutualInformationLoss):
         >>> loss(a, a.detach() ** 2).backward()
     """
 
-    def __init__(self, patch_size, num_bins: int = 32, sigma: float = 1.0, normalize="studholme", **kwargs):
+    def __init__(
+        self, patch_size, num_bins: int = 32, sigma: float = 1.0, normalize="studholme", stride=None, **kwargs
+    ):
         super().__init__(num_bins, sigma, normalize, **kwargs)
-        self.patch_size = patch_size
+        self.patch_size, self.stride = patch_size, stride
 
     def _score(self, fixed: Tensor, moving: Tensor, mask: Tensor | None) -> Tensor:
         return local_mutual_information(
-            fixed, moving, patch_size=self.patch_size, num_bins=self.num_bins, sigma=self.sigma,
-            value_range=self.value_range, normalize=self.normalize, mask=mask, **self.kwargs,
+            fixed, moving, patch_size=self.patch_size, stride=self.stride, num_bins=self.num_bins,
+            sigma=self.sigma, value_range=self.value_range, normalize=self.normalize, mask=mask,
+            **self.kwargs,
         )  # fmt: skip
 
     def extra_repr(self) -> str:
-        return f"patch_size={self.patch_size}, {super().extra_repr()}"
+        return f"patch_size={self.patch_size}, stride={self.stride}, {super().extra_repr()}"
 
 
 __all__ = ["local_mutual_information", "LocalMutualInformationLoss"]

@@ -13,11 +13,13 @@ import mi
 FIRST = {"gaussian": (0.0, 1.0), "bspline": (1.0, 2.0)}  # (first, end): lo..hi -> first..K - end
 
 
-def _oracle(x, y, patch, k, sigma, kernel, normalize="none", mask=None):
+def _oracle(x, y, patch, k, sigma, kernel, normalize="none", mask=None, stride=None):
     """(B, *grid) float64: each patch's MI from its own dense joint histogram, bins from each
-    image's range over its mask, padding (beyond the image) left out."""
+    image's range over its mask, padding (beyond the image) left out; patches start every
+    ``stride`` voxels (default: the patch size) until one reaches the far end."""
     b, spatial = x.shape[0], x.shape[2:]
-    grid = [math.ceil(s / p) for s, p in zip(spatial, patch)]
+    stride = stride or patch
+    grid = [math.ceil((s - p) / st) + 1 for s, p, st in zip(spatial, patch, stride)]
     first, end = FIRST[kernel]
     out = torch.zeros(b, *grid, dtype=torch.float64)
     for i in range(b):
@@ -27,7 +29,7 @@ def _oracle(x, y, patch, k, sigma, kernel, normalize="none", mask=None):
             lo, hi = t[m > 0].min().detach(), t[m > 0].max().detach()  # the range: not differentiated
             coords.append(first + (t - lo) * (k - end - first) / (hi - lo))
         for cell in _cells(grid):
-            sl = (slice(None),) + tuple(slice(c * p, (c + 1) * p) for c, p in zip(cell, patch))
+            sl = (slice(None),) + tuple(slice(c * st, c * st + p) for c, p, st in zip(cell, patch, stride))
             u, v, w = coords[0][sl].reshape(1, -1), coords[1][sl].reshape(1, -1), m[sl].reshape(1, -1)
             j = dense_joint(u, v, w, k, sigma, kernel, kernel)
             out[(i, *cell)] = (
@@ -73,6 +75,28 @@ def test_matches_the_dense_estimator_per_patch(patch, kernel, normalize, backend
         assert (a.double() - b).abs().max() <= 5e-5 * b.abs().max()  # measured up to 4.4e-6 (Triton)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_overlapping_patches(backend):
+    """stride below the patch size: overlapping patches, each against the dense estimator, with
+    the gradients; a stride that reaches the far end mid-patch pads the last ones."""
+    x, y = _pair2d()  # 37 x 50
+    xx, yy = x.clone().requires_grad_(), y.clone().requires_grad_()
+    got = mi.local_mutual_information(
+        xx, yy, patch_size=(16, 20), stride=(7, 9), num_bins=16, backend=backend
+    )
+    xd, yd = x.double().requires_grad_(), y.double().requires_grad_()
+    want = _oracle(xd, yd, (16, 20), 16, 1.0, "gaussian", stride=(7, 9))
+    assert got.shape == want.shape == (2, 4, 5)  # ceil((37 - 16) / 7) + 1, ceil((50 - 20) / 9) + 1
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    g = torch.randn(want.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    (got * g.float()).sum().backward()
+    (want * g).sum().backward()
+    for a, b in ((xx.grad, xd.grad), (yy.grad, yd.grad)):
+        assert (a.double() - b).abs().max() <= 5e-5 * b.abs().max()  # the non-overlapping test's bound
+    same = mi.local_mutual_information(x, y, patch_size=8, stride=8)
+    torch.testing.assert_close(same, mi.local_mutual_information(x, y, patch_size=8), rtol=0, atol=0)
+
+
 def test_volume_mask_and_per_channel():
     """3-D, a mask (one patch with no voxel kept scores 0), per channel."""
     m = mri()
@@ -108,6 +132,9 @@ def test_loss_module_and_bad_input():
         (dict(patch_size=(8, 8, 8)), ValueError, "2 ints"),
         (dict(patch_size=2.5), TypeError, "patch_size"),
         (dict(patch_size=(8, 8.0)), ValueError, "ints"),
+        (dict(patch_size=8, stride=9), ValueError, "at most patch_size"),
+        (dict(patch_size=8, stride=0), ValueError, "positive"),
+        (dict(patch_size=8, stride=(4,)), ValueError, "2 ints"),
     ]:
         with pytest.raises(exc, match=words):
             mi.local_mutual_information(x, y, **kw)
