@@ -33,8 +33,9 @@ relative and gradient 9.5e-6 of its largest magnitude (R2: 9.1e-7, 6.8e-6; R3: 1
 2.9e-6); plain "tf32", whose truncation of every weight towards zero does not average out:
 MI 2.0e-5 and gradient 4.6e-4 (outside the targets, 1e-5 and 1e-4); "ieee" (fp32, no
 tensor cores): 7.2e-7 and 1.1e-5 (``bench/results/bench_regime.csv``). This form cuts the
-forward's static instruction count (SASS, sm_90, Triton 3.9) from 1264 to 712 at 32 bins and
-from 2664 to 1064 at 64 (registers 247 -> 140); it has not been timed on a GPU yet. The
+forward's static instruction count (SASS, sm_90, Triton 3.9, ``bench/sass_counts.py``) from
+1264 to 712 at 32 bins and from 2664 to 1064 at 64 (registers 247 -> 140); it has not been
+timed on a GPU yet. The
 interpreter (CPU) computes ``tl.dot`` in full fp32 whatever is asked: only a GPU shows the
 tensor cores' errors.
 """

@@ -57,7 +57,7 @@ def test_gpu_only_scripts_import():
     """The GPU-only experiments (no dry run) at least import: their kernels are defined and
     their imports from the library and the benchmark still exist."""
     env = dict(os.environ, TRITON_INTERPRET="1")
-    code = "import sweep_fwd, exp_vector_atomics, time_call_gpu, profile_gpu"
+    code = "import sweep_fwd, exp_vector_atomics, time_call_gpu, profile_gpu, sass_counts"
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT / "bench", env=env, capture_output=True, text=True
     )

@@ -1,0 +1,127 @@
+"""Static instruction counts of the tiled kernels (no GPU): SASS for sm_90 from the AOT compile.
+
+    python bench/sass_counts.py [--baseline REF] [--out bench/results/sass_counts.csv]
+
+Compiles ``_joint_tiled_fwd_kernel`` and ``_joint_tiled_bwd_kernel`` (dv only, as in
+registration) with ``mi.kernels.report.compile_cubin`` for sm_90, at the loss defaults
+(Gaussian windows, sigma 1 bin) and the blocks of the H200 sweep (32 pixels, 4 warps,
+tf32x3), disassembles them with the ``cuobjdump`` of the Triton wheel and counts the
+instructions of the whole kernel, the loop body being most of it: a proxy for the work per
+pixel when no GPU is at hand, not a time. ``--baseline REF`` counts an earlier commit's
+kernels too (a git worktree, in a subprocess), one row per version.
+"""
+
+import argparse
+import collections
+import csv
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COLUMNS = ["version", "kernel", "bins", "block_p", "warps", "precision", "instructions", "registers",
+           "spill_bytes", "MUFU", "MMA", "LDS", "top"]  # fmt: skip
+CASES = [("forward", 32), ("forward", 64), ("backward", 32), ("backward", 64)]
+
+
+def count(sass):
+    """{mnemonic: count} of a ``cuobjdump --dump-sass`` listing (predicates and suffixes dropped)."""
+    counts = collections.Counter()
+    for line in sass.splitlines():
+        found = re.match(r"\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
+        if found:
+            counts[found.group(1).split(".")[0]] += 1
+    return counts
+
+
+def measure(version):
+    """Rows for the ``mi.kernels`` importable here (this tree, or a baseline's via sys.path)."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    from mi.kernels import report, tiled
+    from mi.kernels.utils import KERNEL_IDS, window_size
+
+    rows = []
+    for direction, k in CASES:
+        fn = tiled._joint_tiled_fwd_kernel if direction == "forward" else tiled._joint_tiled_bwd_kernel
+        const = dict(MAP=True, KIND_U=KERNEL_IDS["gaussian"], KIND_V=KERNEL_IDS["gaussian"], HAS_M=False,
+                     KP=k, BLOCK_P=32, PRECISION="tf32x3")  # fmt: skip
+        if "W_U" in fn.arg_names:  # the first form masked the tiles to each pixel's window
+            const.update(W_U=window_size("gaussian", k, 1.0), W_V=window_size("gaussian", k, 1.0))
+        if direction == "backward":
+            const.update(NEEDS_U=False, NEEDS_V=True, NEEDS_M=False)
+        cubin, _ = report.compile_cubin(fn, const, 90, 4)
+        usage = report.resource_usage(cubin)
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(cubin)
+            f.flush()
+            sass = subprocess.run(
+                [str(report.cuobjdump_path()), "--dump-sass", f.name],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        c = count(sass)
+        rows.append({
+            "version": version, "kernel": direction, "bins": k, "block_p": 32, "warps": 4,
+            "precision": "tf32x3", "instructions": sum(c.values()), "registers": usage["REG"],
+            "spill_bytes": usage["STACK"] + usage["LOCAL"], "MUFU": c["MUFU"], "MMA": c["HMMA"] + c["HGMMA"],
+            "LDS": c["LDS"], "top": " ".join(f"{name}:{n}" for name, n in c.most_common(8)),
+        })  # fmt: skip
+    return rows
+
+
+def baseline_rows(ref):
+    """The same counts on a git worktree of ``ref``, in a subprocess."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), ref], check=True
+        )
+        try:
+            (tree / "mi" / "kernels").symlink_to(tree / "kernels")  # the layout pip install gives
+            out = Path(tmp) / "rows.csv"
+            env = dict(os.environ, PYTHONPATH=str(tree))
+            subprocess.run([sys.executable, __file__, "--child", ref, "--out", str(out)], check=True, env=env)
+            with open(out) as f:
+                return list(csv.DictReader(f))
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True)
+
+
+def write(rows, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", help="a git ref to count in the same run (e.g. an earlier commit)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sass_counts.csv")
+    ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: count the mi on sys.path
+    args = ap.parse_args()
+    if args.child:
+        write(measure(args.child), args.out)
+        return
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    rows = (baseline_rows(args.baseline) if args.baseline else []) + measure(
+        head.stdout.strip() or "this tree"
+    )
+    write(rows, args.out)
+    for r in rows:
+        print(
+            f"{r['version']:>10} {r['kernel']:>8} K={r['bins']:<3} {r['instructions']:>5} instructions, "
+            f"{r['registers']} registers, {r['spill_bytes']} spill bytes, MUFU {r['MUFU']}, MMA {r['MMA']}"
+        )
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
