@@ -70,7 +70,8 @@ def _weights(b_d, c_k, KIND: tl.constexpr):
 def _tf32_high(x):
     """x with its low 13 mantissa bits cleared: exactly what the tensor cores use of x in a
     tf32 product, so x - _tf32_high(x) is exact."""
-    return (x.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+    # -8192 is 0xFFFFE000 as an int32: no literal beyond int32, whose typing Triton versions differ on
+    return (x.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
 
 
 @triton.jit
