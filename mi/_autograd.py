@@ -376,11 +376,6 @@ def _acc(u):
     return torch.float64 if u.dtype == torch.float64 else torch.float32
 
 
-def _op_binning(num_bins, sigma, kernels, backend, deterministic=False, first=0.0, length=1.0):
-    """The custom ops' flat schema back as a ``Binning``."""
-    return Binning(num_bins, sigma, kernels, backend, deterministic, first, length)
-
-
 @torch.library.custom_op("mi::joint_hist", mutates_args=())
 def joint_hist_op(
     u: Tensor,
@@ -397,7 +392,7 @@ def joint_hist_op(
     first: float = 0.0,
     length: float = 1.0,
 ) -> Tensor:
-    b = _op_binning(num_bins, sigma, (kernel_u, kernel_v), backend, deterministic, first, length)
+    b = Binning(num_bins, sigma, (kernel_u, kernel_v), backend, deterministic, first, length)
     return _joint_forward(u, v, m, rx, ry, b)
 
 
@@ -424,7 +419,7 @@ def joint_hist_backward_op(
     needs_m: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(du, dv, dm); dm is an empty tensor when not asked for (custom ops return tensors)."""
-    b = _op_binning(num_bins, sigma, (kernel_u, kernel_v), backend, first=first, length=length)
+    b = Binning(num_bins, sigma, (kernel_u, kernel_v), backend, first=first, length=length)
     du, dv, dm = _joint_backward(grad, u, v, m, rx, ry, b, needs_m=needs_m)
     return du, dv, u.new_empty(0) if dm is None else dm
 
@@ -466,9 +461,7 @@ def hist_op(
     first: float = 0.0,
     length: float = 1.0,
 ) -> Tensor:
-    return _hist_forward(
-        u, m, r, _op_binning(num_bins, sigma, (kernel,), backend, deterministic, first, length)
-    )
+    return _hist_forward(u, m, r, Binning(num_bins, sigma, (kernel,), backend, deterministic, first, length))
 
 
 @hist_op.register_fake
@@ -490,7 +483,7 @@ def hist_backward_op(
     length: float,
     needs_m: bool,
 ) -> tuple[Tensor, Tensor]:
-    b = _op_binning(num_bins, sigma, (kernel,), backend, first=first, length=length)
+    b = Binning(num_bins, sigma, (kernel,), backend, first=first, length=length)
     du, dm = _hist_backward(grad, u, m, r, b, needs_m=needs_m)
     return du, u.new_empty(0) if dm is None else dm
 
