@@ -290,7 +290,7 @@ def sweep(x, y, measure, out):
     "scatter"). The backward computes dv only, as in registration."""
     from mi import kernels
 
-    tiled, utils = kernels._module("tiled"), kernels._module("utils")
+    utils = kernels._module("utils")
     b = x.shape[0]
     rows = []
 
@@ -304,12 +304,12 @@ def sweep(x, y, measure, out):
         u = (x.reshape(b, -1) * (k - 1)).contiguous()
         v = (y.reshape(b, -1) * (k - 1)).contiguous()
         g = torch.randn(b, k, k, device=x.device)
-        args = (u, v, None)
+        fwd = lambda u=u, v=v, k=k: kernels.joint_hist_forward(u, v, None, k, SIGMA)
+        bwd = lambda u=u, v=v, k=k, g=g: kernels.joint_hist_backward(g, u, v, None, k, SIGMA, needs_u=False)
         row = {"bins": k, "precision": "scatter"}
         with kernels.forced_method("scatter"):
-            time_into(row, "fwd_ms", lambda a=args, k=k: kernels.joint_hist_forward(*a, k, SIGMA))
-            time_into(row, "bwd_ms", lambda a=args, k=k, g=g: kernels.joint_hist_backward(
-                g, *a, k, SIGMA, needs_u=False))  # fmt: skip
+            time_into(row, "fwd_ms", fwd)
+            time_into(row, "bwd_ms", bwd)
         print(row, file=sys.stderr, flush=True)
         rows.append(row)
         kp = max(16, k)
@@ -320,15 +320,10 @@ def sweep(x, y, measure, out):
                     utils.TILED_CONFIGS[d][kp] = (block_p, warps)
                 for prec in ("tf32", "tf32x3"):
                     row = {"bins": k, "block_p": block_p, "warps": warps, "precision": prec}
-                    fwd = lambda a=args, k=k, p=prec: tiled.joint_hist_forward_tiled(
-                        *a, k, SIGMA, precision=p
-                    )
-                    bwd = lambda a=args, g=g, k=k, p=prec: tiled.joint_hist_backward_tiled(
-                        g, *a, k, SIGMA, needs_u=False, precision=p
-                    )
-                    time_into(row, "fwd_ms", fwd)
-                    if k <= utils.MAX_TILED_BINS["backward"]:
-                        time_into(row, "bwd_ms", bwd)
+                    with path(f"tiled-{prec}"):
+                        time_into(row, "fwd_ms", fwd)
+                        if k <= utils.MAX_TILED_BINS["backward"]:
+                            time_into(row, "bwd_ms", bwd)
                     print(row, file=sys.stderr, flush=True)
                     rows.append(row)
         for d, config in saved.items():

@@ -23,11 +23,11 @@ import csv
 import os
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+
+import worktree
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ["version", "backend", "value_range", "checks", "ops", "triton", "syncs", "host_us", "ops_detail"]
@@ -161,25 +161,6 @@ def measure(version):
     return rows
 
 
-def baseline_rows(ref):
-    """The same measurements on a git worktree of ``ref``, in a subprocess."""
-    with tempfile.TemporaryDirectory() as tmp:
-        tree = Path(tmp) / "tree"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), ref], check=True
-        )
-        try:
-            (tree / "mi" / "kernels").symlink_to(tree / "kernels")  # the layout pip install gives
-            out = Path(tmp) / "rows.csv"
-            env = dict(os.environ, PYTHONPATH=str(tree))
-            child = [sys.executable, __file__, "--child", ref, "--out", str(out)]
-            subprocess.run(child, check=True, env=env)
-            with open(out) as f:
-                return list(csv.DictReader(f))
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True)
-
-
 def write(rows, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -197,7 +178,7 @@ def main():
     if args.child:
         write(measure(args.child), args.out)
         return
-    rows = baseline_rows(args.baseline) if args.baseline else []
+    rows = worktree.rows_at(args.baseline, __file__) if args.baseline else []
     rev = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     )

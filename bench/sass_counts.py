@@ -17,9 +17,10 @@ import csv
 import os
 import re
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+import worktree
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ["version", "kernel", "bins", "block_p", "warps", "precision", "instructions", "registers",
@@ -73,24 +74,6 @@ def measure(version):
     return rows
 
 
-def baseline_rows(ref):
-    """The same counts on a git worktree of ``ref``, in a subprocess."""
-    with tempfile.TemporaryDirectory() as tmp:
-        tree = Path(tmp) / "tree"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), ref], check=True
-        )
-        try:
-            (tree / "mi" / "kernels").symlink_to(tree / "kernels")  # the layout pip install gives
-            out = Path(tmp) / "rows.csv"
-            env = dict(os.environ, PYTHONPATH=str(tree))
-            subprocess.run([sys.executable, __file__, "--child", ref, "--out", str(out)], check=True, env=env)
-            with open(out) as f:
-                return list(csv.DictReader(f))
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True)
-
-
 def write(rows, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -111,7 +94,7 @@ def main():
     head = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     )
-    rows = (baseline_rows(args.baseline) if args.baseline else []) + measure(
+    rows = (worktree.rows_at(args.baseline, __file__) if args.baseline else []) + measure(
         head.stdout.strip() or "this tree"
     )
     write(rows, args.out)

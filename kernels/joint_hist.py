@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .tiled import joint_hist_backward_tiled, joint_hist_forward_tiled
+from .tiled import backward_tiled, forward_tiled
 from .utils import (
     MAX_REPLICAS_JOINT,
     block_sizes,
@@ -231,12 +231,12 @@ def joint_hist_forward(
     w_u, w_v = window_size(kernel_u, K, sigma), window_size(kernel_v, K, sigma)
     block_n, block_w, num_warps = block_sizes(w_v)
     c_k = window_param(sigma, kernel_u, kernel_v)
-    if joint_method("forward", K) == "tiled":  # deterministic by construction
-        return joint_hist_forward_tiled(u, v, m, K, sigma, kernel_u, kernel_v, ranges, first, length)
-    fixed = use_deterministic(deterministic)
-    (r_u, s_u), (r_v, s_v) = row_ranges(ranges, u, 2)
+    (r_u, s_u), (r_v, s_v) = row_ranges(ranges, u, 2)  # (checked even for empty inputs)
     if B == 0 or N == 0:
         return torch.zeros((B, K, K), dtype=torch.float32, device=u.device)
+    if joint_method("forward", K) == "tiled":  # deterministic by construction
+        return forward_tiled(u, v, m, K, sigma, kernel_u, kernel_v, ranges, first, length)
+    fixed = use_deterministic(deterministic)
     num_blocks = triton.cdiv(N, block_n)
     dtype = torch.int64 if fixed else torch.float32
     reps = num_replicas(num_blocks, B, K * K, 8 if fixed else 4, MAX_REPLICAS_JOINT)
@@ -277,9 +277,8 @@ def joint_hist_backward(
     ku, kv = kernel_id(kernel_u), kernel_id(kernel_v)
     w_u, w_v = window_size(kernel_u, K, sigma), window_size(kernel_v, K, sigma)
     if joint_method("backward", K) == "tiled":
-        return joint_hist_backward_tiled(
-            grad, u, v, m, K, sigma, kernel_u, kernel_v, needs_u, needs_v, needs_m, ranges, first, length
-        )
+        backward_tiled(grad, u, v, m, du, dv, dm, K, sigma, kernel_u, kernel_v, ranges, first, length)
+        return du, dv, dm
     block_n, block_w, num_warps = block_sizes(w_v)
     c_k = window_param(sigma, kernel_u, kernel_v)
     (r_u, s_u), (r_v, s_v) = row_ranges(ranges, u, 2)

@@ -46,8 +46,6 @@ import triton.language as tl
 
 from .utils import (
     TILED_PRECISION,
-    check_inputs,
-    ensure_contiguous,
     kernel_id,
     row_ranges,
     tiled_config,
@@ -232,51 +230,27 @@ def _launch_args(direction, u, num_bins, sigma, kernel_u, kernel_v, ranges, rows
     return (r_u, r_v, s_u, s_v), c_k, const, num_warps, programs
 
 
-@ensure_contiguous
-def joint_hist_forward_tiled(
-    u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", ranges=None, first=0.0,
-    length=1.0, precision=None,
-):  # fmt: skip
-    """J (B, K, K) float32 as ``joint_hist.joint_hist_forward``, by the tiled kernel.
-
-    Deterministic whatever ``deterministic`` says (a fixed partition of the pixels and a
-    fixed order of the partial sums). ``precision``: ``tl.dot``'s input precision, None for
-    ``utils.TILED_PRECISION``.
-    """
-    check_inputs(u, m, num_bins, sigma, v=v)
+def forward_tiled(u, v, m, K, sigma, kernel_u, kernel_v, ranges, first, length):
+    """J (B, K, K) float32 as ``joint_hist.joint_hist_forward`` (which checks the inputs, makes
+    them contiguous and answers empty ones before it calls this), by the tiled kernel.
+    Deterministic whatever ``deterministic`` says: a fixed partition of the pixels and a
+    fixed order of the partial sums."""
     B, N = u.shape
-    K = int(num_bins)
-    if B == 0 or N == 0:
-        return torch.zeros((B, K, K), dtype=torch.float32, device=u.device)
     rng, c_k, const, num_warps, programs = _launch_args(
         "forward", u, K, sigma, kernel_u, kernel_v, ranges, (B, N)
     )
     out = torch.empty((programs, B, K, K), dtype=torch.float32, device=u.device)
     _joint_tiled_fwd_kernel[(programs, B)](
         u, v, u if m is None else m, out, *rng, N, K, c_k, float(first), float(length),
-        HAS_M=m is not None, PRECISION=precision or TILED_PRECISION["forward"], num_warps=num_warps, **const,
+        HAS_M=m is not None, PRECISION=TILED_PRECISION["forward"], num_warps=num_warps, **const,
     )  # fmt: skip
     return out[0] if programs == 1 else out.sum(0)
 
 
-@ensure_contiguous
-def joint_hist_backward_tiled(
-    grad, u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", needs_u=True, needs_v=True,
-    needs_m=False, ranges=None, first=0.0, length=1.0, precision=None,
-):  # fmt: skip
-    """(du, dv, dm) as ``joint_hist.joint_hist_backward``, by the tiled kernel."""
-    check_inputs(u, m, num_bins, sigma, v=v)
+def backward_tiled(grad, u, v, m, du, dv, dm, K, sigma, kernel_u, kernel_v, ranges, first, length):
+    """Writes du, dv, dm (those not None) as ``joint_hist.joint_hist_backward`` (which checks
+    the inputs and allocates them before it calls this), by the tiled kernel."""
     B, N = u.shape
-    K = int(num_bins)
-    needs_m = bool(needs_m) and m is not None
-    grad = grad.to(torch.float32).contiguous()
-    if tuple(grad.shape) != (B, K, K):
-        raise ValueError(f"grad must have shape {(B, K, K)}, got {tuple(grad.shape)}")
-    du = torch.empty_like(u) if needs_u else None
-    dv = torch.empty_like(v) if needs_v else None
-    dm = torch.empty_like(m) if needs_m else None
-    if not (needs_u or needs_v or needs_m) or B == 0 or N == 0:
-        return du, dv, dm
     rng, c_k, const, num_warps, programs = _launch_args(
         "backward", u, K, sigma, kernel_u, kernel_v, ranges, (B, N)
     )
@@ -285,6 +259,5 @@ def joint_hist_backward_tiled(
         u if du is None else du, u if dv is None else dv, u if dm is None else dm,
         *rng, N, K, c_k, float(first), float(length), HAS_M=m is not None,
         NEEDS_U=du is not None, NEEDS_V=dv is not None, NEEDS_M=dm is not None,
-        PRECISION=precision or TILED_PRECISION["backward"], num_warps=num_warps, **const,
+        PRECISION=TILED_PRECISION["backward"], num_warps=num_warps, **const,
     )  # fmt: skip
-    return du, dv, dm
