@@ -232,6 +232,10 @@ def test_hist_backward(kernel, K, sigma, N, with_m, nan_empty):
         pytest.param("bspline", "nearest", 16, 0.7, 100, id="bspline-nearest-K16-N100"),
         # W = min(2 * 47 + 1, 80) = 80 > MAX_BLOCK_W: the window is walked in chunks
         pytest.param("gaussian", "gaussian", 80, 8.0, 50, id="gaussian-gaussian-K80-s8.0-N50"),
+        # the tiled path's largest forward (K padded to 128; its backward is the scatter gather),
+        # and a K padded to the next power of two (23 -> 32)
+        pytest.param("gaussian", "gaussian", 128, 1.0, 301, id="gaussian-gaussian-K128-s1.0-N301"),
+        pytest.param("bspline", "bspline", 23, 1.0, 77, id="bspline-bspline-K23-N77"),
     ],
 )
 def test_joint_other_pairs_and_wide_windows(ku, kv, K, sigma, N, method):
