@@ -17,12 +17,9 @@ overhead is most of the time. ``--baseline REF`` runs the same measurements on a
 worktree of REF (an earlier commit) in the same run, one row per version.
 """
 
-import argparse
 import contextlib
-import csv
 import os
 import statistics
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -161,31 +158,12 @@ def measure(version):
     return rows
 
 
-def write(rows, path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline", help="a git ref to measure in the same run (e.g. an earlier commit)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "host_overhead.csv")
-    ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: measure the mi on sys.path
-    args = ap.parse_args()
-    if args.child:
-        write(measure(args.child), args.out)
-        return
-    rows = worktree.rows_at(args.baseline, __file__) if args.baseline else []
-    rev = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    rows, out = worktree.main(
+        __file__, __doc__.splitlines()[0], measure, COLUMNS, ROOT / "bench" / "results" / "host_overhead.csv"
     )
-    git_status = ["git", "-C", str(ROOT), "status", "--porcelain", "mi", "kernels"]
-    dirty = subprocess.run(git_status, capture_output=True, text=True).stdout.strip()
-    rows += measure(rev.stdout.strip() + ("+changes" if dirty else ""))
-    write(rows, args.out)
+    if rows is None:
+        return
     print(f"shape {SHAPE}, K={BINS}, sigma={SIGMA}: one forward+backward; host_us: torch backend on this CPU")
     head = ("version", "backend", "range", "checks", "ops", "triton", "syncs", "host_us")
     print("{:16s} {:7s} {:6s} {:6s} {:>4s} {:>6s} {:>5s} {:>8s}".format(*head))
@@ -194,7 +172,7 @@ def main():
             r[c] for c in ("version", "backend", "value_range", "checks", "ops", "triton", "syncs", "host_us")
         ]
         print("{:16s} {:7s} {:6s} {:6s} {:>4s} {:>6s} {:>5s} {:>8s}".format(*map(str, cells)))
-    print(f"-> {args.out}")
+    print(f"-> {out}")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,7 @@ pixel when no GPU is at hand, not a time. ``--baseline REF`` counts an earlier c
 kernels too (a git worktree, in a subprocess), one row per version.
 """
 
-import argparse
 import collections
-import csv
 import os
 import re
 import subprocess
@@ -74,36 +72,17 @@ def measure(version):
     return rows
 
 
-def write(rows, path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline", help="a git ref to count in the same run (e.g. an earlier commit)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sass_counts.csv")
-    ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: count the mi on sys.path
-    args = ap.parse_args()
-    if args.child:
-        write(measure(args.child), args.out)
-        return
-    head = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    rows, out = worktree.main(
+        __file__, __doc__.splitlines()[0], measure, COLUMNS, ROOT / "bench" / "results" / "sass_counts.csv"
     )
-    rows = (worktree.rows_at(args.baseline, __file__) if args.baseline else []) + measure(
-        head.stdout.strip() or "this tree"
-    )
-    write(rows, args.out)
-    for r in rows:
+    for r in rows or []:
         print(
             f"{r['version']:>10} {r['kernel']:>8} K={r['bins']:<3} {r['instructions']:>5} instructions, "
             f"{r['registers']} registers, {r['spill_bytes']} spill bytes, MUFU {r['MUFU']}, MMA {r['MMA']}"
         )
-    print(f"-> {args.out}")
+    if rows is not None:
+        print(f"-> {out}")
 
 
 if __name__ == "__main__":
