@@ -100,7 +100,7 @@ def path(provider):
         utils.TILED_PRECISION.update(saved)
 
 
-def loss_of(provider, num_bins):
+def loss_of(provider):
     import providers
 
     if provider.startswith(MINE):
@@ -129,7 +129,7 @@ def run_provider(provider, case, x, y, num_bins, measure, bandwidth, reference):
     row = {"case": case, "provider": provider, "shape": "x".join(map(str, shape)), "bins": num_bins}
     cuda = x.is_cuda
     try:
-        fn = loss_of(provider, num_bins)
+        fn = loss_of(provider)
     except ImportError as e:
         return {**row, "note": f"not installed ({e.name})"}
     mine = provider.startswith(MINE)
@@ -177,7 +177,7 @@ def run_provider(provider, case, x, y, num_bins, measure, bandwidth, reference):
     return row
 
 
-def registration_step(fixed, moving, num_bins, provider):
+def registration_step(fixed, moving, num_bins):
     """One affine MI registration iteration on (1, 1, D, H, W) volumes: (step(), theta)."""
     import mi
 
@@ -257,7 +257,7 @@ def run_r4(x, y, num_bins, provider, measure):
 
     row = {"case": "R4", "provider": provider, "shape": "x".join(map(str, x.shape)), "bins": num_bins}
     with path(provider), mi.value_checks(False):
-        step, theta = registration_step(x, y, num_bins, provider)
+        step, theta = registration_step(x, y, num_bins)
         for _ in range(8):
             step()
         eager_theta = theta.detach().clone()
@@ -265,7 +265,7 @@ def run_r4(x, y, num_bins, provider, measure):
         if not x.is_cuda:
             row["note"] = "eager only (no CUDA graph on CPU)"
             return row
-        step, theta = registration_step(x, y, num_bins, provider)
+        step, theta = registration_step(x, y, num_bins)
         graph = captured(step)
         for _ in range(5):
             graph.replay()

@@ -369,11 +369,11 @@ def test_registration_step_replays_like_eager():
 
     x, y = (t.cuda() for t in data.make_pair((1, 1, 40, 48, 56)))
     with mi.value_checks(False):
-        step, theta = bench_regime.registration_step(x, y, 32, "tiled")
+        step, theta = bench_regime.registration_step(x, y, 32)
         for _ in range(8):
             step()
         eager = theta.detach().clone()
-        step, theta = bench_regime.registration_step(x, y, 32, "tiled")
+        step, theta = bench_regime.registration_step(x, y, 32)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -387,7 +387,7 @@ def test_registration_step_replays_like_eager():
             graph.replay()
         torch.cuda.synchronize()
     assert (theta.detach() - eager).abs().max().item() <= 1e-6
-    assert (eager - bench_regime.registration_step(x, y, 32, "tiled")[1].detach()).abs().max().item() > 1e-4
+    assert (eager - bench_regime.registration_step(x, y, 32)[1].detach()).abs().max().item() > 1e-4
 
 
 def test_compile_reduce_overhead():
