@@ -1,6 +1,7 @@
 """Registration benchmark: mi.register against SimpleITK (and ANTsPy where it installs), same run.
 
     python bench/bench_register.py [--cases 2d,3d,brain,brain3mm] [--repeat 1] [--out bench/results]
+                                   [--methods mi,mi-eager,SimpleITK,...] [--device cuda]
 
 Cases (known rigid transforms, a second "modality"):
     2d: mi.registration.demo_pair(): matplotlib's grace_hopper.jpg, grey, 192x160 (H x W),
@@ -15,7 +16,9 @@ Cases (known rigid transforms, a second "modality"):
 Methods:
     mi: ``mi.register(fixed, moving, transform="rigid")`` with its defaults (3 levels,
         120/60/30 Adam steps, Studholme NMI, 32 bins, B-spline window, 2**17 sampled voxels
-        per iteration on the levels larger than that).
+        per iteration on the levels larger than that), on ``--device`` (on CUDA each level
+        is replayed from a CUDA graph: ``graph=None``).
+    mi-eager: the same with ``graph=False`` (on CUDA: every kernel launched from Python).
     SimpleITK: ImageRegistrationMethod, Mattes MI (32 bins on the brain, 50 on the demos),
         RANDOM sampling of 20 % of the voxels on the brain (every pixel on the small demos),
         linear interpolator, RegularStepGradientDescent (learning rate 1, min step 1e-4, at
@@ -86,10 +89,21 @@ def nmi(fixed, moving, physical):
     return mutual_information(f, warped, mask=overlap, **SCORE).item()
 
 
-def run_mi(fixed, moving, physical_case):
-    t = time.perf_counter()
-    r = register(fixed, moving, transform="rigid", progress=False)
-    return r.physical, time.perf_counter() - t, ""
+DEVICE = None  # --device
+
+
+def _mi(graph):
+    def run(fixed, moving, physical_case):
+        t = time.perf_counter()
+        r = register(fixed, moving, transform="rigid", progress=False, device=DEVICE, graph=graph)
+        if DEVICE is not None and torch.device(DEVICE).type == "cuda":
+            torch.cuda.synchronize()
+        return r.physical, time.perf_counter() - t, "" if graph is None else f"graph={graph}"
+
+    return run
+
+
+run_mi = _mi(None)
 
 
 def _sitk_images(fixed, moving):
@@ -152,6 +166,7 @@ def _ants(kind):
 
 METHODS = {
     "mi": run_mi,
+    "mi-eager": _mi(False),
     "SimpleITK": run_sitk,
     "ANTsPy Rigid": _ants("Rigid"),
     "ANTsPy QuickRigid": _ants("QuickRigid"),
@@ -164,11 +179,15 @@ def main(argv=None):
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--repeat", type=int, default=1, help="runs per method; the fastest is kept")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--device", default=None, help="mi's device (default: the images', CPU)")
     args = p.parse_args(argv)
+    global DEVICE
+    DEVICE = args.device
     torch.manual_seed(0)
     f0, m0, _ = demo_pair((48, 40))  # warm-up: the first call of each method pays one-time costs
-    run_mi(f0, m0, False)
-    run_sitk(f0, m0, False)
+    for method in args.methods.split(","):
+        if method in ("mi", "mi-eager", "SimpleITK"):
+            METHODS[method](f0, m0, False)
     rows = []
     for case in args.cases.split(","):
         fixed, moving, true = CASES[case]()

@@ -3,9 +3,11 @@
 # benchmark with its kernel sweep, then the general GPU benchmark (compat providers included).
 # Outputs land in $OUT (default bench/results/gpu_run): 8 files, the device tool's limit.
 #   bash bench/gpu_checks.sh            (wheels for monai/kornia in .whl/, if carried)
-# Time limits per part (s): TEST_S (170), BENCH_S (230), GPUBENCH_S (150); BENCH_ARGS and
-# GPUBENCH_ARGS replace the two benchmarks' arguments (defaults: --sweep; G1,G3 with the peers and
-# the compat drop-ins, never yet timed on a GPU).
+# Last, mi.register on CUDA with and without its CUDA-graph replay (2-D and 3-D demo pairs),
+# its table appended to bench_gpu.md.
+# Time limits per part (s): TEST_S (170), BENCH_S (210), GPUBENCH_S (150), REG_S (50), under the
+# device call's 600 s together. BENCH_ARGS and GPUBENCH_ARGS replace the two benchmarks'
+# arguments (defaults: --sweep; G1,G3 with the peers and the compat drop-ins).
 OUT=${OUT:-bench/results/gpu_run}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -21,7 +23,9 @@ cat "$OUT/device.txt"
 timeout ${TEST_S:-170} python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py \
   2>&1 | (cat "$OUT/device.txt"; cat) | tee "$OUT/gpu_tests.log" | tail -40
 rm -f "$OUT/device.txt"  # (kept at the top of gpu_tests.log)
-timeout ${BENCH_S:-230} python3 bench/bench_regime.py ${BENCH_ARGS:---sweep} --out "$OUT" 2>"$OUT/bench_regime.log" \
+timeout ${BENCH_S:-210} python3 bench/bench_regime.py ${BENCH_ARGS:---sweep} --out "$OUT" 2>"$OUT/bench_regime.log" \
   | tee "$OUT/bench_regime.md"
 tail -5 "$OUT/bench_regime.log"
 timeout ${GPUBENCH_S:-150} python3 bench/bench_gpu.py --out "$OUT" ${GPUBENCH_ARGS:---cases G1,G3 --providers mi,kornia,kornia-compat,monai,monai-compat} 2>&1 | tee "$OUT/bench_gpu.md" | tail -12
+timeout ${REG_S:-50} python3 bench/bench_register.py --cases 2d,3d --methods mi,mi-eager --device cuda --repeat 3 \
+  --out /tmp/reg 2>&1 | tee -a "$OUT/bench_gpu.md" | tail -6

@@ -293,6 +293,8 @@ def _bad_cases():
         (dict(fixed=img.clone().fill_(float("nan"))), ValueError, "NaN"),
         (dict(loss=torch.nn.MSELoss(), num_bins=8), TypeError, "loss"),
         (dict(loss=3), TypeError, "loss"),
+        (dict(graph="yes"), TypeError, "graph"),
+        (dict(graph=True), ValueError, "CUDA"),
     ]
 
 
@@ -302,6 +304,58 @@ def test_bad_input(kwargs, exc, words):
     args.update(levels=3, **kwargs) if "levels" not in kwargs else args.update(kwargs)
     with pytest.raises(exc, match=words):
         register(args.pop("fixed"), args.pop("moving"), **args)
+
+
+class _StaticReplay:
+    """A CPU stand-in for ``optim._Replay`` with its contract (static input buffers, outputs
+    overwritten by each call): what the loop must get right whatever captures the step."""
+
+    made = []
+
+    def __init__(self, step, theta, idx):
+        self.step, self.theta, self.idx = step, theta.clone(), None if idx is None else idx.clone()
+        self.out, self.calls = None, 0
+        _StaticReplay.made.append(self)
+
+    @classmethod
+    def first(cls, step, theta, idx, strict):
+        value, grad = step(theta, idx)
+        return value, grad, cls(step, theta, idx)
+
+    def __call__(self, theta, idx):
+        self.theta.copy_(theta)
+        if idx is not None:
+            self.idx.copy_(idx)
+        value, grad = self.step(self.theta, self.idx)
+        if self.out is None:
+            self.out = (value, grad)
+        self.out[0].copy_(value)  # the same tensors every call, as a graph's outputs are
+        self.out[1].copy_(grad)
+        self.calls += 1
+        return self.out
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(sampling=1500, mask="hole", moving_mask="hole")])
+def test_replayed_levels_equal_eager(small, monkeypatch, kwargs):
+    """The loop as it runs with ``graph`` (a level's first iteration eager, then replays of
+    a static-buffer step) gives eager's transform exactly, dense and sampled with masks;
+    levels of fewer than MIN_GRAPH_ITERATIONS iterations are not replayed. (The CUDA capture
+    itself is tested in test_gpu.py.)"""
+    from mi.registration import optim
+
+    fixed, moving, _ = small
+    hole = torch.ones(fixed.shape)
+    hole[4:20, 6:18] = 0
+    kwargs = {k: hole if v == "hole" else v for k, v in kwargs.items()}
+    args = dict(levels=3, iterations=(12, 3, 6), progress=False, **kwargs)
+    eager = register(fixed, moving, **args)
+    monkeypatch.setattr(optim, "_check_graph", lambda graph, loss, device: True)
+    monkeypatch.setattr(optim, "_Replay", _StaticReplay)
+    _StaticReplay.made.clear()
+    replayed = register(fixed, moving, **args)
+    assert [r.calls for r in _StaticReplay.made] == [11, 5]  # the 3-iteration level ran eagerly
+    assert torch.equal(replayed.physical, eager.physical)
+    assert replayed.loss_history == eager.loss_history
 
 
 # ---------------------------------------------------------------- files and command line

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable, Union
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..functional import mutual_information
+from ..functional import mutual_information, value_checks
 from ..modules import MutualInformationLoss
 from .space import (
     Geometry,
@@ -63,6 +64,9 @@ DEFAULT_TOLERANCE = 0.0
 #: iterations of a level, times the window, below ``tolerance`` (absolute: the default
 #: loss is a normalised MI, of order 1).
 CONVERGENCE_WINDOW = 10
+#: ``graph``: a level is replayed from a CUDA graph when it runs at least this many
+#: iterations (the capture costs about one iteration's host time).
+MIN_GRAPH_ITERATIONS = 4
 ImageLike = Union[Tensor, np.ndarray]
 
 
@@ -243,6 +247,17 @@ def _check_sampling(sampling, strategy):
     return _positive_int("sampling", sampling)
 
 
+def _check_graph(graph, loss, device: torch.device) -> bool:
+    """``graph=`` of :func:`register` -> whether to capture (only ever on CUDA)."""
+    if graph is not None and not isinstance(graph, bool):
+        raise TypeError(f"graph must be None, True or False, got {type(graph).__name__}")
+    if device.type != "cuda":
+        if graph:
+            raise ValueError(f"graph=True needs a CUDA device, the images are on {device}")
+        return False
+    return graph if graph is not None else not callable(loss)
+
+
 def _check_positive(name, v, allow_zero=False):
     if (
         isinstance(v, bool)
@@ -353,6 +368,77 @@ def _score(fixed, moving, voxel, weights, moving_mask):
     return mutual_information(fixed, out[:, :1], mask=w, **SCORE).item(), out[:, :1]
 
 
+def _level_step(fl, wl, ml, moving_mask: bool, loss_fn):
+    """One iteration's work on the images' device at one pyramid level, a pure function
+    ``step(theta, idx) -> (loss, d loss / d theta)``: theta (d, d+1) on the device (the
+    ``affine_grid`` matrix), idx the sampled fixed voxels' flat indices (None: every voxel).
+    It resamples the moving image (and its mask) at the fixed voxels, weights the samples
+    by overlap x masks and evaluates the loss. Being pure (no state, no host read but the
+    loss's own value checks), it can be replayed from a CUDA graph (:class:`_Replay`)."""
+    d = fl.ndim - 2
+
+    def step(theta: Tensor, idx: Tensor | None):
+        th = theta.detach().requires_grad_()
+        if idx is None:
+            grid = F.affine_grid(th[None], (1, 1, *fl.shape[2:]), align_corners=False)
+            fixed_vals, weights = fl, wl
+        else:
+            grid = _normalized_points(idx, fl.shape[2:]) @ th[:, :d].T + th[:, d]
+            fixed_vals = fl.reshape(1, 1, -1)[:, :, idx]
+            weights = None if wl is None else wl.reshape(1, 1, -1)[:, :, idx]
+        out = sample_points(ml, grid.reshape(-1, d)).reshape(1, ml.shape[1], *fixed_vals.shape[2:])
+        overlap = overlap_weight(grid, ml.shape[2:]).reshape(fixed_vals.shape)  # no resampling of ones
+        if weights is not None:
+            overlap = overlap * weights
+        if moving_mask:
+            overlap = overlap * out[:, 1:2]
+        value = loss_fn(fixed_vals, out[:, :1], overlap)
+        (grad,) = torch.autograd.grad(value, th)
+        return value.detach(), grad
+
+    return step
+
+
+class _Replay:
+    """A level's ``step`` (:func:`_level_step`) captured in a CUDA graph: a call copies theta
+    and idx into the graph's static inputs and replays it, one launch instead of the ~100
+    kernel launches of the warp, the loss and its backward, which bound small problems by
+    the host. Value checks are off in the capture (they read data on the host)."""
+
+    def __init__(self, step, theta: Tensor, idx: Tensor | None):
+        self.theta, self.idx = theta.clone(), None if idx is None else idx.clone()
+        self.graph = torch.cuda.CUDAGraph()
+        with value_checks(False), torch.cuda.graph(self.graph):
+            self.out = step(self.theta, self.idx)
+
+    @classmethod
+    def first(cls, step, theta: Tensor, idx: Tensor | None, strict: bool):
+        """Run ``step`` once eagerly on a side stream (the warm-up a capture needs, and a
+        real iteration, with the value checks as set), then capture it: (loss, grad, replay).
+        If the capture fails, ``strict`` raises; otherwise a warning and replay None (eager)."""
+        side, main = torch.cuda.Stream(theta.device), torch.cuda.current_stream(theta.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            value, grad = step(theta, idx)
+        main.wait_stream(side)
+        try:
+            return value, grad, cls(step, theta, idx)
+        except RuntimeError as e:
+            if strict:
+                raise
+            warnings.warn(
+                f"mi.register: the step did not capture in a CUDA graph ({e}); running eagerly", stacklevel=3
+            )
+            return value, grad, None
+
+    def __call__(self, theta: Tensor, idx: Tensor | None):
+        self.theta.copy_(theta)
+        if idx is not None:
+            self.idx.copy_(idx)
+        self.graph.replay()
+        return self.out
+
+
 # ---------------------------------------------------------------- registration
 
 
@@ -375,6 +461,7 @@ def register(
     tolerance: float = DEFAULT_TOLERANCE,
     seed: int = 0,
     device=None,
+    graph: bool | None = None,
     progress: bool = True,
     **loss_kwargs,
 ) -> RegistrationResult:
@@ -425,6 +512,15 @@ def register(
         tolerance: stop a level early when the loss's least-squares slope over the last
             10 iterations, times 10, is below this (0: run every iteration).
         device: where to compute (default: the fixed image's device; CPU for files).
+        graph: on CUDA, replay each level's device work (warp, loss, its gradient with
+            respect to the transform) from a CUDA graph captured at the level's first
+            iteration, which runs eagerly (levels of fewer than 4 iterations run eagerly
+            throughout). The transform, Adam and the convergence test stay on the host, as
+            in eager mode, and so do the results: the replay runs the same kernels. None
+            (the default): when the loss is the built-in one (``loss`` None or a dict);
+            True: also for a callable ``loss``, which must then be capturable (no host
+            reads, no data-dependent shapes); False: never. Value checks run on each
+            level's first iteration and not in the replays.
         progress: a progress bar per level (tqdm) on stderr.
 
     Returns:
@@ -444,6 +540,7 @@ def register(
     d = f.ndim - 2
     init = as_matrix(initial, d, transform)
     w, wm, loss_fn, gen = _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed)
+    use_graph = _check_graph(graph, loss, f.device)
 
     center = gf.center()
     model = Transform(transform, center, gf.radius(), init)
@@ -461,6 +558,7 @@ def register(
         opt = torch.optim.Adam(model.parameters(), lr=lr0)
         bar = _progress(progress, level, levels, n)
         level_losses = []
+        step, replay = _level_step(fl, wl, ml, wm is not None, loss_fn), None
         for it in range(n):
             for group in opt.param_groups:
                 group["lr"] = _step_size(
@@ -468,23 +566,13 @@ def register(
                 )
             opt.zero_grad(set_to_none=True)
             theta = (before_fixed @ model() @ after)[:d]
-            idx = sampler(f.device)
-            if idx is None:
-                grid = F.affine_grid(theta.to(ml)[None], (1, 1, *fl.shape[2:]), align_corners=False)
-                fixed_vals, weights = fl, wl
+            th, idx = theta.detach().to(ml), sampler(f.device)
+            if replay is None and use_graph and n >= MIN_GRAPH_ITERATIONS:
+                value, grad, replay = _Replay.first(step, th, idx, strict=graph is True)
+                use_graph = replay is not None
             else:
-                th = theta.to(ml)  # (on the images' device; differentiable)
-                grid = _normalized_points(idx, fl.shape[2:]) @ th[:, :d].T + th[:, d]
-                fixed_vals = fl.reshape(1, 1, -1)[:, :, idx]
-                weights = None if wl is None else wl.reshape(1, 1, -1)[:, :, idx]
-            out = sample_points(ml, grid.reshape(-1, d)).reshape(1, ml.shape[1], *fixed_vals.shape[2:])
-            overlap = overlap_weight(grid, ml.shape[2:]).reshape(fixed_vals.shape)  # no resampling of ones
-            if weights is not None:
-                overlap = overlap * weights
-            if wm is not None:
-                overlap = overlap * out[:, 1:2]
-            value = loss_fn(fixed_vals, out[:, :1], overlap)
-            value.backward()
+                value, grad = step(th, idx) if replay is None else replay(th, idx)
+            theta.backward(grad.to(theta))
             opt.step()
             level_losses.append(value.item())
             if bar is not None:
