@@ -10,7 +10,8 @@ Cases (issue 9):
 
 Providers: the library as it chooses ("auto"; "auto-graph": its forward+backward captured
 in a CUDA graph and replayed, value checks off, forward+backward only) and on each joint-histogram path
-(``mi.kernels.forced_method``: "tiled", "scatter"; "tiled-<p>" with tl.dot precision p),
+(``mi.kernels.forced_method``: "tiled", "scatter", "span" (the span forward, scatter
+backward); "tiled-<p>" with tl.dot precision p),
 MONAI's ``GlobalMutualInformationLoss``, kornia's
 ``mutual_information_loss`` and the seed's algorithm (``bench/providers.py``). Times are
 ``triton.testing.do_bench`` medians. The HBM floor is the bytes the op must move at the
@@ -23,7 +24,8 @@ the inputs. R4's kernel time is the sum of the CUDA kernels a profiler sees in o
 
 ``--sweep`` also times the joint-histogram kernels alone on R1's volume at each of
 ``SWEEP_BINS``: scatter, and tiled over block sizes, warps and precisions (the data for
-``utils.TILED_CONFIGS`` and ``utils.AUTO_TILED_BINS``).
+``utils.TILED_CONFIGS`` and ``utils.AUTO_TILED_BINS``); and the span forward over
+``SPAN_SWEEP`` at each of ``SPAN_SWEEP_BINS`` (precision "span-<T>", ``utils.SPAN_CONFIG``).
 """
 
 import argparse
@@ -45,10 +47,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 SIGMA = 1.0
 CASES = {"R1": ((1, 1, 160, 192, 224), 32), "R2": ((1, 1, 160, 192, 224), 64), "R3": ((16, 1, 256, 256), 32)}
 DRY_CASES = {"R1": ((1, 1, 10, 12, 14), 32), "R2": ((1, 1, 10, 12, 14), 64), "R3": ((2, 1, 16, 16), 32)}
-PROVIDERS = ["auto", "auto-graph", "tiled", "scatter", "tiled-tf32", "tiled-ieee", "monai", "kornia", "seed"]
+PROVIDERS = [
+    "auto", "auto-graph", "tiled", "scatter", "span", "tiled-tf32", "tiled-ieee", "monai", "kornia", "seed",
+]  # fmt: skip
 #: K of the ``--sweep`` (the H200 run committed in results/ had 32 and 64 and no scatter rows)
 SWEEP_BINS = (16, 32, 64)
-MINE = ("auto", "tiled", "scatter")  # the library, by joint-histogram path
+#: K of the span forward's sweep (any K: also where the tiled path cannot hold J), and its
+#: (T, BLOCK_P, num_warps) configurations
+SPAN_SWEEP_BINS = (32, 64, 128, 256)
+SPAN_SWEEP = ((16, 32, 4), (32, 32, 4), (32, 64, 4), (32, 64, 8), (64, 32, 4))
+MINE = ("auto", "tiled", "scatter", "span")  # the library, by joint-histogram path
 MODES = ["fwd", "bwd", "fwd_bwd"]
 BYTES_PER_VOXEL = {"fwd": 8, "bwd": 12, "fwd_bwd": 20}
 FIELDS = [
@@ -300,7 +308,7 @@ def sweep(x, y, measure, out):
         except Exception as e:  # out of resources: a configuration that cannot launch
             row[name] = f"{type(e).__name__}"
 
-    for k in SWEEP_BINS:
+    for k in sorted(set(SWEEP_BINS) | set(SPAN_SWEEP_BINS)):
         u = (x.reshape(b, -1) * (k - 1)).contiguous()
         v = (y.reshape(b, -1) * (k - 1)).contiguous()
         g = torch.randn(b, k, k, device=x.device)
@@ -312,6 +320,18 @@ def sweep(x, y, measure, out):
             time_into(row, "bwd_ms", bwd)
         print(row, file=sys.stderr, flush=True)
         rows.append(row)
+        if k in SPAN_SWEEP_BINS:
+            saved_span = utils.SPAN_CONFIG
+            for tile, block_p, warps in SPAN_SWEEP:
+                utils.SPAN_CONFIG = (tile, block_p, warps)
+                row = {"bins": k, "block_p": block_p, "warps": warps, "precision": f"span-{tile}"}
+                with kernels.forced_method("span"):
+                    time_into(row, "fwd_ms", fwd)
+                print(row, file=sys.stderr, flush=True)
+                rows.append(row)
+            utils.SPAN_CONFIG = saved_span
+        if k not in SWEEP_BINS:
+            continue
         kp = max(16, k)
         saved = {d: utils.TILED_CONFIGS[d].get(kp) for d in utils.TILED_CONFIGS}
         for block_p in (32, 64, 128):

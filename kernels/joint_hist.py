@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .tiled import backward_tiled, forward_tiled
+from .tiled import backward_tiled, forward_span, forward_tiled
 from .utils import (
     MAX_REPLICAS_JOINT,
     block_sizes,
@@ -234,8 +234,10 @@ def joint_hist_forward(
     (r_u, s_u), (r_v, s_v) = row_ranges(ranges, u, 2)  # (checked even for empty inputs)
     if B == 0 or N == 0:
         return torch.zeros((B, K, K), dtype=torch.float32, device=u.device)
-    if joint_method("forward", K) == "tiled":  # deterministic by construction
-        return forward_tiled(u, v, m, K, sigma, kernel_u, kernel_v, ranges, first, length)
+    method = joint_method("forward", K)
+    if method != "scatter":  # tiled and span: deterministic by construction
+        path = forward_tiled if method == "tiled" else forward_span
+        return path(u, v, m, K, sigma, kernel_u, kernel_v, ranges, first, length)
     fixed = use_deterministic(deterministic)
     num_blocks = triton.cdiv(N, block_n)
     dtype = torch.int64 if fixed else torch.float32

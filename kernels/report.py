@@ -33,6 +33,7 @@ from .utils import (  # noqa: E402
     MAX_REPLICAS_HIST,
     MAX_REPLICAS_JOINT,
     MAX_TILED_BINS,
+    SPAN_CONFIG,
     TILED_PRECISION,
     block_sizes,
     tiled_config,
@@ -109,8 +110,17 @@ TILED_WINDOWS = [
 ]
 
 
+#: The span forward's windows: the seed's K = 256 at sigma 0.4, the loss defaults at 64.
+SPAN_WINDOWS = [
+    ("gaussian", "gaussian", 256, 0.4),
+    ("gaussian", "gaussian", 64, 1.0),
+    ("bspline", "bspline", 256, 1.0),
+]
+
+
 def _tiled_configs():
-    """The tiled kernels as ``tiled._launch_args`` launches them, in each precision measured."""
+    """The tiled kernels as ``tiled._launch_args`` launches them, in each precision measured,
+    and the span forward as ``tiled.forward_span`` does."""
     import torch
 
     fwd, bwd = tiled._joint_tiled_fwd_kernel, tiled._joint_tiled_bwd_kernel
@@ -127,6 +137,20 @@ def _tiled_configs():
                 const.update(NEEDS_U=True, NEEDS_V=True, NEEDS_M=True)
             for prec in dict.fromkeys([TILED_PRECISION[direction], "tf32x3", "tf32"]):
                 yield fn.__name__, fn, f"{tag}-{prec}", dict(const, PRECISION=prec), nw, "fp32"
+    span = tiled._joint_span_fwd_kernel
+    t, bp, nw = SPAN_CONFIG
+    for ku, kv, k, sigma in SPAN_WINDOWS:
+        w_u, w_v = window_size(ku, k, sigma), window_size(kv, k, sigma)
+        const = dict(MAP=ku != "box", KIND_U=KERNEL_IDS[ku], KIND_V=KERNEL_IDS[kv], HAS_M=True)
+        const.update(W_U=w_u, W_V=w_v, T=t, BLOCK_P=bp, PRECISION=TILED_PRECISION["forward"])
+        yield (
+            span.__name__,
+            span,
+            f"{_abbrev(ku)}{w_u}x{_abbrev(kv)}{w_v}-K{k}-T{t}-BP{bp}-nw{nw}",
+            const,
+            nw,
+            "fp32",
+        )
 
 
 def _configs():

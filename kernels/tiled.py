@@ -38,6 +38,13 @@ forward's static instruction count (SASS, sm_90, Triton 3.9, ``bench/sass_counts
 timed on a GPU yet. The
 interpreter (CPU) computes ``tl.dot`` in full fp32 whatever is asked: only a GPU shows the
 tensor cores' errors.
+
+``_joint_span_fwd_kernel`` (``forced_method("span")``, an experiment for K beyond what a
+program holds in registers, not yet timed): each block of pixels adds only the T x T
+sub-tiles its pixels' windows cover into the program's own K x K slot in global memory.
+On real images at K = 256 a block of 32 neighbouring pixels spans about 10 sub-tiles of 32
+bins (``bench/span_tiles.py``), as much work as a dense evaluation: blocks would need
+sorting by bin tile first (README).
 """
 
 import torch
@@ -48,10 +55,12 @@ from .utils import (
     TILED_PRECISION,
     kernel_id,
     row_ranges,
+    span_config,
     tiled_config,
     window_param,
+    window_size,
 )
-from .window import _load_bins, _window, _window_and_grad
+from .window import _load_bins, _window, _window_and_grad, _window_start
 
 
 @triton.jit
@@ -145,6 +154,76 @@ def _joint_tiled_fwd_kernel(
     p_o = p_out + (i_p * tl.num_programs(1) + i_b) * K * K
     m_k = o_k < K
     tl.store(p_o + o_k[:, None] * K + o_k[None, :], b_acc, mask=m_k[:, None] & m_k[None, :])
+
+
+@triton.jit
+def _joint_span_fwd_kernel(
+    p_u,
+    p_v,
+    p_m,
+    p_out,  # (PROGRAMS, B, K, K) fp32 zeros: one partial histogram per program
+    p_ru,
+    p_rv,
+    s_ru,
+    s_rv,
+    N,
+    K,
+    c_k,
+    first,
+    length,
+    MAP: tl.constexpr,
+    KIND_U: tl.constexpr,
+    KIND_V: tl.constexpr,
+    HAS_M: tl.constexpr,
+    W_U: tl.constexpr,
+    W_V: tl.constexpr,
+    T: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Partial J of the pixel blocks i, i + PROGRAMS, ... of row b, for any K ("span" path).
+
+    For each block of P pixels: the bins its pixels' windows cover, [lo_u, hi_u) x [lo_v,
+    hi_v) (first bin of the first window, last of the last, as the scatter kernel places
+    them), in T x T sub-tiles from (lo_u, lo_v) on; each sub-tile J[a0:a0+T, c0:c0+T] +=
+    A_t^T B_t with A_t, B_t the (P, T) weight tiles of those bins, added into the program's
+    own slot in global memory (read, add, write: no atomics; a barrier orders one sub-tile's
+    write before the next one's read). A block of neighbouring pixels of a real image has
+    similar intensities: its span is often one sub-tile, so a pixel costs 2 T window
+    evaluations and 2 T^2 multiply-adds whatever K is, and J need not fit in registers
+    (K = 256). A block of noise spans up to K bins and costs (K / T)^2 sub-tiles.
+    """
+    i_p = tl.program_id(0)
+    i_b = tl.program_id(1).to(tl.int64)
+    n_p = tl.num_programs(0)
+    o_t = tl.arange(0, T)
+    f_t = o_t.to(tl.float32)
+    p_o = p_out + (i_p * tl.num_programs(1) + i_b) * K * K
+    for i_blk in range(i_p, tl.cdiv(N, BLOCK_P), n_p):
+        o_x, m_n = _block(i_blk, i_b, N, BLOCK_P)
+        b_u, _, _ = _load_bins(p_u, o_x, m_n, p_ru, s_ru, i_b, first, length, MAP)
+        b_v, _, _ = _load_bins(p_v, o_x, m_n, p_rv, s_rv, i_b, first, length, MAP)
+        if HAS_M:
+            b_m = tl.load(p_m + o_x, mask=m_n, other=0.0)
+        else:
+            b_m = tl.where(m_n, 1.0, 0.0)
+        m_keep = b_m != 0.0
+        b_su = _window_start(b_u, K, c_k, W_U, KIND_U)
+        b_sv = _window_start(b_v, K, c_k, W_V, KIND_V)
+        lo_u = tl.min(tl.where(m_keep, b_su, K), axis=0)  # K, 0 for a block with no weight: no tile
+        hi_u = tl.max(tl.where(m_keep, b_su + W_U, 0), axis=0)
+        lo_v = tl.min(tl.where(m_keep, b_sv, K), axis=0)
+        hi_v = tl.max(tl.where(m_keep, b_sv + W_V, 0), axis=0)
+        for a0 in range(lo_u, hi_u, T):
+            b_at = _weights(b_u[None, :] - (a0 + f_t)[:, None], c_k, KIND_U) * b_m[None, :]  # (T, P)
+            m_a = (a0 + o_t) < K
+            for c0 in range(lo_v, hi_v, T):
+                b_c = _weights(b_v[:, None] - (c0 + f_t)[None, :], c_k, KIND_V)  # (P, T)
+                m_ac = m_a[:, None] & ((c0 + o_t) < K)[None, :]
+                p_t = p_o + (a0 + o_t)[:, None] * K + (c0 + o_t)[None, :]
+                b_j = _dot(b_at, b_c, tl.load(p_t, mask=m_ac, other=0.0), PRECISION)
+                tl.store(p_t, b_j, mask=m_ac)
+                tl.debug_barrier()  # this sub-tile's write before any thread reads the next
 
 
 @triton.jit
@@ -243,6 +322,22 @@ def forward_tiled(u, v, m, K, sigma, kernel_u, kernel_v, ranges, first, length):
     _joint_tiled_fwd_kernel[(programs, B)](
         u, v, u if m is None else m, out, *rng, N, K, c_k, float(first), float(length),
         HAS_M=m is not None, PRECISION=TILED_PRECISION["forward"], num_warps=num_warps, **const,
+    )  # fmt: skip
+    return out[0] if programs == 1 else out.sum(0)
+
+
+def forward_span(u, v, m, K, sigma, kernel_u, kernel_v, ranges, first, length):
+    """J (B, K, K) float32 as ``forward_tiled``, by the span kernel (any K; deterministic)."""
+    B, N = u.shape
+    ku, kv = kernel_id(kernel_u), kernel_id(kernel_v)
+    (r_u, s_u), (r_v, s_v) = row_ranges(ranges, u, 2)
+    tile, block_p, num_warps, programs = span_config(K, B, N, u.device)
+    out = torch.zeros((programs, B, K, K), dtype=torch.float32, device=u.device)
+    _joint_span_fwd_kernel[(programs, B)](
+        u, v, u if m is None else m, out, r_u, r_v, s_u, s_v, N, K, window_param(sigma, kernel_u, kernel_v),
+        float(first), float(length), MAP=ranges is not None, KIND_U=ku, KIND_V=kv, HAS_M=m is not None,
+        W_U=window_size(kernel_u, K, sigma), W_V=window_size(kernel_v, K, sigma), T=tile, BLOCK_P=block_p,
+        PRECISION=TILED_PRECISION["forward"], num_warps=num_warps,
     )  # fmt: skip
     return out[0] if programs == 1 else out.sum(0)
 

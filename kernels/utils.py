@@ -78,7 +78,13 @@ TILED_PARTIAL_BYTES = 64 << 20
 #: Multiprocessors assumed where torch cannot say (CPU tensors in the interpreter).
 DEFAULT_SMS = 4
 
-METHODS = ("auto", "tiled", "scatter")
+#: The span forward (``tiled._joint_span_fwd_kernel``, forced only: not yet timed): (T, the
+#: sub-tile's bins per axis; BLOCK_P; num_warps). Registers for sm_90 (Triton 3.9, tf32x3):
+#: 149 at (32, 32, 4), 231 at (32, 64, 4), 201 at (32, 64, 8), 236 at (64, 64, 8); (32, 128,
+#: 8) spills.
+SPAN_CONFIG = (32, 32, 4)
+
+METHODS = ("auto", "tiled", "scatter", "span")
 _forced = ["auto"]
 
 
@@ -86,7 +92,8 @@ _forced = ["auto"]
 def forced_method(method):
     """Within the block, the joint-histogram launchers use ``method`` ("tiled" or "scatter";
     "auto": the rule of ``joint_method``) wherever it can serve (tiled: K up to
-    ``MAX_TILED_BINS``). For tests and benchmarks; not thread-local."""
+    ``MAX_TILED_BINS``). "span": the span forward (any K; an experiment, not yet timed on a
+    GPU) and the scatter path's backward. For tests and benchmarks; not thread-local."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     previous, _forced[0] = _forced[0], method
@@ -100,6 +107,8 @@ def joint_method(direction, num_bins):
     """ "tiled" or "scatter" for the ``direction`` ("forward" or "backward") of a joint
     histogram of K = ``num_bins``: ``forced_method`` if set (and possible), else the measured
     rule (``AUTO_TILED_BINS``; README, "GPU, the registration regime")."""
+    if _forced[0] == "span":
+        return "span" if direction == "forward" else "scatter"
     if int(num_bins) > MAX_TILED_BINS[direction]:
         return "scatter"
     if _forced[0] != "auto":
@@ -116,20 +125,31 @@ def tiled_config(direction, num_bins, batch, n, device):
     """(KP, BLOCK_P, num_warps, programs per row) of the ``direction`` tiled kernel.
 
     KP: K padded to a power of two, at least 16 (``tl.dot``'s smallest tile); BLOCK_P and
-    num_warps from ``TILED_CONFIGS``. Programs per row: TILED_PROGRAMS_PER_SM on every
-    multiprocessor over the batch, at most one per block of pixels, and TILED_PARTIAL_BYTES
-    of partial histograms in all.
+    num_warps from ``TILED_CONFIGS``; programs: ``persistent_programs``.
     """
     kp = max(16, triton_next_power_of_2(num_bins))
     block_p, num_warps = TILED_CONFIGS[direction][kp]
+    return kp, block_p, num_warps, persistent_programs(num_bins, batch, n, block_p, device)
+
+
+def span_config(num_bins, batch, n, device):
+    """(T, BLOCK_P, num_warps, programs per row) of the span forward: ``SPAN_CONFIG`` and
+    ``persistent_programs``."""
+    tile, block_p, num_warps = SPAN_CONFIG
+    return tile, block_p, num_warps, persistent_programs(num_bins, batch, n, block_p, device)
+
+
+def persistent_programs(num_bins, batch, n, block_p, device):
+    """Programs per row of a persistent histogram kernel: TILED_PROGRAMS_PER_SM on every
+    multiprocessor over the batch, at most one per block of ``block_p`` pixels, and
+    TILED_PARTIAL_BYTES of K x K fp32 partial histograms in all."""
     if device.type == "cuda":
         sms = _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
     else:
         sms = DEFAULT_SMS
     want = math.ceil(TILED_PROGRAMS_PER_SM * sms / max(1, batch))
     by_memory = TILED_PARTIAL_BYTES // max(1, batch * int(num_bins) ** 2 * 4)
-    programs = max(1, min(want, math.ceil(n / block_p), by_memory))
-    return kp, block_p, num_warps, programs
+    return max(1, min(want, math.ceil(n / block_p), by_memory))
 
 
 def kernel_id(name):

@@ -57,7 +57,8 @@ def test_gpu_only_scripts_import():
     """The GPU-only experiments (no dry run) at least import: their kernels are defined and
     their imports from the library and the benchmark still exist."""
     env = dict(os.environ, TRITON_INTERPRET="1")
-    code = "import sweep_fwd, exp_vector_atomics, time_call_gpu, profile_gpu, sass_counts"
+    scripts = ["sweep_fwd", "exp_vector_atomics", "time_call_gpu", "profile_gpu", "sass_counts"]
+    code = "import " + ", ".join(scripts + ["ncu_kernels", "span_tiles"])
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT / "bench", env=env, capture_output=True, text=True
     )

@@ -286,12 +286,13 @@ TILED_WINDOWS = [
 ]
 
 
-@pytest.mark.parametrize("k", [16, 23, 32, 64, 128])
+@pytest.mark.parametrize("k", [16, 23, 32, 64, 128, 256])
 @pytest.mark.parametrize("ku,kv,sigma", TILED_WINDOWS, ids=[f"{a}-{b}-s{s}" for a, b, s in TILED_WINDOWS])
 def test_tiled_kernels_against_oracle(ku, kv, sigma, k):
-    """Both paths on the GPU (tf32x3 tensor cores on the tiled one) against the dense float64
-    formula, to 1e-5 of the largest value, as the interpreter tests: odd N, a batch, a mask
-    with zeros, samples spilling past both ends."""
+    """Every path on the GPU (tf32x3 tensor cores on the tiled and the span ones; above 128
+    bins "tiled" is the scatter path) against the dense float64 formula, to 1e-5 of the
+    largest value, as the interpreter tests: odd N, a batch, a mask with zeros, samples
+    spilling past both ends (samples correlated: the span forward's blocks are noise)."""
     from mi import kernels as mk
 
     g = torch.Generator().manual_seed(k)
@@ -305,7 +306,7 @@ def test_tiled_kernels_against_oracle(ku, kv, sigma, k):
     ref = dense_joint(*leaves, num_bins=k, sigma=sigma, kernel_u=ku, kernel_v=kv)
     (ref * grad.cpu().double()).sum().backward()
     want = [t.grad if t.grad is not None else torch.zeros_like(t) for t in leaves]
-    for method in ("tiled", "scatter"):
+    for method in ("tiled", "scatter", "span"):
         with mk.forced_method(method):
             got = mk.joint_hist_forward(u, v, m, k, sigma, ku, kv)
             grads = mk.joint_hist_backward(grad, u, v, m, k, sigma, ku, kv, needs_m=True)

@@ -516,6 +516,53 @@ def test_window_sizes():
         assert bw >= min(w, utils.MAX_BLOCK_W) and bn * bw <= 4 * utils.TILE_ELEMENTS
 
 
+# ---------------------------------------------------------------- the span forward (any K)
+
+
+@pytest.mark.parametrize("ku, kv, K, sigma, N", _joint_cases())
+def test_span_forward(ku, kv, K, sigma, N):
+    """forced_method("span"): the span forward against the dense oracle on the joint cases
+    (samples spilling past both ends, far-away values, zero weights; no mask where N is 37);
+    its backward is the scatter gather (tested above)."""
+    u, v, m = make_inputs(2, N, K, seed=K * 1000 + N, with_m=N != 37)
+    with mk.forced_method("span"):
+        J = mk.joint_hist_forward(u, v, m, K, sigma, ku, kv)
+    assert_close(J, dense_joint(u.cpu(), v.cpu(), None if m is None else m.cpu(), K, sigma, ku, kv), "J")
+
+
+@pytest.mark.parametrize("smooth", [True, False], ids=["smooth", "noise"])
+@pytest.mark.parametrize(
+    "ku, kv, K, sigma", [("gaussian", "gaussian", 256, 0.5), ("bspline", "bspline", 256, 1.0),
+                         ("box", "bspline", 100, 1.0), ("gaussian", "gaussian", 48, 2.5)],
+)  # fmt: skip
+def test_span_forward_many_bins(ku, kv, K, sigma, smooth):
+    """K beyond what the tiled path holds in registers: a smooth row (neighbouring pixels in
+    neighbouring bins: blocks of one sub-tile) and noise (blocks spanning every sub-tile),
+    raw samples mapped in the kernel, a mask with zero runs (blocks with no weight)."""
+    n = 1500 if smooth else 300  # (a block of noise walks (K / T)^2 sub-tiles: slow in the interpreter)
+    g = torch.Generator().manual_seed(K)
+    t = torch.linspace(0.0, 1.0, n)
+    if smooth:
+        x = torch.stack([0.5 + 0.45 * torch.sin(7 * t), 0.3 + 0.3 * t])
+        y = torch.stack([0.5 + 0.45 * torch.cos(5 * t), 0.9 - 0.2 * t * t])
+    else:
+        x, y = torch.rand(2, n, generator=g), torch.rand(2, n, generator=g)
+    # on a grid of 2**-12, so that the kernel's float32 map (x / 2) (2 (K - 1)) is exact: at 256
+    # bins and sigma 0.5 rounding the map would move J by 1e-5 of its peak, on either path
+    x, y = (torch.round(t * 4096) / 4096 for t in (x, y))
+    m = torch.rand(2, n, generator=g)
+    m[:, 100:250] = 0.0
+    r = torch.tensor([[0.0, 1.0]])
+    bins = dict(ranges=(r.to(DEVICE), r.to(DEVICE)), first=0.0, length=K - 1.0)
+    with mk.forced_method("span"):
+        J = mk.joint_hist_forward(x.to(DEVICE), y.to(DEVICE), m.to(DEVICE), K, sigma, ku, kv, **bins)
+        if smooth:
+            again = mk.joint_hist_forward(x.to(DEVICE), y.to(DEVICE), m.to(DEVICE), K, sigma, ku, kv, **bins)
+            assert torch.equal(J, again), "the span forward is not bitwise reproducible"
+    u, v = to_bins(x.double(), r, 0.0, K - 1.0), to_bins(y.double(), r, 0.0, K - 1.0)
+    assert_close(J, dense_joint(u, v, m, K, sigma, ku, kv), "J")
+
+
 # ---------------------------------------------------------------- real GPU only
 
 
