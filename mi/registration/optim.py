@@ -408,7 +408,8 @@ class _Replay:
     def __init__(self, step, theta: Tensor, idx: Tensor | None):
         self.theta, self.idx = theta.clone(), None if idx is None else idx.clone()
         self.graph = torch.cuda.CUDAGraph()
-        with value_checks(False), torch.cuda.graph(self.graph):
+        # (the images' device current: the capture records the current device's stream)
+        with torch.cuda.device(theta.device), value_checks(False), torch.cuda.graph(self.graph):
             self.out = step(self.theta, self.idx)
 
     @classmethod
