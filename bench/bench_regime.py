@@ -11,7 +11,8 @@ Cases (issue 9):
 Providers: the library as it chooses ("auto"; "auto-graph": its forward+backward captured
 in a CUDA graph and replayed, value checks off, forward+backward only) and on each joint-histogram path
 (``mi.kernels.forced_method``: "tiled", "scatter", "span" (the span forward, scatter
-backward); "tiled-<p>" with tl.dot precision p),
+backward); "tiled-<p>" with tl.dot precision p, "tiled-tf32x3-fma" with the gaussian's exp2 on the
+FMA units, ``utils.TILED_EXP``),
 MONAI's ``GlobalMutualInformationLoss``, kornia's
 ``mutual_information_loss`` and the seed's algorithm (``bench/providers.py``). Times are
 ``triton.testing.do_bench`` medians. The HBM floor is the bytes the op must move at the
@@ -48,7 +49,8 @@ SIGMA = 1.0
 CASES = {"R1": ((1, 1, 160, 192, 224), 32), "R2": ((1, 1, 160, 192, 224), 64), "R3": ((16, 1, 256, 256), 32)}
 DRY_CASES = {"R1": ((1, 1, 10, 12, 14), 32), "R2": ((1, 1, 10, 12, 14), 64), "R3": ((2, 1, 16, 16), 32)}
 PROVIDERS = [
-    "auto", "auto-graph", "tiled", "scatter", "span", "tiled-tf32", "tiled-ieee", "monai", "kornia", "seed",
+    "auto", "auto-graph", "tiled", "scatter", "span", "tiled-tf32", "tiled-ieee", "tiled-tf32x3-fma", "monai",
+    "kornia", "seed",
 ]  # fmt: skip
 #: K of the ``--sweep`` (the H200 run committed in results/ had 32 and 64 and no scatter rows)
 SWEEP_BINS = (16, 32, 64)
@@ -98,14 +100,18 @@ def path(provider):
 
     utils = kernels._module("utils")
     method, _, precision = provider.partition("-")
-    saved = dict(utils.TILED_PRECISION)
+    precision, _, exp = precision.partition("-")  # "tf32x3-fma": the exp2 on the FMA units
+    saved, saved_exp = dict(utils.TILED_PRECISION), dict(utils.TILED_EXP)
     if precision:
         utils.TILED_PRECISION.update(forward=precision, backward=precision)
+    if exp:
+        utils.TILED_EXP.update(forward=exp)
     try:
         with kernels.forced_method(method):
             yield
     finally:
         utils.TILED_PRECISION.update(saved)
+        utils.TILED_EXP.update(saved_exp)
 
 
 def loss_of(provider):
@@ -338,7 +344,7 @@ def sweep(x, y, measure, out):
             for warps in (4, 8):
                 for d in utils.TILED_CONFIGS:
                     utils.TILED_CONFIGS[d][kp] = (block_p, warps)
-                for prec in ("tf32", "tf32x3"):
+                for prec in ("tf32", "tf32x3", "tf32x3-fma"):
                     row = {"bins": k, "block_p": block_p, "warps": warps, "precision": prec}
                     with path(f"tiled-{prec}"):
                         time_into(row, "fwd_ms", fwd)

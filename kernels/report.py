@@ -34,6 +34,7 @@ from .utils import (  # noqa: E402
     MAX_REPLICAS_JOINT,
     MAX_TILED_BINS,
     SPAN_CONFIG,
+    TILED_EXP,
     TILED_PRECISION,
     block_sizes,
     tiled_config,
@@ -135,14 +136,20 @@ def _tiled_configs():
             const = dict(common, KP=kp, BLOCK_P=bp)
             if direction == "backward":
                 const.update(NEEDS_U=True, NEEDS_V=True, NEEDS_M=True)
+            else:
+                const.update(EXP=TILED_EXP["forward"])
             for prec in dict.fromkeys([TILED_PRECISION[direction], "tf32x3", "tf32"]):
                 yield fn.__name__, fn, f"{tag}-{prec}", dict(const, PRECISION=prec), nw, "fp32"
+            if direction == "forward" and ku == "gaussian":  # the exp2 on the FMA units
+                const.update(EXP="fma", PRECISION=TILED_PRECISION[direction])
+                yield fn.__name__, fn, f"{tag}-{TILED_PRECISION[direction]}-fma", const, nw, "fp32"
     span = tiled._joint_span_fwd_kernel
     t, bp, nw = SPAN_CONFIG
     for ku, kv, k, sigma in SPAN_WINDOWS:
         w_u, w_v = window_size(ku, k, sigma), window_size(kv, k, sigma)
         const = dict(MAP=ku != "box", KIND_U=KERNEL_IDS[ku], KIND_V=KERNEL_IDS[kv], HAS_M=True)
         const.update(W_U=w_u, W_V=w_v, T=t, BLOCK_P=bp, PRECISION=TILED_PRECISION["forward"])
+        const.update(EXP=TILED_EXP["forward"])
         yield (
             span.__name__,
             span,

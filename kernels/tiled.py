@@ -52,6 +52,7 @@ import triton
 import triton.language as tl
 
 from .utils import (
+    TILED_EXP,
     TILED_PRECISION,
     kernel_id,
     row_ranges,
@@ -64,11 +65,36 @@ from .window import _load_bins, _window, _window_and_grad, _window_start
 
 
 @triton.jit
-def _weights(b_d, c_k, KIND: tl.constexpr):
-    """w(d) on a tile of distances. The gaussian as one exp2 (no clamp: d = +-inf gives 0); the
+def _exp2_fma(x):
+    """2**x for x <= 0 on the FMA units (``TILED_EXP="fma"``), not the special-function
+    unit that ``tl.exp2`` uses (16 results per cycle and multiprocessor against 128 FMAs):
+    x = n + f with n = round(x), f in [-1/2, 1/2]; 2**f by a degree-5 polynomial (relative
+    error 2.3e-7 in float32 arithmetic, about ``ex2.approx``'s); times 2**n by adding n to
+    the exponent bits. 0 for x <= -125 (2**-125 is 2e-38) and for -inf and NaN."""
+    keep = x > -125.0
+    x = tl.where(keep, x, 0.0)
+    n = tl.floor(x + 0.5)
+    f = x - n
+    p = 0.001327647129073739 * f + 0.009675541892647743
+    p = p * f + 0.05550713092088699
+    p = p * f + 0.24022120237350464
+    p = p * f + 0.6931469440460205
+    p = p * f + 1.0000001192092896
+    bits = p.to(tl.int32, bitcast=True) + (n.to(tl.int32) << 23)
+    return tl.where(keep, bits.to(tl.float32, bitcast=True), 0.0)
+
+
+@triton.jit
+def _weights(b_d, c_k, KIND: tl.constexpr, EXP: tl.constexpr):
+    """w(d) on a tile of distances. The gaussian as one exp2 (no clamp: d = +-inf gives 0), on
+    the special-function unit (EXP "mufu") or the FMA units ("fma", ``_exp2_fma``); the
     other kinds as ``window._window``, whose formulas are 0 outside their support."""
     if KIND == 0:
-        return tl.exp2((b_d * b_d) * (-1.4426950408889634 * c_k))
+        b_e = (b_d * b_d) * (-1.4426950408889634 * c_k)
+        if EXP == "fma":
+            return _exp2_fma(b_e)
+        else:
+            return tl.exp2(b_e)
     else:
         return _window(b_d, c_k, KIND)
 
@@ -128,6 +154,7 @@ def _joint_tiled_fwd_kernel(
     KP: tl.constexpr,
     BLOCK_P: tl.constexpr,
     PRECISION: tl.constexpr,
+    EXP: tl.constexpr,
 ):
     """Partial J of the pixel blocks i, i + PROGRAMS, i + 2 PROGRAMS, ... of row b.
 
@@ -148,8 +175,8 @@ def _joint_tiled_fwd_kernel(
             b_m = tl.load(p_m + o_x, mask=m_n, other=0.0)
         else:
             b_m = tl.where(m_n, 1.0, 0.0)
-        b_at = _weights(b_u[None, :] - f_k[:, None], c_k, KIND_U) * b_m[None, :]  # A^T (KP, P)
-        b_c = _weights(b_v[:, None] - f_k[None, :], c_k, KIND_V)  # B (P, KP)
+        b_at = _weights(b_u[None, :] - f_k[:, None], c_k, KIND_U, EXP) * b_m[None, :]  # A^T (KP, P)
+        b_c = _weights(b_v[:, None] - f_k[None, :], c_k, KIND_V, EXP)  # B (P, KP)
         b_acc = _dot(b_at, b_c, b_acc, PRECISION)
     p_o = p_out + (i_p * tl.num_programs(1) + i_b) * K * K
     m_k = o_k < K
@@ -180,6 +207,7 @@ def _joint_span_fwd_kernel(
     T: tl.constexpr,
     BLOCK_P: tl.constexpr,
     PRECISION: tl.constexpr,
+    EXP: tl.constexpr,
 ):
     """Partial J of the pixel blocks i, i + PROGRAMS, ... of row b, for any K ("span" path).
 
@@ -215,10 +243,10 @@ def _joint_span_fwd_kernel(
         lo_v = tl.min(tl.where(m_keep, b_sv, K), axis=0)
         hi_v = tl.max(tl.where(m_keep, b_sv + W_V, 0), axis=0)
         for a0 in range(lo_u, hi_u, T):
-            b_at = _weights(b_u[None, :] - (a0 + f_t)[:, None], c_k, KIND_U) * b_m[None, :]  # (T, P)
+            b_at = _weights(b_u[None, :] - (a0 + f_t)[:, None], c_k, KIND_U, EXP) * b_m[None, :]  # (T, P)
             m_a = (a0 + o_t) < K
             for c0 in range(lo_v, hi_v, T):
-                b_c = _weights(b_v[:, None] - (c0 + f_t)[None, :], c_k, KIND_V)  # (P, T)
+                b_c = _weights(b_v[:, None] - (c0 + f_t)[None, :], c_k, KIND_V, EXP)  # (P, T)
                 m_ac = m_a[:, None] & ((c0 + o_t) < K)[None, :]
                 p_t = p_o + (a0 + o_t)[:, None] * K + (c0 + o_t)[None, :]
                 b_j = _dot(b_at, b_c, tl.load(p_t, mask=m_ac, other=0.0), PRECISION)
@@ -321,7 +349,8 @@ def forward_tiled(u, v, m, K, sigma, kernel_u, kernel_v, ranges, first, length):
     out = torch.empty((programs, B, K, K), dtype=torch.float32, device=u.device)
     _joint_tiled_fwd_kernel[(programs, B)](
         u, v, u if m is None else m, out, *rng, N, K, c_k, float(first), float(length),
-        HAS_M=m is not None, PRECISION=TILED_PRECISION["forward"], num_warps=num_warps, **const,
+        HAS_M=m is not None, PRECISION=TILED_PRECISION["forward"], EXP=TILED_EXP["forward"],
+        num_warps=num_warps, **const,
     )  # fmt: skip
     return out[0] if programs == 1 else out.sum(0)
 
@@ -337,7 +366,7 @@ def forward_span(u, v, m, K, sigma, kernel_u, kernel_v, ranges, first, length):
         u, v, u if m is None else m, out, r_u, r_v, s_u, s_v, N, K, window_param(sigma, kernel_u, kernel_v),
         float(first), float(length), MAP=ranges is not None, KIND_U=ku, KIND_V=kv, HAS_M=m is not None,
         W_U=window_size(kernel_u, K, sigma), W_V=window_size(kernel_v, K, sigma), T=tile, BLOCK_P=block_p,
-        PRECISION=TILED_PRECISION["forward"], num_warps=num_warps,
+        PRECISION=TILED_PRECISION["forward"], EXP=TILED_EXP["forward"], num_warps=num_warps,
     )  # fmt: skip
     return out[0] if programs == 1 else out.sum(0)
 

@@ -563,6 +563,53 @@ def test_span_forward_many_bins(ku, kv, K, sigma, smooth):
     assert_close(J, dense_joint(u, v, m, K, sigma, ku, kv), "J")
 
 
+# ---------------------------------------------------------------- the gaussian's exp2 on the FMA units
+
+
+if mk.is_available():
+    import triton
+    import triton.language as tl
+
+    _exp2_fma = importlib.import_module("mi.kernels.tiled")._exp2_fma
+
+    @triton.jit
+    def _exp2_fma_kernel(p_x, p_y, N, BLOCK: tl.constexpr):
+        o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        x = tl.load(p_x + o, mask=o < N, other=0.0)
+        tl.store(p_y + o, _exp2_fma(x), mask=o < N)
+
+
+def test_exp2_fma_accuracy():
+    """``tiled._exp2_fma`` against float64 2**x: within 3e-7 relative on [-125, 0] (ex2.approx
+    is about 2**-22), 0 below (2**-125 is 2e-38), at -inf and at NaN."""
+    tail = [-125.0, -130.0, -1e30, -math.inf, math.nan]
+    x = torch.cat([torch.linspace(-124.99, 0.0, 200001), torch.tensor(tail)]).to(DEVICE)
+    y = torch.empty_like(x)
+    _exp2_fma_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), BLOCK=1024)
+    want = torch.exp2(x[: -len(tail)].double())
+    rel = ((y[: -len(tail)].double() - want).abs() / want).max().item()
+    assert rel <= 3e-7, rel
+    assert y[-len(tail) :].abs().max().item() == 0.0
+
+
+@pytest.fixture
+def exp_on_fma():
+    saved = dict(utils.TILED_EXP)
+    utils.TILED_EXP.update(forward="fma")
+    yield
+    utils.TILED_EXP.update(saved)
+
+
+@pytest.mark.parametrize("method", ["tiled", "span"])
+@pytest.mark.parametrize("K, sigma", [(16, 0.4), (64, 1.0), (37, 2.5)])
+def test_forward_with_exp_on_fma(K, sigma, method, exp_on_fma):
+    """The tiled and span forwards with TILED_EXP "fma" against the dense oracle (gaussian)."""
+    u, v, m = make_inputs(2, 301, K, seed=K)
+    with mk.forced_method(method):
+        J = mk.joint_hist_forward(u, v, m, K, sigma)
+    assert_close(J, dense_joint(u.cpu(), v.cpu(), m.cpu(), K, sigma), "J")
+
+
 # ---------------------------------------------------------------- real GPU only
 
 
