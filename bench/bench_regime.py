@@ -299,14 +299,23 @@ def run_r4(x, y, num_bins, provider, measure):
 
 
 def sweep(x, y, measure, out):
-    """The joint-histogram kernels alone on R1's volume (bin coordinates, no mask), per K:
-    the tiled ones per (BLOCK_P, warps, tl.dot precision), and the scatter ones (precision
-    "scatter"). The backward computes dv only, as in registration."""
+    """The joint-histogram kernels alone on R1's volume (bin coordinates, no mask), per K
+    (32 and 64 first): the scatter ones (precision "scatter"), the span forward per
+    ``SPAN_SWEEP``, the tiled ones per (BLOCK_P, warps, tl.dot precision, exp2 unit). The
+    backward computes dv only, as in registration. Each row is written as it is measured
+    (a run stopped by its time limit keeps what it measured)."""
     from mi import kernels
 
     utils = kernels._module("utils")
     b = x.shape[0]
-    rows = []
+    f = open(os.path.join(out, "bench_regime_sweep.csv"), "w", newline="")
+    w = csv.DictWriter(f, ["bins", "block_p", "warps", "precision", "fwd_ms", "bwd_ms"])
+    w.writeheader()
+
+    def record(row):
+        print(row, file=sys.stderr, flush=True)
+        w.writerow(row)
+        f.flush()
 
     def time_into(row, name, fn):
         try:
@@ -314,7 +323,8 @@ def sweep(x, y, measure, out):
         except Exception as e:  # out of resources: a configuration that cannot launch
             row[name] = f"{type(e).__name__}"
 
-    for k in sorted(set(SWEEP_BINS) | set(SPAN_SWEEP_BINS)):
+    wanted = sorted(set(SWEEP_BINS) | set(SPAN_SWEEP_BINS), key=lambda k: (k not in (32, 64), k))
+    for k in wanted:
         u = (x.reshape(b, -1) * (k - 1)).contiguous()
         v = (y.reshape(b, -1) * (k - 1)).contiguous()
         g = torch.randn(b, k, k, device=x.device)
@@ -324,8 +334,7 @@ def sweep(x, y, measure, out):
         with kernels.forced_method("scatter"):
             time_into(row, "fwd_ms", fwd)
             time_into(row, "bwd_ms", bwd)
-        print(row, file=sys.stderr, flush=True)
-        rows.append(row)
+        record(row)
         if k in SPAN_SWEEP_BINS:
             saved_span = utils.SPAN_CONFIG
             for tile, block_p, warps in SPAN_SWEEP:
@@ -333,8 +342,7 @@ def sweep(x, y, measure, out):
                 row = {"bins": k, "block_p": block_p, "warps": warps, "precision": f"span-{tile}"}
                 with kernels.forced_method("span"):
                     time_into(row, "fwd_ms", fwd)
-                print(row, file=sys.stderr, flush=True)
-                rows.append(row)
+                record(row)
             utils.SPAN_CONFIG = saved_span
         if k not in SWEEP_BINS:
             continue
@@ -348,17 +356,14 @@ def sweep(x, y, measure, out):
                     row = {"bins": k, "block_p": block_p, "warps": warps, "precision": prec}
                     with path(f"tiled-{prec}"):
                         time_into(row, "fwd_ms", fwd)
-                        if k <= utils.MAX_TILED_BINS["backward"]:
+                        # (the backward has no exp2 option)
+                        if k <= utils.MAX_TILED_BINS["backward"] and not prec.endswith("fma"):
                             time_into(row, "bwd_ms", bwd)
-                    print(row, file=sys.stderr, flush=True)
-                    rows.append(row)
+                    record(row)
         for d, config in saved.items():
             if config is not None:
                 utils.TILED_CONFIGS[d][kp] = config
-    with open(os.path.join(out, "bench_regime_sweep.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, ["bins", "block_p", "warps", "precision", "fwd_ms", "bwd_ms"])
-        w.writeheader()
-        w.writerows(rows)
+    f.close()
 
 
 def markdown(rows):
