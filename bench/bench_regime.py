@@ -1,6 +1,7 @@
 """GPU benchmark of the registration regime: 32-64 bins, sigma 1 bin (the loss defaults).
 
     python bench/bench_regime.py [--cases R1,R3] [--providers ...] [--sweep] [--out DIR]
+    python bench/bench_regime.py --plot [--out DIR]     (bench_regime.png from DIR's CSV)
     TRITON_INTERPRET=1 python bench/bench_regime.py --dry-run
 
 Cases (issue 9):
@@ -366,6 +367,32 @@ def sweep(x, y, measure, out):
     f.close()
 
 
+def plot_results(folder):
+    """bench_regime.png in ``folder`` from its bench_regime.csv (forward+backward per case and
+    provider, log scale, with the HBM floor as one more bar) titled with the card that the
+    first lines of bench_regime.md name (the device tool's header): the GPU run itself keeps
+    to the files it must bring back, so the plot is drawn afterwards, anywhere."""
+    from bench_cpu import plot
+
+    with open(os.path.join(folder, "bench_regime.csv")) as f:
+        rows = [r for r in csv.DictReader(f) if r["fwd_bwd_ms"] and r["case"] != "R4"]
+    md = os.path.join(folder, "bench_regime.md")
+    head = open(md).read().splitlines()[:3] if os.path.exists(md) else []
+    card = next((line.split(",")[0] for line in head if line.startswith("NVIDIA")), "GPU")
+    versions = next((line for line in head if line.startswith("torch")), "")
+    out, floors = [], {}
+    for r in rows:
+        ms = float(r["fwd_bwd_ms"])
+        out.append(dict(r, fwd_bwd_ms=ms))
+        if r["provider"] in MINE and r["fwd_bwd_x_floor"]:
+            floors[r["case"]] = dict(r, provider="HBM floor", fwd_bwd_ms=ms / float(r["fwd_bwd_x_floor"]))
+    keys = ("fwd_bwd_ms",) * 3
+    title = f"{card} ({versions}): MI forward + backward, sigma 1 bin, value checks on"
+    path = os.path.join(folder, "bench_regime.png")
+    plot(out + list(floors.values()), path, title, keys, ylabel="forward + backward, ms (log)")
+    return path
+
+
 def markdown(rows):
     lines = [
         "| case | provider | fwd ms | bwd ms | fwd+bwd ms | x floor (fwd, bwd, both) | MI rel. err | "
@@ -389,7 +416,11 @@ def main(argv=None):
     p.add_argument("--providers", default=",".join(PROVIDERS))
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--out", help="output folder (default bench/results; dry run: a temp folder)")
+    p.add_argument("--plot", action="store_true", help="only draw bench_regime.png from --out's CSV")
     args = p.parse_args(argv)
+    if args.plot:
+        print(plot_results(args.out or os.path.join(HERE, "results")))
+        return
     if args.dry_run:
         os.environ.setdefault("TRITON_INTERPRET", "1")
         device, cases = torch.device("cpu"), DRY_CASES
