@@ -6,6 +6,7 @@
 # benchmark (compat providers included). Outputs land in $OUT (default bench/results/gpu_run):
 # 8 files, the device tool's limit (bench_gpu.png is not kept: bench_gpu.csv has its numbers).
 #   bash bench/gpu_checks.sh            (wheels for monai/kornia in .whl/, if carried)
+# Back here: copy what to keep into bench/results, then `python bench/bench_regime.py --plot`.
 # Time limits per part (s): TEST_S (150), BENCH_S (200), NCU_S (60), REG_S (50), GPUBENCH_S
 # (120), under the device call's 600 s together. BENCH_ARGS and GPUBENCH_ARGS replace the two
 # benchmarks' arguments (defaults: --sweep; G1,G3 with the peers and the compat drop-ins).

@@ -24,7 +24,7 @@ def test_bench_regime_dry_run(tmp_path):
     the float64 oracle's errors (the interpreter's tl.dot is fp32: both paths within 1e-5)."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(ROOT / "bench" / "bench_regime.py"), "--dry-run", "--out", str(tmp_path),
-           "--providers", "auto,auto-graph,tiled,scatter,monai"]  # fmt: skip
+           "--providers", "auto,auto-graph,tiled,scatter,span,tiled-tf32x3-fma,monai"]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = list(csv.DictReader(open(tmp_path / "bench_regime_dry.csv")))
@@ -33,6 +33,16 @@ def test_bench_regime_dry_run(tmp_path):
         if r["case"] != "R4" and r["provider"] not in ("monai", "auto-graph"):  # (graphs: CUDA only)
             assert float(r["fwd_bwd_ms"]) > 0 and float(r["mi_rel_err"]) < 1e-5, r
             assert float(r["grad_rel_err"]) < 1e-5, r
+
+
+def test_bench_regime_plot(tmp_path):
+    """--plot draws bench_regime.png from a run's CSV (the committed H200 one), named by its card."""
+    for name in ("bench_regime.csv", "bench_regime.md"):
+        (tmp_path / name).write_bytes((ROOT / "bench" / "results" / name).read_bytes())
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_regime.py"), "--plot", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (tmp_path / "bench_regime.png").stat().st_size > 10_000
 
 
 def test_host_overhead_counts(tmp_path):
