@@ -8,6 +8,7 @@ Cases (issue 9):
   R1  one 160x192x224 volume pair, K = 32      R2  the same at K = 64
   R3  a batch of 16 2-D pairs 256x256, K = 32  R4  one registration iteration of R1 (affine
       ``grid_sample`` warp, MI loss, backward, Adam step), eager and replayed from a CUDA graph
+  R5  R1 with the cubic B-spline window (``mi.register``'s default loss; MONAI's "b-spline")
 
 Providers: the library as it chooses ("auto"; "auto-graph": its forward+backward captured
 in a CUDA graph and replayed, value checks off, forward+backward only) and on each joint-histogram path
@@ -26,8 +27,10 @@ the inputs. R4's kernel time is the sum of the CUDA kernels a profiler sees in o
 
 ``--sweep`` also times the joint-histogram kernels alone on R1's volume at each of
 ``SWEEP_BINS``: scatter, and tiled over block sizes, warps and precisions (the data for
-``utils.TILED_CONFIGS`` and ``utils.AUTO_TILED_BINS``); and the span forward over
-``SPAN_SWEEP`` at each of ``SPAN_SWEEP_BINS`` (precision "span-<T>", ``utils.SPAN_CONFIG``).
+``utils.TILED_CONFIGS`` and ``utils.AUTO_TILED_BINS``); the span forward over
+``SPAN_SWEEP`` at each of ``SPAN_SWEEP_BINS`` (precision "span-<T>", ``utils.SPAN_CONFIG``);
+and at 32 bins the three paths with the cubic B-spline window ("bspline-<path>"), whose 4
+bins per axis may move the crossover (16 atomics a voxel where sigma 1 needs about 100).
 """
 
 import argparse
@@ -47,8 +50,20 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
 SIGMA = 1.0
-CASES = {"R1": ((1, 1, 160, 192, 224), 32), "R2": ((1, 1, 160, 192, 224), 64), "R3": ((16, 1, 256, 256), 32)}
-DRY_CASES = {"R1": ((1, 1, 10, 12, 14), 32), "R2": ((1, 1, 10, 12, 14), 64), "R3": ((2, 1, 16, 16), 32)}
+CASES = {
+    "R1": ((1, 1, 160, 192, 224), 32), "R2": ((1, 1, 160, 192, 224), 64), "R3": ((16, 1, 256, 256), 32),
+    "R5": ((1, 1, 160, 192, 224), 32),
+}  # fmt: skip
+DRY_CASES = {
+    "R1": ((1, 1, 10, 12, 14), 32), "R2": ((1, 1, 10, 12, 14), 64), "R3": ((2, 1, 16, 16), 32),
+    "R5": ((1, 1, 10, 12, 14), 32),
+}  # fmt: skip
+#: The window of each case (gaussian at SIGMA elsewhere): R5 is R1 with mi.register's default
+#: loss window, the cubic B-spline (4 bins per axis where sigma 1 touches 12).
+CASE_KERNEL = {"R5": "bspline"}
+#: Where [0, 1] lands in bin coordinates, per window (the library's layout, README "Usage":
+#: a B-spline's support is 2 bins, so [0, 1] maps onto bins 1..K-2): (first, margin at the end).
+LAYOUT = {"gaussian": (0.0, 1.0), "bspline": (1.0, 2.0)}
 PROVIDERS = [
     "auto", "auto-graph", "tiled", "scatter", "span", "tiled-tf32", "tiled-ieee", "tiled-tf32x3-fma", "monai",
     "kornia", "seed",
@@ -115,24 +130,43 @@ def path(provider):
         utils.TILED_EXP.update(saved_exp)
 
 
-def loss_of(provider):
+def loss_of(provider, kernel="gaussian"):
+    """loss(x, y, num_bins, sigma) of ``provider`` with the case's window."""
     import providers
 
     if provider.startswith(MINE):
-        return providers.load("mi", mi_backend="triton")
-    return providers.load(provider)
+        import mi
+
+        return lambda x, y, k, s: mi.mutual_information(
+            x, y, num_bins=k, sigma=s, value_range=(0.0, 1.0), kernel=kernel, backend="triton"
+        ).sum()
+    if kernel == "gaussian":
+        return providers.load(provider)
+    if provider == "monai":
+        from monai.losses import GlobalMutualInformationLoss
+
+        losses = {}
+
+        def run(x, y, k, s):
+            if k not in losses:
+                losses[k] = GlobalMutualInformationLoss(kernel_type="b-spline", num_bins=k, reduction="sum")
+            return losses[k](y, x)
+
+        return run
+    raise ImportError(f"{provider} has no {kernel} window", name=f"{provider} ({kernel})")
 
 
-def oracle(x, y, num_bins):
+def oracle(x, y, num_bins, kernel="gaussian"):
     """(MI per row (B,), dMI.sum()/dy) by the dense float64 formula on x's device."""
-    from oracle import dense_joint, to_bins
+    from oracle import dense_joint
     from oracle import mutual_information as oracle_mi
 
     yd = y.detach().double().requires_grad_()
     b = x.shape[0]
-    u = to_bins(x.detach(), 0.0, 1.0, num_bins).reshape(b, -1)
-    v = to_bins(yd, 0.0, 1.0, num_bins).reshape(b, -1)
-    value = oracle_mi(dense_joint(u, v, None, num_bins, SIGMA))
+    first, margin = LAYOUT[kernel]
+    length = num_bins - margin - first
+    u, v = (first + length * t.reshape(b, -1) for t in (x.detach().double(), yd))
+    value = oracle_mi(dense_joint(u, v, None, num_bins, SIGMA, kernel, kernel))
     value.sum().backward()
     return value.detach(), yd.grad
 
@@ -144,7 +178,7 @@ def run_provider(provider, case, x, y, num_bins, measure, bandwidth, reference):
     row = {"case": case, "provider": provider, "shape": "x".join(map(str, shape)), "bins": num_bins}
     cuda = x.is_cuda
     try:
-        fn = loss_of(provider)
+        fn = loss_of(provider, CASE_KERNEL.get(case, "gaussian"))
     except ImportError as e:
         return {**row, "note": f"not installed ({e.name})"}
     mine = provider.startswith(MINE)
@@ -250,7 +284,10 @@ def run_graph(case, x, y, num_bins, measure, bandwidth):
     y = y.detach().requires_grad_()
 
     def call():
-        value = mi.mutual_information(x, y, num_bins=num_bins, sigma=SIGMA, value_range=(0.0, 1.0)).sum()
+        kernel = CASE_KERNEL.get(case, "gaussian")
+        value = mi.mutual_information(
+            x, y, num_bins=num_bins, sigma=SIGMA, value_range=(0.0, 1.0), kernel=kernel
+        ).sum()
         return torch.autograd.grad(value, y)
 
     with mi.value_checks(False):
@@ -364,6 +401,25 @@ def sweep(x, y, measure, out):
         for d, config in saved.items():
             if config is not None:
                 utils.TILED_CONFIGS[d][kp] = config
+        if k == 32:  # mi.register's default window, the cubic B-spline: 4 bins a voxel and axis
+            fwd = lambda u=u, v=v: kernels.joint_hist_forward(u, v, None, 32, SIGMA, "bspline", "bspline")
+            bwd = lambda u=u, v=v, g=g: kernels.joint_hist_backward(
+                g, u, v, None, 32, SIGMA, "bspline", "bspline", needs_u=False
+            )
+            for method in ("scatter", "tiled"):
+                row = {"bins": k, "precision": f"bspline-{method}"}
+                with kernels.forced_method(method):
+                    time_into(row, "fwd_ms", fwd)
+                    time_into(row, "bwd_ms", bwd)
+                record(row)
+            saved_span = utils.SPAN_CONFIG
+            for tile, block_p, warps in ((16, 32, 4), (16, 64, 4), (32, 32, 4)):
+                utils.SPAN_CONFIG = (tile, block_p, warps)
+                row = {"bins": k, "block_p": block_p, "warps": warps, "precision": f"bspline-span-{tile}"}
+                with kernels.forced_method("span"):
+                    time_into(row, "fwd_ms", fwd)
+                record(row)
+            utils.SPAN_CONFIG = saved_span
     f.close()
 
 
@@ -412,7 +468,7 @@ def markdown(rows):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dry-run", action="store_true", help="tiny CPU tensors, Triton interpreter")
-    p.add_argument("--cases", default="R1,R2,R3,R4")
+    p.add_argument("--cases", default="R1,R2,R3,R4,R5")
     p.add_argument("--providers", default=",".join(PROVIDERS))
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--out", help="output folder (default bench/results; dry run: a temp folder)")
@@ -447,10 +503,10 @@ def main(argv=None):
             pairs[shape] = [t.to(device) for t in data.make_pair(shape)]
         return pairs[shape]
 
-    for case in [c for c in ("R1", "R2", "R3") if c in wanted]:
+    for case in [c for c in ("R1", "R2", "R3", "R5") if c in wanted]:
         shape, k = cases[case]
         x, y = pair(shape)
-        reference = oracle(x, y, k)
+        reference = oracle(x, y, k, CASE_KERNEL.get(case, "gaussian"))
         for prov in args.providers.split(","):
             if prov == "auto-graph":
                 row = run_graph(case, x, y, k, measure, bandwidth)

@@ -28,7 +28,7 @@ def test_bench_regime_dry_run(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = list(csv.DictReader(open(tmp_path / "bench_regime_dry.csv")))
-    assert {r["case"] for r in rows} == {"R1", "R2", "R3", "R4"}, rows
+    assert {r["case"] for r in rows} == {"R1", "R2", "R3", "R4", "R5"}, rows
     for r in rows:
         if r["case"] != "R4" and r["provider"] not in ("monai", "auto-graph"):  # (graphs: CUDA only)
             assert float(r["fwd_bwd_ms"]) > 0 and float(r["mi_rel_err"]) < 1e-5, r
