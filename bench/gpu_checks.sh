@@ -9,7 +9,9 @@
 # Back here: copy what to keep into bench/results, then `python bench/bench_regime.py --plot`.
 # Time limits per part (s): TEST_S (150), BENCH_S (200), NCU_S (60), REG_S (50), GPUBENCH_S
 # (120), under the device call's 600 s together. BENCH_ARGS and GPUBENCH_ARGS replace the two
-# benchmarks' arguments (defaults: --sweep; G1,G3 with the peers and the compat drop-ins).
+# benchmarks' arguments (defaults: --sweep and the providers not yet timed, with MONAI beside
+# them; kornia, the seed and the plain-tf32/ieee rows are in the committed H200 run. G1,G3
+# with the peers and the compat drop-ins).
 OUT=${OUT:-bench/results/gpu_run}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -25,7 +27,7 @@ cat "$OUT/device.txt"
 timeout ${TEST_S:-150} python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py \
   2>&1 | (cat "$OUT/device.txt"; cat) | tee "$OUT/gpu_tests.log" | tail -40
 rm -f "$OUT/device.txt"  # (kept at the top of gpu_tests.log)
-timeout ${BENCH_S:-200} python3 bench/bench_regime.py ${BENCH_ARGS:---sweep} --out "$OUT" 2>"$OUT/bench_regime.log" \
+timeout ${BENCH_S:-200} python3 bench/bench_regime.py ${BENCH_ARGS:---sweep --providers auto,auto-graph,tiled,scatter,span,tiled-tf32x3-fma,monai} --out "$OUT" 2>"$OUT/bench_regime.log" \
   | tee "$OUT/bench_regime.md"
 tail -5 "$OUT/bench_regime.log"
 timeout ${NCU_S:-60} ncu --clock-control none --profile-from-start off --kernel-name regex:_joint \
