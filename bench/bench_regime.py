@@ -11,11 +11,11 @@ Cases (issue 9):
   R5  R1 with the cubic B-spline window (``mi.register``'s default loss; MONAI's "b-spline")
 
 Providers: the library as it chooses ("auto"; "auto-graph": its forward+backward captured
-in a CUDA graph and replayed, value checks off, forward+backward only) and on each joint-histogram path
-(``mi.kernels.forced_method``: "tiled", "scatter", "span" (the span forward, scatter
-backward); "tiled-<p>" with tl.dot precision p, "tiled-tf32x3-fma" with the gaussian's exp2 on the
-FMA units, ``utils.TILED_EXP``),
-MONAI's ``GlobalMutualInformationLoss``, kornia's
+in a CUDA graph and replayed, value checks off, forward+backward only) and on each
+joint-histogram path (``mi.kernels.forced_method``: "tiled", "scatter", "span" (the span
+forward, scatter backward), "span-sorted" (the same on the pixels sorted by bin tile);
+"tiled-<p>" with tl.dot precision p, "tiled-tf32x3-fma" with the gaussian's exp2 on the FMA
+units, ``utils.TILED_EXP``), MONAI's ``GlobalMutualInformationLoss``, kornia's
 ``mutual_information_loss`` and the seed's algorithm (``bench/providers.py``). Times are
 ``triton.testing.do_bench`` medians. The HBM floor is the bytes the op must move at the
 copy bandwidth measured in the same run (a device-to-device copy): the forward reads x and
@@ -65,8 +65,8 @@ CASE_KERNEL = {"R5": "bspline"}
 #: a B-spline's support is 2 bins, so [0, 1] maps onto bins 1..K-2): (first, margin at the end).
 LAYOUT = {"gaussian": (0.0, 1.0), "bspline": (1.0, 2.0)}
 PROVIDERS = [
-    "auto", "auto-graph", "tiled", "scatter", "span", "tiled-tf32", "tiled-ieee", "tiled-tf32x3-fma", "monai",
-    "kornia", "seed",
+    "auto", "auto-graph", "tiled", "scatter", "span", "span-sorted", "tiled-tf32", "tiled-ieee",
+    "tiled-tf32x3-fma", "monai", "kornia", "seed",
 ]  # fmt: skip
 #: K of the ``--sweep`` (the H200 run committed in results/ had 32 and 64 and no scatter rows)
 SWEEP_BINS = (16, 32, 64)
@@ -117,6 +117,8 @@ def path(provider):
     utils = kernels._module("utils")
     method, _, precision = provider.partition("-")
     precision, _, exp = precision.partition("-")  # "tf32x3-fma": the exp2 on the FMA units
+    if method == "span":  # "span", "span-sorted": methods of their own
+        method, precision, exp = provider, "", ""
     saved, saved_exp = dict(utils.TILED_PRECISION), dict(utils.TILED_EXP)
     if precision:
         utils.TILED_PRECISION.update(forward=precision, backward=precision)
@@ -375,10 +377,12 @@ def sweep(x, y, measure, out):
         record(row)
         if k in SPAN_SWEEP_BINS:
             saved_span = utils.SPAN_CONFIG
-            for tile, block_p, warps in SPAN_SWEEP:
+            for (tile, block_p, warps), method in [(c, "span") for c in SPAN_SWEEP] + [
+                (c, "span-sorted") for c in SPAN_SWEEP[1:3]
+            ]:
                 utils.SPAN_CONFIG = (tile, block_p, warps)
-                row = {"bins": k, "block_p": block_p, "warps": warps, "precision": f"span-{tile}"}
-                with kernels.forced_method("span"):
+                row = {"bins": k, "block_p": block_p, "warps": warps, "precision": f"{method}-{tile}"}
+                with kernels.forced_method(method):
                     time_into(row, "fwd_ms", fwd)
                 record(row)
             utils.SPAN_CONFIG = saved_span

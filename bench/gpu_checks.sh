@@ -27,7 +27,7 @@ cat "$OUT/device.txt"
 timeout ${TEST_S:-150} python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py \
   2>&1 | (cat "$OUT/device.txt"; cat) | tee "$OUT/gpu_tests.log" | tail -40
 rm -f "$OUT/device.txt"  # (kept at the top of gpu_tests.log)
-timeout ${BENCH_S:-200} python3 bench/bench_regime.py ${BENCH_ARGS:---sweep --providers auto,auto-graph,tiled,scatter,span,tiled-tf32x3-fma,monai} --out "$OUT" 2>"$OUT/bench_regime.log" \
+timeout ${BENCH_S:-200} python3 bench/bench_regime.py ${BENCH_ARGS:---sweep --providers auto,auto-graph,tiled,scatter,span,span-sorted,tiled-tf32x3-fma,monai} --out "$OUT" 2>"$OUT/bench_regime.log" \
   | tee "$OUT/bench_regime.md"
 tail -5 "$OUT/bench_regime.log"
 timeout ${NCU_S:-60} ncu --clock-control none --profile-from-start off --kernel-name regex:_joint \

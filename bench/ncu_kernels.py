@@ -27,6 +27,8 @@ LAUNCHES = [
     ("tiled", 64, "forward"),
     ("span", 64, "forward"),
     ("span", 256, "forward"),
+    ("span-sorted", 256, "forward"),
+    ("scatter", 256, "forward"),
 ]
 
 

@@ -235,9 +235,11 @@ def joint_hist_forward(
     if B == 0 or N == 0:
         return torch.zeros((B, K, K), dtype=torch.float32, device=u.device)
     method = joint_method("forward", K)
-    if method != "scatter":  # tiled and span: deterministic by construction
-        path = forward_tiled if method == "tiled" else forward_span
-        return path(u, v, m, K, sigma, kernel_u, kernel_v, ranges, first, length)
+    if method == "tiled":  # tiled and span: deterministic by construction
+        return forward_tiled(u, v, m, K, sigma, kernel_u, kernel_v, ranges, first, length)
+    if method.startswith("span"):
+        sort = method == "span-sorted"
+        return forward_span(u, v, m, K, sigma, kernel_u, kernel_v, ranges, first, length, sort=sort)
     fixed = use_deterministic(deterministic)
     num_blocks = triton.cdiv(N, block_n)
     dtype = torch.int64 if fixed else torch.float32

@@ -90,7 +90,7 @@ DEFAULT_SMS = 4
 #: 8) spills.
 SPAN_CONFIG = (32, 32, 4)
 
-METHODS = ("auto", "tiled", "scatter", "span")
+METHODS = ("auto", "tiled", "scatter", "span", "span-sorted")
 _forced = ["auto"]
 
 
@@ -99,7 +99,8 @@ def forced_method(method):
     """Within the block, the joint-histogram launchers use ``method`` ("tiled" or "scatter";
     "auto": the rule of ``joint_method``) wherever it can serve (tiled: K up to
     ``MAX_TILED_BINS``). "span": the span forward (any K; an experiment, not yet timed on a
-    GPU) and the scatter path's backward. For tests and benchmarks; not thread-local."""
+    GPU) and the scatter path's backward; "span-sorted": the same on the pixels sorted by
+    bin tile first. For tests and benchmarks; not thread-local."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     previous, _forced[0] = _forced[0], method
@@ -113,8 +114,8 @@ def joint_method(direction, num_bins):
     """ "tiled" or "scatter" for the ``direction`` ("forward" or "backward") of a joint
     histogram of K = ``num_bins``: ``forced_method`` if set (and possible), else the measured
     rule (``AUTO_TILED_BINS``; README, "GPU, the registration regime")."""
-    if _forced[0] == "span":
-        return "span" if direction == "forward" else "scatter"
+    if _forced[0].startswith("span"):
+        return _forced[0] if direction == "forward" else "scatter"
     if int(num_bins) > MAX_TILED_BINS[direction]:
         return "scatter"
     if _forced[0] != "auto":

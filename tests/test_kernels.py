@@ -523,19 +523,21 @@ def test_window_sizes():
 def test_span_forward(ku, kv, K, sigma, N):
     """forced_method("span"): the span forward against the dense oracle on the joint cases
     (samples spilling past both ends, far-away values, zero weights; no mask where N is 37);
-    its backward is the scatter gather (tested above)."""
+    "span-sorted" (the pixels sorted by tile first) where N is 1000. Its backward is the
+    scatter gather (tested above)."""
     u, v, m = make_inputs(2, N, K, seed=K * 1000 + N, with_m=N != 37)
-    with mk.forced_method("span"):
+    with mk.forced_method("span-sorted" if N == 1000 else "span"):
         J = mk.joint_hist_forward(u, v, m, K, sigma, ku, kv)
     assert_close(J, dense_joint(u.cpu(), v.cpu(), None if m is None else m.cpu(), K, sigma, ku, kv), "J")
 
 
+@pytest.mark.parametrize("method", ["span", "span-sorted"])
 @pytest.mark.parametrize("smooth", [True, False], ids=["smooth", "noise"])
 @pytest.mark.parametrize(
     "ku, kv, K, sigma", [("gaussian", "gaussian", 256, 0.5), ("bspline", "bspline", 256, 1.0),
                          ("box", "bspline", 100, 1.0), ("gaussian", "gaussian", 48, 2.5)],
 )  # fmt: skip
-def test_span_forward_many_bins(ku, kv, K, sigma, smooth):
+def test_span_forward_many_bins(ku, kv, K, sigma, smooth, method):
     """K beyond what the tiled path holds in registers: a smooth row (neighbouring pixels in
     neighbouring bins: blocks of one sub-tile) and noise (blocks spanning every sub-tile),
     raw samples mapped in the kernel, a mask with zero runs (blocks with no weight)."""
@@ -554,7 +556,7 @@ def test_span_forward_many_bins(ku, kv, K, sigma, smooth):
     m[:, 100:250] = 0.0
     r = torch.tensor([[0.0, 1.0]])
     bins = dict(ranges=(r.to(DEVICE), r.to(DEVICE)), first=0.0, length=K - 1.0)
-    with mk.forced_method("span"):
+    with mk.forced_method(method):
         J = mk.joint_hist_forward(x.to(DEVICE), y.to(DEVICE), m.to(DEVICE), K, sigma, ku, kv, **bins)
         if smooth:
             again = mk.joint_hist_forward(x.to(DEVICE), y.to(DEVICE), m.to(DEVICE), K, sigma, ku, kv, **bins)
