@@ -377,7 +377,7 @@ def _tile_order(u, v, K, sigma, kernel_u, kernel_v, ranges, first, length, tile)
 def forward_span(u, v, m, K, sigma, kernel_u, kernel_v, ranges, first, length, sort=False):
     """J (B, K, K) float32 as ``forward_tiled``, by the span kernel (any K; deterministic).
     ``sort``: the pixels first sorted by tile (``_tile_order``; a sort and three gathers of
-    the inputs, about 5 x 4 bytes a pixel more memory)."""
+    the inputs: the keys, the permutation and the copies take a few tens of bytes a pixel)."""
     B, N = u.shape
     ku, kv = kernel_id(kernel_u), kernel_id(kernel_v)
     (r_u, s_u), (r_v, s_v) = row_ranges(ranges, u, 2)
