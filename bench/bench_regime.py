@@ -123,7 +123,7 @@ def path(provider):
     if precision:
         utils.TILED_PRECISION.update(forward=precision, backward=precision)
     if exp:
-        utils.TILED_EXP.update(forward=exp)
+        utils.TILED_EXP.update(forward=exp, backward=exp)
     try:
         with kernels.forced_method(method):
             yield
@@ -398,8 +398,7 @@ def sweep(x, y, measure, out):
                     row = {"bins": k, "block_p": block_p, "warps": warps, "precision": prec}
                     with path(f"tiled-{prec}"):
                         time_into(row, "fwd_ms", fwd)
-                        # (the backward has no exp2 option)
-                        if k <= utils.MAX_TILED_BINS["backward"] and not prec.endswith("fma"):
+                        if k <= utils.MAX_TILED_BINS["backward"]:
                             time_into(row, "bwd_ms", bwd)
                     record(row)
         for d, config in saved.items():

@@ -136,11 +136,10 @@ def _tiled_configs():
             const = dict(common, KP=kp, BLOCK_P=bp)
             if direction == "backward":
                 const.update(NEEDS_U=True, NEEDS_V=True, NEEDS_M=True)
-            else:
-                const.update(EXP=TILED_EXP["forward"])
+            const.update(EXP=TILED_EXP[direction])
             for prec in dict.fromkeys([TILED_PRECISION[direction], "tf32x3", "tf32"]):
                 yield fn.__name__, fn, f"{tag}-{prec}", dict(const, PRECISION=prec), nw, "fp32"
-            if direction == "forward" and ku == "gaussian":  # the exp2 on the FMA units
+            if ku == "gaussian":  # the exp2 on the FMA units
                 const.update(EXP="fma", PRECISION=TILED_PRECISION[direction])
                 yield fn.__name__, fn, f"{tag}-{TILED_PRECISION[direction]}-fma", const, nw, "fp32"
     span = tiled._joint_span_fwd_kernel

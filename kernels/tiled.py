@@ -101,6 +101,20 @@ def _weights(b_d, c_k, KIND: tl.constexpr, EXP: tl.constexpr):
 
 
 @triton.jit
+def _weights_and_grad(b_d, c_k, KIND: tl.constexpr, EXP: tl.constexpr):
+    """(w(d), w'(d)) as ``window._window_and_grad``, the gaussian's exp2 on the unit EXP says
+    (``_weights``); d is clamped at 40 sigma first, where the Gaussian is exactly 0, so that
+    w' = -2 c_k d w is 0, not NaN, at d = +-inf."""
+    if KIND == 0:
+        d_max = 40.0 * tl.sqrt(0.5 / c_k)
+        b_d = tl.minimum(tl.maximum(b_d, -d_max), d_max)
+        b_w = _weights(b_d, c_k, KIND, EXP)
+        return b_w, -2.0 * c_k * b_d * b_w
+    else:
+        return _window_and_grad(b_d, c_k, KIND)
+
+
+@triton.jit
 def _tf32_high(x):
     """x with its low 13 mantissa bits cleared: exactly what the tensor cores use of x in a
     tf32 product, so x - _tf32_high(x) is exact."""
@@ -283,6 +297,7 @@ def _joint_tiled_bwd_kernel(
     KP: tl.constexpr,
     BLOCK_P: tl.constexpr,
     PRECISION: tl.constexpr,
+    EXP: tl.constexpr,
 ):
     """du, dv, dm of the pixel blocks i, i + PROGRAMS, ... of row b (grid (PROGRAMS, B)):
 
@@ -308,8 +323,8 @@ def _joint_tiled_bwd_kernel(
         o_x, m_n = _block(i_blk, i_b, N, BLOCK_P)
         b_u, c_u, k_u = _load_bins(p_u, o_x, m_n, p_ru, s_ru, i_b, first, length, MAP)
         b_v, c_v, k_v = _load_bins(p_v, o_x, m_n, p_rv, s_rv, i_b, first, length, MAP)
-        b_wu, b_dwu = _window_and_grad(b_u[:, None] - f_k[None, :], c_k, KIND_U)
-        b_wv, b_dwv = _window_and_grad(b_v[:, None] - f_k[None, :], c_k, KIND_V)
+        b_wu, b_dwu = _weights_and_grad(b_u[:, None] - f_k[None, :], c_k, KIND_U, EXP)
+        b_wv, b_dwv = _weights_and_grad(b_v[:, None] - f_k[None, :], c_k, KIND_V, EXP)
         if HAS_M:
             b_m = tl.load(p_m + o_x, mask=m_n, other=0.0)
         else:
@@ -407,5 +422,5 @@ def backward_tiled(grad, u, v, m, du, dv, dm, K, sigma, kernel_u, kernel_v, rang
         u if du is None else du, u if dv is None else dv, u if dm is None else dm,
         *rng, N, K, c_k, float(first), float(length), HAS_M=m is not None,
         NEEDS_U=du is not None, NEEDS_V=dv is not None, NEEDS_M=dm is not None,
-        PRECISION=TILED_PRECISION["backward"], num_warps=num_warps, **const,
+        PRECISION=TILED_PRECISION["backward"], EXP=TILED_EXP["backward"], num_warps=num_warps, **const,
     )  # fmt: skip

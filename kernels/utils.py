@@ -56,12 +56,12 @@ FIXED_POINT_BITS = 32
 MAX_TILED_BINS = {"forward": 128, "backward": 64}
 #: ``tl.dot``'s input precision in the tiled kernels, per direction (see ``tiled.py``).
 TILED_PRECISION = {"forward": "tf32x3", "backward": "tf32x3"}
-#: Where the tiled and span forwards evaluate the gaussian's exp2 (a dict, so that benchmarks
-#: can set it): "mufu" (``tl.exp2``, the special-function unit, 16 per cycle and
+#: Where the tiled kernels (and the span forward) evaluate the gaussian's exp2, per direction
+#: (a dict, so that benchmarks can set it): "mufu" (``tl.exp2``, the special-function unit, 16 per cycle and
 #: multiprocessor) or "fma" (``tiled._exp2_fma``, a polynomial on the FMA units, 128 per
 #: cycle, about 12 operations each). Not yet timed: ``bench_regime.py --sweep`` has both
 #: ("tf32x3-fma").
-TILED_EXP = {"forward": "mufu"}
+TILED_EXP = {"forward": "mufu", "backward": "mufu"}
 #: (BLOCK_P pixels per dot, num_warps) per direction and padded K, from the sweep on an
 #: H200 of the kernels' previous form (``bench/bench_regime.py --sweep``,
 #: results/bench_regime_sweep.csv) among the blocks that compile for sm_80 and sm_90
