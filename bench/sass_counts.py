@@ -7,8 +7,9 @@ registration) with ``mi.kernels.report.compile_cubin`` for sm_90, at the loss de
 (Gaussian windows, sigma 1 bin) and the blocks of the H200 sweep (32 pixels, 4 warps,
 tf32x3), disassembles them with the ``cuobjdump`` of the Triton wheel and counts the
 instructions of the whole kernel, the loop body being most of it: a proxy for the work per
-pixel when no GPU is at hand, not a time. ``--baseline REF`` counts an earlier commit's
-kernels too (a git worktree, in a subprocess), one row per version.
+pixel when no GPU is at hand, not a time. Where the kernels have ``EXP``, also with the
+gaussian's exp2 on the FMA units ("tf32x3-fma", ``utils.TILED_EXP``). ``--baseline REF``
+counts an earlier commit's kernels too (a git worktree, in a subprocess), one row per version.
 """
 
 import collections
@@ -43,12 +44,16 @@ def measure(version):
     from mi.kernels.utils import KERNEL_IDS, window_size
 
     rows = []
-    for direction, k in CASES:
+    for (direction, k), exp in [(c, e) for c in CASES for e in ("mufu", "fma")]:
         fn = tiled._joint_tiled_fwd_kernel if direction == "forward" else tiled._joint_tiled_bwd_kernel
+        if "EXP" not in fn.arg_names and exp == "fma":
+            continue  # (older forms evaluate exp on the special-function unit only)
         const = dict(MAP=True, KIND_U=KERNEL_IDS["gaussian"], KIND_V=KERNEL_IDS["gaussian"], HAS_M=False,
                      KP=k, BLOCK_P=32, PRECISION="tf32x3")  # fmt: skip
         if "W_U" in fn.arg_names:  # the first form masked the tiles to each pixel's window
             const.update(W_U=window_size("gaussian", k, 1.0), W_V=window_size("gaussian", k, 1.0))
+        if "EXP" in fn.arg_names:
+            const.update(EXP=exp)
         if direction == "backward":
             const.update(NEEDS_U=False, NEEDS_V=True, NEEDS_M=False)
         cubin, _ = report.compile_cubin(fn, const, 90, 4)
@@ -65,8 +70,9 @@ def measure(version):
         c = count(sass)
         rows.append({
             "version": version, "kernel": direction, "bins": k, "block_p": 32, "warps": 4,
-            "precision": "tf32x3", "instructions": sum(c.values()), "registers": usage["REG"],
-            "spill_bytes": usage["STACK"] + usage["LOCAL"], "MUFU": c["MUFU"], "MMA": c["HMMA"] + c["HGMMA"],
+            "precision": "tf32x3" + ("-fma" if exp == "fma" else ""), "instructions": sum(c.values()),
+            "registers": usage["REG"], "spill_bytes": usage["STACK"] + usage["LOCAL"], "MUFU": c["MUFU"],
+            "MMA": c["HMMA"] + c["HGMMA"],
             "LDS": c["LDS"], "top": " ".join(f"{name}:{n}" for name, n in c.most_common(8)),
         })  # fmt: skip
     return rows
@@ -78,8 +84,9 @@ def main():
     )
     for r in rows or []:
         print(
-            f"{r['version']:>10} {r['kernel']:>8} K={r['bins']:<3} {r['instructions']:>5} instructions, "
-            f"{r['registers']} registers, {r['spill_bytes']} spill bytes, MUFU {r['MUFU']}, MMA {r['MMA']}"
+            f"{r['version']:>10} {r['kernel']:>8} K={r['bins']:<3} {r['precision']:<10} "
+            f"{r['instructions']:>5} instructions, {r['registers']} registers, "
+            f"{r['spill_bytes']} spill bytes, MUFU {r['MUFU']}, MMA {r['MMA']}"
         )
     if rows is not None:
         print(f"-> {out}")
