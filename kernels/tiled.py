@@ -231,10 +231,12 @@ def _joint_span_fwd_kernel(
     them), in T x T sub-tiles from (lo_u, lo_v) on; each sub-tile J[a0:a0+T, c0:c0+T] +=
     A_t^T B_t with A_t, B_t the (P, T) weight tiles of those bins, added into the program's
     own slot in global memory (read, add, write: no atomics; a barrier orders one sub-tile's
-    write before the next one's read). A block of neighbouring pixels of a real image has
-    similar intensities: its span is often one sub-tile, so a pixel costs 2 T window
-    evaluations and 2 T^2 multiply-adds whatever K is, and J need not fit in registers
-    (K = 256). A block of noise spans up to K bins and costs (K / T)^2 sub-tiles.
+    write before the next one's read). A pixel costs 2 T window evaluations and 2 T^2
+    multiply-adds per sub-tile its block walks, whatever K is, and J need not fit in
+    registers. On real pairs (``bench/span_tiles.py``) a block of 32 neighbouring pixels
+    walks 1-2 sub-tiles of 32 bins at K = 32-64 but about 10 at K = 256, and 1-2.6 there
+    once the pixels are sorted by tile ("span-sorted", ``_tile_order``). A block of noise
+    walks up to (K / T)^2.
     """
     i_p = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)

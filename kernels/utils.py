@@ -56,11 +56,11 @@ FIXED_POINT_BITS = 32
 MAX_TILED_BINS = {"forward": 128, "backward": 64}
 #: ``tl.dot``'s input precision in the tiled kernels, per direction (see ``tiled.py``).
 TILED_PRECISION = {"forward": "tf32x3", "backward": "tf32x3"}
-#: Where the tiled kernels (and the span forward) evaluate the gaussian's exp2, per direction
-#: (a dict, so that benchmarks can set it): "mufu" (``tl.exp2``, the special-function unit, 16 per cycle and
-#: multiprocessor) or "fma" (``tiled._exp2_fma``, a polynomial on the FMA units, 128 per
-#: cycle, about 12 operations each). Not yet timed: ``bench_regime.py --sweep`` has both
-#: ("tf32x3-fma").
+#: Where the tiled kernels (and the span forward) evaluate the gaussian's exp2, per
+#: direction (a dict, so that benchmarks can set it): "mufu" (``tl.exp2``, the
+#: special-function unit, 16 per cycle and multiprocessor) or "fma" (``tiled._exp2_fma``, a
+#: polynomial on the FMA units, 128 per cycle, about 12 operations each). Not yet timed:
+#: ``bench_regime.py --sweep`` has both ("tf32x3-fma").
 TILED_EXP = {"forward": "mufu", "backward": "mufu"}
 #: (BLOCK_P pixels per dot, num_warps) per direction and padded K, from the sweep on an
 #: H200 of the kernels' previous form (``bench/bench_regime.py --sweep``,
@@ -112,8 +112,9 @@ def forced_method(method):
 
 def joint_method(direction, num_bins):
     """ "tiled" or "scatter" for the ``direction`` ("forward" or "backward") of a joint
-    histogram of K = ``num_bins``: ``forced_method`` if set (and possible), else the measured
-    rule (``AUTO_TILED_BINS``; README, "GPU, the registration regime")."""
+    histogram of K = ``num_bins``: ``forced_method`` if set (and possible; "span" and
+    "span-sorted" for the forward, "scatter" for their backward), else the measured rule
+    (``AUTO_TILED_BINS``; README, "GPU, the registration regime")."""
     if _forced[0].startswith("span"):
         return _forced[0] if direction == "forward" else "scatter"
     if int(num_bins) > MAX_TILED_BINS[direction]:
