@@ -8,6 +8,13 @@ do the same math (``mi.information._Entropies``, the reference) in two launches.
 Conventions: ``P = J / S`` with ``S = sum J`` (1 for an all-zero J; a subnormal sum is kept,
 so that P sums to 1 however small J is); marginals ``p_a = sum_c P``,
 ``p_b = sum_a P``; ``H(p) = -sum p log p`` with ``0 log 0 = 0``; natural log.
+
+Precision: J is float32; everything after it is float64 (P, the logs, the sums, the score,
+dL/dJ before its float32 store). MI is a difference of entropies: in float32 their rounding
+(about 5e-7 nats at 32 bins) is 2e-4 to 1e-3 of the MI of a nearly independent pair (1e-3
+nats); in float64 the float32 histogram's own rounding is what is left (1e-7 relative).
+The K x K float64 logs cost nothing next to the histogram, also at consumer GPUs' float64
+rate.
 """
 
 import torch
@@ -32,9 +39,11 @@ def _neg_p_log_p(b_p):
 
 @triton.jit
 def _tile(p_jb, a0, c0, K, o_a, o_c):
-    """The (BLOCK_A, BLOCK_C) tile of a K x K histogram at rows a0.., columns c0.. (0 outside)."""
+    """The (BLOCK_A, BLOCK_C) tile of a K x K histogram at rows a0.., columns c0.. (0 outside),
+    in float64."""
     m_t = ((a0 + o_a) < K)[:, None] & ((c0 + o_c) < K)[None, :]
-    return tl.load(p_jb + (a0 + o_a)[:, None] * K + (c0 + o_c)[None, :], mask=m_t, other=0.0)
+    b_t = tl.load(p_jb + (a0 + o_a)[:, None] * K + (c0 + o_c)[None, :], mask=m_t, other=0.0)
+    return b_t.to(tl.float64)
 
 
 @triton.jit
@@ -59,9 +68,10 @@ def _score(h_a, h_b, h_ab, scale, MODE: tl.constexpr):
 def _entropies_fwd_kernel(
     p_j,  # (B, K, K) fp32
     p_h,  # (5, B) fp32 out: H(a), H(b), H(a, b), m = sum P (1, or 0 if J is all zero), score
-    p_pa,  # (B, K) fp32 out: p_a
-    p_pb,  # (B, K) fp32 out: p_b
-    p_s,  # (B,) fp32 out: S = sum J, or 1 if it is 0
+    p_h64,  # (5, B) fp64 out: the same in float64 (for the backward)
+    p_pa,  # (B, K) fp64 out: p_a
+    p_pb,  # (B, K) fp64 out: p_b
+    p_s,  # (B,) fp64 out: S = sum J, or 1 if it is 0
     K,
     scale,  # MODE 1: 1 / log(base)
     MODE: tl.constexpr,  # index in SCORES: 0 the entropies only, else also the score (row 4)
@@ -80,18 +90,18 @@ def _entropies_fwd_kernel(
     o_a = tl.arange(0, BLOCK_A)
     o_c = tl.arange(0, BLOCK_C)
 
-    b_s = tl.zeros([BLOCK_A, BLOCK_C], dtype=tl.float32)
+    b_s = tl.zeros([BLOCK_A, BLOCK_C], dtype=tl.float64)
     for a0 in range(0, K, BLOCK_A):
         for c0 in range(0, K, BLOCK_C):
             b_s += _tile(p_jb, a0, c0, K, o_a, o_c)
     tot = tl.sum(b_s)
     s = tl.where(tot > 0.0, tot, 1.0)
 
-    b_hab = tl.zeros([BLOCK_C], dtype=tl.float32)
-    b_hb = tl.zeros([BLOCK_C], dtype=tl.float32)
+    b_hab = tl.zeros([BLOCK_C], dtype=tl.float64)
+    b_hb = tl.zeros([BLOCK_C], dtype=tl.float64)
     for c0 in range(0, K, BLOCK_C):
         m_c = (c0 + o_c) < K
-        b_col = tl.zeros([BLOCK_C], dtype=tl.float32)
+        b_col = tl.zeros([BLOCK_C], dtype=tl.float64)
         for a0 in range(0, K, BLOCK_A):
             b_t = _tile(p_jb, a0, c0, K, o_a, o_c) / s
             b_col += tl.sum(b_t, axis=0)
@@ -99,11 +109,11 @@ def _entropies_fwd_kernel(
         tl.store(p_pb + i_b * K + c0 + o_c, b_col, mask=m_c)
         b_hb += _neg_p_log_p(b_col)
 
-    b_ha = tl.zeros([BLOCK_A], dtype=tl.float32)
-    b_m = tl.zeros([BLOCK_A], dtype=tl.float32)
+    b_ha = tl.zeros([BLOCK_A], dtype=tl.float64)
+    b_m = tl.zeros([BLOCK_A], dtype=tl.float64)
     for a0 in range(0, K, BLOCK_A):
         m_a = (a0 + o_a) < K
-        b_row = tl.zeros([BLOCK_A], dtype=tl.float32)
+        b_row = tl.zeros([BLOCK_A], dtype=tl.float64)
         for c0 in range(0, K, BLOCK_C):
             b_row += tl.sum(_tile(p_jb, a0, c0, K, o_a, o_c) / s, axis=1)
         tl.store(p_pa + i_b * K + a0 + o_a, b_row, mask=m_a)
@@ -112,14 +122,21 @@ def _entropies_fwd_kernel(
 
     B = tl.num_programs(0)
     h_a, h_b, h_ab = tl.sum(b_ha), tl.sum(b_hb), tl.sum(b_hab)
-    tl.store(p_h + i_b, h_a)
-    tl.store(p_h + B + i_b, h_b)
-    tl.store(p_h + 2 * B + i_b, h_ab)
-    tl.store(p_h + 3 * B + i_b, tl.sum(b_m))
+    _store_both(p_h, p_h64, i_b, h_a)
+    _store_both(p_h, p_h64, B + i_b, h_b)
+    _store_both(p_h, p_h64, 2 * B + i_b, h_ab)
+    _store_both(p_h, p_h64, 3 * B + i_b, tl.sum(b_m))
     if MODE != 0:
         score, _, _, _ = _score(h_a, h_b, h_ab, scale, MODE)
-        tl.store(p_h + 4 * B + i_b, score)
+        _store_both(p_h, p_h64, 4 * B + i_b, score)
     tl.store(p_s + i_b, s)
+
+
+@triton.jit
+def _store_both(p_32, p_64, offset, value):
+    """A float64 value at ``offset`` of a float64 output and, rounded, of its float32 twin."""
+    tl.store(p_64 + offset, value)
+    tl.store(p_32 + offset, value.to(tl.float32))
 
 
 @triton.jit
@@ -132,10 +149,10 @@ def _log_term(b_p):
 @triton.jit
 def _entropies_bwd_kernel(
     p_j,  # (B, K, K) fp32
-    p_pa,  # (B, K), p_pb (B, K), p_s (B,), p_h (5, B): the forward's outputs
+    p_pa,  # (B, K), p_pb (B, K), p_s (B,), p_h64 (5, B): the forward's float64 outputs
     p_pb,
     p_s,
-    p_h,
+    p_h64,
     p_ga,  # (B,) fp32 each, element strides s_ga, ...: dL/dH(a), dL/dH(b), dL/dH(a, b);
     p_gb,  # with MODE != 0 only p_ga is read: dL/dscore
     p_gab,
@@ -163,24 +180,24 @@ def _entropies_bwd_kernel(
     o_c = o % K
     s = tl.load(p_s + i_b)
     B = tl.num_programs(1)
-    h_a = tl.load(p_h + i_b)
-    h_b = tl.load(p_h + B + i_b)
-    h_ab = tl.load(p_h + 2 * B + i_b)
-    mass = tl.load(p_h + 3 * B + i_b)
+    h_a = tl.load(p_h64 + i_b)
+    h_b = tl.load(p_h64 + B + i_b)
+    h_ab = tl.load(p_h64 + 2 * B + i_b)
+    mass = tl.load(p_h64 + 3 * B + i_b)
     if MODE == 0:
-        g_a = tl.load(p_ga + i_b * s_ga)
-        g_b = tl.load(p_gb + i_b * s_gb)
-        g_ab = tl.load(p_gab + i_b * s_gab)
+        g_a = tl.load(p_ga + i_b * s_ga).to(tl.float64)
+        g_b = tl.load(p_gb + i_b * s_gb).to(tl.float64)
+        g_ab = tl.load(p_gab + i_b * s_gab).to(tl.float64)
     else:  # the chain rule through the score
-        g = tl.load(p_ga + i_b * s_ga)
+        g = tl.load(p_ga + i_b * s_ga).to(tl.float64)
         _, d_a, d_b, d_ab = _score(h_a, h_b, h_ab, scale, MODE)
         g_a, g_b, g_ab = g * d_a, g * d_b, g * d_ab
-    b_j = tl.load(p_j + i_b * K * K + o, mask=m_o, other=0.0)
+    b_j = tl.load(p_j + i_b * K * K + o, mask=m_o, other=0.0).to(tl.float64)
     b_pa = tl.load(p_pa + i_b * K + o_a, mask=m_o, other=0.0)
     b_pb = tl.load(p_pb + i_b * K + o_c, mask=m_o, other=0.0)
     b_t = g_ab * _log_term(b_j / s) + g_a * _log_term(b_pa) + g_b * _log_term(b_pb)
     c = g_ab * (mass - h_ab) + g_a * (mass - h_a) + g_b * (mass - h_b)
-    tl.store(p_dj + i_b * K * K + o, (c - b_t) / s, mask=m_o)
+    tl.store(p_dj + i_b * K * K + o, ((c - b_t) / s).to(tl.float32), mask=m_o)
 
 
 def _check(joint):
@@ -196,30 +213,32 @@ def _mode(score):
 
 @ensure_contiguous
 def entropies_forward(joint, score="entropies", scale=1.0):
-    """(h (5, B), p_a (B, K), p_b (B, K), S (B,)) of J (B, K, K), float32.
+    """(h (5, B) float32; p_a (B, K), p_b (B, K), S (B,), h64 (5, B), float64) of J (B, K, K)
+    float32.
 
     h rows: H(a), H(b), H(a, b) in nats; sum P (1 to rounding, or 0 for an all-zero J);
     the ``score`` (one of ``SCORES`` but "entropies": mutual information times ``scale``,
     e.g. 1 / log(base), or a normalised MI as in ``mi.information``), unset for
-    "entropies". S = sum J, or 1 if it is 0. All four are what ``entropies_backward`` needs.
+    "entropies". S = sum J, or 1 if it is 0. h64 is h before its rounding to float32. The
+    last four are what ``entropies_backward`` needs.
     """
     _check(joint)
     mode = _mode(score)
     B, K, _ = joint.shape
+    f64 = dict(dtype=torch.float64, device=joint.device)
     h = torch.empty((5, B), dtype=torch.float32, device=joint.device)
-    pa = torch.empty((B, K), dtype=torch.float32, device=joint.device)
-    pb = torch.empty_like(pa)
-    s = torch.empty((B,), dtype=torch.float32, device=joint.device)
+    h64 = torch.empty((5, B), **f64)
+    pa, pb, s = torch.empty((B, K), **f64), torch.empty((B, K), **f64), torch.empty((B,), **f64)
     if B:
         block = min(FWD_BLOCK, triton.next_power_of_2(K))
         _entropies_fwd_kernel[(B,)](
-            joint, h, pa, pb, s, K, float(scale), MODE=mode, BLOCK_A=block, BLOCK_C=block,
+            joint, h, h64, pa, pb, s, K, float(scale), MODE=mode, BLOCK_A=block, BLOCK_C=block,
             num_warps=FWD_WARPS,
         )  # fmt: skip
-    return h, pa, pb, s
+    return h, pa, pb, s, h64
 
 
-def entropies_backward(joint, pa, pb, s, h, grads, score="entropies", scale=1.0):
+def entropies_backward(joint, pa, pb, s, h64, grads, score="entropies", scale=1.0):
     """dL/dJ (B, K, K) float32 from the forward's outputs and ``grads``: (dL/dH(a), dL/dH(b),
     dL/dH(a, b)) for "entropies", else (dL/dscore,); each (B,), any strides (autograd often
     hands over an expanded scalar, which ``ensure_contiguous`` would copy: the kernel reads
@@ -227,14 +246,14 @@ def entropies_backward(joint, pa, pb, s, h, grads, score="entropies", scale=1.0)
     _check(joint)
     mode = _mode(score)
     B, K, _ = joint.shape
-    joint, pa, pb, s, h = (t.contiguous() for t in (joint, pa, pb, s, h))
+    joint, pa, pb, s, h64 = (t.contiguous() for t in (joint, pa, pb, s, h64))
     g = [t.to(torch.float32) for t in grads]
     g = g * 3 if len(g) == 1 else g
     dj = torch.empty_like(joint)
     if B and K:
         with on_device(joint):
             _entropies_bwd_kernel[(triton.cdiv(K * K, BWD_BLOCK), B)](
-                joint, pa, pb, s, h, *g, *(t.stride(0) for t in g), dj, K, float(scale), MODE=mode,
+                joint, pa, pb, s, h64, *g, *(t.stride(0) for t in g), dj, K, float(scale), MODE=mode,
                 BLOCK=BWD_BLOCK, num_warps=BWD_WARPS,
             )  # fmt: skip
     return dj

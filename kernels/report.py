@@ -77,6 +77,8 @@ def _abbrev(kind):
 
 #: The sample pointers, read (and their gradients written) in the samples' own dtype.
 SAMPLE_POINTERS = {"p_u", "p_v", "p_du", "p_dv"}
+#: The entropy kernels' float64 outputs and inputs (``entropy.py``).
+FP64_POINTERS = {"p_h64", "p_pa", "p_pb", "p_s"}
 
 
 def _signature(fn, constexprs, samples="fp32"):
@@ -91,6 +93,8 @@ def _signature(fn, constexprs, samples="fp32"):
             sig[name] = "*i64"
         elif name in SAMPLE_POINTERS:
             sig[name] = f"*{samples}"
+        elif name in FP64_POINTERS:
+            sig[name] = "*fp64"
         elif name.startswith("p_"):
             sig[name] = "*fp32"
         else:

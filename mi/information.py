@@ -42,6 +42,17 @@ def joint_pdf(joint: Tensor) -> Tensor:
     return joint / torch.where(total > 0, total, 1.0)
 
 
+def _wide(joint: Tensor) -> Tensor:
+    """The histogram in float64 for the entropy arithmetic, where the device has float64 (not
+    MPS). MI is a difference of entropies: in float32 it keeps only the entropies' absolute
+    rounding (about 5e-7 nats at 32 bins), 2e-4 to 1e-3 relative for a nearly independent
+    pair whose MI is 1e-3 nats; in float64 the float32 histogram's own rounding is what is
+    left (1e-7 relative there). K x K numbers per histogram: the cost is nothing."""
+    if joint.dtype in (torch.float16, torch.bfloat16, torch.float32) and joint.device.type != "mps":
+        return joint.double()
+    return joint
+
+
 def _entropy_terms(joint: Tensor):
     """q = [P (K*K), p_a (K), p_b (K)] side by side, log q (0 where q = 0), q > 0, S = sum J
     (1 for an all-zero histogram; a subnormal total is kept, so that P still sums to 1):
@@ -113,7 +124,7 @@ class _Entropies(torch.autograd.Function):
 
     @staticmethod
     def forward(joint):
-        q, log_q, pos, total = _entropy_terms(joint)
+        q, log_q, pos, total = _entropy_terms(_wide(joint))
         return _entropies_of(q, log_q, joint.shape[-1])
 
     @staticmethod
@@ -123,7 +134,7 @@ class _Entropies(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_ha, g_hb, g_hab):
         (joint,) = ctx.saved_tensors
-        return _entropies_vjp(*_entropy_terms(joint), joint.shape[-1], g_ha, g_hb, g_hab)
+        return _torch_vjp(joint, g_ha, g_hb, g_hab)
 
     @staticmethod
     def vmap(info, in_dims, joint):
@@ -137,8 +148,8 @@ class _TritonEntropies(torch.autograd.Function):
 
     @staticmethod
     def forward(joint):
-        h, pa, pb, s = kernels.entropies_forward(joint)
-        return h[0], h[1], h[2], pa, pb, s, h
+        h, pa, pb, s, h64 = kernels.entropies_forward(joint)
+        return h[0], h[1], h[2], pa, pb, s, h64
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -152,7 +163,7 @@ class _TritonEntropies(torch.autograd.Function):
         zero = joint.new_zeros(joint.shape[:1])
         g_ha, g_hb, g_hab = (zero if g is None else g for g in (g_ha, g_hb, g_hab))
         if torch.is_grad_enabled():
-            return _entropies_vjp(*_entropy_terms(joint), joint.shape[-1], g_ha, g_hb, g_hab)
+            return _torch_vjp(joint, g_ha, g_hb, g_hab)
         return kernels.entropies_backward(joint, *saved, (g_ha, g_hb, g_hab))
 
     @staticmethod
@@ -168,8 +179,8 @@ class _TritonScore(torch.autograd.Function):
 
     @staticmethod
     def forward(joint, normalize, scale):
-        h, pa, pb, s = kernels.entropies_forward(joint, normalize, scale)
-        return h[4], pa, pb, s, h
+        h, pa, pb, s, h64 = kernels.entropies_forward(joint, normalize, scale)
+        return h[4], pa, pb, s, h64
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -182,10 +193,11 @@ class _TritonScore(torch.autograd.Function):
     def backward(ctx, g, *_):
         joint, *saved = ctx.saved_tensors
         if torch.is_grad_enabled():
-            terms = _entropy_terms(joint)
+            terms = _entropy_terms(_wide(joint))
             k = joint.shape[-1]
             _, d_a, d_b, d_ab = _score_partials(*_entropies_of(*terms[:2], k), ctx.normalize, ctx.scale)
-            return _entropies_vjp(*terms, k, g * d_a, g * d_b, g * d_ab), None, None
+            g = g.to(terms[0].dtype)
+            return _entropies_vjp(*terms, k, g * d_a, g * d_b, g * d_ab).to(joint.dtype), None, None
         return kernels.entropies_backward(joint, *saved, (g,), ctx.normalize, ctx.scale), None, None
 
     @staticmethod
@@ -213,23 +225,36 @@ def _use_triton(joint: Tensor, backend: str) -> bool:
     return (backend == "triton" or joint.is_cuda) and kernels.is_available()
 
 
+def _torch_vjp(joint: Tensor, g_ha, g_hb, g_hab) -> Tensor:
+    """dL/dJ by ``_entropies_vjp`` in ``_wide``'s precision, in J's dtype."""
+    terms = _entropy_terms(_wide(joint))
+    g = [t.to(terms[0].dtype) for t in (g_ha, g_hb, g_hab)]
+    return _entropies_vjp(*terms, joint.shape[-1], *g).to(joint.dtype)
+
+
+def _entropies(joint: Tensor, backend: str):
+    """(H(a), H(b), H(a, b)) in nats, float64 on the torch path (``_wide``) for the scores'
+    differences, float32 from the Triton kernels (which sum in float64 themselves)."""
+    if _use_triton(joint, backend):
+        k = joint.shape[-1]
+        out = _TritonEntropies.call(joint.reshape(-1, k, k))
+        return tuple(h.reshape(joint.shape[:-2]) for h in out[:3])
+    return _Entropies.call(joint)
+
+
 def entropies_from_joint(joint: Tensor, base: Optional[float] = None, backend: str = "auto"):
-    """(H(a), H(b), H(a, b)) of a joint histogram ``joint`` (..., K, K); each of shape (...,).
+    """(H(a), H(b), H(a, b)) of a joint histogram ``joint`` (..., K, K); each of shape (...,),
+    in ``joint``'s dtype (computed in float64 where the device has it).
 
     Rows of ``joint`` index a's bins, columns b's. Units: nats, or log ``base``.
     ``backend``: "auto" (Triton for float32 CUDA histograms when it imports, else torch),
     "torch" or "triton" (float32 only; other dtypes use torch).
     """
-    if _use_triton(joint, backend):
-        k = joint.shape[-1]
-        out = _TritonEntropies.call(joint.reshape(-1, k, k))
-        ha, hb, hab = (h.reshape(joint.shape[:-2]) for h in out[:3])
-    else:
-        ha, hb, hab = _Entropies.call(joint)
+    ha, hb, hab = _entropies(joint, backend)
     if base is not None:
         scale = 1.0 / math.log(base)
         ha, hb, hab = ha * scale, hb * scale, hab * scale
-    return ha, hb, hab
+    return tuple(h.to(joint.dtype) for h in (ha, hb, hab))
 
 
 def check_normalize(normalize: Normalize) -> str:
@@ -275,4 +300,4 @@ def mutual_information_from_joint(
     if _use_triton(joint, backend):
         k = joint.shape[-1]
         return _TritonScore.call(joint.reshape(-1, k, k), normalize, scale)[0].reshape(joint.shape[:-2])
-    return _score_partials(*entropies_from_joint(joint), normalize, scale)[0]
+    return _score_partials(*_entropies(joint, backend), normalize, scale)[0].to(joint.dtype)
