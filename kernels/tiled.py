@@ -385,9 +385,8 @@ def _tile_order(u, v, K, sigma, kernel_u, kernel_v, ranges, first, length, tile)
         if bin_map is not None:
             lo_s, s, c, _ = bin_map
             x = (x * s[:, None] - lo_s[:, None]) * c[:, None] + first
-        w = window_size(kernel, K, sigma)
-        start = torch.floor(x.clamp(-w - 1.0, K + w + 1.0) - _torch.support(kernel, sigma)) + 1.0
-        keys.append(start.clamp_(0, K - w).to(torch.int32) // tile)
+        start = _torch.window_start(x, kernel, sigma, K, window_size(kernel, K, sigma))
+        keys.append(start.to(torch.int32) // tile)
     return torch.argsort(keys[0] * (K // tile + 1) + keys[1], dim=1, stable=True)
 
 

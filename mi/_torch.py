@@ -63,6 +63,14 @@ def window_size(kernel: str, sigma: float, num_bins: int, double: bool = False) 
     return min(math.ceil(2.0 * support(kernel, sigma, double)), num_bins)
 
 
+def window_start(u, kernel: str, sigma: float, num_bins: int, width: int):
+    """clamp(floor(u - r) + 1, 0, K - W) per sample (u's dtype): the first bin of its W-bin
+    window (r: ``support``; u clamped first so that floor() stays finite-sized)."""
+    r = support(kernel, sigma, u.dtype == torch.float64)
+    uc = u.clamp(-width - 1.0, num_bins + width + 1.0)
+    return (torch.floor(uc - r) + 1.0).clamp_(0, num_bins - width)
+
+
 def _weights(u, kernel, sigma, num_bins, width, order):
     """Window start (M,) long and [w, w', ..., w^(order)] (M, W) each: the window and its
     derivatives with respect to u, order <= 2.
@@ -72,9 +80,7 @@ def _weights(u, kernel, sigma, num_bins, width, order):
     sample far outside the bins (even +-inf, which an extreme bin map can give) gets
     weight 0 and derivatives 0, never NaN.
     """
-    r = support(kernel, sigma, u.dtype == torch.float64)
-    uc = u.clamp(-width - 1.0, num_bins + width + 1.0)  # keeps floor() finite-sized
-    start = (torch.floor(uc - r) + 1.0).clamp_(0, num_bins - width)
+    start = window_start(u, kernel, sigma, num_bins, width)
     d = u[:, None] - (start[:, None] + torch.arange(width, dtype=u.dtype, device=u.device))
     if kernel == "gaussian":
         # Beyond 40 sigma the Gaussian underflows to exactly 0 (float32 and float64): clamping
