@@ -103,9 +103,6 @@ def _mi(graph):
     return run
 
 
-run_mi = _mi(None)
-
-
 def _sitk_images(fixed, moving):
     import SimpleITK as sitk
 
@@ -165,7 +162,7 @@ def _ants(kind):
 
 
 METHODS = {
-    "mi": run_mi,
+    "mi": _mi(None),
     "mi-eager": _mi(False),
     "SimpleITK": run_sitk,
     "ANTsPy Rigid": _ants("Rigid"),

@@ -24,7 +24,6 @@ scatter path W^2 atomics (W = ``window_size``). Writes span_tiles.csv and prints
 
 import argparse
 import csv
-import math
 import os
 import sys
 
@@ -34,7 +33,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-from mi.kernels.utils import GAUSSIAN_TRUNCATION, window_size  # noqa: E402
+from mi.kernels.utils import triton_next_power_of_2, window_size  # noqa: E402
+
+from mi import _torch  # noqa: E402
 
 SETTINGS = [(32, 1.0), (64, 1.0), (256, 0.4), (256, 1.0)]
 BLOCKS = [(32, 32), (64, 32), (32, 16), (32, 64)]  # (BLOCK_P, T)
@@ -43,9 +44,7 @@ BLOCKS = [(32, 32), (64, 32), (32, 16), (32, 64)]  # (BLOCK_P, T)
 def starts(x, k, sigma):
     """The kernel's window start per pixel of x in [0, 1] (``window._window_start``)."""
     w = window_size("gaussian", k, sigma)
-    u = x * (k - 1)
-    r = GAUSSIAN_TRUNCATION * sigma
-    return (torch.floor(u - r) + 1).clamp(0, k - w).long(), w
+    return _torch.window_start(x.float() * (k - 1), "gaussian", sigma, k, w).long(), w
 
 
 def tiles_per_block(x, y, k, sigma, block_p, tile, order):
@@ -97,7 +96,7 @@ def main(argv=None):
                 rows.append(dict(
                     pair=name, order=order, bins=k, sigma=sigma, block_p=block_p, tile=tile, window=w,
                     tiles_per_block=round(t, 2), evals_per_pixel=round(evals, 1),
-                    dense_evals=2 * max(16, 1 << math.ceil(math.log2(k))), scatter_atomics=w * w,
+                    dense_evals=2 * max(16, triton_next_power_of_2(k)), scatter_atomics=w * w,
                 ))  # fmt: skip
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "span_tiles.csv"), "w", newline="") as f:

@@ -148,6 +148,15 @@ def _block(i_blk, i_b, N, BLOCK_P: tl.constexpr):
 
 
 @triton.jit
+def _pixel_weights(p_m, o_x, m_n, HAS_M: tl.constexpr):
+    """m of a block of pixels (HAS_M), or 1 for the pixels in range; 0 beyond N."""
+    if HAS_M:
+        return tl.load(p_m + o_x, mask=m_n, other=0.0)
+    else:
+        return tl.where(m_n, 1.0, 0.0)
+
+
+@triton.jit
 def _joint_tiled_fwd_kernel(
     p_u,  # (B, N) fp32/fp16/bf16 samples (bin coordinates unless MAP)
     p_v,
@@ -186,10 +195,7 @@ def _joint_tiled_fwd_kernel(
         o_x, m_n = _block(i_blk, i_b, N, BLOCK_P)
         b_u, _, _ = _load_bins(p_u, o_x, m_n, p_ru, s_ru, i_b, first, length, MAP)
         b_v, _, _ = _load_bins(p_v, o_x, m_n, p_rv, s_rv, i_b, first, length, MAP)
-        if HAS_M:
-            b_m = tl.load(p_m + o_x, mask=m_n, other=0.0)
-        else:
-            b_m = tl.where(m_n, 1.0, 0.0)
+        b_m = _pixel_weights(p_m, o_x, m_n, HAS_M)
         b_at = _weights(b_u[None, :] - f_k[:, None], c_k, KIND_U, EXP) * b_m[None, :]  # A^T (KP, P)
         b_c = _weights(b_v[:, None] - f_k[None, :], c_k, KIND_V, EXP)  # B (P, KP)
         b_acc = _dot(b_at, b_c, b_acc, PRECISION)
@@ -248,10 +254,7 @@ def _joint_span_fwd_kernel(
         o_x, m_n = _block(i_blk, i_b, N, BLOCK_P)
         b_u, _, _ = _load_bins(p_u, o_x, m_n, p_ru, s_ru, i_b, first, length, MAP)
         b_v, _, _ = _load_bins(p_v, o_x, m_n, p_rv, s_rv, i_b, first, length, MAP)
-        if HAS_M:
-            b_m = tl.load(p_m + o_x, mask=m_n, other=0.0)
-        else:
-            b_m = tl.where(m_n, 1.0, 0.0)
+        b_m = _pixel_weights(p_m, o_x, m_n, HAS_M)
         m_keep = b_m != 0.0
         b_su = _window_start(b_u, K, c_k, W_U, KIND_U)
         b_sv = _window_start(b_v, K, c_k, W_V, KIND_V)
@@ -327,10 +330,7 @@ def _joint_tiled_bwd_kernel(
         b_v, c_v, k_v = _load_bins(p_v, o_x, m_n, p_rv, s_rv, i_b, first, length, MAP)
         b_wu, b_dwu = _weights_and_grad(b_u[:, None] - f_k[None, :], c_k, KIND_U, EXP)
         b_wv, b_dwv = _weights_and_grad(b_v[:, None] - f_k[None, :], c_k, KIND_V, EXP)
-        if HAS_M:
-            b_m = tl.load(p_m + o_x, mask=m_n, other=0.0)
-        else:
-            b_m = tl.where(m_n, 1.0, 0.0)
+        b_m = _pixel_weights(p_m, o_x, m_n, HAS_M)
         if NEEDS_U or NEEDS_M:
             b_cg = _dot(b_wv, b_gt, None, PRECISION)
             if NEEDS_U:
