@@ -426,7 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reg.add_argument("--mask", metavar="FILE", help="fixed-image mask (its grid)")
     reg.add_argument("--moving-mask", metavar="FILE", help="moving-image mask (its grid)")
-    reg.add_argument("--initial", metavar="TFM", help="initial ITK transform file (fixed -> moving)")
+    reg.add_argument(
+        "--initial",
+        metavar="TFM",
+        help="initial ITK transform file (fixed -> moving), or geometry (align the grids' centres) "
+        "or moments (align the centres of mass): for scans whose positions are unrelated",
+    )
     reg.add_argument("--quiet", action="store_true", help="no progress bar")
     reg.set_defaults(func=cmd_register)
     return parser

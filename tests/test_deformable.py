@@ -246,3 +246,23 @@ def test_cli_bspline_on_two_nifti_files(tmp_path):
     a, b = sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(warped)
     core = (slice(4, -4),) * 3
     assert np.abs(a[core] - b[core]).max() < 1e-3
+
+
+def test_centred_start_and_no_overlap():
+    """A moving image whose origin is 100 mm away: the identity start is refused (it covers
+    none of the fixed image); initial="geometry" starts from the translation between the
+    grids' centres, which for this copy is the exact answer: the same warped image and score
+    as the image registered to itself."""
+    img = sitk.GetImageFromArray(to_tensor01(photo((40, 30)))[0, 0].numpy())
+    moved = sitk.Image(img)
+    moved.SetOrigin((100.0, -20.0))
+    kw = dict(levels=1, iterations=1, lr=1e-9, progress=False, grid_spacing=8.0)
+    with pytest.raises(ValueError, match="covers none of the fixed image"):
+        register_deformable(img, moved, **kw)
+    r = register_deformable(img, moved, initial="geometry", **kw)
+    want = torch.eye(3, dtype=torch.float64)
+    want[:2, 2] = torch.tensor([100.0, -20.0])
+    torch.testing.assert_close(r.affine, want, atol=1e-12, rtol=0)
+    same = register_deformable(img, img, **kw)
+    torch.testing.assert_close(r.warped, same.warped, atol=1e-6, rtol=0)  # measured: equal
+    assert r.mi_after == pytest.approx(same.mi_after, abs=1e-6)

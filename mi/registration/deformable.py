@@ -33,11 +33,13 @@ from .optim import (
     _Sampler,
     _setup,
     _step_size,
+    check_overlap,
+    initial_transform,
     read_pair,
     shrink_factors,
 )
 from .space import Geometry, _sitk, extent, overlap_weight, sample_points, to_normalized
-from .transforms import as_matrix, to_sitk
+from .transforms import to_sitk
 
 #: Fixed voxels whose displacement is evaluated at once when warping a whole image.
 CHUNK = 2**16
@@ -192,7 +194,8 @@ def register_deformable(
             the images then keep their shape at every level and the patches are cut from it.
         initial: the affine stage, fixed physical -> moving physical: a
             :class:`~mi.registration.RegistrationResult`, a (d+1)x(d+1) matrix, a SimpleITK
-            transform or a transform file (default identity: run
+            transform, a transform file, or "geometry" / "moments" as in
+            :func:`~mi.registration.register` (default identity: run
             :func:`~mi.registration.register` first when the images are not roughly aligned).
         grid_spacing: control point spacing in mm at the finest level (one number or one per
             axis, x, y[, z]); at least the fixed image's voxel size along every axis.
@@ -233,10 +236,13 @@ def register_deformable(
         raise ValueError(f"grid_spacing must be one number or {d} (mm), got {grid_spacing!r}")
     if any(s < v for s, v in zip(gs, gf.spacing)):
         raise ValueError(f"grid_spacing {gs} mm is finer than the fixed image's voxels {gf.spacing} mm")
-    affine = initial.physical if isinstance(initial, RegistrationResult) else as_matrix(initial, d, "affine")
     if not isinstance(refine_grid, bool):
         raise TypeError(f"refine_grid must be a bool, got {type(refine_grid).__name__}")
     w, wm, loss_fn, gen = _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed)
+    if isinstance(initial, RegistrationResult):
+        affine = initial.physical
+    else:
+        affine = initial_transform(initial, "affine", f, gf, m, gm, w, wm)
     if isinstance(loss_fn, LocalMutualInformationLoss) and sampling is not None:
         raise ValueError(
             "loss=LocalMutualInformationLoss cuts its patches from the image grid: it needs "
@@ -261,6 +267,8 @@ def register_deformable(
         n, lr0 = its[levels - 1 - level], lr * 2.0**level
         opt = torch.optim.Adam([coef], lr=lr0)
         final = FINAL_STEP_DENSE if sampler.count is None else FINAL_STEP_SAMPLED
+        if level == levels - 1:
+            check_overlap((to_grid @ phys)[:d], fl, wl, ml.shape[2:])
         for it in range(n):
             for group in opt.param_groups:
                 group["lr"] = _step_size(lr0, it, n, final)

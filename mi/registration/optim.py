@@ -26,6 +26,7 @@ from .space import (
     Geometry,
     as_image,
     as_mask,
+    center_of_mass,
     extent,
     matrix_to_theta,
     overlap_weight,
@@ -67,6 +68,12 @@ CONVERGENCE_WINDOW = 10
 #: ``graph``: a level is replayed from a CUDA graph when it runs at least this many
 #: iterations (the capture costs about one iteration's host time).
 MIN_GRAPH_ITERATIONS = 4
+#: ``initial=`` names that start from a translation (``initial_transform``).
+INITIAL_CENTRES = ("geometry", "moments")
+#: Below this fraction of the fixed image (its mask) inside the moving image at the initial
+#: transform (coarsest level), :func:`register` warns: MI sees only that part, and a start
+#: that far off usually ends in a wrong optimum. No overlap at all raises.
+MIN_INITIAL_OVERLAP = 0.1
 ImageLike = Union[Tensor, np.ndarray]
 
 
@@ -199,6 +206,51 @@ def _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed):
     if isinstance(loss_fn, nn.Module):
         loss_fn = loss_fn.to(f.device)
     return w, wm, loss_fn, torch.Generator(device=f.device).manual_seed(int(seed))
+
+
+def initial_transform(initial, kind: str, f, gf: Geometry, m, gm: Geometry, w=None, wm=None) -> Tensor:
+    """``initial=`` of :func:`register` -> the physical matrix (fixed mm -> moving mm):
+    "geometry" (ITK's centred initialiser, GEOMETRY) the translation that maps the fixed
+    grid's centre onto the moving grid's, "moments" (ITK's MOMENTS, ANTs' default) the one
+    that maps the fixed image's centre of mass onto the moving image's (``center_of_mass``:
+    intensities above the image's minimum, within the masks ``w``, ``wm``); anything else as
+    :func:`~mi.registration.transforms.as_matrix` (None: identity)."""
+    d = f.ndim - 2
+    if not (isinstance(initial, str) and initial in INITIAL_CENTRES):
+        return as_matrix(initial, d, kind)
+    if initial == "geometry":
+        shift = gm.center() - gf.center()
+    else:
+        shift = center_of_mass(m, gm, wm) - center_of_mass(f, gf, w)
+    out = torch.eye(d + 1, dtype=torch.float64)
+    out[:d, d] = shift
+    return out
+
+
+def check_overlap(theta: Tensor, fixed_level: Tensor, weights: Tensor | None, moving_shape) -> None:
+    """Raise if no voxel of ``fixed_level`` (weighted by ``weights``) maps into a grid of
+    ``moving_shape`` through ``theta`` (``affine_grid``'s (d, d+1) matrix), and warn when
+    less than ``MIN_INITIAL_OVERLAP`` of them do: the start is too far off for MI."""
+    grid = F.affine_grid(
+        theta.detach()[None].to(fixed_level), (1, 1, *fixed_level.shape[2:]), align_corners=False
+    )
+    cover = overlap_weight(grid, moving_shape)[0]
+    weights = torch.ones_like(cover) if weights is None else weights[0, 0]
+    fraction = float((cover * weights).sum() / weights.sum())
+    hint = (
+        "pass initial='geometry' (align the grids' centres), initial='moments' (align the centres "
+        "of mass) or a transform that brings the images together"
+    )
+    if not fraction > 0:
+        raise ValueError(
+            f"initial: at the initial transform the moving image covers none of the fixed image; {hint}"
+        )
+    if fraction < MIN_INITIAL_OVERLAP:
+        warnings.warn(
+            f"at the initial transform the moving image covers only {100 * fraction:.1f} % of the "
+            f"fixed image: MI sees only that part; {hint}",
+            stacklevel=3,
+        )
 
 
 def _check_levels(levels, gf: Geometry, gm: Geometry) -> int:
@@ -499,8 +551,15 @@ def register(
         **loss_kwargs: keywords for the default loss (num_bins, sigma, kernel, normalize, ...).
         initial: the starting transform, fixed physical -> moving physical: a (d+1)x(d+1)
             matrix, a SimpleITK transform, or an ITK transform file (what
-            :meth:`RegistrationResult.save_transform` writes); default identity. For rigid
-            its linear part must be a rotation.
+            :meth:`RegistrationResult.save_transform` writes); default None, the identity
+            (the images' headers are trusted: right for scans of one session). For rigid its
+            linear part must be a rotation. "geometry": a translation that maps the fixed
+            grid's centre onto the moving grid's (ITK's centred initialiser); "moments": one
+            that maps the centres of mass onto each other (intensity above each image's
+            minimum, within the masks; ANTs' default start). Use one of these when the
+            images' physical positions are unrelated (other scanners, other subjects).
+            ValueError when the start maps no fixed voxel into the moving image; a warning
+            when less than ``MIN_INITIAL_OVERLAP`` (10 %) does.
         mask, moving_mask: optional weights (bool or non-negative float) on the fixed and
             the moving image: tensors/arrays of that image's shape, or SimpleITK images /
             files on its grid. Fixed voxels outside ``mask`` are never sampled; samples that
@@ -539,8 +598,8 @@ def register(
     tolerance = _check_positive("tolerance", tolerance, allow_zero=True)
     sampling = _check_sampling(sampling, sampling_strategy)
     d = f.ndim - 2
-    init = as_matrix(initial, d, transform)
     w, wm, loss_fn, gen = _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed)
+    init = initial_transform(initial, transform, f, gf, m, gm, w, wm)
     use_graph = _check_graph(graph, loss, f.device)
 
     center = gf.center()
@@ -568,6 +627,8 @@ def register(
             opt.zero_grad(set_to_none=True)
             theta = (before_fixed @ model() @ after)[:d]
             th, idx = theta.detach().to(ml), sampler(f.device)
+            if not ran and it == 0:
+                check_overlap(th, fl, wl, ml.shape[2:])
             if replay is None and use_graph and n >= MIN_GRAPH_ITERATIONS:
                 value, grad, replay = _Replay.first(step, th, idx, strict=graph is True)
                 use_graph = replay is not None

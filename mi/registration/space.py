@@ -82,6 +82,28 @@ class Geometry:
         return image
 
 
+def center_of_mass(image: Tensor, geom: Geometry, weights: Tensor | None = None) -> Tensor:
+    """The physical centre of mass (mm; (d,) float64) of ``image`` (1, 1, *shape) on the grid
+    ``geom``, weighted by ``image - image.min()`` (so a CT's air at -1000 HU weighs nothing,
+    and an image whose minimum is 0, ITK's moments, is unchanged) times ``weights`` (a mask,
+    (1, 1, *shape), or None). The grid's centre (:meth:`Geometry.center`) when that weight is
+    0 everywhere (a constant image)."""
+    x = image.detach()[0, 0].double()
+    mass = x - x.min()
+    if weights is not None:
+        mass = mass * weights.detach()[0, 0].double()
+    total = mass.sum()
+    if not total > 0:
+        return geom.center()
+    d = geom.dim
+    idx = torch.ones(d + 1, dtype=torch.float64)
+    for axis in range(d):  # array axis -> index axis d - 1 - axis (x is the last array axis)
+        marginal = mass.sum(dim=tuple(a for a in range(d) if a != axis))
+        positions = torch.arange(marginal.numel(), dtype=torch.float64, device=marginal.device)
+        idx[d - 1 - axis] = ((marginal * positions).sum() / total).cpu()
+    return (geom.index_to_physical() @ idx)[:d]
+
+
 def identity_geometry(shape: Sequence[int], spacing=None) -> Geometry:
     """The geometry of a plain array: origin 0, identity direction, ``spacing`` (one number
     or one per index axis x, y[, z]; default 1)."""
