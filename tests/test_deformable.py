@@ -61,6 +61,57 @@ def test_control_grid_is_simpleitk_bspline(size, spacing, origin, direction, gri
 @pytest.mark.parametrize(
     "size, spacing, origin, direction, grid_mm",
     [
+        ((40, 30), (1.0, 1.5), (-3.0, 7.0), (0.6, -0.8, 0.8, 0.6), 9.0),
+        (
+            (20, 16, 12),
+            (1.5, 1.0, 2.0),
+            (3.0, -4.0, 5.0),
+            (0.8660254037844387, -0.5, 0, 0.5, 0.8660254037844387, 0, 0, 0, 1),
+            8.0,
+        ),
+    ],
+)
+@pytest.mark.parametrize("pooled", [1, 2])
+def test_dense_field_is_simpleitk_displacement_field(size, spacing, origin, direction, grid_mm, pooled):
+    """``ControlGrid.field`` (the separable sum the registration loop uses) on the image's grid
+    and on a pyramid level of it (voxels ``pooled`` times wider, centred on their blocks),
+    both padded by 2 voxels on every side, equals SimpleITK's
+    ``TransformToDisplacementField`` of the same B-spline transform, including the zero
+    border where the support leaves the grid; the 2-D grid's axes are the image's swapped
+    (ITK's initialiser orders them by the corners). Measured: 4.7e-7 mm in 2-D, 7e-8 in 3-D:
+    ITK's grid direction is the image's to float32 rounding (5e-8 off axis), which the
+    separable sum drops; bound 2e-6 mm."""
+    img = _image(size, spacing, origin, direction)
+    _, g = as_image("x", img)
+    grid = ControlGrid.over(g, grid_mm)
+    d = len(size)
+    coef = torch.randn(
+        d, *reversed(grid.size), generator=torch.Generator().manual_seed(3), dtype=torch.float64
+    )
+    level_spacing = tuple(s * pooled for s in spacing)
+    level = [n // pooled + 4 for n in size]  # 2 voxels beyond the image each side: the zero border
+    m = np.reshape(direction, (d, d))
+    first = np.array(spacing) * (pooled - 1) / 2.0 - 2.0 * np.array(level_spacing)  # first block's centre - 2
+    level_origin = np.add(origin, m @ first)
+    theirs = sitk.GetArrayFromImage(
+        sitk.TransformToDisplacementField(
+            grid.to_sitk(coef), sitk.sitkVectorFloat64, level, tuple(level_origin), level_spacing, direction
+        )
+    )
+    _, lg = as_image("level", _image(level, level_spacing, tuple(level_origin), direction))
+    ours = grid.field(coef, grid.physical_to_index() @ lg.index_to_physical(), lg.shape)
+    moved = np.abs(theirs).sum(-1) > 0
+    assert not moved.all() and moved.mean() > 0.25, moved.mean()
+    np.testing.assert_allclose(ours.numpy(), theirs, rtol=0, atol=2e-6)
+    with pytest.raises(ValueError, match="axes must lie along"):
+        rotated = torch.eye(d + 1, dtype=torch.float64)
+        rotated[0, 1] = 0.5
+        grid.field(coef, rotated, lg.shape)
+
+
+@pytest.mark.parametrize(
+    "size, spacing, origin, direction, grid_mm",
+    [
         ((40, 30), (1.0, 1.5), (-3.0, 7.0), (0.6, -0.8, 0.8, 0.6), 13.0),
         ((20, 16, 12), (1.5, 1.0, 2.0), (3.0, -4.0, 5.0), (0, -1, 0, 1, 0, 0, 0, 0, 1), 11.0),
     ],

@@ -112,6 +112,53 @@ class ControlGrid:
         out = (vals * (weight * valid[:, None]).to(coef.dtype)).sum(-1)
         return out.T
 
+    def physical_to_index(self) -> Tensor:
+        """(d+1) x (d+1) float64: physical points (mm) -> continuous grid indices, the affine
+        map of :meth:`continuous_index`."""
+        d = self.dim
+        inv = torch.linalg.inv(torch.tensor(self.direction, dtype=torch.float64).reshape(d, d))
+        m = torch.eye(d + 1, dtype=torch.float64)
+        m[:d, :d] = inv / torch.tensor(self.spacing, dtype=torch.float64)[:, None]
+        m[:d, d] = -m[:d, :d] @ torch.tensor(self.origin, dtype=torch.float64)
+        return m
+
+    def field(self, coef: Tensor, voxel_to_index: Tensor, shape) -> Tensor:
+        """The displacement (*shape, d) in mm at every voxel of a grid of array ``shape`` whose
+        axes lie along this grid's (the image the grid was made ``over``, or a pyramid level
+        of it): the sum of :meth:`displacement` at the voxel centres, as d small matrix
+        products instead of a gather of 4^d coefficients per voxel (and, backwards, a
+        scatter). The voxel index along one axis alone fixes the grid's continuous index
+        along one grid axis (ITK's initialiser may order the grid's axes differently from
+        the image's), so the weights are one (voxels x control points) matrix per axis, 4
+        non-zeros a row, zero rows where the support leaves the grid. Differentiable with
+        respect to ``coef``; the weights in float64, the products in ``coef``'s dtype.
+
+        ``voxel_to_index``: (d+1) x (d+1), voxel indices (x, y[, z]) -> continuous grid
+        indices; its linear part must have one non-zero per row and column, up to 1e-6 of
+        the largest: ITK keeps the grid's direction to float32 rounding (about 1e-8 off
+        axis), and that rest is dropped, at most 1e-6 x the voxels along an axis in grid
+        indices."""
+        d = self.dim
+        lin = voxel_to_index[:d, :d]
+        axis = lin.abs().argmax(dim=1)  # grid axis a lies along voxel axis axis[a]
+        rest = lin.clone()
+        rest[torch.arange(d), axis] = 0.0
+        if sorted(axis.tolist()) != list(range(d)) or rest.abs().max() > 1e-6 * lin.abs().max():
+            raise ValueError("field: the voxel grid's axes must lie along the control grid's")
+        out = coef
+        for a in range(d):  # grid axis a (x first) is coef's dim d - a (dim 0: the component)
+            b, size = int(axis[a]), self.size[a]
+            c = lin[a, b] * torch.arange(shape[d - 1 - b], dtype=torch.float64) + voxel_to_index[a, d]
+            start = torch.floor(c) - 1.0
+            valid = (start >= 0) & (start + 3 <= size - 1)
+            cols = start.long().clamp(0, size - 4)[:, None] + torch.arange(4)
+            basis = torch.zeros(len(c), size, dtype=torch.float64)
+            basis.scatter_(1, cols, _bspline3(c[:, None] - cols.double()) * valid[:, None])
+            out = torch.movedim(torch.tensordot(out, basis.to(coef), dims=([d - a], [1])), -1, d - a)
+        # dim d - a now runs along voxel axis axis[a]; the array order wants voxel axis d - j at dim j
+        grid_axis = {int(b): a for a, b in enumerate(axis)}
+        return out.permute(*[d - grid_axis[d - j] for j in range(1, d + 1)], 0)
+
     def refined(self, coef: Tensor) -> tuple[ControlGrid, Tensor]:
         """(the grid with twice the mesh cells per axis, half the spacing; the coefficients on
         it that give the same displacement at every point of the valid region). The cubic

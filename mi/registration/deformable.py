@@ -154,11 +154,8 @@ def _voxel_points(g: Geometry, dtype=torch.float64, device=None):
 
 
 def _on_grid(grid: ControlGrid, coef: Tensor, g: Geometry) -> Tensor:
-    """u at every voxel of geometry ``g``: (*shape, d)."""
-    out = torch.empty(math.prod(g.shape), g.dim, dtype=torch.float64)
-    for lo, p in _voxel_points(g):
-        out[lo : lo + len(p)] = grid.displacement(coef, p)
-    return out.reshape(*g.shape, g.dim)
+    """u at every voxel of geometry ``g`` (the grid's own image: its axes): (*shape, d)."""
+    return grid.field(coef, grid.physical_to_index() @ g.index_to_physical(), g.shape)
 
 
 def register_deformable(
@@ -261,7 +258,9 @@ def register_deformable(
         fl, wl = _pool(f, ff), _pool(w, ff)
         ml = _pool(torch.cat([m] + ([wm] if wm is not None else []), 1), fm)
         # the level's normalised coordinates -> mm, and mm -> the moving level's normalised ones
-        phys = (to_fixed @ torch.linalg.inv(to_normalized(extent(fl.shape[2:], ff)))).to(f)
+        phys64 = to_fixed @ torch.linalg.inv(to_normalized(extent(fl.shape[2:], ff)))
+        phys = phys64.to(f)
+        voxel_to_index = grid.physical_to_index() @ phys64 @ to_normalized(extent(fl.shape[2:]))
         to_grid = (to_normalized(extent(ml.shape[2:], fm)) @ to_moving_inv @ affine).to(f)
         sampler = _Sampler(sampling, sampling_strategy, wl, fl[0, 0].numel(), gen)
         n, lr0 = its[levels - 1 - level], lr * 2.0**level
@@ -279,7 +278,8 @@ def register_deformable(
                 idx = torch.arange(fl[0, 0].numel(), device=f.device)
             pts = _normalized_points(idx, fl.shape[2:])
             p = pts @ phys[:d, :d].T + phys[:d, d]
-            q = p + grid.displacement(coef, p)
+            u = grid.field(coef, voxel_to_index, fl.shape[2:]).reshape(-1, d)  # the level's voxels
+            q = p + (u if dense else u[idx])
             coords = q @ to_grid[:d, :d].T + to_grid[:d, d]
             out = sample_points(ml, coords)
             overlap = overlap_weight(coords, ml.shape[2:])[None, None]
@@ -323,9 +323,9 @@ def _warp_and_score(result: DeformableResult, f, m, w, wm, deform: bool):
     )
     stack = torch.cat([m] + ([wm] if wm is not None else []), 1)
     vals, ovl = [], []
-    coef = result.coef.to(f)
-    for _, p in _voxel_points(gf, f.dtype, f.device):
-        q = p + result.grid.displacement(coef, p) if deform else p
+    u = _on_grid(result.grid, result.coef.to(f), gf).reshape(-1, d) if deform else None
+    for lo, p in _voxel_points(gf, f.dtype, f.device):
+        q = p + u[lo : lo + len(p)] if deform else p
         coords = q @ to_grid[:d, :d].T + to_grid[:d, d]
         out = sample_points(stack, coords)
         o = overlap_weight(coords, gm.shape)
