@@ -88,7 +88,8 @@ class Binning:
 # [lo, hi] per row (rx, ry: (B, 2) or (1, 2)) that maps onto bin coordinates
 # first..first + length inside the backend, chunk by chunk or in registers: the caller
 # never writes a bin-coordinate copy of the images, and the gradients are with respect
-# to the raw samples. The ranges are not differentiated (a binning choice). The two
+# to the raw samples. The op holds the ranges fixed (an "auto" range's own derivative is
+# the caller's: ``functional._live``). The two
 # backends have the same signatures, so each op below is one call.
 
 

@@ -362,7 +362,8 @@ def joint_hist_double_backward(
     hu, hv, hm (B, N) or None (zero); ``needs``: which of the four to compute (None for the
     others). Exact over the window, like the forward: w'' of the Gaussian, the cubic
     B-spline (C2), the truncated Gaussian and the Xu kernel (piecewise), 0 for the flat
-    windows (box, rect, nearest). The ranges are not differentiated (a binning choice).
+    windows (box, rect, nearest). The ranges are held fixed (an "auto" range's own
+    derivative: ``functional._live``).
     """
     acc = _acc_dtype(u.dtype)
     B, K = u.shape[0], num_bins

@@ -9,10 +9,13 @@ collectives per call:
   with the whole image's range and raises (or not) on the same data;
 * one all-reduce (SUM) of the unnormalised joint histograms ``(B, K, K)``.
 
-Every rank then computes the same entropies and score. The backward needs no
+Every rank then computes the same entropies and score. The histogram's backward needs no
 communication: every rank's loss is the same function of the summed histogram, so the
 gradient of its local histogram is the gradient of the sum (the all-reduce's backward is
-the identity), and each rank's op backward gives the gradient of its own pixels.
+the identity), and each rank's op backward gives the gradient of its own pixels. An
+"auto" range that needs a gradient adds one all-reduce (SUM) in the backward: its
+derivative is a sum over all pixels, given to the pixels at the extremes
+(``functional._Live``).
 Works with any backend that has MAX and SUM all-reduces (gloo on CPU, NCCL on GPU).
 """
 

@@ -28,11 +28,11 @@ from .distributed import all_reduce_minmax, all_reduce_sum, check_group
 from .information import (
     BACKENDS,
     _safe_div,
+    _scaled_entropies,
+    _score,
     check_base,
     check_normalize,
-    entropies_from_joint,
     joint_pdf,
-    mutual_information_from_joint,
 )
 
 PUBLIC_KERNELS = ("gaussian", "bspline", "mattes")
@@ -78,7 +78,7 @@ def _check_sigma(sigma, name="sigma") -> float:
             f"got {type(sigma).__name__}"
         )
     sigma = float(sigma)
-    if not (math.isfinite(sigma) and sigma > 0):
+    if not 0 < sigma < math.inf:  # (not math.isfinite: torch.compile(dynamic=True) makes sigma symbolic)
         raise ValueError(f"{name} must be a positive finite number, got {sigma!r}")
     return sigma
 
@@ -177,8 +177,31 @@ def _check_weights(name: str, w, like: Tensor) -> Optional[Tensor]:
     return w.to(_acc_dtype(like.dtype))
 
 
+def _unit_rows(w: Optional[Tensor], name: str) -> Optional[Tensor]:
+    """Weights (R, N) times the power of two that brings each row's largest into [0.5, 1)
+    (``pow2_scale``; exact): the normalised histograms and the scores do not depend on the
+    weights' scale, but the sums of huge weights overflow (256 of 3e38 in float32, of 1e306
+    in float64) and subnormal ones (1e-45) keep no bits. A constant to autograd: the
+    result being scale-free, its derivative with respect to w is s times the one at s w,
+    which overflows for tiny weights (1e-45: about 1e42): with the value checks on, the
+    backward refuses that (``_FiniteGrad``)."""
+    if w is None or w.shape[-1] == 0:
+        return w
+    scale = pow2_scale(w.detach().amax(-1, keepdim=True))
+    if _grad_needed(w) and _checks_on():
+        why = f"{name} is tiny, and the result does not depend on its scale: the gradient scales "
+        w = _FiniteGrad.call(w, name, why + f"as 1 / {name}; rescale it")
+    return w * scale
+
+
 _VALUE_CHECKS = True
 _VALUE_CHECKS_HERE = contextvars.ContextVar("mi_value_checks", default=None)
+
+
+def _check_flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
 
 
 def set_value_checks(enabled: bool) -> bool:
@@ -200,7 +223,7 @@ def set_value_checks(enabled: bool) -> bool:
     ``torch.func.vmap`` (which cannot read data).
     """
     global _VALUE_CHECKS
-    previous, _VALUE_CHECKS = _VALUE_CHECKS, bool(enabled)
+    previous, _VALUE_CHECKS = _VALUE_CHECKS, _check_flag("enabled", enabled)
     return previous
 
 
@@ -210,7 +233,7 @@ def value_checks(enabled: bool):
     off inside the block, for the current thread (and asyncio task) only: a
     ``contextvars.ContextVar``, so threads that call the library at the same time do not
     see each other's setting. Restored on exit, also on an exception."""
-    token = _VALUE_CHECKS_HERE.set(bool(enabled))
+    token = _VALUE_CHECKS_HERE.set(_check_flag("enabled", enabled))
     try:
         yield
     finally:
@@ -270,18 +293,24 @@ class _GradRange(NamedTuple):
 _MAX_SLOPE = {torch.float32: 2.0**100, torch.float64: 2.0**1000}
 
 
-def _check_slope(name: str, lo, hi, length: float, dtype):
+def _check_slope(name: str, lo, hi, length: float, dtype, given=None):
     """Refuse a range so narrow that the gradient with respect to the samples would overflow.
-    lo, hi: floats or lists of floats (per row)."""
+    lo, hi: floats or lists of floats (per row): the samples' own ("auto"), or the range the
+    caller ``given`` ("bins", "value_range")."""
     limit = _MAX_SLOPE[_acc_dtype(dtype)]
     for a, b in zip(lo if isinstance(lo, list) else [lo], hi if isinstance(hi, list) else [hi]):
         span = b - a
         if span > 0 and length > limit * span:
+            fix = (
+                f"Rescale {name} (e.g. {name} / {name}.abs().amax(); with value_range='auto' MI "
+                "does not change)"
+                if given is None
+                else f"Widen {given}, or rescale {name} and {given} together"
+            )
             raise ValueError(
-                f"{name} spans only {span:.3g} (from {a:.6g} to {b:.6g}): the gradient with "
-                f"respect to {name} scales with {length:.3g} / {span:.3g} bins per unit and would "
-                f"overflow {_acc_dtype(dtype)}. Rescale {name} (e.g. {name} / {name}.abs().amax(); "
-                f"with value_range='auto' MI does not change), or pass float64"
+                f"{given or name} spans only {span:.3g} (from {a:.6g} to {b:.6g}): the gradient "
+                f"with respect to {name} scales with {length:.3g} / {span:.3g} bins per unit and "
+                f"would overflow {_acc_dtype(dtype)}. {fix}, or pass float64"
             )
 
 
@@ -304,8 +333,8 @@ def _queue_checks(backend: str, extremes: dict, weights=None, wname="weights", b
     if not _checks_on():
         return _no_checks
     parts = [e.reshape(-1) for e in extremes.values()] + [g.ranges.reshape(-1) for g in grads]
-    if weights is not None:
-        parts.append(weights.amin().reshape(1) if weights.numel() else weights.new_zeros(1))
+    if weights is not None:  # [min, max]
+        parts.append(torch.stack(torch.aminmax(weights)) if weights.numel() else weights.new_zeros(2))
     stats = torch.cat(parts)  # in the widest of their dtypes: float64 samples stay finite
     if not (stats.is_cuda and backend == "triton"):
         _run_checks(stats.tolist(), extremes, weights is not None, wname, binned, grads)
@@ -340,8 +369,8 @@ def _run_checks(stats, extremes, has_weights, wname, binned, grads):
         r = stats[at : at + g.ranges.numel()]
         at += g.ranges.numel()
         _check_slope(g.name, r[0::2], r[1::2], g.length, g.dtype)
-    if has_weights and not stats[-1] >= 0:
-        raise ValueError(f"{wname} must be non-negative (and not NaN)")
+    if has_weights and not (stats[-2] >= 0 and math.isfinite(stats[-1])):
+        raise ValueError(f"{wname} must be non-negative and finite (no NaN or Inf)")
     for b in binned:
         if b.samples.numel() == 0:
             continue
@@ -401,9 +430,15 @@ def _bin_layout(bins) -> tuple[float, float, int]:
     step = (b[-1] - b[0]).item() / (k - 1)
     if not step > 0:
         raise ValueError("bins must be increasing")
-    # linspace in float32 rounds each centre to ~1e-7 relative: allow that, not more.
+    # linspace rounds each centre to its dtype's resolution (~1e-7 relative in float32, 1e-3
+    # in float16): allow that, not more.
+    rel = (
+        max(1e-6, torch.finfo(bins.dtype).eps)
+        if isinstance(bins, Tensor) and bins.is_floating_point()
+        else 1e-6
+    )
     dev = (b - (b[0] + step * torch.arange(k, dtype=torch.float64))).abs().max().item()
-    if dev > 1e-4 * step + 1e-6 * b.abs().max().item():
+    if dev > 1e-4 * step + rel * b.abs().max().item():
         raise ValueError(
             f"bins must be equally spaced (centres of a uniform grid); the largest deviation "
             f"from a uniform grid is {dev:.3g} for a step of {step:.3g}"
@@ -456,13 +491,13 @@ def histogram(x: Tensor, bins, sigma: float, *, weights: Optional[Tensor] = None
     _check_histogram_size(xf.shape[0], k, 1, x.device)
     acc = _acc_dtype(x.dtype)
     span = _data_span(lo, step, k, acc)  # the first and last bin centres -> bin coordinates 0 and K - 1
-    xf = _guard_grad("x", xf, span, k - 1.0)
+    xf = _guard_grad("x", xf, span, k - 1.0, "bins")
     check = _no_checks
     if _checks_on():
         check = _queue_checks(
             be, {"x": _extremes(xf)}, w, binned=[_Binned("x", xf, *span, 0.0, k - 1.0, k, True)]
         )
-    wf = None if w is None else w.reshape(xf.shape)
+    wf = None if w is None else _unit_rows(w.reshape(xf.shape), "weights")
     r = _pair_row(*span, acc, x.device)
     h = _autograd.hist(xf, wf, Binning(k, sig, ("gaussian",), be, length=k - 1.0), r)
     h = _safe_normalize(h, -1).reshape(*lead, k).to(x.dtype)
@@ -500,37 +535,40 @@ def _grad_needed(t: Tensor) -> bool:
 
 
 @_autograd.fast_apply
-class _HalfGradCheck(torch.autograd.Function):
-    """The identity, whose backward refuses a gradient that overflowed float16 (65504)."""
+class _FiniteGrad(torch.autograd.Function):
+    """The identity, whose backward refuses a gradient that overflowed: ``why`` says why."""
 
     @staticmethod
-    def forward(x, name):
+    def forward(x, name, why):
         return x.view_as(x)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.name = inputs[1]
+        ctx.name, ctx.why = inputs[1], inputs[2]
 
     @staticmethod
     def backward(ctx, g):
         if not torch.isfinite(g).all():
+            dtype, largest = str(g.dtype).removeprefix("torch."), torch.finfo(g.dtype).max
             raise ValueError(
-                f"the gradient with respect to {ctx.name} overflows float16 (largest 65504): its "
-                f"range is narrow for its number of pixels; pass {ctx.name} as float32"
+                f"the gradient with respect to {ctx.name} overflows {dtype} (largest {largest:.6g}): "
+                f"{ctx.why}"
             )
-        return g, None
+        return g, None, None
 
 
-def _guard_grad(name: str, x: Tensor, span, length: float) -> Tensor:
-    """Refuse a fixed range too narrow for x's gradient now (``_check_slope``); with the
-    value checks on, guard a float16 gradient against overflow (one host read in the
-    backward). Returns x, or an identity view of it that carries the float16 guard."""
+def _guard_grad(name: str, x: Tensor, span, length: float, given="value_range") -> Tensor:
+    """Refuse a fixed range (``span``, from the argument ``given``) too narrow for x's gradient
+    now (``_check_slope``); with the value checks on, guard a float16 gradient against
+    overflow (one host read in the backward). Returns x, or an identity view of it that
+    carries the float16 guard."""
     if not _grad_needed(x):
         return x
     if span is not None:
-        _check_slope(name, span[0], span[1], length, x.dtype)
+        _check_slope(name, span[0], span[1], length, x.dtype, given)
     if x.dtype == torch.float16 and _checks_on():
-        return _HalfGradCheck.call(x, name)
+        why = f"its range is narrow for its number of pixels; pass {name} as float32"
+        return _FiniteGrad.call(x, name, why)
     return x
 
 
@@ -584,14 +622,14 @@ def histogram2d(
     _check_histogram_size(xf1.shape[0], k, 2, x1.device)
     acc = _acc_dtype(dtype)
     span = _data_span(lo, step, k, acc)
-    xf1, xf2 = _guard_grad("x1", xf1, span, k - 1.0), _guard_grad("x2", xf2, span, k - 1.0)
+    xf1, xf2 = (_guard_grad(n, t, span, k - 1.0, "bins") for n, t in (("x1", xf1), ("x2", xf2)))
     check = _no_checks
     if _checks_on():
         check = _queue_checks(
             be, {"x1": _extremes(xf1), "x2": _extremes(xf2)}, w,
             binned=[_Binned(n, t, *span, 0.0, k - 1.0, k, True) for n, t in (("x1", xf1), ("x2", xf2))],
         )  # fmt: skip
-    wf = None if w is None else w.reshape(xf1.shape)
+    wf = None if w is None else _unit_rows(w.reshape(xf1.shape), "weights")
     r = _pair_row(*span, acc, x1.device)
     j = _autograd.joint_hist(xf1, xf2, wf, Binning(k, sig, ("gaussian",) * 2, be, length=k - 1.0), r, r)
     j = _safe_normalize(j, (-2, -1)).reshape(*lead, k, k).to(dtype)
@@ -615,6 +653,12 @@ def _check_pair(value_range, name="value_range"):
     return lo, hi
 
 
+def _is_pair_like(p) -> bool:
+    """One image's part of a pair of ranges: "auto", a tuple or list, or a 1-D array or tensor
+    (the rows of a 2 x 2 array)."""
+    return isinstance(p, (str, tuple, list)) or (hasattr(p, "ndim") and hasattr(p, "__len__") and p.ndim == 1)
+
+
 def _check_range(value_range):
     """-> (range of x, range of y), each "auto" or (lo, hi)."""
     if isinstance(value_range, str):
@@ -625,8 +669,8 @@ def _check_range(value_range):
         parts = list(value_range)
     except TypeError:
         parts = None
-    if parts is not None and len(parts) == 2 and all(isinstance(p, (str, tuple, list)) for p in parts):
-        return tuple(p if p == "auto" else _check_pair(p) for p in parts)
+    if parts is not None and len(parts) == 2 and all(_is_pair_like(p) for p in parts):
+        return tuple(p if isinstance(p, str) and p == "auto" else _check_pair(p) for p in parts)
     pair = _check_pair(value_range)
     return pair, pair
 
@@ -636,13 +680,109 @@ def _row_range(x: Tensor, rng, m: Optional[Tensor], extremes: Optional[Tensor] =
     ((R, 1) tensors; ``extremes``, the rows' ``_extremes``, saves a pass without a mask)."""
     if rng != "auto":
         return rng
-    xd = x.detach()  # the range is a binning choice, not differentiated
+    xd = x.detach()  # (the range with autograd, where a gradient needs it: ``_live_range``)
     if m is None:
         e = _extremes(xd) if extremes is None else extremes
         return e[:, :1], e[:, 1:]
     e = _masked_extremes(xd, m)
     empty = torch.isinf(e[:, :1]) & (e[:, :1] > 0)  # no pixel kept: the range (0, 1)
     return torch.where(empty, 0.0, e[:, :1]), torch.where(empty, 1.0, e[:, 1:])
+
+
+@_autograd.fast_apply
+class _Live(torch.autograd.Function):
+    """x (R, N) itself (a view), whose backward adds how x moves its rows' "auto" range r (R,
+    2) [lo, hi] (over the mask m; with ``group``, the whole sharded images'): what the op
+    computes from x with r held fixed then has x's full derivative. The op maps x through u =
+    (x - lo) L / (hi - lo) + first, so with g = dL/dx at fixed r and t = (x - lo) / (hi - lo),
+
+        dL/dhi = -sum g t,   dL/dlo = sum g t - sum g,
+
+    given to the pixels at hi (at lo), shared among them when tied (as ``amax`` does). A
+    constant row (hi = lo) has no such derivative and keeps g. With ``group`` the sums and
+    the tie counts are all-reduced (one all-reduce in the backward). Under ``create_graph``
+    the backward is the autograd of ``_live_composite``, so that it is differentiated again
+    exactly (not with ``group``: refused)."""
+
+    @staticmethod
+    def forward(x, r, m, group):
+        return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, r, m, group = inputs
+        ctx.save_for_backward(x, r, m)
+        ctx.group = group
+
+    @staticmethod
+    def backward(ctx, g):
+        x, r, m = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            if ctx.group is not None:
+                raise RuntimeError(
+                    "second derivatives through value_range='auto' with group are not supported: "
+                    "pass a fixed value_range"
+                )
+            with torch.enable_grad():
+                (dx,) = torch.autograd.grad(_live_composite(x, r, m), x, g, create_graph=True)
+            return dx, None, None, None
+        lo, hi = r[:, :1], r[:, 1:]
+        s = pow2_scale(r.abs().amax(1, keepdim=True))
+        pos = hi > lo
+        at_lo, at_hi = x == lo, x == hi
+        if m is not None:
+            keep = m > 0
+            at_lo, at_hi = at_lo & keep, at_hi & keep
+        sgt = (g * (x * s - lo * s)).sum(-1, keepdim=True) / torch.where(pos, hi * s - lo * s, 1.0)
+        parts = torch.cat(
+            [sgt, g.sum(-1, keepdim=True), at_lo.sum(-1, keepdim=True), at_hi.sum(-1, keepdim=True)], 1
+        )
+        if ctx.group is not None:
+            parts = parts.clone()
+            import torch.distributed as dist
+
+            dist.all_reduce(parts, op=dist.ReduceOp.SUM, group=ctx.group)
+        sgt, sg, n_lo, n_hi = parts.split(1, 1)
+        d_lo = torch.where(pos, (sgt - sg) / n_lo.clamp(min=1), 0.0)
+        d_hi = torch.where(pos, -sgt / n_hi.clamp(min=1), 0.0)
+        return (g + at_lo * d_lo + at_hi * d_hi).to(g.dtype), None, None, None
+
+
+def _live(x: Tensor, r: Tensor, m: Optional[Tensor], group) -> Tensor:
+    """x carrying its "auto" range's derivative: ``_Live`` (one view, the correction in the
+    backward: few ops), or under torch.func transforms and torch.compile, which take plain
+    ops best, ``_live_composite``."""
+    if group is None and (torch.compiler.is_compiling() or torch._C._functorch.get_interpreter_stack()):
+        return _live_composite(x, r, m)
+    return _Live.call(x, r, m, group)
+
+
+def _live_composite(x: Tensor, r: Tensor, m: Optional[Tensor]) -> Tensor:
+    """``_Live``'s function in differentiable ops (for its create_graph backward): x again in
+    value, as x_eff = x + (x s - lo s) (ratio - 1) / s - (lo - lo_r) = lo_r + (x - lo) ratio,
+    with lo, hi the range taken again with autograd (``_live_range``, equal to r = (lo_r,
+    hi_r)), ratio = (hi_r - lo_r) / (hi - lo) and s the power of two that brings r near 1:
+    the op's map of x_eff with r fixed, (x_eff - lo_r) L / (hi_r - lo_r) + first, is the live
+    map (x - lo) L / (hi - lo) + first, to every order."""
+    live = _live_range(x, m).to(r.dtype)
+    lo, hi, lo_r, hi_r = live[:, :1], live[:, 1:], r[:, :1], r[:, 1:]
+    s = pow2_scale(r.abs().amax(1, keepdim=True))
+    pos = hi_r > lo_r
+    q = torch.where(pos, ((hi_r - lo_r) / torch.where(pos, hi - lo, 1.0) - 1.0) / s, 0.0)
+    dlo = torch.where(pos, lo - lo_r, 0.0)
+    return torch.addcmul(x - dlo, torch.addcmul(-lo * s, x, s), q).to(x.dtype)
+
+
+def _live_range(x: Tensor, m: Optional[Tensor]) -> Tensor:
+    """(R, 2) [lo, hi] of each row of x (R, N > 0) over the pixels with m > 0, as
+    ``_row_range`` but differentiable in x (amin/amax, whose backward shares a tied extreme's
+    gradient among its pixels); (0, 1) for a row that keeps no pixel."""
+    if m is None:
+        return torch.stack([x.amin(-1), x.amax(-1)], -1)
+    keep = m > 0
+    lo, hi = torch.where(keep, x, math.inf).amin(-1), torch.where(keep, x, -math.inf).amax(-1)
+    empty = ~keep.any(-1)
+    return torch.stack([torch.where(empty, 0.0, lo), torch.where(empty, 1.0, hi)], -1)
 
 
 def _masked_extremes(x: Tensor, m: Tensor) -> Tensor:
@@ -658,7 +798,7 @@ def _masked_extremes(x: Tensor, m: Tensor) -> Tensor:
 def _shard_stats(group, a, rng, ext, checks):
     """The rows' statistics of the whole (sharded) images, from one all-reduce over ``group``:
     (extremes of x and y (for the checks and "auto" ranges), masked "auto" ranges of x and y
-    (None where not needed), the smallest weight as a 1-element tensor (for the mask check)).
+    (None where not needed), the smallest and largest weight, (2,) (for the mask check)).
     A rank's empty shard contributes nothing; rows with no pixel on any rank come back as the
     single-process call would make them."""
     inf = math.inf
@@ -672,18 +812,22 @@ def _shard_stats(group, a, rng, ext, checks):
         return None if r != "auto" or a.mask is None else _masked_extremes(t.detach(), a.mask)
 
     w = a.weights
-    wmin = None
+    wext = None
     if checks and w is not None:
-        v = w.amin() if w.numel() else torch.tensor(inf, dtype=w.dtype, device=w.device)
-        wmin = torch.stack([v, v]).reshape(1, 2)
+        wext = (
+            torch.stack(torch.aminmax(w))
+            if w.numel()
+            else torch.tensor([inf, -inf], dtype=w.dtype, device=w.device)
+        )
+        wext = wext.reshape(1, 2)
     pairs = [local_extremes(t, e) for t, e in zip((a.x, a.y), ext)]
-    pairs += [local_masked(t, r) for t, r in zip((a.x, a.y), rng)] + [wmin]
+    pairs += [local_masked(t, r) for t, r in zip((a.x, a.y), rng)] + [wext]
     out = all_reduce_minmax(group, pairs)
     nothing = [None if p is None else torch.isinf(p[:, :1]) & (p[:, :1] > 0) for p in out]
     ext = [None if p is None else torch.where(n, 0.0, p) for p, n in zip(out[:2], nothing[:2])]
     masked = [None if p is None else torch.where(n, p.new_tensor([0.0, 1.0]), p)
               for p, n in zip(out[2:4], nothing[2:4])]  # fmt: skip
-    weights = None if out[4] is None else torch.where(nothing[4], 0.0, out[4])[0, :1]
+    weights = None if out[4] is None else torch.where(nothing[4], 0.0, out[4])[0]  # [min, max]
     return ext, masked, weights if checks else a.weights
 
 
@@ -757,8 +901,12 @@ class _Images(NamedTuple):
     length: float
 
 
-def _check_images(x, y, *, num_bins, sigma, value_range, mask, per_channel, kernel, backend) -> _Images:
-    """Argument checks (no data read) and the images as rows."""
+def _check_images(
+    x, y, *, num_bins, sigma, value_range, mask, per_channel, kernel, backend, unit_mask=True
+) -> _Images:
+    """Argument checks (no data read) and the images as rows; the mask's rows scaled by
+    ``_unit_rows`` unless ``unit_mask`` is False (a shard of an image: its scale would not be
+    the other shards')."""
     _check_tensor("x", x)
     _check_tensor("y", y)
     if x.ndim < 3:
@@ -770,8 +918,6 @@ def _check_images(x, y, *, num_bins, sigma, value_range, mask, per_channel, kern
     k = _check_num_bins(num_bins)
     sig = _sigma_in_bins(_check_sigma(sigma))
     kernel = _check_kernel(kernel)
-    if kernel == "mattes" and k < 5:
-        raise ValueError(f"kernel='mattes' needs num_bins >= 5 (it keeps 4 padding bins), got {k}")
     if not isinstance(per_channel, bool):
         raise TypeError(f"per_channel must be a bool, got {type(per_channel).__name__}")
     dtype = torch.promote_types(x.dtype, y.dtype)
@@ -779,6 +925,11 @@ def _check_images(x, y, *, num_bins, sigma, value_range, mask, per_channel, kern
     rng = tuple(r if r == "auto" else _fixed_range("value_range", r, acc) for r in _check_range(value_range))
     first, end = _LAYOUT[kernel]
     length = k - end - first
+    if length < 1:  # the range would map onto one bin coordinate (or backwards)
+        raise ValueError(
+            f"kernel={kernel!r} needs num_bins >= {int(first + end) + 1} (it keeps {int(first + end)} "
+            f"padding bins), got {k}"
+        )
     dtypes = (x.dtype, y.dtype)  # of the gradients, before promotion
     x, y = (
         _guard_grad(n, t, None if r == "auto" else r, length)
@@ -792,6 +943,8 @@ def _check_images(x, y, *, num_bins, sigma, value_range, mask, per_channel, kern
     be = _resolve_backend(backend, xr)
     _check_histogram_size(rows, k, 2, x.device)
     mr = None if m is None else m.reshape(rows, n)
+    if unit_mask:
+        mr = _unit_rows(mr, "mask")
     return _Images(xr, yr, mr, m, lead, dtype, dtypes, k, sig, rng, kernel, be, first, length)
 
 
@@ -805,7 +958,7 @@ def _image_joint(
     group = check_group(group)
     a = _check_images(
         x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
-        per_channel=per_channel, kernel=kernel, backend=backend,
+        per_channel=per_channel, kernel=kernel, backend=backend, unit_mask=group is None,
     )  # fmt: skip
     u, v, binning, op_ranges, check = _binning(a, group, deterministic)
     j = _autograd.joint_hist(u, v, a.mask, binning, *op_ranges)
@@ -835,6 +988,12 @@ def _binning(a: _Images, group=None, deterministic=False):
     r_y = r_x if same else _range_rows(a.y, rng[1], a.mask, ext[1], acc)
     if masked[1] is not None:
         r_y = masked[1].to(acc)
+    # An "auto" range moves with its image: where that image needs a gradient, the image goes
+    # to the op through ``_Live``, whose backward adds how the image moves its range.
+    x_rows, y_rows = (
+        _live(t, rows, a.mask, group) if r == "auto" and _grad_needed(t) else t
+        for t, r, rows in ((a.x, rng[0], r_x), (a.y, rng[1], r_y))
+    )
     named = (("x", a.x, rng[0], r_x, a.dtypes[0]), ("y", a.y, rng[1], r_y, a.dtypes[1]))
     grads = [
         _GradRange(n, rows, length, dt)
@@ -845,17 +1004,19 @@ def _binning(a: _Images, group=None, deterministic=False):
         # ITK: the fixed image's bin is floor(term) clamped to [2, K-3] (a box window, at that
         # bin's centre here, so rounding cannot move it); the moving one a cubic B-spline at term.
         op_acc = _acc_dtype(a.dtype)
-        u = _mattes_terms(a.x, r_x, k).floor().clamp(2.0, k - 3.0).to(op_acc)
-        v = _mattes_terms(a.y, r_y, k).to(op_acc)
+        u = _mattes_terms(x_rows, r_x, k).floor().clamp(2.0, k - 3.0).to(op_acc)
+        v = _mattes_terms(y_rows, r_y, k).to(op_acc)
         kernels, op_ranges = ("box", "bspline"), (None, None)
     else:
-        u, v, kernels, op_ranges = a.x, a.y, (a.kernel, a.kernel), (r_x, r_y)
+        u, v, kernels, op_ranges = x_rows, y_rows, (a.kernel, a.kernel), (r_x, r_y)
     check = _no_checks
     if checks:
         pairs = (("x", a.x, rng[0]), ("y", a.y, rng[1]))
         binned = [_Binned(n, t, *r, first, length, k, False) for n, t, r in pairs if r != "auto"]
         check = _queue_checks(a.backend, {"x": ext[0], "y": ext[1]}, weights, "mask", binned, grads)
-    binning = Binning(k, a.sigma, kernels, a.backend, deterministic, a.first, a.length)
+    binning = Binning(
+        k, a.sigma, kernels, a.backend, _check_flag("deterministic", deterministic), a.first, a.length
+    )
     return u, v, binning, op_ranges, check
 
 
@@ -911,7 +1072,7 @@ def entropies(
         x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
         per_channel=per_channel, kernel=kernel, backend=backend, deterministic=deterministic, group=group,
     )  # fmt: skip
-    h = tuple(t.reshape(lead).to(dtype) for t in entropies_from_joint(j, base, be))
+    h = tuple(t.reshape(lead).to(dtype) for t in _scaled_entropies(j, base, be))
     check()
     return h
 
@@ -975,7 +1136,8 @@ def mutual_information(
         value_range: ``(lo, hi)``: intensities lo..hi map onto the bin centres 0..K-1 (the
             same for x and y; mass falling beyond the first/last bin is dropped); or
             ``"auto"``: each sample's (and image's) own min..max, over the pixels the mask
-            keeps (not differentiated: the range is a binning choice); or a pair of those,
+            keeps; it moves with the image, and the gradient includes that (a tied minimum
+            or maximum shares its part among its pixels, as ``amin``/``amax`` do); or a pair of those,
             one for x and one for y, e.g. ``((0, 1), "auto")``. With ``kernel="bspline"``
             lo..hi map onto 1..K-2 and with ``"mattes"`` onto 2..K-2 (padding bins that keep
             each pixel's whole unit of mass inside the histogram).
@@ -1004,8 +1166,9 @@ def mutual_information(
             shard of the pixels (x, y and mask: e.g. slabs of one volume, the same B and C
             and the same arguments on every rank): every rank gets the whole images' score,
             from one all-reduce of the extremes and one of the (B, K, K) histograms, and its
-            backward gives the gradient of its own shard with no further communication
-            (``mi.distributed``). Eager mode only.
+            backward gives the gradient of its own shard (with one small all-reduce where an
+            "auto" range's derivative needs the whole images' sums; ``mi.distributed``).
+            Eager mode only; second derivatives through an "auto" range are refused.
 
     Returns:
         (B,) scores, or (B, C) with ``per_channel=True``; dtype of the inputs.
@@ -1024,6 +1187,6 @@ def mutual_information(
         x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
         per_channel=per_channel, kernel=kernel, backend=backend, deterministic=deterministic, group=group,
     )  # fmt: skip
-    score = mutual_information_from_joint(j, normalize, base, be).reshape(lead).to(dtype)
+    score = _score(j, normalize, base, be).reshape(lead).to(dtype)
     check()
     return score

@@ -18,6 +18,7 @@ scores on top are ordinary autograd on (...,) tensors. Conventions:
 """
 
 import math
+import numbers
 from typing import Optional, Union
 
 import torch
@@ -242,19 +243,49 @@ def _entropies(joint: Tensor, backend: str):
     return _Entropies.call(joint)
 
 
-def entropies_from_joint(joint: Tensor, base: Optional[float] = None, backend: str = "auto"):
-    """(H(a), H(b), H(a, b)) of a joint histogram ``joint`` (..., K, K); each of shape (...,),
-    in ``joint``'s dtype (computed in float64 where the device has it).
+def check_joint(joint) -> Tensor:
+    """The ``joint`` argument of the public ``*_from_joint`` functions: a real square (..., K,
+    K) tensor (integer counts, say from ``numpy.histogram2d``, are taken in float64), whose
+    entries are non-negative and finite (a value check: one host read; see
+    :func:`mi.set_value_checks`)."""
+    from .functional import _checks_on  # (functional imports this module)
 
-    Rows of ``joint`` index a's bins, columns b's. Units: nats, or log ``base``.
-    ``backend``: "auto" (Triton for float32 CUDA histograms when it imports, else torch),
-    "torch" or "triton" (float32 only; other dtypes use torch).
-    """
+    if not isinstance(joint, Tensor):
+        raise TypeError(f"joint must be a torch.Tensor, got {type(joint).__name__}")
+    if joint.is_complex():
+        raise TypeError(f"joint must be real (floating, or integer counts), got {joint.dtype}")
+    if joint.ndim < 2 or joint.shape[-1] != joint.shape[-2]:
+        raise ValueError(
+            f"joint must be a square histogram (..., K, K), a's bins along the rows and b's along "
+            f"the columns, got shape {tuple(joint.shape)}"
+        )
+    if not joint.is_floating_point():
+        joint = joint.to(torch.float64)
+    if _checks_on() and joint.numel() and not bool(((joint >= 0) & (joint < math.inf)).all()):
+        raise ValueError("joint must be non-negative and finite (no NaN or Inf)")
+    return joint
+
+
+def _scaled_entropies(joint: Tensor, base: Optional[float], backend: str):
+    """``entropies_from_joint`` on checked arguments."""
     ha, hb, hab = _entropies(joint, backend)
     if base is not None:
         scale = 1.0 / math.log(base)
         ha, hb, hab = ha * scale, hb * scale, hab * scale
     return tuple(h.to(joint.dtype) for h in (ha, hb, hab))
+
+
+def entropies_from_joint(joint: Tensor, base: Optional[float] = None, backend: str = "auto"):
+    """(H(a), H(b), H(a, b)) of a joint histogram ``joint`` (..., K, K); each of shape (...,),
+    in ``joint``'s dtype (float64 for integer counts; computed in float64 where the device
+    has it). ``joint`` need not be normalised (its sum is divided out); it must be
+    non-negative and finite (:func:`check_joint`).
+
+    Rows of ``joint`` index a's bins, columns b's. Units: nats, or log ``base`` (> 1).
+    ``backend``: "auto" (Triton for float32 CUDA histograms when it imports, else torch),
+    "torch" or "triton" (float32 only; other dtypes use torch).
+    """
+    return _scaled_entropies(check_joint(joint), check_base(base), backend)
 
 
 def check_normalize(normalize: Normalize) -> str:
@@ -272,10 +303,17 @@ def check_normalize(normalize: Normalize) -> str:
 
 
 def check_base(base) -> Optional[float]:
+    """``base`` of the logarithms: None (nats), or a real number > 1 (2: bits; 10: bans), also
+    a numpy scalar or a one-element tensor. (Below 1 every information would come out
+    negative.)"""
     if base is None:
         return None
-    if isinstance(base, bool) or not isinstance(base, (int, float)) or not base > 0 or base == 1:
-        raise ValueError(f"base must be a positive number other than 1 (or None for nats), got {base!r}")
+    if isinstance(base, Tensor) and base.numel() == 1 and not base.is_complex():
+        base = base.item()
+    if isinstance(base, bool) or not isinstance(base, numbers.Real):
+        raise TypeError(f"base must be a real number > 1 (or None for nats), got {type(base).__name__}")
+    if not 1 < float(base) < math.inf:
+        raise ValueError(f"base must be a finite number > 1 (or None for nats), got {base!r}")
     return float(base)
 
 
@@ -292,10 +330,13 @@ def mutual_information_from_joint(
         ``"studholme"``: ``(H(a) + H(b)) / H(a, b)`` in [1, 2], Studholme's overlap-
         invariant normalised MI, the usual choice for registration.
 
-    backend: as in :func:`entropies_from_joint`.
+    joint, base, backend: as in :func:`entropies_from_joint`.
     """
-    normalize = check_normalize(normalize)
-    base = check_base(base)
+    return _score(check_joint(joint), check_normalize(normalize), check_base(base), backend)
+
+
+def _score(joint: Tensor, normalize: str, base: Optional[float], backend: str) -> Tensor:
+    """``mutual_information_from_joint`` on checked arguments."""
     scale = 1.0 if base is None or normalize != "none" else 1.0 / math.log(base)
     if _use_triton(joint, backend):
         k = joint.shape[-1]

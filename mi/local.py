@@ -20,7 +20,7 @@ from torch import Tensor
 from . import _autograd
 from ._torch import _acc_dtype
 from .functional import ValueRange, _binning, _check_images
-from .information import check_base, check_normalize, mutual_information_from_joint
+from .information import _score, check_base, check_normalize
 from .modules import MutualInformationLoss
 
 
@@ -160,7 +160,7 @@ def local_mutual_information(
         m = None  # no padding and no mask: every voxel counts fully
     ranges = [r if r is None or r.shape[0] == 1 else r.repeat_interleave(count, 0) for r in op_ranges]
     joint = _autograd.joint_hist(u, v, m, binning, *ranges)
-    score = mutual_information_from_joint(joint, normalize, base, a.backend)
+    score = _score(joint, normalize, base, a.backend)
     out = score.reshape(*a.lead, *grid).to(a.dtype)
     check()
     return out

@@ -61,6 +61,16 @@ class MutualInformation(nn.Module):
         return f"num_bins={self.num_bins}, sigma={self.sigma}, normalize={self.normalize!r}"
 
 
+def reduce_loss(loss: Tensor, reduction: str) -> Tensor:
+    """A loss's per-image values reduced by ``reduction`` ("mean", "sum", "none"); the mean of
+    an empty batch (NaN) is refused."""
+    if reduction == "mean":
+        if loss.numel() == 0:
+            raise ValueError("reduction='mean' of an empty batch has no value; use reduction='sum' or 'none'")
+        return loss.mean()
+    return loss.sum() if reduction == "sum" else loss
+
+
 class MutualInformationLoss(nn.Module):
     """Negative (normalised) mutual information, a loss for image registration.
 
@@ -109,12 +119,7 @@ class MutualInformationLoss(nn.Module):
         self.value_range, self.reduction, self.kwargs = value_range, reduction, kwargs
 
     def forward(self, fixed: Tensor, moving: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        loss = -self._score(fixed, moving, mask)
-        if self.reduction == "mean":
-            return loss.mean()
-        if self.reduction == "sum":
-            return loss.sum()
-        return loss
+        return reduce_loss(-self._score(fixed, moving, mask), self.reduction)
 
     def _score(self, fixed: Tensor, moving: Tensor, mask: Optional[Tensor]) -> Tensor:
         return mutual_information(

@@ -50,7 +50,7 @@ def test_host_overhead_counts(tmp_path):
     """bench/host_overhead.py runs, and its counts pin the Triton path's host work: four Triton
     launches per forward+backward (joint histogram and entropies, each way), one host read
     with the value checks and none without (a stray .item() would stall a GPU every call),
-    and few aten ops besides."""
+    and few aten ops besides: 6-11 with a fixed range, 44-45 with an "auto" one."""
     out = tmp_path / "host.csv"
     cmd = [sys.executable, str(ROOT / "bench" / "host_overhead.py"), "--child", "test", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -61,7 +61,10 @@ def test_host_overhead_counts(tmp_path):
     for r in triton:
         assert int(r["triton"]) == 4, r
         assert int(r["syncs"]) == (1 if r["checks"] == "True" else 0), r
-        assert 0 < int(r["ops"]) < 12, r  # 54 to 81 at commit 329f83c, 31 to 36 at e30247f
+        # 54 to 81 at commit 329f83c, 31 to 36 at e30247f, 6 to 11 since; an "auto" range's
+        # exact derivative (functional._Live) adds 35 small ops to the backward
+        bound = 12 if r["value_range"] == "fixed" else 50
+        assert 0 < int(r["ops"]) < bound, r
 
 
 def test_gpu_only_scripts_import():

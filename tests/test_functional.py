@@ -228,6 +228,48 @@ def test_discrete_limit_matches_sklearn(k):
     )
 
 
+def test_from_joint_on_integer_counts_matches_sklearn():
+    """A contingency table of integer counts (numpy.histogram2d's, say) is taken in float64:
+    MI and NMI equal scikit-learn's on the same table (they were once cast back to the
+    integer dtype: entropies of 1 and MI 0). Also numpy and tensor scalars as ``base``."""
+    metrics = pytest.importorskip("sklearn.metrics")
+    gen = np.random.default_rng(7)
+    a = gen.integers(0, 6, 500)
+    b = (a + gen.integers(0, 3, 500)) % 6
+    counts, _, _ = np.histogram2d(a, b, bins=6)
+    table = torch.from_numpy(counts.astype(np.int64))
+    got = mi.mutual_information_from_joint(table)
+    assert got.dtype == torch.float64
+    want = metrics.mutual_info_score(None, None, contingency=counts)
+    assert got.item() == pytest.approx(want, rel=1e-12)
+    nmi = metrics.normalized_mutual_info_score(a, b, average_method="arithmetic")
+    assert mi.mutual_information_from_joint(table, "arithmetic").item() == pytest.approx(nmi, rel=1e-12)
+    for base in (np.float32(2.0), torch.tensor(2.0), 2):
+        bits = mi.mutual_information_from_joint(table, base=base).item()
+        assert bits == pytest.approx(want / np.log(2.0), rel=1e-12)
+    h = mi.entropies_from_joint(table.to(torch.int32))
+    assert all(t.dtype == torch.float64 for t in h) and h[2].item() > h[0].item() > 1.0
+
+
+def test_value_range_and_bins_in_other_containers():
+    """A 2 x 2 array of ranges is a pair of pairs, as a tuple of tuples is; float16 bin
+    centres from linspace (rounded to 1e-3) are equally spaced to float16's resolution."""
+    x, y = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8)
+    want = mi.mutual_information(x, y, value_range=((0.0, 1.0), (0.0, 2.0)))
+    torch.testing.assert_close(
+        mi.mutual_information(x, y, value_range=np.array([[0.0, 1.0], [0.0, 2.0]])), want
+    )
+    torch.testing.assert_close(
+        mi.mutual_information(x, y, value_range=torch.tensor([[0.0, 1.0], [0.0, 2.0]])), want
+    )
+    bins16 = torch.linspace(0, 1, 8, dtype=torch.float16)
+    got = mi.histogram2d(x.flatten(1), y.flatten(1), bins16, 0.1)
+    # the layout is the first centre and the mean step: linspace's own
+    torch.testing.assert_close(got, mi.histogram2d(x.flatten(1), y.flatten(1), torch.linspace(0, 1, 8), 0.1))
+    with pytest.raises(ValueError, match="equally spaced"):  # the same centres in float32: too uneven
+        mi.histogram2d(x.flatten(1), y.flatten(1), bins16.float(), 0.1)
+
+
 @pytest.mark.parametrize("normalize", [True, False], ids=["normalized", "bits"])
 def test_seed_module_reproduces_the_seed_on_a_real_pair(normalize):
     """The seed's example: a photograph against a rotated copy, and a pair of identical images
@@ -355,14 +397,18 @@ def test_inputs_are_not_modified():
         assert torch.equal(t, c)
 
 
-def test_torch_compile_fullgraph_has_no_graph_break():
-    def loss(x, y, m):
-        return mi.mutual_information(x, y, num_bins=16, sigma=0.8, mask=m, normalize="studholme").sum()
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_compile_fullgraph_has_no_graph_break(dynamic):
+    """Also with dynamic=True, where dynamo makes float arguments (sigma) symbolic: the
+    argument checks must not call what symbolic floats lack (math.isfinite did)."""
+
+    def loss(x, y, m):  # sigma: the default
+        return mi.mutual_information(x, y, num_bins=16, mask=m, normalize="studholme").sum()
 
     x = torch.rand(2, 1, 16, 16)
     y = remap(x).requires_grad_()
     m = torch.rand(2, 1, 16, 16) > 0.2
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager", dynamic=dynamic)
     got = compiled(x, y, m)
     got.backward()
     g = y.grad.clone()

@@ -45,7 +45,23 @@ BAD_MI = [
     ("range-str", mi_call(value_range="minmax"), ValueError, "value_range must be 'auto'"),
     ("range-len", mi_call(value_range=(0.0, 0.5, 1.0)), ValueError, "value_range must be 'auto', a pair"),
     ("normalize", mi_call(normalize="max"), ValueError, "normalize must be one of"),
-    ("base-1", mi_call(base=1), ValueError, "base must be a positive number other than 1"),
+    ("base-1", mi_call(base=1), ValueError, "base must be a finite number > 1"),
+    ("base-half", mi_call(base=0.5), ValueError, "base must be a finite number > 1"),  # negative MI
+    ("base-inf", mi_call(base=float("inf")), ValueError, "base must be a finite number > 1"),
+    ("base-str", mi_call(base="2"), TypeError, "base must be a real number > 1"),
+    (
+        "bspline-3-bins",
+        mi_call(kernel="bspline", num_bins=3),
+        ValueError,
+        "kernel='bspline' needs num_bins >= 4",
+    ),
+    ("deterministic-str", mi_call(deterministic="no"), TypeError, "deterministic must be a bool"),
+    (
+        "mask-inf",
+        mi_call(mask=nan_at(torch.ones(2, 1, 8, 8), float("inf"))),
+        ValueError,
+        "mask must be non-negative and finite",
+    ),
     ("mask-shape", mi_call(mask=torch.ones(2, 1, 8, 7)), ValueError, "mask of shape"),
     (
         "mask-int",
@@ -58,6 +74,55 @@ BAD_MI = [
     ("kernel", mi_call(kernel="triangle"), ValueError, "kernel must be one of"),
     ("backend", mi_call(backend="cuda"), ValueError, "backend must be one of"),
     ("per-channel", mi_call(per_channel="yes"), TypeError, "per_channel must be a bool"),
+]
+
+J = torch.rand(2, 4, 4)
+
+BAD_JOINT = [
+    (
+        "joint-list",
+        lambda: mi.entropies_from_joint([[0.5, 0.0], [0.0, 0.5]]),
+        TypeError,
+        "joint must be a torch.Tensor",
+    ),
+    (
+        "joint-1d",
+        lambda: mi.entropies_from_joint(torch.rand(4)),
+        ValueError,
+        "joint must be a square histogram",
+    ),
+    (
+        "joint-not-square",
+        lambda: mi.mutual_information_from_joint(torch.rand(3, 5)),
+        ValueError,
+        r"square histogram \(\.\.\., K, K\).*got shape \(3, 5\)",
+    ),
+    (
+        "joint-complex",
+        lambda: mi.mutual_information_from_joint(J.to(torch.complex64)),
+        TypeError,
+        "joint must be real",
+    ),
+    (
+        "joint-negative",
+        lambda: mi.mutual_information_from_joint(J - 0.5),
+        ValueError,
+        "joint must be non-negative and finite",
+    ),
+    (
+        "joint-nan",
+        lambda: mi.entropies_from_joint(nan_at(J)),
+        ValueError,
+        "joint must be non-negative and finite",
+    ),
+    (
+        "joint-base",
+        lambda: mi.entropies_from_joint(J, base=1.0),
+        ValueError,
+        "base must be a finite number > 1",
+    ),
+    ("checks-str", lambda: mi.set_value_checks("off"), TypeError, "enabled must be a bool"),
+    ("checks-block-str", lambda: mi.value_checks("off").__enter__(), TypeError, "enabled must be a bool"),
 ]
 
 BAD_HIST = [
@@ -108,7 +173,9 @@ BAD_HIST = [
 
 
 @pytest.mark.parametrize(
-    "call,exc,match", [c[1:] for c in BAD_MI + BAD_HIST], ids=[c[0] for c in BAD_MI + BAD_HIST]
+    "call,exc,match",
+    [c[1:] for c in BAD_MI + BAD_JOINT + BAD_HIST],
+    ids=[c[0] for c in BAD_MI + BAD_JOINT + BAD_HIST],
 )
 def test_bad_input_raises_a_clear_error(call, exc, match):
     with pytest.raises(exc, match=match):
@@ -126,6 +193,23 @@ def test_modules_check_their_arguments():
         mi.MutualInformation(normalize="geometric")
     with pytest.raises(ValueError, match="reduction must be"):
         mi.MutualInformationLoss(reduction="avg")
+
+
+def test_mean_of_an_empty_batch_is_refused():
+    """The mean of no losses would be NaN: refused, ours and the MONAI drop-in alike (MONAI's
+    own loss fails in a reshape); "sum" and "none" are well defined."""
+    from mi.compat.monai import GlobalMutualInformationLoss
+
+    empty = torch.rand(0, 1, 4, 4)
+    for loss in (
+        mi.MutualInformationLoss(),
+        mi.LocalMutualInformationLoss(patch_size=2),
+        GlobalMutualInformationLoss(),
+    ):
+        with pytest.raises(ValueError, match="reduction='mean' of an empty batch"):
+            loss(empty, empty)
+    assert mi.MutualInformationLoss(reduction="sum")(empty, empty).item() == 0.0
+    assert mi.MutualInformationLoss(reduction="none")(empty, empty).shape == (0,)
 
 
 def test_loss_reductions():

@@ -26,7 +26,7 @@ def _oracle(x, y, patch, k, sigma, kernel, normalize="none", mask=None, stride=N
         m = torch.ones_like(x[i], dtype=torch.float64) if mask is None else mask[i].double()
         coords = []
         for t in (x[i].double(), y[i].double()):
-            lo, hi = t[m > 0].min().detach(), t[m > 0].max().detach()  # the range: not differentiated
+            lo, hi = t[m > 0].min(), t[m > 0].max()  # the range moves with the image: differentiated
             coords.append(first + (t - lo) * (k - end - first) / (hi - lo))
         for cell in _cells(grid):
             sl = (slice(None),) + tuple(slice(c * st, c * st + p) for c, p, st in zip(cell, patch, stride))

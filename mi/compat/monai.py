@@ -27,6 +27,7 @@ from ..functional import (
     _queue_checks,
     _resolve_backend,
 )
+from ..modules import reduce_loss
 
 KERNEL_TYPES = ("gaussian", "b-spline")
 REDUCTIONS = ("none", "mean", "sum")
@@ -204,12 +205,7 @@ class GlobalMutualInformationLoss(_Loss):
         joint = _autograd.joint_hist(u, v, m, _autograd.Binning(k, sigma, kinds, backend))
         mi = self._mutual_information(joint / max(n, 1))
         check()
-        loss = -mi.to(pred.dtype)
-        if self.reduction == "sum":
-            return loss.sum()
-        if self.reduction == "mean":
-            return loss.mean()
-        return loss
+        return reduce_loss(-mi.to(pred.dtype), self.reduction)
 
     @staticmethod
     def _extremes(x, y):

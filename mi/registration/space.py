@@ -210,8 +210,13 @@ def as_image(name: str, x, device=None, spacing=None):
     else:
         t = _as_tensor(name, x)
         geom = identity_geometry(t.shape[2:], spacing)
-    t = t.detach().to(device=device if device is not None else t.device, dtype=torch.float32)
+    given, t = t, t.detach().to(device=device if device is not None else t.device, dtype=torch.float32)
     if not torch.isfinite(t).all():
+        if given.is_floating_point() and torch.isfinite(given).all():
+            raise ValueError(
+                f"{name} has values beyond float32's range (largest magnitude "
+                f"{given.abs().max().item():.3g}), and registration computes in float32: rescale it"
+            )
         raise ValueError(f"{name} contains NaN or Inf")
     return t, geom
 
