@@ -733,9 +733,11 @@ class _Live(torch.autograd.Function):
         if m is not None:
             keep = m > 0
             at_lo, at_hi = at_lo & keep, at_hi & keep
-        sgt = (g * (x * s - lo * s)).sum(-1, keepdim=True) / torch.where(pos, hi * s - lo * s, 1.0)
+        d = (x * s).sub_(lo * s).mul_(g)  # g (x - lo) s, in one temporary
+        sgt = d.sum(-1, keepdim=True) / torch.where(pos, hi * s - lo * s, 1.0)
         parts = torch.cat(
-            [sgt, g.sum(-1, keepdim=True), at_lo.sum(-1, keepdim=True), at_hi.sum(-1, keepdim=True)], 1
+            [sgt, g.sum(-1, keepdim=True).to(sgt), at_lo.sum(-1, keepdim=True), at_hi.sum(-1, keepdim=True)],
+            1,
         )
         if ctx.group is not None:
             parts = parts.clone()
@@ -745,7 +747,11 @@ class _Live(torch.autograd.Function):
         sgt, sg, n_lo, n_hi = parts.split(1, 1)
         d_lo = torch.where(pos, (sgt - sg) / n_lo.clamp(min=1), 0.0)
         d_hi = torch.where(pos, -sgt / n_hi.clamp(min=1), 0.0)
-        return (g + at_lo * d_lo + at_hi * d_hi).to(g.dtype), None, None, None
+        # g plus the corrections, in d's memory (at_lo and at_hi meet only where hi = lo, and
+        # both corrections are 0 there)
+        torch.where(at_hi, d_hi.to(d.dtype), d.new_zeros(()), out=d)
+        torch.where(at_lo, d_lo.to(d.dtype), d, out=d)
+        return d.add_(g).to(g.dtype), None, None, None
 
 
 def _live(x: Tensor, r: Tensor, m: Optional[Tensor], group) -> Tensor:
