@@ -135,8 +135,8 @@ class ControlGrid:
 
         ``voxel_to_index``: (d+1) x (d+1), voxel indices (x, y[, z]) -> continuous grid
         indices; its linear part must have one non-zero per row and column, up to 1e-6 of
-        the largest: ITK keeps the grid's direction to float32 rounding (about 1e-8 off
-        axis), and that rest is dropped, at most 1e-6 x the voxels along an axis in grid
+        the largest: ITK keeps the grid's direction to float32 rounding (5e-8 off axis in
+        the tests), and that rest is dropped, at most 1e-6 x the voxels along an axis in grid
         indices."""
         d = self.dim
         lin = voxel_to_index[:d, :d]

@@ -213,8 +213,8 @@ def register_deformable(
             held stiffer for the same deformation.
 
     Returns:
-        :class:`DeformableResult`. Memory per iteration: O(samples x 4^d) for the B-spline
-        weights, so keep ``sampling`` on for large images.
+        :class:`DeformableResult`. Memory per iteration: the level's displacement field, d
+        floats per voxel (``ControlGrid.field``), and the samples' resampling and loss.
     """
     t_start = time.perf_counter()
     f, gf, m, gm = read_pair(fixed, moving, device, spacing, moving_spacing)
