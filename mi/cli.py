@@ -242,11 +242,11 @@ def cmd_score(args) -> int:
 
 
 def _fraction_or_count(text: str):
-    """--sampling: "auto", "0.2" (a fraction) or "50000" (a count)."""
+    """--sampling: "auto", "0.2" (a fraction; "1": every voxel) or "50000" (a count)."""
     if text == "auto":
         return text
     try:
-        return int(text)
+        return 1.0 if int(text) == 1 else int(text)
     except ValueError:
         pass
     try:
@@ -271,6 +271,10 @@ def cmd_register(args) -> int:
         kw.update(grid_spacing=args.grid_spacing, bending=args.bending)
     if (args.fixed is None) != (args.moving is None):
         raise CLIError("give both FIXED and MOVING, or neither for the demo pair")
+    if args.fixed is None:
+        given = [f"--{n.replace('_', '-')}" for n in ("mask", "moving_mask", "initial") if getattr(args, n)]
+        if given:
+            raise CLIError(f"{', '.join(given)} need FIXED and MOVING (the demo pair takes none)")
     if args.fixed is not None:
         reg.run_cli(args.fixed, args.moving, args.out, args.transform, **kw)
         return 0
@@ -415,8 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_fraction_or_count,
         default=DEFAULT_SAMPLING,
         metavar="F|N",
-        help="fixed voxels resampled per iteration: a fraction in (0, 1], a count, or auto "
-        f"(default {DEFAULT_SAMPLING}: see mi.register; 1.0: every voxel)",
+        help="fixed voxels resampled per iteration: a fraction in (0, 1], a count (at least 64), or "
+        f"auto (default {DEFAULT_SAMPLING}: see mi.register; 1 or 1.0: every voxel)",
     )
     reg.add_argument(
         "--strategy", choices=("random", "regular"), default="random", help="how voxels are sampled"

@@ -511,3 +511,59 @@ def test_images_at_unrelated_positions(pair, how, tmp_path):
     moved, _ = _moved(moving, (45.0, 0.0, 0.0))
     with pytest.warns(UserWarning, match=r"covers only 9\.\d % of the fixed image"):
         register(fixed, moved, progress=False, levels=1, iterations=1)
+
+
+def test_deformable_initial_transforms_are_refused(pair, tmp_path):
+    """A B-spline (or a composite holding one) as ``initial=`` is refused: its deformation
+    may not reach the points that test for an affine map, and was once dropped silently."""
+    fixed, _ = pair
+    bs = sitk.BSplineTransformInitializer(fixed, [2, 2, 2], 3)
+    bs.SetParameters([0.5] * len(bs.GetParameters()))
+    composite = sitk.CompositeTransform([_affine(TRUE), bs])
+    for t in (bs, composite):
+        path = tmp_path / "start.h5"
+        sitk.WriteTransform(t, str(path))
+        for start in (t, path):
+            with pytest.raises(ValueError, match="holds BSplineTransform.*not affine"):
+                register(fixed, fixed, progress=False, levels=1, iterations=1, initial=start)
+
+
+def test_a_diverged_registration_warns():
+    """A step far too large ends below the start (the 2-D demo at lr=20: normalised MI 1.056
+    -> 1.000, measured): a warning says so."""
+    from mi.registration import demo_pair
+
+    fixed, moving, _ = demo_pair(shape=(96, 80))
+    with pytest.warns(UserWarning, match="the registration ended below its start"):
+        register(fixed, moving, levels=1, iterations=30, lr=20, progress=False)
+    with pytest.raises(ValueError, match="sampling=10 voxels per iteration is too few"):
+        register(fixed, moving, levels=1, iterations=1, sampling=10, progress=False)
+
+
+def test_cli_refuses_to_overwrite_inputs_and_reports_write_errors(tmp_path, pair, capsys):
+    """The outputs may not overwrite an input (registering a result again in its own folder);
+    an output that cannot be written (a folder in its place) is one error line, exit 2; demo
+    mode refuses file options; --sampling 1 is every voxel."""
+    from mi.cli import main
+
+    fixed, moving = pair
+    fp, mp = tmp_path / "m3_registered.nii.gz", tmp_path / "m3.nii.gz"
+    sitk.WriteImage(fixed, str(fp))
+    sitk.WriteImage(moving, str(mp))
+    before = fp.read_bytes()
+    quick = ["--quiet", "--levels", "1", "--iterations", "2"]
+    assert main(["register", str(fp), str(mp), "-o", str(tmp_path), *quick]) == 2
+    assert "would overwrite the input m3_registered.nii.gz" in capsys.readouterr().err
+    assert fp.read_bytes() == before
+    out = tmp_path / "out"
+    (out / "m3_transform.tfm").mkdir(parents=True)  # a folder where the transform goes
+    fp2 = tmp_path / "fixed.nii.gz"
+    sitk.WriteImage(fixed, str(fp2))
+    assert main(["register", str(fp2), str(mp), "-o", str(out), *quick]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mi: error: cannot write to") and "Traceback" not in err
+    assert main(["register", "--mask", str(fp2), *quick]) == 2
+    assert "--mask need FIXED and MOVING" in capsys.readouterr().err
+    from mi.cli import _fraction_or_count
+
+    assert _fraction_or_count("1") == 1.0 and _fraction_or_count("5000") == 5000

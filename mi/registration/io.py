@@ -167,6 +167,21 @@ def write_warped(path_stem: Path, result: RegistrationResult, fixed_path: Path, 
     return out
 
 
+def _check_outputs(out: Path, stem: str, inputs) -> None:
+    """Refuse an output folder where the outputs (``<stem>_registered.*``,
+    ``_transform.*``, ``_matrix.txt``, ``_registration.png``) would overwrite an input file."""
+    if out.exists() and not out.is_dir():
+        raise RegisterError(f"the output folder {out} is a file")
+    names = (f"{stem}_registered.", f"{stem}_transform.", f"{stem}_matrix.txt", f"{stem}_registration.png")
+    for p in inputs:
+        if isinstance(p, (str, Path)) and Path(p).exists():
+            p = Path(p).resolve()
+            if p.parent == out.resolve() and p.name.startswith(names):
+                raise RegisterError(
+                    f"the outputs in {out} would overwrite the input {p.name}: choose another -o"
+                )
+
+
 def run_cli(
     fixed_path,
     moving_path,
@@ -216,17 +231,25 @@ def run_cli(
         result = register(fixed, moving, transform=transform, progress=progress, **kwargs)
     print(describe(result))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     stem = moving_path.name.split(".")[0]
+    _check_outputs(
+        out, stem, [fixed_path, moving_path] + [kwargs.get(k) for k in ("mask", "moving_mask", "initial")]
+    )
+    out.mkdir(parents=True, exist_ok=True)
     moving_values = as_image("moving", moving, "cpu")[0]
-    warped_path = write_warped(out / f"{stem}_registered", result, fixed_path, moving_values)
-    matrix_path = out / f"{stem}_matrix.txt"
-    np.savetxt(matrix_path, result.physical.numpy(), header="fixed physical (x, y[, z]) -> moving physical")
-    try:
-        suffix = ".h5" if transform == "bspline" else ".tfm"  # (the composite: HDF5, as ITK prefers)
-        transform_path = result.save_transform(out / f"{stem}_transform{suffix}")
-    except ImportError:
-        transform_path = None
+    try:  # SimpleITK's writers raise RuntimeError
+        warped_path = write_warped(out / f"{stem}_registered", result, fixed_path, moving_values)
+        matrix_path = out / f"{stem}_matrix.txt"
+        np.savetxt(
+            matrix_path, result.physical.numpy(), header="fixed physical (x, y[, z]) -> moving physical"
+        )
+        try:
+            suffix = ".h5" if transform == "bspline" else ".tfm"  # (the composite: HDF5, as ITK prefers)
+            transform_path = result.save_transform(out / f"{stem}_transform{suffix}")
+        except ImportError:
+            transform_path = None
+    except RuntimeError as e:
+        raise RegisterError(f"cannot write to {out}: {str(e).strip().splitlines()[-1]}") from None
     figure_path = save_figure(out / f"{stem}_registration.png", result, fixed, moving)
     for label, p in (
         ("image", warped_path),

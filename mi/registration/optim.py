@@ -68,6 +68,11 @@ CONVERGENCE_WINDOW = 10
 #: ``graph``: a level is replayed from a CUDA graph when it runs at least this many
 #: iterations (the capture costs about one iteration's host time).
 MIN_GRAPH_ITERATIONS = 4
+#: The fewest voxels per iteration a ``sampling`` count may ask for (sampling=1 is one voxel,
+#: not every voxel: refused, with a pointer to None / 1.0).
+MIN_SAMPLES = 64
+#: :func:`register` warns when the normalised MI (1..2) ends more than this below its start.
+DIVERGED = 1e-3
 #: ``initial=`` names that start from a translation (``initial_transform``).
 INITIAL_CENTRES = ("geometry", "moments")
 #: Below this fraction of the fixed image (its mask) inside the moving image at the initial
@@ -301,7 +306,13 @@ def _check_sampling(sampling, strategy):
         if not (0.0 < sampling <= 1.0):
             raise ValueError(f"sampling as a fraction must be in (0, 1], got {sampling}")
         return float(sampling)
-    return _positive_int("sampling", sampling)
+    count = _positive_int("sampling", sampling)
+    if count < MIN_SAMPLES:
+        raise ValueError(
+            f"sampling={count} voxels per iteration is too few for a histogram (at least {MIN_SAMPLES}); "
+            "for every voxel pass None or the fraction 1.0"
+        )
+    return count
 
 
 def _check_graph(graph, loss, device: torch.device) -> bool:
@@ -593,7 +604,8 @@ def register(
             files on its grid. Fixed voxels outside ``mask`` are never sampled; samples that
             map outside ``moving_mask`` (bilinear) do not count.
         sampling: fixed voxels per iteration, drawn afresh each iteration (``seed``); only
-            those are resampled: a fraction in (0, 1], a count, None (every voxel), or
+            those are resampled: a fraction in (0, 1], a count (at least ``MIN_SAMPLES`` =
+            64), None (every voxel), or
             "auto" (the default): 2**17 = 131072 voxels (every voxel of smaller images and
             pyramid levels, e.g. 256 x 512). ``sampling_strategy``: "random" (uniform, with
             replacement) or "regular" (a stride with a random offset).
@@ -681,6 +693,12 @@ def register(
         voxel = voxel_matrix(physical, gf, gm)
         mi_before, _ = _score(f, m, voxel_matrix(init, gf, gm), w, wm)
         mi_after, warped = _score(f, m, voxel, w, wm)
+    if mi_after < mi_before - DIVERGED:
+        warnings.warn(
+            f"the registration ended below its start (normalised MI {mi_after:.4f} < {mi_before:.4f}): "
+            "it diverged or the start was already the optimum; try a smaller lr or more levels",
+            stacklevel=2,
+        )
     out_shape = fixed.shape if isinstance(fixed, (Tensor, np.ndarray)) else f.shape[2:]
     return RegistrationResult(
         physical=physical,

@@ -116,12 +116,32 @@ def _is_sitk_transform(t) -> bool:
     return type(t).__module__.startswith("SimpleITK") and hasattr(t, "TransformPoint")
 
 
+def _deforming_parts(transform) -> list:
+    """The names of the deformable transforms in ``transform`` (a composite's members too):
+    B-spline, displacement-field and velocity-field transforms."""
+    name = transform.GetName()
+    if name.startswith("CompositeTransform"):
+        c = _sitk().CompositeTransform(transform)
+        return [n for i in range(c.GetNumberOfTransforms()) for n in _deforming_parts(c.GetNthTransform(i))]
+    return (
+        [name]
+        if any(k in name for k in ("BSpline", "DisplacementField", "Velocity", "Diffeomorphic"))
+        else []
+    )
+
+
 def from_sitk(transform, d: int) -> Tensor:
     """The (d+1)x(d+1) matrix of a SimpleITK transform that is affine (Euler, versor,
     similarity, affine, translation, a composite of them): recovered exactly from the
     images of the origin and the unit vectors, then checked on other points."""
     if transform.GetDimension() != d:
         raise ValueError(f"the transform is {transform.GetDimension()}-D, the images {d}-D")
+    deforming = _deforming_parts(transform)
+    if deforming:  # (their deformation may not reach the probe points below)
+        raise ValueError(
+            f"the transform holds {', '.join(deforming)}, not affine; only rigid and affine transforms "
+            "are accepted"
+        )
     pts = np.vstack([np.zeros(d), np.eye(d)])
     out = np.array([transform.TransformPoint(tuple(map(float, p))) for p in pts])
     m = np.eye(d + 1)
