@@ -21,19 +21,21 @@ def _image(size, spacing, origin, direction):
     return img
 
 
-@pytest.mark.parametrize(
-    "size, spacing, origin, direction, grid_mm",
-    [
-        ((40, 30), (1.0, 1.5), (-3.0, 7.0), (0.6, -0.8, 0.8, 0.6), 9.0),
-        (
-            (20, 16, 12),
-            (1.5, 1.0, 2.0),
-            (3.0, -4.0, 5.0),
-            (0.8660254037844387, -0.5, 0, 0.5, 0.8660254037844387, 0, 0, 0, 1),
-            8.0,
-        ),
-    ],
-)
+#: (size, spacing, origin, direction, grid spacing mm): a 2-D grid whose rotated direction
+#: makes ITK's initialiser swap the control grid's axes, and a 3-D one.
+GRIDS = [
+    ((40, 30), (1.0, 1.5), (-3.0, 7.0), (0.6, -0.8, 0.8, 0.6), 9.0),
+    (
+        (20, 16, 12),
+        (1.5, 1.0, 2.0),
+        (3.0, -4.0, 5.0),
+        (0.8660254037844387, -0.5, 0, 0.5, 0.8660254037844387, 0, 0, 0, 1),
+        8.0,
+    ),
+]
+
+
+@pytest.mark.parametrize("size, spacing, origin, direction, grid_mm", GRIDS)
 def test_control_grid_is_simpleitk_bspline(size, spacing, origin, direction, grid_mm):
     """Our displacement at random points (inside, at and beyond the image: ITK leaves the
     points whose support leaves the grid alone) equals SimpleITK's BSplineTransform's."""
@@ -58,19 +60,7 @@ def test_control_grid_is_simpleitk_bspline(size, spacing, origin, direction, gri
     assert np.abs(ours - theirs).max() < 1e-12
 
 
-@pytest.mark.parametrize(
-    "size, spacing, origin, direction, grid_mm",
-    [
-        ((40, 30), (1.0, 1.5), (-3.0, 7.0), (0.6, -0.8, 0.8, 0.6), 9.0),
-        (
-            (20, 16, 12),
-            (1.5, 1.0, 2.0),
-            (3.0, -4.0, 5.0),
-            (0.8660254037844387, -0.5, 0, 0.5, 0.8660254037844387, 0, 0, 0, 1),
-            8.0,
-        ),
-    ],
-)
+@pytest.mark.parametrize("size, spacing, origin, direction, grid_mm", GRIDS)
 @pytest.mark.parametrize("pooled", [1, 2])
 def test_dense_field_is_simpleitk_displacement_field(size, spacing, origin, direction, grid_mm, pooled):
     """``ControlGrid.field`` (the separable sum the registration loop uses) on the image's grid
