@@ -739,12 +739,7 @@ class _Live(torch.autograd.Function):
             [sgt, g.sum(-1, keepdim=True).to(sgt), at_lo.sum(-1, keepdim=True), at_hi.sum(-1, keepdim=True)],
             1,
         )
-        if ctx.group is not None:
-            parts = parts.clone()
-            import torch.distributed as dist
-
-            dist.all_reduce(parts, op=dist.ReduceOp.SUM, group=ctx.group)
-        sgt, sg, n_lo, n_hi = parts.split(1, 1)
+        sgt, sg, n_lo, n_hi = all_reduce_sum(parts, ctx.group).split(1, 1)
         d_lo = torch.where(pos, (sgt - sg) / n_lo.clamp(min=1), 0.0)
         d_hi = torch.where(pos, -sgt / n_hi.clamp(min=1), 0.0)
         # g plus the corrections, in d's memory (at_lo and at_hi meet only where hi = lo, and
