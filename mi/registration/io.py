@@ -220,6 +220,9 @@ def run_cli(
         raise RegisterError(str(e)) from None
     except ImportError as e:
         raise RegisterError(str(e)) from None
+    out, stem = Path(out_dir), moving_path.name.split(".")[0]
+    inputs = [fixed_path, moving_path] + [kwargs.get(k) for k in ("mask", "moving_mask", "initial")]
+    _check_outputs(out, stem, inputs)  # before the work
     if transform == "bspline":  # an affine stage, then the deformation on top
         spacing, bending = kwargs.pop("grid_spacing", 20.0), kwargs.pop("bending", 1.0)
         affine = register(fixed, moving, transform="affine", progress=progress, **kwargs)
@@ -230,11 +233,6 @@ def run_cli(
     else:
         result = register(fixed, moving, transform=transform, progress=progress, **kwargs)
     print(describe(result))
-    out = Path(out_dir)
-    stem = moving_path.name.split(".")[0]
-    _check_outputs(
-        out, stem, [fixed_path, moving_path] + [kwargs.get(k) for k in ("mask", "moving_mask", "initial")]
-    )
     out.mkdir(parents=True, exist_ok=True)
     moving_values = as_image("moving", moving, "cpu")[0]
     try:  # SimpleITK's writers raise RuntimeError
