@@ -9,7 +9,8 @@ counts, with the kernels' own window rules (``mi.kernels.utils.window_size``, st
 
 * ``square``: the W x W window cells with a non-zero contribution (the kernel before the
   Gaussian disk trimming);
-* ``disk``: those with ``w_u * w_v > 2**-24`` (what ``_joint_hist_fwd_kernel`` adds now);
+* ``disk``: those with ``w_u * w_v`` above 2**-24 of the pixel's largest cell (what
+  ``_joint_hist_fwd_kernel`` adds now);
 * ``pairs``: the share of neighbouring pixel pairs (2i, 2i+1) whose windows start at the same
   bins in both images: what merging such pairs before the atomics could save at most.
 """
@@ -54,7 +55,7 @@ def count(x, y, k):
         (_, wu), (_, wv) = windows(u[lo : lo + CHUNK], k, w), windows(v[lo : lo + CHUNK], k, w)
         prod = wu[:, :, None] * wv[:, None, :]
         square += int((prod != 0).sum())
-        disk += int((prod > 2.0**-24).sum())
+        disk += int((prod > prod.amax((1, 2), keepdim=True) * 2.0**-24).sum())
     su, sv = windows(u, k, w)[0], windows(v, k, w)[0]
     same = ((su[0::2] == su[1::2]) & (sv[0::2] == sv[1::2])).float().mean().item()
     return square / u.numel(), disk / u.numel(), same

@@ -28,6 +28,13 @@ from .window import _load_bins, _pixel_block, _window, _window_and_grad, _window
 
 
 @triton.jit
+def _nearest_bin(b_x, K):
+    """The bin centre nearest to each x (fp32), clamped to [0, K - 1]; 0 for NaN."""
+    b_c = tl.minimum(tl.maximum(b_x, -1.0), K * 1.0)
+    return tl.minimum(tl.maximum(tl.floor(b_c + 0.5), 0.0), K - 1.0)
+
+
+@triton.jit
 def _joint_hist_fwd_kernel(
     p_u,  # (B, N) fp32/fp16/bf16: samples along the first axis (bin coordinates unless MAP)
     p_v,  # (B, N) along the second axis
@@ -66,8 +73,9 @@ def _joint_hist_fwd_kernel(
 
     Work per pixel: W_V window weights once, then per row i < W_U one weight and W_V
     multiply-adds, and at most W_U * W_V atomic adds: zero contributions are masked out
-    (pixels with m = 0 or far outside the range issue none), and for two Gaussian windows so
-    are the corners of the square where the 2-D kernel is below 2**-24 of its peak: on average
+    (pixels with m = 0, or so far outside the range that their weights underflow, issue none),
+    and for two Gaussian windows so are the cells below 2**-24 of the pixel's largest cell
+    (for a pixel inside the range, the corners of the square outside a disk): on average
     pi r^2 of the (2 r)^2 cells remain, 26 atomics per pixel instead of 36 at sigma 0.5
     (bench/atomic_counts.py). The atomics are what bound this kernel on a GPU. Memory per
     pixel: reads u, v, m (12 bytes); registers hold a (BLOCK_N, BLOCK_W) tile of v-window
@@ -95,6 +103,12 @@ def _joint_hist_fwd_kernel(
         b_m = b_m * tl.load(p_ms + i_b)
     b_su = _window_start(b_u, K, c_k, W_U, KIND_U)
     b_sv = _window_start(b_v, K, c_k, W_V, KIND_V)
+    if KIND_U == 0 and KIND_V == 0:
+        # the pixel's largest cell: at its nearest bin on each axis (always in its window)
+        b_top = (
+            b_m * _window(b_u - _nearest_bin(b_u, K), c_k, 0) * _window(b_v - _nearest_bin(b_v, K), c_k, 0)
+        )
+        b_cut = b_top * 5.960464477539063e-08
     # bin offsets inside one K x K histogram stay int32 (the launcher checks K*K < 2**31)
     p_o = p_out + ((i_n % REPLICAS) * tl.num_programs(1) + i_b) * K * K
 
@@ -109,10 +123,12 @@ def _joint_hist_fwd_kernel(
             b_val = b_wu[:, None] * b_wv
             p_j = p_o + (b_a[:, None] * K + b_c)
             if KIND_U == 0 and KIND_V == 0:
-                # exp(-(du^2 + dv^2) c_k) is below 2**-24 of its peak outside the disk of radius
-                # r: skip those cells of the square window (about 26 of its 36 at sigma 0.5 are
-                # inside). Strict, so m = 0 adds nothing either.
-                m_j = m_c & (b_val > b_m[:, None] * 5.960464477539063e-08)
+                # Skip the cells below 2**-24 of the pixel's own largest cell: for a pixel inside
+                # the range, those outside the disk of radius r (about 26 of the square's 36 cells
+                # at sigma 0.5 remain). Relative to the pixel's largest cell, not to m, so that a
+                # pixel far outside the range still adds its (tiny) window: when most pixels lie
+                # there, those tails are most of the histogram. Strict, so m = 0 adds nothing.
+                m_j = m_c & (b_val > b_cut[:, None])
             else:
                 m_j = m_c & (b_val != 0.0)
             if FIXED_POINT:

@@ -153,8 +153,9 @@ def test_joint_forward(ku, kv, K, sigma, N, with_m, deterministic, method):
 
 @pytest.mark.parametrize("sigma", [0.4, 1.0, 2.5])
 def test_gaussian_disk_drops_only_float32_dust(sigma):
-    """Two Gaussian windows skip the window's corners where the 2-D kernel is below 2**-24 of
-    its peak: the total mass matches the dense oracle to 1e-6, bins to 1e-6 of the largest."""
+    """Two Gaussian windows skip the cells below 2**-24 of the pixel's largest (for pixels
+    inside the bins, the window's corners): the total mass matches the dense oracle to 1e-6,
+    bins to 1e-6 of the largest."""
     K, N = 64, 4000
     g = torch.Generator().manual_seed(4)
     u, v = (torch.rand(2, N, generator=g) * 50 + 7 for _ in range(2))  # no mass past the edges
@@ -163,6 +164,22 @@ def test_gaussian_disk_drops_only_float32_dust(sigma):
         J = mk.joint_hist_forward(u.to(DEVICE), v.to(DEVICE), None, K, sigma).cpu().double()
     assert (J.sum((1, 2)) / ref.sum((1, 2)) - 1).abs().max().item() < 1e-6
     assert (J - ref).abs().max().item() < 1e-6 * ref.abs().max().item()
+
+
+@pytest.mark.parametrize("with_m", [False, True])
+def test_tails_far_outside_the_range(with_m, method):
+    """Every pixel 4-8 sigma outside the bins: the histogram is all window tails (each cell
+    below 2**-24 of a Gaussian's peak, which the scatter path once dropped as dust) and must
+    still match the dense oracle, bin by bin, as when most of an image lies outside a fixed
+    value_range."""
+    K, N, sigma = 16, 3000, 1.0
+    g = torch.Generator().manual_seed(6)
+    u = -4.0 - 4.0 * torch.rand(2, N, generator=g)
+    v = K - 1 + 4.0 + 4.0 * torch.rand(2, N, generator=g)
+    m = torch.rand(2, N, generator=g) if with_m else None
+    ref = dense_joint(u, v, m, K, sigma)
+    J = mk.joint_hist_forward(u.to(DEVICE), v.to(DEVICE), None if m is None else m.to(DEVICE), K, sigma)
+    assert_close(J, ref, "J")
 
 
 @pytest.mark.parametrize("with_m", [pytest.param(False, id="nom"), pytest.param(True, id="m")])
