@@ -353,8 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
         "PNG/JPEG are read as grey in [0, 1]; .npy and .nii/.nii.gz/.nrrd/.mha "
         "(read with SimpleITK) keep their values.",
     )
-    score.add_argument("a", help="first image file")
-    score.add_argument("b", help="second image file")
+    score.add_argument("a", help="first image file (or DICOM series folder)")
+    score.add_argument("b", help="second image file (or DICOM series folder)")
     common(score, "where hist.png (of A) and jointhist.png go")
     score.add_argument(
         "--range",
@@ -377,8 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
         "register",
         help="align MOVING to FIXED by maximising MI (rigid/affine)",
         description="Rigid or affine registration of MOVING onto FIXED (2-D "
-        "PNG/JPEG/.npy, 3-D .npy, NIfTI, NRRD, MHA or a DICOM folder) by maximising normalised "
-        "MI over a pyramid, in physical space (mm) for medical formats. Prints the transform "
+        "PNG/JPEG/.npy, 3-D .npy, NIfTI, NRRD, MHA, or a DICOM series: its folder or one of its "
+        "files) by maximising normalised MI over a pyramid, in physical space (mm) for medical "
+        "formats. Prints the transform "
         "(fixed physical (x, y[, z]) -> moving physical, ITK's convention) and MI before/after; "
         "writes the moving image resampled onto the fixed grid (in the fixed file's format, "
         "with its geometry), the ITK transform file, the matrix and a before/after picture. "

@@ -8,6 +8,11 @@ transpose of nibabel's ``get_fdata()[i, j, k]``; nothing is flipped or reoriente
 :func:`read_image` gives that array; :func:`read_medical` the ``SimpleITK.Image`` itself,
 with its geometry (spacing, origin, direction), which registration uses.
 
+DICOM (through SimpleITK's GDCM reader): a folder holding one series, or any one file of a
+series (a ``.dcm``/``.ima`` name, or the ``DICM`` marker that DICOM files carry), which
+reads that file's whole series from its folder; a folder with several series is refused,
+naming them, rather than one of them chosen silently. A one-slice series is a 2-D image.
+
 ``.npy``: a 2-D or 3-D real array, values kept. Anything else goes to PIL: colour becomes
 grey, 8-bit is scaled to [0, 1] and 16-bit by 65535; 32-bit integer or float images keep
 their values.
@@ -17,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageReadError", "read_image", "read_medical", "is_medical", "MEDICAL_SUFFIXES"]
+__all__ = ["ImageReadError", "read_image", "read_medical", "is_medical", "is_dicom", "MEDICAL_SUFFIXES"]
 
 MEDICAL_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+DICOM_SUFFIXES = (".dcm", ".ima")
 
 
 class ImageReadError(ValueError):
@@ -38,21 +44,27 @@ def _simpleitk(path: Path):
 
 
 def read_medical(path):
-    """A NIfTI / NRRD / MetaImage file as a grey 2-D or 3-D ``SimpleITK.Image``, with its
-    geometry (spacing, origin, direction); a 4-D file holding one volume gives that volume.
+    """A NIfTI / NRRD / MetaImage file, or a DICOM series (a folder or one of its files), as a
+    grey 2-D or 3-D ``SimpleITK.Image`` with its geometry (spacing, origin, direction); a 4-D
+    file holding one volume gives that volume, a one-slice DICOM series a 2-D image.
     Raises :class:`ImageReadError`."""
     path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"no such file: {path}")
-    sitk = _simpleitk(path)
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as e:  # ITK's exceptions: keep the first line of the reason
-        reason = str(e).strip().splitlines()
-        raise ImageReadError(f"cannot read {path}: {reason[-1] if reason else 'SimpleITK failed'}") from None
-    if img.GetNumberOfComponentsPerPixel() != 1:
+    if path.is_dir() or is_dicom(path):
+        img = _read_dicom(path)
+        if img.GetDimension() == 3 and img.GetSize()[2] == 1:  # one slice
+            img = img[:, :, 0]
+    else:
+        if not path.is_file():
+            raise ImageReadError(f"no such file: {path}")
+        sitk = _simpleitk(path)
+        try:
+            img = sitk.ReadImage(str(path))
+        except RuntimeError as e:  # ITK's exceptions: keep the first line of the reason
+            raise ImageReadError(f"cannot read {path}: {_itk_reason(e)}") from None
+    if img.GetNumberOfComponentsPerPixel() != 1 or "complex" in img.GetPixelIDTypeAsString():
         raise ImageReadError(
-            f"{path}: expected a grey image, got {img.GetNumberOfComponentsPerPixel()} components per voxel"
+            f"{path}: expected a grey image of real values, got {img.GetPixelIDTypeAsString()} with "
+            f"{img.GetNumberOfComponentsPerPixel()} components per voxel"
         )
     if img.GetDimension() == 4 and img.GetSize()[3] == 1:  # a 4-D file with one volume
         img = img[:, :, :, 0]
@@ -61,8 +73,52 @@ def read_medical(path):
     return img
 
 
+def _itk_reason(e: RuntimeError) -> str:
+    reason = str(e).strip().splitlines()
+    return reason[-1] if reason else "SimpleITK failed"
+
+
+def _read_dicom(path: Path):
+    """The DICOM series in folder ``path``, or the series of DICOM file ``path`` (its
+    SeriesInstanceUID, 0020|000e, among the files of its folder), as SimpleITK reads it:
+    slices sorted by position, spacing between slices from their positions."""
+    sitk = _simpleitk(path)
+    reader = sitk.ImageSeriesReader
+    if path.is_dir():
+        folder, ids = path, reader.GetGDCMSeriesIDs(str(path))
+        if not ids:
+            raise ImageReadError(f"{path}: a folder with no DICOM series in it")
+        if len(ids) > 1:
+            listed = "; ".join(
+                f"{uid} ({len(names)} files, e.g. {Path(names[0]).name})"
+                for uid, names in ((uid, reader.GetGDCMSeriesFileNames(str(path), uid)) for uid in ids)
+            )
+            raise ImageReadError(
+                f"{path}: a folder with {len(ids)} DICOM series, {listed}: pass one file of a series "
+                "to read that series"
+            )
+        names = reader.GetGDCMSeriesFileNames(str(path), ids[0])
+    else:
+        folder, info = path.parent, sitk.ImageFileReader()
+        info.SetFileName(str(path))
+        try:
+            info.ReadImageInformation()
+        except RuntimeError as e:
+            raise ImageReadError(f"cannot read {path}: {_itk_reason(e)}") from None
+        uid = info.GetMetaData("0020|000e").strip(" \0") if info.HasMetaDataKey("0020|000e") else ""
+        names = reader.GetGDCMSeriesFileNames(str(folder), uid) if uid else ()
+        if not any(Path(n).resolve() == path.resolve() for n in names):
+            names = (str(path),)  # no series tag, or GDCM did not group it: the file alone
+    series = reader()
+    series.SetFileNames(names)
+    try:
+        return series.Execute()
+    except RuntimeError as e:
+        raise ImageReadError(f"cannot read the DICOM series in {folder}: {_itk_reason(e)}") from None
+
+
 def _read_medical(path: Path) -> np.ndarray:
-    return _simpleitk(path).GetArrayFromImage(read_medical(path)).astype(np.float32)
+    return _simpleitk(path).GetArrayFromImage(read_medical(path))
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -70,7 +126,7 @@ def _read_npy(path: Path) -> np.ndarray:
         a = np.lib.format.read_array(f, allow_pickle=False)
     if a.dtype.kind not in "biuf" or a.ndim not in (2, 3):
         raise ImageReadError(f"{path}: expected a 2-D or 3-D real array, got {a.dtype} {a.shape}")
-    return a.astype(np.float32)
+    return a
 
 
 def _read_pil(path: Path) -> np.ndarray:
@@ -90,21 +146,38 @@ def _read_pil(path: Path) -> np.ndarray:
         ) from None
 
 
+def is_dicom(path) -> bool:
+    """Whether ``path`` is a DICOM file: a ``.dcm``/``.ima`` name, or the ``DICM`` marker at
+    byte 128 (DICOM files often have no suffix at all)."""
+    path = Path(path)
+    if path.name.lower().endswith(DICOM_SUFFIXES):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
 def is_medical(path) -> bool:
-    """Whether ``path`` names a format read through SimpleITK (by its suffix)."""
-    return Path(path).name.lower().endswith(MEDICAL_SUFFIXES)
+    """Whether ``path`` is read through SimpleITK: a NIfTI/NRRD/MetaImage suffix, a DICOM
+    file or a folder (a DICOM series)."""
+    path = Path(path)
+    return path.name.lower().endswith(MEDICAL_SUFFIXES) or path.is_dir() or is_dicom(path)
 
 
 def read_image(path) -> np.ndarray:
-    """A grey image or volume as float32 (H, W) or (D, H, W); see the module's docstring.
+    """A grey image or volume (a file, or a DICOM folder) as float32 (H, W) or (D, H, W);
+    see the module's docstring.
 
     Raises :class:`ImageReadError` (a ValueError) with one line naming the file when it is
-    missing, unreadable, holds NaN or Inf, or is not a 2-D or 3-D grey image.
+    missing, unreadable, empty, holds NaN or Inf or values beyond float32's range, or is not
+    a 2-D or 3-D grey image.
     """
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"no such file: {path}")
-    if not path.is_file():
+    if not (path.is_file() or path.is_dir()):
         raise ImageReadError(f"not a file: {path}")
     name = path.name.lower()
     try:
@@ -119,6 +192,14 @@ def read_image(path) -> np.ndarray:
     except Exception as e:  # PIL and numpy each raise their own kinds
         detail = str(e).replace(repr(str(path)), "").replace(str(path), "").strip(" :")
         raise ImageReadError(f"cannot read {path}: {detail or type(e).__name__}") from None
+    if a.size == 0:
+        raise ImageReadError(f"{path}: an image with no voxels (shape {a.shape})")
     if not np.isfinite(a).all():
         raise ImageReadError(f"{path}: contains NaN or Inf values")
-    return a
+    big = float(np.abs(a).max()) if a.dtype.kind == "f" and a.dtype.itemsize > 4 else 0.0
+    if big > float(np.finfo(np.float32).max):
+        raise ImageReadError(
+            f"{path}: values beyond float32's range (largest magnitude {big:.3g}), which is what "
+            "this library computes in: rescale the image"
+        )
+    return a.astype(np.float32)

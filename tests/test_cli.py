@@ -181,7 +181,7 @@ def test_errors_exit_2_with_one_line(images, tmp_path, capsys):
     _fails(["score", junk.as_posix(), a], capsys, "cannot read", "junk.png")
     _fails(["score", a, str(images["small"]), "--no-plots"], capsys, "shape", "48x64", "32x32")
     _fails(["score", a, a, "--sigma", "-1", "--no-plots"], capsys, "sigma")
-    _fails(["score", a, str(images["dir"])], capsys, "not a file")
+    _fails(["score", a, str(images["dir"])], capsys, "a folder with no DICOM series")
 
 
 def test_usage_errors(capsys):

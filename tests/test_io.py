@@ -7,6 +7,7 @@ numbers ``mi score`` prints.
 """
 
 import gzip
+import re
 import struct
 
 import numpy as np
@@ -98,8 +99,25 @@ def test_bad_medical_files(tmp_path):
         load_image(junk)
     vec = sitk.GetImageFromArray(np.zeros((4, 5, 3), np.float32), isVector=True)
     sitk.WriteImage(vec, str(tmp_path / "rgb.nii.gz"))
-    with pytest.raises(ImageReadError, match="expected a grey image, got 3 components"):
+    with pytest.raises(ImageReadError, match="expected a grey image of real values, got .* 3 components"):
         read_image(tmp_path / "rgb.nii.gz")
+    cplx = sitk.RealAndImaginaryToComplex(
+        sitk.GetImageFromArray(_volume()), sitk.GetImageFromArray(_volume())
+    )
+    sitk.WriteImage(cplx, str(tmp_path / "complex.nii.gz"))  # its imaginary part was once dropped
+    with pytest.raises(ImageReadError, match="real values, got complex"):
+        read_image(tmp_path / "complex.nii.gz")
+    huge = _volume().astype(np.float64) * 1e300
+    with pytest.raises(
+        ImageReadError, match=re.escape(f"beyond float32's range (largest magnitude {huge.max():.3g})")
+    ):
+        read_image(_write(huge, tmp_path / "huge.nii.gz"))
+    np.save(tmp_path / "huge.npy", huge)
+    with pytest.raises(ImageReadError, match="beyond float32's range"):
+        read_image(tmp_path / "huge.npy")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 5), np.float32))
+    with pytest.raises(ImageReadError, match=r"no voxels \(shape \(0, 5\)\)"):
+        read_image(tmp_path / "empty.npy")
     nan = _volume()
     nan[1, 2, 3] = np.nan
     with pytest.raises(ImageReadError, match="NaN"):

@@ -8,6 +8,7 @@ the moving one through the inverse of the true transform and remapped sin(3 v / 
 """
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -357,13 +358,13 @@ def test_geometry_matches_nibabel_on_a_real_file():
     np.testing.assert_allclose(g.index_to_physical().numpy(), lps, atol=1e-5)
 
 
-def _write_dicom_series(volume: np.ndarray, folder, spacing, origin):
+def _write_dicom_series(volume, folder, spacing, origin, series="1.2.826.0.1.3680043.2.1125.1.424242",
+                        name="{:03d}.dcm"):  # fmt: skip
     """A DICOM series (one file per slice, axial, identity direction), as SimpleITK's own
-    example writes one."""
-    folder.mkdir()
+    example writes one; file names ``name.format(slice)``."""
+    folder.mkdir(exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
-    series = "1.2.826.0.1.3680043.2.1125.1.424242"
     for k in range(volume.shape[0]):
         s = sitk.GetImageFromArray(volume[k : k + 1].astype(np.int16))  # one slice, 3-D
         s.SetSpacing(spacing)
@@ -380,7 +381,7 @@ def _write_dicom_series(volume: np.ndarray, folder, spacing, origin):
         }
         for key, value in tags.items():
             s.SetMetaData(key, value)
-        writer.SetFileName(str(folder / f"{k:03d}.dcm"))
+        writer.SetFileName(str(folder / name.format(k)))
         writer.Execute(s)
 
 
@@ -402,6 +403,51 @@ def test_a_dicom_series_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no DICOM series"):
         register(tmp_path / "empty", img, progress=False)
+
+
+def test_dicom_folders_with_several_series_and_single_files(tmp_path, capsys):
+    """A folder with two series is refused, naming both (not one of them read silently); one
+    file of a series reads that whole series, with or without a .dcm suffix (the DICM marker);
+    a one-slice series is a 2-D image; ``mi score`` and ``mi register`` take the same inputs."""
+    from mi.cli import main
+    from mi.io import is_dicom, read_image
+    from mi.registration.space import read_path
+
+    rng = np.random.default_rng(6)
+    a = np.round(1000 * _blocks().numpy()[:, :20] + 50 * rng.random((24, 20, 24))).astype(np.int16)
+    b = np.round(500 * rng.random((12, 16, 24))).astype(np.int16)
+    both = tmp_path / "both"
+    _write_dicom_series(
+        a, both, (0.8, 0.8, 2.0), (-10.0, 5.0, 20.0), series="1.2.3.4.5.1", name="a{:03d}.dcm"
+    )
+    _write_dicom_series(b, both, (1.0, 1.0, 3.0), (0.0, 0.0, 0.0), series="1.2.3.4.5.2", name="b{:03d}.dcm")
+    with pytest.raises(
+        ValueError, match=r"2 DICOM series, 1\.2\.3\.4\.5\.1 \(24 files.*1\.2\.3\.4\.5\.2 \(12 files"
+    ):
+        read_path(both)
+    with pytest.raises(ValueError, match="2 DICOM series"):
+        read_image(both)
+    for vol, file, spacing in ((a, "a007.dcm", (0.8, 0.8, 2.0)), (b, "b000.dcm", (1.0, 1.0, 3.0))):
+        img = read_path(both / file)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(img), vol)
+        assert np.allclose(img.GetSpacing(), spacing)
+        np.testing.assert_array_equal(read_image(both / file), vol.astype(np.float32))
+    bare = tmp_path / "bare"  # names without a suffix, as scanners often write them
+    _write_dicom_series(b, bare, (1.0, 1.0, 3.0), (0.0, 0.0, 0.0), name="IM{:04d}.dcm")
+    for f in bare.iterdir():
+        f.rename(f.with_suffix(""))
+    assert is_dicom(bare / "IM0003") and not is_dicom(both.parent)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_path(bare / "IM0003")), b)
+    one = tmp_path / "one"
+    _write_dicom_series(b[:1], one, (1.0, 1.0, 3.0), (0.0, 0.0, 0.0))
+    img = read_path(one)
+    assert img.GetDimension() == 2
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(img), b[0])
+    assert main(["score", str(bare / "IM0000"), str(bare), "--no-plots"]) == 0
+    out = capsys.readouterr().out  # the same series read two ways: correlation 1
+    assert out.count("(12x16x24)") == 2 and re.search(r"Pearson correlation.* 1\.0000\n", out)
+    assert main(["score", str(both), str(bare), "--no-plots"]) == 2
+    assert "2 DICOM series" in capsys.readouterr().err
 
 
 def test_cli_options_mask_initial_and_sampling(tmp_path, pair):

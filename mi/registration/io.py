@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..functional import joint_histogram
-from ..io import MEDICAL_SUFFIXES, ImageReadError, is_medical, read_image
+from ..io import MEDICAL_SUFFIXES, ImageReadError, is_dicom, is_medical, read_image
 from .deformable import DeformableResult, register_deformable
 from .optim import RegistrationResult, register
 from .space import as_image, voxel_matrix, warp
@@ -142,11 +142,11 @@ def _suffix(path: Path) -> str:
 
 def write_warped(path_stem: Path, result: RegistrationResult, fixed_path: Path, moving_values) -> Path:
     """The warped image on the fixed grid, in the fixed file's format: medical formats (and a
-    DICOM folder: NIfTI) with the fixed geometry; PNG/JPEG scaled to the moving image's
+    DICOM series: NIfTI) with the fixed geometry; PNG/JPEG scaled to the moving image's
     min..max (8-bit); .npy with its values."""
     warped = result.warped.detach().cpu().reshape(result.fixed_shape).numpy()
-    if fixed_path.is_dir() or is_medical(fixed_path):
-        suffix = ".nii.gz" if fixed_path.is_dir() else _suffix(fixed_path)
+    if is_medical(fixed_path):
+        suffix = ".nii.gz" if fixed_path.is_dir() or is_dicom(fixed_path) else _suffix(fixed_path)
         if suffix in (".nhdr", ".mhd"):  # headers with a separate data file: write the one-file form
             suffix = {".nhdr": ".nrrd", ".mhd": ".mha"}[suffix]
         from .space import _sitk

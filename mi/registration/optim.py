@@ -567,7 +567,7 @@ def register(
 
     Args:
         fixed, moving: SimpleITK images, file paths (NIfTI, NRRD, MHA/MHD, a DICOM series
-            folder: their geometry is used; PNG/JPEG/.npy: voxel space), or 2-D (H, W) /
+            folder or one of its files: their geometry is used; PNG/JPEG/.npy: voxel space), or 2-D (H, W) /
             (1, 1, H, W) or 3-D (D, H, W) / (1, 1, D, H, W) tensors or arrays (voxel space,
             scaled by ``spacing`` / ``moving_spacing`` if given: one number or one per axis
             (x, y[, z])). Any real dtype (computed in float32); the shapes may differ, the

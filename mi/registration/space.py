@@ -159,25 +159,15 @@ def _is_sitk_image(x) -> bool:
 
 
 def read_path(path):
-    """A file or a DICOM series folder -> a SimpleITK image (medical formats and DICOM, with
-    their geometry) or a float32 array (PNG/JPEG/.npy: voxel space). Raises
-    :class:`mi.io.ImageReadError` (a ValueError naming the file)."""
+    """A file or a DICOM series (folder or one of its files) -> a SimpleITK image (medical
+    formats and DICOM, with their geometry: :func:`mi.io.read_medical`) or a float32 array
+    (PNG/JPEG/.npy: voxel space). Raises :class:`mi.io.ImageReadError` (a ValueError naming
+    the file)."""
     from ..io import ImageReadError, is_medical, read_image, read_medical
 
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"no such file: {path}")
-    if path.is_dir():
-        sitk = _sitk()
-        names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
-        if not names:
-            raise ImageReadError(f"{path}: a folder with no DICOM series in it")
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(names)
-        try:
-            return reader.Execute()
-        except RuntimeError as e:
-            raise ImageReadError(f"cannot read the DICOM series in {path}: {str(e).strip()[-200:]}") from None
     return read_medical(path) if is_medical(path) else read_image(path)
 
 
