@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -442,6 +443,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _attach_range(argv) -> list:
+    """``--range -1,1`` -> ``--range=-1,1``: argparse takes a value that starts with "-" and is
+    not a plain number for an option, and would say that --range expects an argument."""
+    out = []
+    for a in argv:
+        if out and out[-1] == "--range" and re.match(r"-\.?\d", a):
+            out[-1] = f"--range={a}"
+        else:
+            out.append(a)
+    return out
+
+
 def main(argv=None) -> int:
     """Run the ``mi`` command with argv (default sys.argv[1:]); returns the exit status.
 
@@ -450,7 +463,7 @@ def main(argv=None) -> int:
     """
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_attach_range(sys.argv[1:] if argv is None else argv))
     except SystemExit as e:  # --help (0) or a usage error (2): return, don't exit
         return int(e.code or 0)
     try:

@@ -128,10 +128,11 @@ def test_score_two_pngs(images, tmp_path, capsys):
 def test_score_normalize_and_range(images, capsys):
     args = ["score", str(images["a"]), str(images["b"]), "--bins", "32", "--no-plots"]
     x, y = (torch.from_numpy(_decode(images[k]))[None, None] for k in "ab")
-    for normalize, rng in (("studholme", ["--range", "0,1"]), ("arithmetic", [])):
+    cases = {"studholme": ["--range", "0,1"], "arithmetic": [], "none": ["--range", "-.5,1"]}
+    for normalize, rng in cases.items():  # a negative LO as a separate word (argparse's trap)
         assert main(args + ["--normalize", normalize] + rng) == 0
         out = capsys.readouterr().out
-        value_range = (0.0, 1.0) if rng else "auto"
+        value_range = tuple(map(float, rng[1].split(","))) if rng else "auto"
         want = mi.mutual_information(
             x, y, num_bins=32, sigma=0.4, value_range=value_range, normalize=normalize
         )
