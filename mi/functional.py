@@ -302,8 +302,8 @@ def _check_slope(name: str, lo, hi, length: float, dtype, given=None):
         span = b - a
         if span > 0 and length > limit * span:
             fix = (
-                f"Rescale {name} (e.g. {name} / {name}.abs().amax(); with value_range='auto' MI "
-                "does not change)"
+                f"Rescale {name} (e.g. {name} / {name}.abs().amax(); MI over the samples' own "
+                "range does not change)"
                 if given is None
                 else f"Widen {given}, or rescale {name} and {given} together"
             )

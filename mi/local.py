@@ -19,15 +19,15 @@ from torch import Tensor
 
 from . import _autograd
 from ._torch import _acc_dtype
-from .functional import ValueRange, _binning, _check_images
+from .functional import ValueRange, _binning, _check_histogram_size, _check_images, _unit_rows
 from .information import _score, check_base, check_normalize
-from .modules import MutualInformationLoss
+from .modules import MI_KWARGS, MutualInformationLoss
 
 
-def _per_axis(name: str, value, d: int) -> tuple:
-    """An int, or one int per spatial dimension, as d positive ints."""
+def _per_axis(name: str, value, d=None) -> tuple:
+    """An int, or one int per spatial dimension, as d positive ints (d None: any number)."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        sizes = (int(value),) * d
+        sizes = (int(value),) * (d or 1)
     else:
         try:
             sizes = tuple(value)
@@ -35,6 +35,7 @@ def _per_axis(name: str, value, d: int) -> tuple:
             raise TypeError(
                 f"{name} must be an int or one int per spatial dimension, got {value!r}"
             ) from None
+        d = len(sizes) if d is None else d
         if len(sizes) != d or not all(
             isinstance(p, numbers.Integral) and not isinstance(p, bool) for p in sizes
         ):
@@ -141,7 +142,7 @@ def local_mutual_information(
     base = check_base(base)
     a = _check_images(
         x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
-        per_channel=per_channel, kernel=kernel, backend=backend,
+        per_channel=per_channel, kernel=kernel, backend=backend, unit_mask=False,
     )  # fmt: skip
     spatial = tuple(x.shape[2:])
     if not spatial:
@@ -151,6 +152,7 @@ def local_mutual_information(
     grid = _grid(spatial, sizes, strides)
     rows, chans = a.x.shape[0], 1 if per_channel else x.shape[1]
     count = math.prod(grid)
+    _check_histogram_size(rows * count, a.num_bins, 2, x.device)
     u, v, binning, op_ranges, check = _binning(a, deterministic=deterministic)
     keep = a.mask
     if keep is None:  # the padding still has to be masked out
@@ -158,6 +160,8 @@ def local_mutual_information(
     u, v, m = (_patches(t, rows, chans, spatial, sizes, strides) for t in (u, v, keep))
     if a.mask is None and all((s - p) % st == 0 for s, p, st in zip(spatial, sizes, strides)):
         m = None  # no padding and no mask: every voxel counts fully
+    elif a.mask is not None:
+        m = _unit_rows(m, "mask")  # per patch: one patch's weights may be tiny beside another's
     ranges = [r if r is None or r.shape[0] == 1 else r.repeat_interleave(count, 0) for r in op_ranges]
     joint = _autograd.joint_hist(u, v, m, binning, *ranges)
     score = _score(joint, normalize, base, a.backend)
@@ -183,10 +187,15 @@ class LocalMutualInformationLoss(MutualInformationLoss):
         >>> loss(a, a.detach() ** 2).backward()
     """
 
+    _KWARGS = tuple(k for k in MI_KWARGS if k != "group")  # (patches are not sharded)
+
     def __init__(
         self, patch_size, num_bins: int = 32, sigma: float = 1.0, normalize="studholme", stride=None, **kwargs
     ):
         super().__init__(num_bins, sigma, normalize, **kwargs)
+        _per_axis("patch_size", patch_size)  # checked now (again against each image when called)
+        if stride is not None:
+            _per_axis("stride", stride)
         self.patch_size, self.stride = patch_size, stride
 
     def _score(self, fixed: Tensor, moving: Tensor, mask: Tensor | None) -> Tensor:

@@ -49,7 +49,8 @@ class MutualInformation(nn.Module):
         super().__init__()
         self.num_bins, self.sigma = num_bins, sigma
         self.normalize = check_normalize(normalize)
-        self.value_range, self.base, self.kwargs = value_range, base, kwargs
+        self.value_range, self.base = value_range, base
+        self.kwargs = check_kwargs("MutualInformation", kwargs, [k for k in MI_KWARGS if k != "base"])
 
     def forward(self, input1: Tensor, input2: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         return mutual_information(
@@ -59,6 +60,19 @@ class MutualInformation(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_bins={self.num_bins}, sigma={self.sigma}, normalize={self.normalize!r}"
+
+
+#: The keyword arguments of :func:`mi.mutual_information` that the modules pass through.
+MI_KWARGS = ("base", "per_channel", "kernel", "backend", "deterministic", "group")
+
+
+def check_kwargs(owner: str, kwargs: dict, allowed=MI_KWARGS) -> dict:
+    """Refuse, when a module is built rather than on its first call, a keyword it would pass
+    to a function that does not take it."""
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise TypeError(f"{owner} got unexpected keyword argument(s) {unknown}; it takes {list(allowed)}")
+    return kwargs
 
 
 def reduce_loss(loss: Tensor, reduction: str) -> Tensor:
@@ -116,7 +130,10 @@ class MutualInformationLoss(nn.Module):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         self.num_bins, self.sigma = num_bins, sigma
         self.normalize = check_normalize(normalize)
-        self.value_range, self.reduction, self.kwargs = value_range, reduction, kwargs
+        self.value_range, self.reduction = value_range, reduction
+        self.kwargs = check_kwargs(type(self).__name__, kwargs, self._KWARGS)
+
+    _KWARGS = MI_KWARGS
 
     def forward(self, fixed: Tensor, moving: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         return reduce_loss(-self._score(fixed, moving, mask), self.reduction)

@@ -140,6 +140,39 @@ def test_loss_module_and_bad_input():
             mi.local_mutual_information(x, y, **kw)
     with pytest.raises(ValueError, match="reduction"):
         mi.LocalMutualInformationLoss(8, reduction="max")
+    # refused when built, not at the first call
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['group'\]"):
+        mi.LocalMutualInformationLoss(8, group=None)
+    with pytest.raises(ValueError, match="patch_size must be positive"):
+        mi.LocalMutualInformationLoss(-3)
+    with pytest.raises(ValueError, match="stride must be positive"):
+        mi.LocalMutualInformationLoss(8, stride=(4, 0))
+
+
+def test_each_patch_is_free_of_the_other_patches_mask_scale():
+    """A patch's MI does not depend on the scale of its own mask weights, nor on the other
+    patches': the weights are brought near 1 per patch (a power of two, exact). Once they
+    were scaled per image, so a patch weighted 1e-20 beside one weighted 1e30 lost every bit
+    and scored 0, and one of 1e-44 beside 1 gave another MI."""
+    x, y = _pair2d()
+    x, y = x[..., :32, :48], y[..., :32, :48]  # 2 x 3 patches of 16
+    ones = torch.ones_like(x)
+    want = mi.local_mutual_information(x, y, patch_size=16, mask=ones)
+    for scales in ([1.0, 1e-44, 3e38], [1e30, 1e-20, 1.0]):
+        m = ones.clone()
+        for j, sc in enumerate(scales):
+            m[..., 16 * j : 16 * (j + 1)] = sc  # one scale per column of patches
+        got = mi.local_mutual_information(x, y, patch_size=16, mask=m)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_patch_histograms_that_cannot_fit_are_refused_before_allocating():
+    """B x patches histograms count, not B: 16384 patches of 2048 x 2048 bins are 2 TiB."""
+    x = torch.rand(1, 1, 128, 128)
+    with pytest.raises(
+        ValueError, match=r"num_bins=2048: 16384 histogram\(s\) of 2048 x 2048 bins need about"
+    ):
+        mi.local_mutual_information(x, x, patch_size=1, num_bins=2048)
 
 
 @pytest.mark.parametrize("kernel", ["gaussian", "bspline", "mattes"])

@@ -94,8 +94,7 @@ def _corner_error(physical, geom: Geometry, true=TRUE) -> float:
 
 def test_geometry_and_warp_match_simpleitk(pair):
     """Our index <-> physical maps and resampling against SimpleITK's Resample on the same
-    transform (an independent implementation of the geometry), away from the border where
-    the two interpolators treat the outside differently."""
+    transform (an independent implementation of the geometry), everywhere, edges included."""
     fixed, moving = pair
     f, gf = as_image("fixed", fixed)
     m, gm = as_image("moving", moving)
@@ -105,9 +104,8 @@ def test_geometry_and_warp_match_simpleitk(pair):
         assert np.allclose(got.numpy(), want, atol=1e-9)
     ours, overlap = warp(m, voxel_matrix(TRUE, gf, gm), f.shape[2:])
     theirs = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, _affine(TRUE), sitk.sitkLinear, 0.0))
-    inside = torch.nn.functional.avg_pool3d(overlap, 3, 1, 1)[0, 0] > 0.9999  # a voxel clear of the edge
-    assert inside.float().mean() > 0.3
-    assert np.abs(ours[0, 0].numpy()[inside.numpy()] - theirs[inside.numpy()]).max() < 1e-5
+    assert 0.05 < (overlap < 0.9999).float().mean() < 0.7  # the edges are in the comparison
+    assert np.abs(ours[0, 0].numpy() - theirs).max() < 1e-5
 
 
 def _affine(matrix):
@@ -145,15 +143,11 @@ def test_transform_round_trip_with_simpleitk(pair, tmp_path):
     file also comes back as initial= (and as a SimpleITK transform) to the same matrix."""
     fixed, moving = pair
     r = register(fixed, moving, progress=False, iterations=(20, 10, 5), sampling=0.3)
-    m, _ = as_image("moving", moving)
-    _, overlap = warp(m, r.matrix, r.fixed_shape)
-    inside = (torch.nn.functional.avg_pool3d(overlap, 3, 1, 1)[0, 0] > 0.9999).numpy()  # clear of the edge
-    assert inside.mean() > 0.3
     for suffix in (".tfm", ".txt", ".mat", ".h5"):
         path = r.save_transform(tmp_path / f"t{suffix}")
         t = sitk.ReadTransform(str(path))
         theirs = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, t, sitk.sitkLinear, 0.0))
-        assert np.abs(r.warped.numpy()[inside] - theirs[inside]).max() < 1e-5, suffix
+        assert np.abs(r.warped.numpy() - theirs).max() < 1e-5, suffix  # everywhere, edges included
         torch.testing.assert_close(read_transform(path, 3), r.physical, atol=1e-9, rtol=0)
     again = register(
         fixed, moving, progress=False, initial=tmp_path / "t.tfm", levels=1, iterations=1, lr=1e-6

@@ -116,12 +116,15 @@ class GlobalMutualInformationLoss(_Loss):
       each side (``_bspline_terms``; ``num_bins >= 5``). ``target`` gets no gradient (as in
       MONAI); ``pred``'s also flows through its min and max.
 
-    Differences from MONAI, all where MONAI gives NaN or is imprecise: NaN inputs (and Inf
-    in "b-spline" mode; "gaussian" clamps them) raise a ValueError when value checks are on
-    (``mi.value_checks``); a constant image in "b-spline" mode gives 0 instead of NaN;
-    values near the float limit work; half precision is computed in float32 (MONAI: in
-    half); ``num_bins < 2`` is refused. Extra keyword: ``backend`` (``"auto"``: Triton for
-    CUDA tensors, as :func:`mi.mutual_information`).
+    Differences from MONAI, all but the last where MONAI gives NaN or is imprecise: NaN
+    inputs (and Inf in "b-spline" mode; "gaussian" clamps them) raise a ValueError when
+    value checks are on (``mi.value_checks``); a constant image in "b-spline" mode gives 0
+    instead of NaN; values near the float limit work; half precision is computed in float32
+    (MONAI: in half); ``num_bins < 2`` is refused. And in "b-spline" mode a ``pred`` that
+    needs a gradient and spans less than ``(num_bins - 4) / 2**100`` (1.5e-29 at 23 bins)
+    is refused, as by :func:`mi.mutual_information`, where MONAI's gradient reaches 1e30.
+    Extra keyword: ``backend`` (``"auto"``: Triton for CUDA tensors, as
+    :func:`mi.mutual_information`).
 
     Example:
         >>> loss = GlobalMutualInformationLoss()

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .space import Geometry, _sitk
+from .space import Geometry, _sitk, per_axis
 
 
 def _bspline3(t: Tensor) -> Tensor:
@@ -55,9 +55,7 @@ class ControlGrid:
         control points about ``grid_spacing`` mm apart (one number, or one per axis)."""
         sitk = _sitk()
         d = geom.dim
-        spacing = (float(grid_spacing),) * d if np.isscalar(grid_spacing) else tuple(map(float, grid_spacing))
-        if len(spacing) != d or not all(math.isfinite(s) and s > 0 for s in spacing):
-            raise ValueError(f"grid_spacing must be positive (mm), one number or {d}, got {grid_spacing!r}")
+        spacing = per_axis("grid_spacing", grid_spacing, d)
         mesh = [max(1, math.ceil((n - 1) * s / g)) for n, s, g in zip(geom.size, geom.spacing, spacing)]
         img = geom.to_sitk(sitk.Image([int(n) for n in geom.size], sitk.sitkUInt8))
         t = sitk.BSplineTransformInitializer(img, mesh, 3)

@@ -38,7 +38,7 @@ from .optim import (
     read_pair,
     shrink_factors,
 )
-from .space import Geometry, _sitk, extent, overlap_weight, sample_points, to_normalized
+from .space import Geometry, _sitk, extent, overlap_weight, per_axis, sample_points, to_normalized
 from .transforms import to_sitk
 
 #: Fixed voxels whose displacement is evaluated at once when warping a whole image.
@@ -224,22 +224,15 @@ def register_deformable(
     lr = _check_positive("lr", lr)
     bending = _check_positive("bending", bending, allow_zero=True)
     sampling = _check_sampling(sampling, sampling_strategy)
-    gs = (
-        (float(grid_spacing),) * d
-        if isinstance(grid_spacing, (int, float))
-        else tuple(map(float, grid_spacing))
-    )
-    if len(gs) != d or not all(math.isfinite(s) for s in gs):
-        raise ValueError(f"grid_spacing must be one number or {d} (mm), got {grid_spacing!r}")
+    gs = per_axis("grid_spacing", grid_spacing, d)
     if any(s < v for s, v in zip(gs, gf.spacing)):
         raise ValueError(f"grid_spacing {gs} mm is finer than the fixed image's voxels {gf.spacing} mm")
     if not isinstance(refine_grid, bool):
         raise TypeError(f"refine_grid must be a bool, got {type(refine_grid).__name__}")
     w, wm, loss_fn, gen = _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed)
     if isinstance(initial, RegistrationResult):
-        affine = initial.physical
-    else:
-        affine = initial_transform(initial, "affine", f, gf, m, gm, w, wm)
+        initial = initial.physical  # checked as a matrix (a result of another dimension is refused)
+    affine = initial_transform(initial, "affine", f, gf, m, gm, w, wm)
     if isinstance(loss_fn, LocalMutualInformationLoss) and sampling is not None:
         raise ValueError(
             "loss=LocalMutualInformationLoss cuts its patches from the image grid: it needs "
@@ -327,7 +320,7 @@ def _warp_and_score(result: DeformableResult, f, m, w, wm, deform: bool):
     for lo, p in _voxel_points(gf, f.dtype, f.device):
         q = p + u[lo : lo + len(p)] if deform else p
         coords = q @ to_grid[:d, :d].T + to_grid[:d, d]
-        out = sample_points(stack, coords)
+        out = sample_points(stack, coords, itk=True)
         o = overlap_weight(coords, gm.shape)
         if wm is not None:
             o = o * out[0, 1]

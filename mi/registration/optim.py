@@ -8,6 +8,7 @@ MI of the fixed image and the moving image resampled through it. Conventions are
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 import time
 import warnings
@@ -210,6 +211,8 @@ def _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed):
     loss_fn = _make_loss(loss, loss_kwargs, lambda: _image_ranges(f, w, m, wm))
     if isinstance(loss_fn, nn.Module):
         loss_fn = loss_fn.to(f.device)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
     return w, wm, loss_fn, torch.Generator(device=f.device).manual_seed(int(seed))
 
 
@@ -241,7 +244,14 @@ def check_overlap(theta: Tensor, fixed_level: Tensor, weights: Tensor | None, mo
     )
     cover = overlap_weight(grid, moving_shape)[0]
     weights = torch.ones_like(cover) if weights is None else weights[0, 0]
-    fraction = float((cover * weights).sum() / weights.sum())
+    total = float(weights.sum())
+    if not total > 0:  # (the finer levels' masks keep at least the coarsest's voxels)
+        raise ValueError(
+            "mask: at the coarsest pyramid level the fixed mask keeps no voxel (pooling drops an "
+            "odd last voxel per axis, and the mask keeps only such voxels): "
+            "use fewer levels or a larger mask"
+        )
+    fraction = float((cover * weights).sum()) / total
     hint = (
         "pass initial='geometry' (align the grids' centres), initial='moments' (align the centres "
         "of mass) or a transform that brings the images together"
@@ -329,7 +339,7 @@ def _check_graph(graph, loss, device: torch.device) -> bool:
 def _check_positive(name, v, allow_zero=False):
     if (
         isinstance(v, bool)
-        or not isinstance(v, (int, float))
+        or not isinstance(v, numbers.Real)  # numpy scalars too
         or not math.isfinite(v)
         or v < 0
         or (v == 0 and not allow_zero)
@@ -449,11 +459,12 @@ def _step_size(lr0: float, it: int, n: int, final: float) -> float:
 def _score(fixed, moving, voxel, weights, moving_mask):
     """(Studholme NMI over overlap x masks, warped) at full resolution, every voxel."""
     theta = matrix_to_theta(voxel, fixed.shape[2:], moving.shape[2:])
-    stack = [moving, torch.ones_like(moving)] + ([moving_mask] if moving_mask is not None else [])
-    out = sample_grid(torch.cat(stack, 1), theta, fixed.shape[2:])
-    w = out[:, 1:2] if weights is None else out[:, 1:2] * weights
+    stack = [moving] + ([moving_mask] if moving_mask is not None else [])
+    out, w = sample_grid(torch.cat(stack, 1), theta, fixed.shape[2:])
+    if weights is not None:
+        w = w * weights
     if moving_mask is not None:
-        w = w * out[:, 2:3]
+        w = w * out[:, 1:2]
     return mutual_information(fixed, out[:, :1], mask=w, **SCORE).item(), out[:, :1]
 
 

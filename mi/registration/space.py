@@ -21,6 +21,7 @@ Conventions (the whole subpackage):
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,26 +105,34 @@ def center_of_mass(image: Tensor, geom: Geometry, weights: Tensor | None = None)
     return (geom.index_to_physical() @ idx)[:d]
 
 
+def per_axis(name: str, value, d: int) -> tuple:
+    """A length per axis (mm or voxels: ``spacing``, ``grid_spacing``): one positive finite
+    number (a Python, numpy or 0-d tensor scalar) for every axis, or d of them (x, y[, z]);
+    anything else (a string, a bool, None) is a TypeError naming ``name``."""
+    if isinstance(value, Tensor) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        values = (float(value),) * d
+    else:
+        try:
+            if isinstance(value, (str, bytes)) or any(isinstance(v, bool) for v in value):
+                raise TypeError
+            values = tuple(float(v) for v in value)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be a number or one number per axis, got {value!r}") from None
+    if len(values) != d:
+        raise ValueError(f"{name} must give {d} values (x, y[, z]) for a {d}-D image, got {len(values)}")
+    check_spacing(values, name)
+    return values
+
+
 def identity_geometry(shape: Sequence[int], spacing=None) -> Geometry:
     """The geometry of a plain array: origin 0, identity direction, ``spacing`` (one number
     or one per index axis x, y[, z]; default 1)."""
-    d, given = len(shape), spacing
-    if spacing is None:
-        spacing = (1.0,) * d
-    elif isinstance(spacing, (int, float, np.floating, np.integer)) and not isinstance(spacing, bool):
-        spacing = (float(spacing),) * d
-    else:
-        try:
-            if isinstance(spacing, (str, bytes)):
-                raise TypeError
-            spacing = tuple(float(s) for s in spacing)
-        except (TypeError, ValueError):
-            raise TypeError(f"spacing must be a number or one number per axis, got {spacing!r}") from None
-    if len(spacing) != d:
-        raise ValueError(f"spacing must give {d} values (x, y[, z]) for a {d}-D image, got {len(spacing)}")
-    check_spacing(spacing)
+    d = len(shape)
+    values = (1.0,) * d if spacing is None else per_axis("spacing", spacing, d)
     eye = tuple(float(i == j) for i in range(d) for j in range(d))
-    return Geometry(tuple(int(s) for s in shape), spacing, (0.0,) * d, eye, "px" if given is None else "mm")
+    return Geometry(tuple(int(s) for s in shape), values, (0.0,) * d, eye, "px" if spacing is None else "mm")
 
 
 def check_spacing(spacing, name="spacing"):
@@ -334,10 +343,13 @@ def theta_to_matrix(theta, fixed_shape: Sequence[int], moving_shape: Sequence[in
     return torch.linalg.inv(nm) @ full @ nf
 
 
-def sample_grid(moving: Tensor, theta: Tensor, out_shape: Sequence[int]) -> Tensor:
-    """Bilinear/trilinear resampling (zero padding) of every channel of ``moving`` onto a grid."""
+def sample_grid(moving: Tensor, theta: Tensor, out_shape: Sequence[int]) -> tuple:
+    """Every channel of ``moving`` resampled onto a grid of ``out_shape`` through ``theta``
+    as ITK's ``Resample`` does it (``sample_points(..., itk=True)``), and the overlap there
+    (``overlap_weight``): ((1, C, *out_shape), (1, 1, *out_shape))."""
     grid = F.affine_grid(theta.to(moving)[None], (1, moving.shape[1], *out_shape), align_corners=False)
-    return F.grid_sample(moving, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    values = sample_points(moving, grid.reshape(-1, grid.shape[-1]), itk=True)
+    return values.reshape(1, -1, *out_shape), overlap_weight(grid, moving.shape[2:]).reshape(1, 1, *out_shape)
 
 
 def overlap_weight(points: Tensor, shape: Sequence[int]) -> Tensor:
@@ -353,13 +365,24 @@ def overlap_weight(points: Tensor, shape: Sequence[int]) -> Tensor:
     return w
 
 
-def sample_points(moving: Tensor, points: Tensor) -> Tensor:
+def sample_points(moving: Tensor, points: Tensor, itk: bool = False) -> Tensor:
     """Bilinear/trilinear values of every channel of ``moving`` at normalised points (n, d)
-    (grid_sample's coordinates, (x, y[, z]) order) -> (1, C, n)."""
+    (grid_sample's coordinates, (x, y[, z]) order) -> (1, C, n).
+
+    Zero padding (the registration loss: with ``overlap_weight``, the samples fade out over
+    the half voxel beyond the edge voxels' centres), or with ``itk`` ITK's linear
+    interpolator and ``Resample`` default 0: a point within that half voxel (continuous
+    index in [-0.5, size - 0.5), ITK's ``IsInsideBuffer``) takes the nearest edge values, a
+    point beyond it 0 (the written warped images, which ``SimpleITK.Resample`` reproduces)."""
     d = points.shape[-1]
     grid = points.to(moving).reshape(1, *([1] * (d - 1)), -1, d)
-    out = F.grid_sample(moving, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.reshape(1, moving.shape[1], -1)
+    pad = "border" if itk else "zeros"
+    out = F.grid_sample(moving, grid, mode="bilinear", padding_mode=pad, align_corners=False)
+    out = out.reshape(1, moving.shape[1], -1)
+    if itk:
+        inside = ((points >= -1.0) & (points < 1.0)).all(-1)
+        out = torch.where(inside.reshape(1, 1, -1), out, 0.0)
+    return out
 
 
 def warp(moving, matrix, fixed_shape: Sequence[int]):
@@ -367,10 +390,11 @@ def warp(moving, matrix, fixed_shape: Sequence[int]):
     (fixed index -> moving index).
 
     Returns ``(warped, overlap)``, both (1, 1, *fixed_shape) float32: ``warped(p) =
-    moving(A p)`` (bilinear/trilinear, zero outside), ``overlap`` the same resampling of
-    an image of ones (1 inside the moving image, fading to 0 over its last half voxel).
+    moving(A p)`` (bilinear/trilinear as ITK's ``Resample``: the edge values up to half a
+    voxel beyond the edge voxels' centres, 0 further out), ``overlap`` what zero-padded
+    resampling of an image of ones gives (1 inside the moving image, fading to 0 over that
+    half voxel).
     """
     m = moving if isinstance(moving, Tensor) and moving.ndim >= 4 else _as_tensor("moving", moving).float()
     theta = matrix_to_theta(matrix, fixed_shape, m.shape[2:])
-    out = sample_grid(torch.cat([m, torch.ones_like(m)], 1), theta, tuple(fixed_shape))
-    return out[:, :1], out[:, 1:]
+    return sample_grid(m, theta, tuple(fixed_shape))
