@@ -410,40 +410,47 @@ def _warn_binning(num_bins, name, data_units, outside, lo, hi):
 
 
 def _bin_layout(bins) -> tuple[float, float, int]:
-    """(first centre, step, K) of equally spaced increasing bin centres."""
+    """(first centre, step, K) of equally spaced increasing bin centres, computed on the host
+    in Python floats: for a list or tuple of numbers there is no tensor data to read, so
+    ``torch.compile(fullgraph=True)`` traces it (a tensor's values are data to the compiler:
+    reading them breaks the graph)."""
+    rel = 1e-6  # linspace rounds each centre to its dtype (~1e-7 relative in float32): allow that
     if isinstance(bins, Tensor):
         if bins.is_complex() or bins.dtype == torch.bool:
             raise TypeError(f"bins must be a real tensor, got {bins.dtype}")
-        b = bins.detach().double().cpu()
+        if bins.ndim != 1:
+            raise ValueError(f"bins must be 1-D (the bin centres), got shape {tuple(bins.shape)}")
+        if bins.is_floating_point():
+            rel = max(rel, torch.finfo(bins.dtype).eps)  # (float16: 1e-3)
+        b = bins.detach().double().cpu().tolist()
     else:
         try:
-            b = torch.as_tensor(bins, dtype=torch.float64)
-        except (TypeError, ValueError):
+            if isinstance(bins, (list, tuple)) and all(isinstance(v, numbers.Real) for v in bins):
+                b = [float(v) for v in bins]  # (no tensor: nothing for a compiler to trace)
+            else:
+                t = torch.as_tensor(bins, dtype=torch.float64)
+                if t.ndim != 1:
+                    raise ValueError(f"bins must be 1-D (the bin centres), got shape {tuple(t.shape)}")
+                b = t.tolist()
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ValueError) and str(e).startswith("bins"):
+                raise
             raise TypeError(f"bins must be a 1-D tensor of bin centres, got {type(bins).__name__}") from None
-    if b.ndim != 1:
-        raise ValueError(f"bins must be 1-D (the bin centres), got shape {tuple(b.shape)}")
-    if b.numel() < 2:
-        raise ValueError(f"bins must hold at least 2 bin centres, got {b.numel()}")
-    if not torch.isfinite(b).all():
+    if len(b) < 2:
+        raise ValueError(f"bins must hold at least 2 bin centres, got {len(b)}")
+    if not all(-math.inf < v < math.inf for v in b):  # (math.isfinite fails on compile's symbolic floats)
         raise ValueError("bins contains NaN or Inf")
-    k = b.numel()
-    step = (b[-1] - b[0]).item() / (k - 1)
+    k = len(b)
+    step = (b[-1] - b[0]) / (k - 1)
     if not step > 0:
         raise ValueError("bins must be increasing")
-    # linspace rounds each centre to its dtype's resolution (~1e-7 relative in float32, 1e-3
-    # in float16): allow that, not more.
-    rel = (
-        max(1e-6, torch.finfo(bins.dtype).eps)
-        if isinstance(bins, Tensor) and bins.is_floating_point()
-        else 1e-6
-    )
-    dev = (b - (b[0] + step * torch.arange(k, dtype=torch.float64))).abs().max().item()
-    if dev > 1e-4 * step + rel * b.abs().max().item():
+    dev = max(abs(v - (b[0] + step * i)) for i, v in enumerate(b))
+    if dev > 1e-4 * step + rel * max(abs(v) for v in b):
         raise ValueError(
             f"bins must be equally spaced (centres of a uniform grid); the largest deviation "
             f"from a uniform grid is {dev:.3g} for a step of {step:.3g}"
         )
-    return b[0].item(), step, k
+    return b[0], step, k
 
 
 def _flatten_samples(x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
@@ -466,7 +473,9 @@ def histogram(x: Tensor, bins, sigma: float, *, weights: Optional[Tensor] = None
 
     Args:
         x: samples (..., N), any floating dtype (half precision is computed in float32).
-        bins: equally spaced bin centres (K,), K >= 2 (a tensor or a sequence).
+        bins: equally spaced bin centres (K,), K >= 2: a tensor or a sequence of numbers
+            (under ``torch.compile(fullgraph=True)`` a list or tuple: the layout is read on
+            the host, and a tensor's values are data to the compiler).
         sigma: kernel standard deviation, > 0, in the units of ``x``.
         weights: optional non-negative per-sample weights broadcastable to ``x`` (bool or float).
         backend: ``"auto"`` (Triton for CUDA tensors when available, else torch), ``"torch"``,
@@ -526,8 +535,11 @@ def _data_span(lo: float, step: float, k: int, acc) -> tuple[float, float]:
 
 
 def _rounded(value: float, dtype) -> float:
-    """value rounded to float32 (or kept, for float64), on the host; |value| must fit."""
-    return value if dtype == torch.float64 else struct.unpack("f", struct.pack("f", value))[0]
+    """value rounded to float32 (or kept, for float64), on the host; |value| must fit. Kept
+    while torch.compile traces (its floats may be symbolic, which struct cannot pack)."""
+    if dtype == torch.float64 or _compiling():
+        return value
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 def _grad_needed(t: Tensor) -> bool:
@@ -591,7 +603,7 @@ def histogram2d(
 
     Args:
         x1, x2: paired samples (..., N) of the same shape.
-        bins: equally spaced bin centres (K,), shared by both axes.
+        bins: equally spaced bin centres (K,), shared by both axes, as in :func:`histogram`.
         sigma: kernel standard deviation, > 0, in data units.
         weights: optional non-negative per-sample weights broadcastable to ``x1``.
         backend: ``"auto"``, ``"torch"`` or ``"triton"``.

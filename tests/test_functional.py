@@ -417,3 +417,23 @@ def test_torch_compile_fullgraph_has_no_graph_break(dynamic):
     want.backward()
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(g, y.grad)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_histograms_compile_without_graph_breaks_given_bins_as_numbers(dynamic):
+    """histogram / histogram2d read their bins' layout on the host: from a list of numbers
+    that is Python arithmetic, which torch.compile(fullgraph=True) traces (once a data-
+    dependent branch), also with dynamic=True's symbolic floats (once a struct.pack)."""
+    bins = torch.linspace(-1.0, 1.0, 9).tolist()
+
+    def f(x, y, w):
+        return mi.histogram(x, bins, 0.3, weights=w).sum() + (mi.histogram2d(x, y, bins, 0.3) ** 2).sum()
+
+    x = torch.rand(2, 50) * 2 - 1
+    y = torch.sin(3 * x).requires_grad_()
+    w = torch.rand(2, 50)
+    got = torch.compile(f, fullgraph=True, backend="aot_eager", dynamic=dynamic)(x, y, w)
+    (g,) = torch.autograd.grad(got, y)
+    want = f(x, y, w)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(g, torch.autograd.grad(want, y)[0])
