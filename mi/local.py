@@ -63,14 +63,21 @@ def _stride(stride, sizes: tuple) -> tuple:
 
 
 def _grid(spatial: tuple, sizes: tuple, strides: tuple) -> tuple:
-    """Patches per axis: starts 0, stride, 2 stride, ... until one reaches the far end."""
-    return tuple(math.ceil((s - p) / st) + 1 for s, p, st in zip(spatial, sizes, strides))
+    """Patches per axis: starts 0, stride, 2 stride, ... until one reaches the far end.
+    (ceil((s - p) / st) + 1 as integer floor division: under torch.compile(dynamic=True) the
+    float form made a shape expression inductor fails to bound.)"""
+    return tuple(-((p - s) // st) + 1 for s, p, st in zip(spatial, sizes, strides))
 
 
 def _patches(t: Tensor, lead: int, chans: int, spatial: tuple, sizes: tuple, strides: tuple) -> Tensor:
     """Rows (R, chans * N) of images (R, chans, *spatial) -> (R * P, chans * prod(sizes)),
     zero-padded at the far end of every axis to whole patches, patches in C order of the grid
-    (one copy of the samples; (patch / stride)**d of them where patches overlap)."""
+    (one copy of the samples; (patch / stride)**d of them where patches overlap).
+
+    Non-overlapping patches are views (a reshape and a permute) until that copy; overlapping
+    ones one gather (``index_select``, whose backward sums a voxel's patches). Not
+    ``Tensor.unfold``: inductor's unfold backward (PyTorch 2.13, CPU) gave wrong gradients
+    and corrupted memory."""
     d = len(spatial)
     grid = _grid(spatial, sizes, strides)
     x = t.reshape(lead, chans, *spatial)
@@ -78,9 +85,19 @@ def _patches(t: Tensor, lead: int, chans: int, spatial: tuple, sizes: tuple, str
     pad = [q for s, e in zip(reversed(spatial), reversed(ends)) for q in (0, e - s)]
     if any(pad):
         x = F.pad(x, pad)
-    for axis, (p, st) in enumerate(zip(sizes, strides)):  # (R, C, g1, ..., gd, p1, ..., pd)
-        x = x.unfold(2 + axis, p, st)
-    order = [0, *range(2, 2 + d), 1, *range(2 + d, 2 + 2 * d)]  # (R, g1, ..., gd, C, p1, ..., pd)
+    if tuple(sizes) == tuple(strides):  # (R, C, g1, p1, ..., gd, pd)
+        x = x.reshape(lead, chans, *[n for g, p in zip(grid, sizes) for n in (g, p)])
+        order = [0, *range(2, 2 + 2 * d, 2), 1, *range(3, 3 + 2 * d, 2)]
+    else:  # (R, C, g1, ..., gd, p1, ..., pd): voxel (i st + j) of each axis, flat in C order
+        idx = None
+        for axis, (g, p, st) in enumerate(zip(grid, sizes, strides)):
+            pos = torch.arange(g, device=x.device)[:, None] * st + torch.arange(p, device=x.device)
+            shape = [1] * (2 * d)
+            shape[axis], shape[d + axis] = g, p
+            pos = (pos * math.prod(ends[axis + 1 :])).reshape(shape)
+            idx = pos if idx is None else idx + pos
+        x = x.reshape(lead, chans, -1).index_select(2, idx.reshape(-1)).reshape(lead, chans, *grid, *sizes)
+        order = [0, *range(2, 2 + d), 1, *range(2 + d, 2 + 2 * d)]
     return x.permute(order).reshape(lead * math.prod(grid), chans * math.prod(sizes))
 
 
@@ -131,7 +148,8 @@ def local_mutual_information(
         without a stride); dtype of the inputs; differentiable with respect to x, y and a
         float mask. Memory: O(B * patches * K^2) for the histograms plus one copy of the
         samples ((patch / stride)**d copies with overlap); all patches go through one call
-        of the op.
+        of the op. Works under ``torch.compile`` (``fullgraph=True``, ``dynamic`` either
+        way; with ``dynamic=True`` inductor's shape arithmetic takes minutes on 3-D patches).
 
     Example:
         >>> x = torch.rand(1, 1, 64, 48)
@@ -164,8 +182,8 @@ def local_mutual_information(
         m = _unit_rows(m, "mask")  # per patch: one patch's weights may be tiny beside another's
     ranges = [r if r is None or r.shape[0] == 1 else r.repeat_interleave(count, 0) for r in op_ranges]
     joint = _autograd.joint_hist(u, v, m, binning, *ranges)
-    score = _score(joint, normalize, base, a.backend)
-    out = score.reshape(*a.lead, *grid).to(a.dtype)
+    score = _score(joint.reshape(*a.lead, *grid, *joint.shape[-2:]), normalize, base, a.backend)
+    out = score.to(a.dtype)
     check()
     return out
 
