@@ -69,7 +69,9 @@ def _window_start(b_x, K, c_k, W: tl.constexpr, KIND: tl.constexpr):
     [-W-1, K+W+1] first so that huge values cannot overflow the integer conversion; the
     start is clamped again as an integer, so no bin index is ever outside [0, K) (even for
     NaN, whose conversion is unspecified). Weights are computed from the real x, so a
-    far-away pixel gets weight 0 in every bin of its (edge) window.
+    far-away pixel gets weight 0 in every bin of its (edge) window. A one-bin window (W = 1:
+    the box, a Gaussian below sigma 0.087) is the nearest bin, floor(x + 1/2), as the torch
+    backend's ``window_start``.
     """
     if KIND == 0:
         r = tl.sqrt(_GAUSS_R2_CK / c_k)  # 24 ln 2 / c_k = 48 ln 2 sigma^2
@@ -82,7 +84,10 @@ def _window_start(b_x, K, c_k, W: tl.constexpr, KIND: tl.constexpr):
     else:
         r = 0.5
     b_c = tl.minimum(tl.maximum(b_x, -W - 1.0), K + W + 1.0)
-    b_s = tl.floor(b_c - r).to(tl.int32) + 1
+    if W == 1:  # the nearest bin (r <= 1/2: where no bin lies within r, the heavier one)
+        b_s = tl.floor(b_c + 0.5).to(tl.int32)
+    else:
+        b_s = tl.floor(b_c - r).to(tl.int32) + 1
     return tl.minimum(tl.maximum(b_s, 0), K - W)
 
 

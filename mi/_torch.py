@@ -65,9 +65,14 @@ def window_size(kernel: str, sigma: float, num_bins: int, double: bool = False) 
 
 def window_start(u, kernel: str, sigma: float, num_bins: int, width: int):
     """clamp(floor(u - r) + 1, 0, K - W) per sample (u's dtype): the first bin of its W-bin
-    window (r: ``support``; u clamped first so that floor() stays finite-sized)."""
-    r = support(kernel, sigma, u.dtype == torch.float64)
+    window (r: ``support``; u clamped first so that floor() stays finite-sized). A one-bin
+    window (r <= 1/2: the box, a Gaussian below sigma 0.087) is the nearest bin, floor(u +
+    1/2): where no bin lies within r (a sample between centres) that is the bin with the
+    larger weight, which floor(u - r) + 1 is not when u sits below the half-way point."""
     uc = u.clamp(-width - 1.0, num_bins + width + 1.0)
+    if width == 1:
+        return torch.floor(uc + 0.5).clamp_(0, num_bins - 1)
+    r = support(kernel, sigma, u.dtype == torch.float64)
     return (torch.floor(uc - r) + 1.0).clamp_(0, num_bins - width)
 
 

@@ -182,6 +182,25 @@ def test_tails_far_outside_the_range(with_m, method):
     assert_close(J, ref, "J")
 
 
+def test_one_bin_windows_take_the_nearest_bin(method):
+    """Below sigma 0.087 (r = 5.77 sigma < 1/2) a sample's window is one bin: the nearest. With
+    every sample between centres (0.3-0.45 or 0.55-0.7 past one) the histogram is all such
+    sub-2**-24 weights; the window once sat on the first bin above u - r, the farther one for
+    a sample below the half-way point (all mass one bin off on the torch backend and in the
+    Triton histogram; an empty joint histogram on the scatter path, whose cut is relative
+    to the nearest bin)."""
+    K, N, sigma = 8, 400, 0.06
+    g = torch.Generator().manual_seed(8)
+    frac = 0.3 + 0.15 * torch.rand(2, N, generator=g) + 0.25 * (torch.rand(2, N, generator=g) > 0.5)
+    u = torch.randint(0, K - 1, (2, N), generator=g) + frac
+    v = torch.randint(0, K - 1, (2, N), generator=g) + frac.flip(1)
+    ref = dense_joint(u, v, None, K, sigma)
+    assert_close(mk.joint_hist_forward(u.to(DEVICE), v.to(DEVICE), None, K, sigma), ref, "J")
+    assert_close(mk.hist_forward(u.to(DEVICE), None, K, sigma), dense_hist(u, None, K, sigma), "h")
+    torch_joint = mi._torch.joint_hist_forward(u, v, None, K, sigma, "gaussian", "gaussian")
+    assert_close(torch_joint.float(), ref, "J (torch backend)")
+
+
 @pytest.mark.parametrize("with_m", [pytest.param(False, id="nom"), pytest.param(True, id="m")])
 @pytest.mark.parametrize("ku, kv, K, sigma, N", _joint_cases())
 def test_joint_backward(ku, kv, K, sigma, N, with_m, nan_empty, method):
