@@ -27,12 +27,14 @@ from ._torch import _acc_dtype, pow2_scale
 from .distributed import all_reduce_minmax, all_reduce_sum, check_group
 from .information import (
     BACKENDS,
+    MIN_PEAK,
     _safe_div,
     _scaled_entropies,
     _score,
     check_base,
     check_normalize,
     joint_pdf,
+    lowest_peak,
 )
 
 PUBLIC_KERNELS = ("gaussian", "bspline", "mattes")
@@ -974,8 +976,28 @@ def _image_joint(
         per_channel=per_channel, kernel=kernel, backend=backend, unit_mask=group is None,
     )  # fmt: skip
     u, v, binning, op_ranges, check = _binning(a, group, deterministic)
-    j = _autograd.joint_hist(u, v, a.mask, binning, *op_ranges)
-    return all_reduce_sum(j, group), a.lead, a.dtype, a.backend, check
+    j = all_reduce_sum(_autograd.joint_hist(u, v, a.mask, binning, *op_ranges), group)
+    _check_peaks(j, a.backend)
+    return j, a.lead, a.dtype, a.backend, check
+
+
+def _check_peaks(j: Tensor, backend: str) -> None:
+    """Refuse joint histograms (R, K, K) that hold only window tails below the float's normal
+    range: every sample far outside a fixed value_range (or far from every bin centre at a
+    tiny sigma). Their value lost most of its bits (0.6336 for 0.6365) and their gradient
+    overflowed to Inf/NaN. With the value checks on and where they read the host anyway (not
+    Triton on a GPU, whose checks never wait for its kernels: there this is not checked). An
+    all-zero histogram (an empty mask) stays allowed: it scores as independent variables."""
+    if not _checks_on() or (j.is_cuda and backend == "triton") or j.numel() == 0:
+        return
+    low = lowest_peak(j)
+    if low < MIN_PEAK.get(j.dtype, 0.0):
+        raise ValueError(
+            f"the joint histogram holds only kernel tails: its largest cell is {low:.3g} (a pixel at a bin "
+            f"centre adds 1), below {j.dtype}'s normal range, where its value loses its bits and its "
+            "gradient overflows. Every sample lies far outside value_range (or far from every bin "
+            "centre at this small sigma): widen value_range, use 'auto', or raise sigma"
+        )
 
 
 def _binning(a: _Images, group=None, deterministic=False):

@@ -243,11 +243,25 @@ def _entropies(joint: Tensor, backend: str):
     return _Entropies.call(joint)
 
 
+#: Below this largest entry a joint histogram's entries 2**-24 below its peak are subnormal
+#: (float32: 2**-126; float64: 2**-1022), so they keep few bits, and MI's gradient, about
+#: 1 / (total mass), overflows.
+MIN_PEAK = {torch.float32: 2.0**-102, torch.float64: 2.0**-998}
+
+
+def lowest_peak(joint: Tensor) -> float:
+    """The smallest positive largest entry of the histograms (..., K, K), inf if none (a host
+    read)."""
+    peaks = joint.detach().flatten(-2).amax(-1)
+    return torch.where(peaks > 0, peaks, math.inf).amin().item()
+
+
 def check_joint(joint) -> Tensor:
     """The ``joint`` argument of the public ``*_from_joint`` functions: a real square (..., K,
     K) tensor (integer counts, say from ``numpy.histogram2d``, are taken in float64), whose
     entries are non-negative and finite (a value check: one host read; see
-    :func:`mi.set_value_checks`)."""
+    :func:`mi.set_value_checks`), and, when it needs a gradient, whose histograms' largest
+    entries are not so small that the gradient would overflow (``MIN_PEAK``)."""
     from .functional import _checks_on  # (functional imports this module)
 
     if not isinstance(joint, Tensor):
@@ -261,8 +275,17 @@ def check_joint(joint) -> Tensor:
         )
     if not joint.is_floating_point():
         joint = joint.to(torch.float64)
-    if _checks_on() and joint.numel() and not bool(((joint >= 0) & (joint < math.inf)).all()):
-        raise ValueError("joint must be non-negative and finite (no NaN or Inf)")
+    if _checks_on() and joint.numel():
+        if not bool(((joint >= 0) & (joint < math.inf)).all()):
+            raise ValueError("joint must be non-negative and finite (no NaN or Inf)")
+        if joint.requires_grad and torch.is_grad_enabled():
+            low = lowest_peak(joint)
+            if low < MIN_PEAK.get(joint.dtype, 0.0):
+                raise ValueError(
+                    f"joint's largest entry is only {low:.3g} in some histogram: the gradient, about "
+                    f"1 / its total, would overflow {joint.dtype}; rescale joint (the result does not "
+                    "depend on its scale)"
+                )
     return joint
 
 

@@ -10,6 +10,7 @@ under x -> a x + b).
 
 import math
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -172,6 +173,42 @@ def test_far_away_samples_give_no_nan_in_any_window():
             s.sum().backward()
             assert torch.isfinite(s).all() and torch.isfinite(xx.grad).all()
             assert (xx.grad[0, 0, 0, :3] == 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_histograms_of_kernel_tails_alone_are_refused(backend):
+    """When every sample lies far outside a fixed value_range (or far from every bin centre
+    at a tiny sigma), the joint histogram holds only window tails below float32's normal
+    range: MI lost its bits (0.6336 for 0.6365) and its gradient, about 1 / (total mass),
+    came out NaN. Refused, by name; a histogram emptied by its mask still scores 0, and a
+    tiny but normal one (1e-28: the gradient about 1e27) still works."""
+    x, y = _pair()
+    far = dict(num_bins=8, sigma=0.5, value_range=(0.0, 1.0), backend=backend)
+    xx = (1.7 + 0.1 * x).requires_grad_()  # 4.9 bins and more beyond the last bin
+    for call in (
+        lambda: mi.mutual_information(xx, 1.7 + 0.1 * y, **far),
+        lambda: mi.joint_histogram(xx, 1.7 + 0.1 * y, **far),
+        lambda: mi.local_mutual_information(xx, 1.7 + 0.1 * y, patch_size=5, **far),
+        lambda: mi.mutual_information(  # every sample half-way between centres, sigma 0.05
+            (torch.floor(x * 7) + 0.5).requires_grad_(), torch.floor(y * 7) + 0.5,
+            num_bins=8, sigma=0.05, value_range=(0.0, 7.0), backend=backend,
+        ),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match="holds only kernel tails: its largest cell is .*e-4"):
+            with warnings.catch_warnings():  # (the samples that miss the bins are warned about too)
+                warnings.simplefilter("ignore")
+                call()
+    empty = mi.mutual_information(x, y, mask=torch.zeros_like(x), num_bins=8, backend=backend)
+    assert (empty == 0).all()
+    j = (mi.joint_histogram(x, y, num_bins=8, backend=backend) * 1e-28).requires_grad_()
+    mi.mutual_information_from_joint(j).sum().backward()
+    assert torch.isfinite(j.grad).all() and j.grad.abs().max() > 1e26
+    with pytest.raises(ValueError, match="joint's largest entry is only .* the gradient"):
+        mi.mutual_information_from_joint((j.detach() * 1e-10).requires_grad_())
+    with torch.no_grad():  # no gradient: the value is exact from the entries given
+        torch.testing.assert_close(
+            mi.mutual_information_from_joint(j * 1e-10), mi.mutual_information_from_joint(j)
+        )
 
 
 # ---------------------------------------------------------------- sizes and argument types
