@@ -255,8 +255,17 @@ def _close(a, b, tol, what):
 
 def _refusal_is_genuine(err: ValueError, x, y, m, case, rng):
     """A ValueError about a range too narrow for the gradient must be one: some row's range
-    gives a slope beyond 2**100 bins per unit (float32) / 2**1000 (float64)."""
+    gives a slope beyond 2**100 bins per unit (float32) / 2**1000 (float64); one about a
+    histogram of kernel tails alone too: the dense joint's largest cell is below 2**-102."""
     msg = str(err)
+    if "holds only kernel tails" in msg:  # some row's dense joint peaks below 2**-102 of a pixel
+        peaks = oracle_joint(x, y, m, case, rng).flatten(1).amax(1)
+        if m is not None:  # (the library brings each row's largest mask weight into [0.5, 1))
+            b, c = x.shape[:2]
+            rows = b * c if case["per_channel"] else b
+            peaks = peaks / _rows(m.double().expand(x.shape).contiguous(), rows).amax(-1).clamp(min=1e-300)
+        limit = 2.0**-998 if x.dtype == torch.float64 else 2.0**-102
+        return bool(((peaks > 0) & (peaks < 2 * limit)).any())
     if "spans only" not in msg:
         return False
     name = re.search(r"with respect to (\w+)", msg).group(1)
@@ -319,6 +328,8 @@ def check_mutual_information(case):
             assert max(t.abs().max().item() for t in g) > 65504 * 0.9, str(e)
         else:
             assert _refusal_is_genuine(e, x, y, m, case, rng), str(e)
+        if "holds only kernel tails" in str(e):  # the values too: refused as a whole
+            return
         with torch.no_grad():
             score = mi.mutual_information(x, y, normalize=normalize, **kw)
         grads = ()
