@@ -16,6 +16,7 @@ from .utils import (
     forward_scales,
     kernel_id,
     num_replicas,
+    over_row_chunks,
     row_ranges,
     use_deterministic,
     window_param,
@@ -134,6 +135,7 @@ def _hist_bwd_kernel(
         tl.store(p_dm + o_x, b_dm.to(p_dm.dtype.element_ty), mask=m_n)
 
 
+@over_row_chunks
 @ensure_contiguous
 def hist_forward(
     u, m, num_bins, sigma, kernel="gaussian", *, ranges=None, first=0.0, length=1.0, deterministic=False
@@ -168,6 +170,7 @@ def hist_forward(
     return finish_forward(out, back)
 
 
+@over_row_chunks
 @ensure_contiguous
 def hist_backward(
     grad, u, m, num_bins, sigma, kernel="gaussian", *, needs_u=True, needs_m=False,

@@ -19,6 +19,7 @@ from .utils import (
     joint_method,
     kernel_id,
     num_replicas,
+    over_row_chunks,
     row_ranges,
     use_deterministic,
     window_param,
@@ -221,6 +222,7 @@ def _joint_hist_bwd_kernel(
         tl.store(p_dm + o_x, b_dm.to(p_dm.dtype.element_ty), mask=m_n)
 
 
+@over_row_chunks
 @ensure_contiguous
 def joint_hist_forward(
     u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", *, ranges=None, first=0.0,
@@ -271,6 +273,7 @@ def joint_hist_forward(
     return finish_forward(out, back)
 
 
+@over_row_chunks
 @ensure_contiguous
 def joint_hist_backward(
     grad, u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", *, needs_u=True,

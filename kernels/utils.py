@@ -253,6 +253,40 @@ def ensure_contiguous(fn):
     return wrapper
 
 
+#: Rows (histograms) per launch: the kernels put them on grid axis 1, which CUDA caps here.
+MAX_ROWS = 65535
+
+
+def over_row_chunks(fn):
+    """A launcher for any number of rows: more than ``MAX_ROWS`` (the patches of local MI on a
+    volume, a large batch) run as launches of ``MAX_ROWS`` rows, whose results are
+    concatenated. The rows are the first dimension of every positional tensor holding B of
+    them (the first positional argument's count: u, v, m, grad) and of ``ranges`` (B, 2)
+    entries; a (1, 2) range is shared by all."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        rows = args[0].shape[0]
+        if rows <= MAX_ROWS:
+            return fn(*args, **kwargs)
+
+        def part(t, lo, hi):
+            return t[lo:hi] if isinstance(t, torch.Tensor) and t.ndim and t.shape[0] == rows else t
+
+        outs = []
+        for lo in range(0, rows, MAX_ROWS):
+            hi = min(lo + MAX_ROWS, rows)
+            kw = dict(kwargs)
+            if kw.get("ranges") is not None:
+                kw["ranges"] = [part(r, lo, hi) for r in kw["ranges"]]
+            outs.append(fn(*[part(a, lo, hi) for a in args], **kw))
+        if isinstance(outs[0], tuple):
+            return tuple(None if o[0] is None else torch.cat(o) for o in zip(*outs))
+        return torch.cat(outs)
+
+    return wrapper
+
+
 SAMPLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -274,8 +308,10 @@ def check_inputs(u, m, num_bins, sigma, v=None):
         raise ValueError(f"num_bins**2 must be < 2**31 (int32 bin offsets), got {num_bins}")
     if not float(sigma) > 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
-    if u.shape[0] > 65535:
-        raise ValueError(f"at most 65535 rows per launch (grid axis 1), got {u.shape[0]}")
+    if u.shape[0] > MAX_ROWS:
+        raise ValueError(
+            f"at most {MAX_ROWS} rows per launch (grid axis 1; see over_row_chunks), got {u.shape[0]}"
+        )
 
 
 def row_ranges(ranges, u, count):

@@ -421,6 +421,32 @@ def make_mapped(B, N, seed, dtype, shared):
     return [t.to(DEVICE) for t in (x, y, m, rx, ry)]
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["row-ranges", "one-range"])
+def test_more_rows_than_one_launch_holds(shared, method, monkeypatch):
+    """More rows than grid axis 1 takes (65535: local MI's patches of a volume) run as
+    several launches: the same numbers, bit for bit (here the limit is lowered to 3 rows)."""
+    x, y, m, rx, ry = make_mapped(8, 40, 11, torch.float32, shared)
+    kw = dict(ranges=(rx, ry), first=0.0, length=15.0)
+    G = torch.randn(8, 16, 16, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    g = torch.randn(8, 16, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+
+    def run():
+        return (
+            mk.joint_hist_forward(x, y, m, 16, 0.7, **kw),
+            *mk.joint_hist_backward(G, x, y, m, 16, 0.7, needs_m=True, **kw),
+            mk.hist_forward(x, m, 16, 0.7, ranges=(rx,), first=0.0, length=15.0),
+            *mk.hist_backward(g, x, None, 16, 0.7, ranges=(rx,), first=0.0, length=15.0),
+        )
+
+    whole = run()
+    monkeypatch.setattr(utils, "MAX_ROWS", 3)
+    chunked = run()
+    for a, b in zip(whole, chunked):
+        assert (a is None and b is None) or torch.equal(a, b)
+    with pytest.raises(ValueError, match="at most 3 rows per launch"):
+        utils.check_inputs(x, None, 16, 0.7)
+
+
 def to_bins(x, r, first, length):
     """The kernels' map in float64: (x - lo) * length / (hi - lo) + first (a constant row: x - lo + first)."""
     lo, hi = r.double()[:, :1], r.double()[:, 1:]
