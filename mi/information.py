@@ -19,6 +19,7 @@ scores on top are ordinary autograd on (...,) tensors. Conventions:
 
 import math
 import numbers
+import os
 from typing import Optional, Union
 
 import torch
@@ -223,7 +224,17 @@ def _use_triton(joint: Tensor, backend: str) -> bool:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch" or joint.dtype != torch.float32 or joint.dim() < 2 or torch.compiler.is_compiling():
         return False
-    return (backend == "triton" or joint.is_cuda) and kernels.is_available()
+    if joint.shape[-1] == 0:  # no bins: nothing to launch (the torch path's zeros)
+        return False
+    if backend == "triton":
+        if not kernels.is_available():
+            raise ValueError("backend='triton' needs the triton package (pip install triton)")
+        if not joint.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(
+                f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1), got device {joint.device}"
+            )
+        return True
+    return joint.is_cuda and kernels.is_available()
 
 
 def _torch_vjp(joint: Tensor, g_ha, g_hb, g_hab) -> Tensor:

@@ -186,6 +186,12 @@ def test_triton_backend_refuses_cpu_tensors_without_the_interpreter(monkeypatch)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="backend='triton' needs"):
         mi.mutual_information(X, Y, backend="triton")
+    joint = torch.rand(2, 4, 4)  # (once "0 active drivers" from inside Triton)
+    for fn in (mi.mutual_information_from_joint, mi.entropies_from_joint):
+        with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors"):
+            fn(joint, backend="triton")
+    # no bins: nothing to launch, the same zeros as the torch backend (once a reshape error)
+    assert torch.equal(mi.mutual_information_from_joint(torch.zeros(2, 0, 0), backend="triton"), torch.zeros(2))
 
 
 def test_modules_check_their_arguments():
