@@ -107,11 +107,17 @@ ROWS = (
 )
 
 
+def _fixed(v: float, digits: int) -> str:
+    """``v`` to ``digits`` decimals, without the sign of a rounding error's -0.0000."""
+    text = f"{v:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0.0 else text
+
+
 def _print_table(values: dict[str, torch.Tensor], columns: list[str]) -> None:
     width = max(len(label) for _, label in ROWS)
     print(" " * width + "".join(f"  {c:>22}" for c in columns))
     for key, label in ROWS:
-        print(f"{label:<{width}}" + "".join(f"  {float(v):>22.4f}" for v in values[key]))
+        print(f"{label:<{width}}" + "".join(f"  {_fixed(float(v), 4):>22}" for v in values[key]))
 
 
 def _save(fig, path: Path) -> Path:
@@ -217,7 +223,7 @@ def cmd_score(args) -> int:
     print()
     _print_table(values, ["a vs b"])
     key = {"none": "mi"}.get(args.normalize, args.normalize)
-    print(f"\nscore (normalize={args.normalize}): {float(values[key][0]):.6f}")
+    print(f"\nscore (normalize={args.normalize}): {_fixed(float(values[key][0]), 6)}")
     if not args.no_plots:
         from mi.plots import plot_histogram, plot_joint_histogram
 

@@ -15,7 +15,9 @@ naming them, rather than one of them chosen silently. A one-slice series is a 2-
 
 ``.npy``: a 2-D or 3-D real array, values kept. Anything else goes to PIL: colour becomes
 grey, 8-bit is scaled to [0, 1] and 16-bit by 65535; 32-bit integer or float images keep
-their values.
+their values; a file of several frames (a multi-page TIFF, an animated GIF) is a volume,
+one slice per frame. A float64 file is computed in float32: values beyond its range, or
+all below its normal range (1e-38), are refused rather than turned into Inf or zeros.
 """
 
 from pathlib import Path
@@ -129,16 +131,28 @@ def _read_npy(path: Path) -> np.ndarray:
     return a
 
 
+def _grey(img) -> np.ndarray:
+    if img.mode.startswith("I;16"):  # 16-bit grey PNG/TIFF
+        return np.asarray(img, dtype=np.float32) / 65535.0
+    if img.mode in ("I", "F"):  # 32-bit integer or float: keep the values
+        return np.asarray(img, dtype=np.float32)
+    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+
+
 def _read_pil(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageSequence, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            if img.mode.startswith("I;16"):  # 16-bit grey PNG/TIFF
-                return np.asarray(img, dtype=np.float32) / 65535.0
-            if img.mode in ("I", "F"):  # 32-bit integer or float: keep the values
-                return np.asarray(img, dtype=np.float32)
-            return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+            if getattr(img, "n_frames", 1) == 1:
+                return _grey(img)
+            frames = [_grey(f) for f in ImageSequence.Iterator(img)]  # a TIFF stack, a GIF
+            if len({f.shape for f in frames}) > 1:
+                raise ImageReadError(
+                    f"{path}: its {len(frames)} frames differ in size ({sorted({f.shape for f in frames})}): "
+                    "not one volume"
+                )
+            return np.stack(frames)
     except UnidentifiedImageError:
         raise ImageReadError(
             f"cannot read {path}: not an image file that PIL can read, nor .npy or "
@@ -196,10 +210,11 @@ def read_image(path) -> np.ndarray:
         raise ImageReadError(f"{path}: an image with no voxels (shape {a.shape})")
     if not np.isfinite(a).all():
         raise ImageReadError(f"{path}: contains NaN or Inf values")
-    big = float(np.abs(a).max()) if a.dtype.kind == "f" and a.dtype.itemsize > 4 else 0.0
-    if big > float(np.finfo(np.float32).max):
+    big = float(np.abs(a).max()) if a.dtype.kind == "f" and a.dtype.itemsize > 4 else 1.0
+    if big > float(np.finfo(np.float32).max) or 0.0 < big < float(np.finfo(np.float32).tiny) * 2.0**24:
+        side = "beyond float32's range" if big > 1.0 else "all below float32's normal range"
         raise ImageReadError(
-            f"{path}: values beyond float32's range (largest magnitude {big:.3g}), which is what "
-            "this library computes in: rescale the image"
+            f"{path}: values {side} (largest magnitude {big:.3g}), which is what this library "
+            "computes in: rescale the image"
         )
     return a.astype(np.float32)

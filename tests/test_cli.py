@@ -231,3 +231,15 @@ def test_register_demo_pair(tmp_path, capsys):
 def test_register_needs_both_files(tmp_path, capsys):
     assert main(["register", str(tmp_path / "a.png")]) == 2
     assert "give both FIXED and MOVING" in capsys.readouterr().err
+
+
+def test_score_of_independent_images_prints_no_negative_zero(tmp_path, capsys):
+    """A constant image against noise: MI is 0 up to rounding (-1e-16), printed as 0.0000,
+    not -0.0000."""
+    np.save(tmp_path / "c.npy", np.zeros((20, 24)))
+    np.save(tmp_path / "n.npy", np.random.default_rng(0).random((20, 24)))
+    assert (
+        main(["score", str(tmp_path / "c.npy"), str(tmp_path / "n.npy"), "--bins", "32", "--no-plots"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "-0.0" not in out and _score(out) == 0.0

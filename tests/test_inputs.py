@@ -191,7 +191,9 @@ def test_triton_backend_refuses_cpu_tensors_without_the_interpreter(monkeypatch)
         with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors"):
             fn(joint, backend="triton")
     # no bins: nothing to launch, the same zeros as the torch backend (once a reshape error)
-    assert torch.equal(mi.mutual_information_from_joint(torch.zeros(2, 0, 0), backend="triton"), torch.zeros(2))
+    assert torch.equal(
+        mi.mutual_information_from_joint(torch.zeros(2, 0, 0), backend="triton"), torch.zeros(2)
+    )
 
 
 def test_modules_check_their_arguments():

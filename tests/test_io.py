@@ -115,6 +115,9 @@ def test_bad_medical_files(tmp_path):
     np.save(tmp_path / "huge.npy", huge)
     with pytest.raises(ImageReadError, match="beyond float32's range"):
         read_image(tmp_path / "huge.npy")
+    np.save(tmp_path / "tiny.npy", _volume().astype(np.float64) * 1e-300)  # once read as zeros
+    with pytest.raises(ImageReadError, match="all below float32's normal range .largest magnitude 4.*e-298"):
+        read_image(tmp_path / "tiny.npy")
     np.save(tmp_path / "empty.npy", np.zeros((0, 5), np.float32))
     with pytest.raises(ImageReadError, match=r"no voxels \(shape \(0, 5\)\)"):
         read_image(tmp_path / "empty.npy")
@@ -161,3 +164,22 @@ def test_register_two_nifti_files(tmp_path, capsys):
     assert paths["warped"].name.endswith(".nii.gz") and warped.GetSize() == fixed.GetSize() == (12, 12, 12)
     for get in ("GetSpacing", "GetOrigin", "GetDirection"):  # the fixed image's geometry
         assert np.allclose(getattr(warped, get)(), getattr(fixed, get)()), get
+
+
+def test_multi_frame_images_are_volumes(tmp_path):
+    """A multi-page TIFF and an animated GIF are volumes, one slice per frame (once their
+    first frame alone, silently); frames of different sizes are refused."""
+    from PIL import Image
+
+    vol = _volume((4, 6, 8))
+    frames = [Image.fromarray(s) for s in vol]  # mode F: values kept
+    frames[0].save(tmp_path / "stack.tif", save_all=True, append_images=frames[1:])
+    np.testing.assert_array_equal(read_image(tmp_path / "stack.tif"), vol)
+    grey = (np.arange(4 * 6 * 8).reshape(4, 6, 8) * 2 % 256).astype(np.uint8)
+    gif = [Image.fromarray(s) for s in grey]
+    gif[0].save(tmp_path / "anim.gif", save_all=True, append_images=gif[1:], duration=50, loop=0)
+    np.testing.assert_allclose(read_image(tmp_path / "anim.gif"), grey / 255.0, atol=1e-7)
+    odd = [Image.fromarray(vol[0]), Image.fromarray(vol[1, :5])]
+    odd[0].save(tmp_path / "odd.tif", save_all=True, append_images=odd[1:])
+    with pytest.raises(ImageReadError, match="2 frames differ in size"):
+        read_image(tmp_path / "odd.tif")
