@@ -206,15 +206,22 @@ def read_image(path) -> np.ndarray:
     except Exception as e:  # PIL and numpy each raise their own kinds
         detail = str(e).replace(repr(str(path)), "").replace(str(path), "").strip(" :")
         raise ImageReadError(f"cannot read {path}: {detail or type(e).__name__}") from None
+    return as_float32(a, str(path), ImageReadError)
+
+
+def as_float32(a: np.ndarray, what: str, error=ValueError) -> np.ndarray:
+    """A non-empty real array of finite values as float32, refusing (``error``, naming
+    ``what``) what float32 would turn into Inf or into zeros: float64 values beyond its
+    range, or all below its normal range (1e-38, with 24 bits to spare)."""
     if a.size == 0:
-        raise ImageReadError(f"{path}: an image with no voxels (shape {a.shape})")
+        raise error(f"{what}: an image with no voxels (shape {a.shape})")
     if not np.isfinite(a).all():
-        raise ImageReadError(f"{path}: contains NaN or Inf values")
+        raise error(f"{what}: contains NaN or Inf values")
     big = float(np.abs(a).max()) if a.dtype.kind == "f" and a.dtype.itemsize > 4 else 1.0
     if big > float(np.finfo(np.float32).max) or 0.0 < big < float(np.finfo(np.float32).tiny) * 2.0**24:
         side = "beyond float32's range" if big > 1.0 else "all below float32's normal range"
-        raise ImageReadError(
-            f"{path}: values {side} (largest magnitude {big:.3g}), which is what this library "
+        raise error(
+            f"{what}: values {side} (largest magnitude {big:.3g}), which is what this library "
             "computes in: rescale the image"
         )
     return a.astype(np.float32)

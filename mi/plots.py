@@ -12,6 +12,8 @@ of intensity), so the soft and the hard histogram share one scale.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -20,19 +22,38 @@ from matplotlib.figure import Figure
 
 import mi
 
+from .io import as_float32
+
 __all__ = ["plot_histogram", "plot_joint_histogram"]
 
 
-def _as_numpy(image) -> np.ndarray:
-    """A 2-D or 3-D float array from an array-like or tensor (a leading 1 is dropped)."""
+def _as_numpy(image, name="image") -> np.ndarray:
+    """A 2-D or 3-D float32 array of finite values from an array-like or tensor (a leading 1
+    is dropped; ``mi.io.as_float32``'s checks)."""
     if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().float().numpy()
-    a = np.asarray(image, dtype=np.float32)
+        image = image.detach().cpu().numpy()
+    a = np.asarray(image)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got {a.dtype}")
     while a.ndim > 2 and a.shape[0] == 1:
         a = a[0]
     if a.ndim not in (2, 3):
-        raise ValueError(f"image must be 2-D (H, W) or 3-D (D, H, W), got shape {a.shape}")
-    return a
+        raise ValueError(f"{name} must be 2-D (H, W) or 3-D (D, H, W), got shape {a.shape}")
+    return as_float32(a, name)
+
+
+def _num_bins(num_bins) -> int:
+    if isinstance(num_bins, bool) or not isinstance(num_bins, numbers.Integral) or num_bins < 2:
+        raise ValueError(f"num_bins must be an int >= 2, got {num_bins!r}")
+    return int(num_bins)
+
+
+def _per_image(value_range) -> tuple:
+    """value_range for a and b: one for both, or a pair of them (each (lo, hi) or "auto")."""
+    if isinstance(value_range, (tuple, list)) and len(value_range) == 2:
+        if all(isinstance(r, str) or isinstance(r, (tuple, list)) for r in value_range):
+            return tuple(value_range)
+    return value_range, value_range
 
 
 def _range(a: np.ndarray, value_range) -> tuple[float, float]:
@@ -73,6 +94,7 @@ def plot_histogram(
     Both histograms are densities per unit intensity over the same bins.
     """
     a = _as_numpy(image)
+    num_bins = _num_bins(num_bins)
     lo, hi = _range(a, value_range)
     width = (hi - lo) / (num_bins - 1)
     centres = torch.linspace(lo, hi, num_bins)
@@ -126,16 +148,19 @@ def plot_joint_histogram(
 
     a, b: images of one shape, (H, W) or (D, H, W), intensities in value_range's units.
     num_bins, sigma (in bin widths), value_range ((lo, hi) or "auto": each image's own
-    min and max) are passed to :func:`mi.joint_histogram`.
+    min and max; or a pair of those, one for a and one for b) are passed to
+    :func:`mi.joint_histogram`.
     The joint histogram is drawn with a's intensity along the horizontal axis and b's
     up the vertical one, as a joint probability per bin; log=True uses a log colour
     scale (four decades, the highest 0.1% of bins saturated), which shows the faint
     structure.
     """
-    a, b = _as_numpy(a), _as_numpy(b)
+    a, b = _as_numpy(a, "a"), _as_numpy(b, "b")
+    num_bins = _num_bins(num_bins)
     if a.shape != b.shape:
         raise ValueError(f"a and b must have one shape, got {a.shape} and {b.shape}")
-    (alo, ahi), (blo, bhi) = _range(a, value_range), _range(b, value_range)
+    range_a, range_b = _per_image(value_range)
+    (alo, ahi), (blo, bhi) = _range(a, range_a), _range(b, range_b)
     x = torch.from_numpy(a)[None, None]
     y = torch.from_numpy(b)[None, None]
     joint = (

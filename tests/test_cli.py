@@ -212,6 +212,21 @@ def test_plots_return_figures():
     assert isinstance(fig, Figure)
     with pytest.raises(ValueError, match="one shape"):
         plot_joint_histogram(a, a[..., :10])
+    # a range per image, as mi.joint_histogram takes (once a TypeError in float())
+    b = 3 * a + 5
+    fig = plot_joint_histogram(a, b, num_bins=16, value_range=((0.0, 1.0), "auto"))
+    half = (b.max() - b.min()).item() / 15 / 2  # b's own min..max, half a bin beyond each
+    extent = fig.axes[2].images[0].get_extent()
+    assert extent == pytest.approx((-1 / 30, 1 + 1 / 30, b.min().item() - half, b.max().item() + half))
+    bad = [
+        (lambda: plot_histogram(a, num_bins=1), ValueError, "num_bins must be an int >= 2"),  # once 1 / 0
+        (lambda: plot_histogram(torch.tensor([[0.5, float("nan")]]), value_range="auto"), ValueError,
+         "image: contains NaN"),  # once "bins contains NaN", an argument never passed
+        (lambda: plot_joint_histogram(a, a.double() * 1e-50), ValueError, "b: values all below float32"),
+    ]  # fmt: skip
+    for call, exc, words in bad:
+        with pytest.raises(exc, match=words):
+            call()
 
 
 def test_register_demo_pair(tmp_path, capsys):
