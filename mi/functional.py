@@ -179,17 +179,18 @@ def _check_weights(name: str, w, like: Tensor) -> Optional[Tensor]:
     return w.to(_acc_dtype(like.dtype))
 
 
-def _unit_rows(w: Optional[Tensor], name: str) -> Optional[Tensor]:
-    """Weights (R, N) times the power of two that brings each row's largest into [0.5, 1)
-    (``pow2_scale``; exact): the normalised histograms and the scores do not depend on the
-    weights' scale, but the sums of huge weights overflow (256 of 3e38 in float32, of 1e306
-    in float64) and subnormal ones (1e-45) keep no bits. A constant to autograd: the
-    result being scale-free, its derivative with respect to w is s times the one at s w,
-    which overflows for tiny weights (1e-45: about 1e42): with the value checks on, the
-    backward refuses that (``_FiniteGrad``)."""
-    if w is None or w.shape[-1] == 0:
+def _unit_rows(w: Optional[Tensor], name: str, peak: Optional[Tensor] = None) -> Optional[Tensor]:
+    """Weights (R, N) times the power of two that brings each row's largest (or ``peak``
+    (R, 1): a sharded image's, over all ranks) into [0.5, 1) (``pow2_scale``; exact): the
+    normalised histograms and the scores do not depend on the weights' scale, but the sums
+    of huge weights overflow (256 of 3e38 in float32, of 1e306 in float64) and subnormal
+    ones (1e-45) keep no bits. A constant to autograd: the result being scale-free, its
+    derivative with respect to w is s times the one at s w, which overflows for tiny weights
+    (1e-45: about 1e42): with the value checks on, the backward refuses that
+    (``_FiniteGrad``)."""
+    if w is None or (w.shape[-1] == 0 and peak is None):
         return w
-    scale = pow2_scale(w.detach().amax(-1, keepdim=True))
+    scale = pow2_scale(w.detach().amax(-1, keepdim=True) if peak is None else peak.to(w.dtype))
     if _grad_needed(w) and _checks_on():
         why = f"{name} is tiny, and the result does not depend on its scale: the gradient scales "
         w = _FiniteGrad.call(w, name, why + f"as 1 / {name}; rescale it")
@@ -813,7 +814,8 @@ def _masked_extremes(x: Tensor, m: Tensor) -> Tensor:
 def _shard_stats(group, a, rng, ext, checks):
     """The rows' statistics of the whole (sharded) images, from one all-reduce over ``group``:
     (extremes of x and y (for the checks and "auto" ranges), masked "auto" ranges of x and y
-    (None where not needed), the smallest and largest weight, (2,) (for the mask check)).
+    (None where not needed), the smallest and largest weight, (2,) (for the mask check), each
+    row's largest weight (R, 1) (for ``_unit_rows``; None without a mask)).
     A rank's empty shard contributes nothing; rows with no pixel on any rank come back as the
     single-process call would make them."""
     inf = math.inf
@@ -827,7 +829,10 @@ def _shard_stats(group, a, rng, ext, checks):
         return None if r != "auto" or a.mask is None else _masked_extremes(t.detach(), a.mask)
 
     w = a.weights
-    wext = None
+    wext = peaks = None
+    if a.mask is not None:  # each row's largest weight, [pk, pk] ([inf, -inf] for no pixel)
+        pk = a.mask.detach().amax(-1) if a.mask.shape[1] else a.mask.new_full((a.mask.shape[0],), -inf)
+        peaks = torch.stack([pk, pk], 1)
     if checks and w is not None:
         wext = (
             torch.stack(torch.aminmax(w))
@@ -836,14 +841,15 @@ def _shard_stats(group, a, rng, ext, checks):
         )
         wext = wext.reshape(1, 2)
     pairs = [local_extremes(t, e) for t, e in zip((a.x, a.y), ext)]
-    pairs += [local_masked(t, r) for t, r in zip((a.x, a.y), rng)] + [wext]
+    pairs += [local_masked(t, r) for t, r in zip((a.x, a.y), rng)] + [wext, peaks]
     out = all_reduce_minmax(group, pairs)
     nothing = [None if p is None else torch.isinf(p[:, :1]) & (p[:, :1] > 0) for p in out]
     ext = [None if p is None else torch.where(n, 0.0, p) for p, n in zip(out[:2], nothing[:2])]
     masked = [None if p is None else torch.where(n, p.new_tensor([0.0, 1.0]), p)
               for p, n in zip(out[2:4], nothing[2:4])]  # fmt: skip
     weights = None if out[4] is None else torch.where(nothing[4], 0.0, out[4])[0]  # [min, max]
-    return ext, masked, weights if checks else a.weights
+    peak = None if out[5] is None else out[5][:, 1:].clamp(min=0.0)  # (R, 1); 0: no pixel anywhere
+    return ext, masked, weights if checks else a.weights, peak
 
 
 def _fixed_range(name: str, pair, acc) -> tuple[float, float]:
@@ -975,8 +981,8 @@ def _image_joint(
         x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
         per_channel=per_channel, kernel=kernel, backend=backend, unit_mask=group is None,
     )  # fmt: skip
-    u, v, binning, op_ranges, check = _binning(a, group, deterministic)
-    j = all_reduce_sum(_autograd.joint_hist(u, v, a.mask, binning, *op_ranges), group)
+    u, v, m, binning, op_ranges, check = _binning(a, group, deterministic)
+    j = all_reduce_sum(_autograd.joint_hist(u, v, m, binning, *op_ranges), group)
     _check_peaks(j, a.backend)
     return j, a.lead, a.dtype, a.backend, check
 
@@ -1001,10 +1007,11 @@ def _check_peaks(j: Tensor, backend: str) -> None:
 
 
 def _binning(a: _Images, group=None, deterministic=False):
-    """What the op needs besides the rows: (u, v: the rows as the op takes them, the op's
-    ``Binning``, the two ranges (R or 1, 2) or None, ``finish()`` of the data checks). u and
-    v are the samples themselves with their rows' ranges, or for ``kernel="mattes"`` ITK's
-    bin coordinates (ranges None). With ``group``, the ranges are those of the whole images."""
+    """What the op needs besides the rows: (u, v: the rows as the op takes them, the mask's
+    rows, the op's ``Binning``, the two ranges (R or 1, 2) or None, ``finish()`` of the data
+    checks). u and v are the samples themselves with their rows' ranges, or for
+    ``kernel="mattes"`` ITK's bin coordinates (ranges None). With ``group``, the ranges are
+    those of the whole images, and the mask is scaled by each whole image's largest weight."""
     k, rng, first, length = a.num_bins, a.ranges, a.first, a.length
     mattes = a.kernel == "mattes"
     acc = torch.float64 if mattes else _acc_dtype(a.dtype)  # of the ranges
@@ -1015,9 +1022,10 @@ def _binning(a: _Images, group=None, deterministic=False):
         _extremes(t) if (checks or (r == "auto" and a.mask is None)) else None
         for t, r in zip((a.x, a.y), rng)
     ]
-    masked, weights = [None, None], a.weights
+    masked, weights, mask = [None, None], a.weights, a.mask
     if group is not None:  # the whole images' extremes and ranges, from one all-reduce
-        ext, masked, weights = _shard_stats(group, a, rng, ext, checks)
+        ext, masked, weights, peak = _shard_stats(group, a, rng, ext, checks)
+        mask = _unit_rows(a.mask, "mask", peak)  # one scale per row on every rank
     r_x = masked[0].to(acc) if masked[0] is not None else _range_rows(a.x, rng[0], a.mask, ext[0], acc)
     same = rng[0] != "auto" and rng[1] == rng[0]  # one fixed range: one tensor for both
     r_y = r_x if same else _range_rows(a.y, rng[1], a.mask, ext[1], acc)
@@ -1052,7 +1060,7 @@ def _binning(a: _Images, group=None, deterministic=False):
     binning = Binning(
         k, a.sigma, kernels, a.backend, _check_flag("deterministic", deterministic), a.first, a.length
     )
-    return u, v, binning, op_ranges, check
+    return u, v, mask, binning, op_ranges, check
 
 
 def joint_histogram(

@@ -24,6 +24,10 @@ CASES = [
     ("mask-per-channel", dict(num_bins=12, per_channel=True, mask=True), torch.float64),
     ("mattes-mask", dict(num_bins=20, kernel="mattes", mask=True), torch.float64),
     ("bspline-arith", dict(num_bins=16, kernel="bspline", normalize="arithmetic"), torch.float32),
+    # masks at the float32 extremes: scaled by each whole image's largest weight (once each
+    # rank's own unscaled: NaN at 3e38, 5 % off at 1e-44)
+    ("mask-3e38", dict(num_bins=12, mask=3e38), torch.float32),
+    ("mask-1e-44", dict(num_bins=12, mask=1e-44, value_range=(0.0, 1.0)), torch.float32),
 ]
 
 
@@ -38,7 +42,8 @@ def _volumes(dtype):
 
 def _score(x, y, m, kw, group=None):
     kw = dict(kw)
-    mask = m if kw.pop("mask", False) else None
+    scale = kw.pop("mask", False)
+    mask = None if scale is False else m if scale is True else m * scale
     x, y = x.clone().requires_grad_(), y.clone().requires_grad_()
     s = mi.mutual_information(x, y, mask=mask, group=group, **kw)
     h = mi.entropies(
