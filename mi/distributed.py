@@ -7,7 +7,11 @@ collectives per call:
 * one all-reduce of the per-row extremes (``value_range="auto"``, masked ranges, and what
   the value checks read), as a MAX of ``[-min, max]`` in float64, so that every rank bins
   with the whole image's range and raises (or not) on the same data;
-* one all-reduce (SUM) of the unnormalised joint histograms ``(B, K, K)``.
+* one all-reduce (SUM) of the unnormalised joint histograms ``(B, K, K)``;
+* with the value checks on, first one all-reduce of a few numbers that must agree across
+  the ranks (batch rows, bins, kernel, ranges, which images need a gradient, ...:
+  ``check_same``), so that a mismatched call raises on every rank instead of pairing
+  collectives of different sizes.
 
 Every rank then computes the same entropies and score. The histogram's backward needs no
 communication: every rank's loss is the same function of the summed histogram, so the
@@ -25,7 +29,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["check_group", "all_reduce_minmax", "all_reduce_sum"]
+__all__ = ["check_group", "check_same", "all_reduce_minmax", "all_reduce_sum"]
 
 
 def check_group(group):
@@ -70,6 +74,24 @@ def all_reduce_minmax(group, pairs: list) -> list:
         pair = torch.stack([-part[:, 0], part[:, 1]], 1)
         out.append(torch.where(part[:, 2:] > 0, math.nan, pair).to(p.dtype))
     return out
+
+
+def check_same(group, values: dict, device) -> None:
+    """Refuse, on every rank alike, arguments that differ between the ranks (``values``: name
+    -> a number; one all-reduce of them). Mismatched calls would pair collectives of
+    different sizes (gloo aborts the process, NCCL hangs) or silently mix two histograms."""
+    import torch.distributed as dist
+
+    v = torch.tensor([float(t) for t in values.values()], dtype=torch.float64, device=device)
+    both = torch.stack([-v, v], 1)  # MAX of -v: the smallest, MAX of v: the largest
+    dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
+    lo, hi = (-both[:, 0]).tolist(), both[:, 1].tolist()
+    differ = [f"{name} ({a:g} to {b:g})" for name, a, b in zip(values, lo, hi) if a != b]
+    if differ:
+        raise ValueError(
+            f"group: the ranks passed different {', '.join(differ)}; every rank must make the same "
+            "call (the same batch, arguments and gradients needed), with only its own pixels"
+        )
 
 
 class _AllReduceSum(torch.autograd.Function):

@@ -24,7 +24,7 @@ from torch import Tensor
 from . import _autograd
 from ._autograd import Binning
 from ._torch import _acc_dtype, pow2_scale
-from .distributed import all_reduce_minmax, all_reduce_sum, check_group
+from .distributed import all_reduce_minmax, all_reduce_sum, check_group, check_same
 from .information import (
     BACKENDS,
     MIN_PEAK,
@@ -811,6 +811,9 @@ def _masked_extremes(x: Tensor, m: Tensor) -> Tensor:
     return torch.stack([lo, torch.where(keep, x, -math.inf).amax(-1)], 1)
 
 
+_DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
+
+
 def _shard_stats(group, a, rng, ext, checks):
     """The rows' statistics of the whole (sharded) images, from one all-reduce over ``group``:
     (extremes of x and y (for the checks and "auto" ranges), masked "auto" ranges of x and y
@@ -819,6 +822,16 @@ def _shard_stats(group, a, rng, ext, checks):
     A rank's empty shard contributes nothing; rows with no pixel on any rank come back as the
     single-process call would make them."""
     inf = math.inf
+    if checks:
+        ranges = [v for r in rng for v in ((inf, inf) if r == "auto" else r)]
+        check_same(group, {
+            "rows (batch x channels)": a.x.shape[0], "num_bins": a.num_bins, "sigma": a.sigma,
+            "kernel": PUBLIC_KERNELS.index(a.kernel), "value_range (lo of x)": ranges[0],
+            "value_range (hi of x)": ranges[1], "value_range (lo of y)": ranges[2],
+            "value_range (hi of y)": ranges[3], "dtype": _DTYPE_CODES.get(a.dtype, -1),
+            "mask (given or not)": a.mask is not None, "x's requires_grad": _grad_needed(a.x),
+            "y's requires_grad": _grad_needed(a.y),
+        }, a.x.device)  # fmt: skip
 
     def local_extremes(t, e):
         if e is None:

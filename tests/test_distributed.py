@@ -74,6 +74,12 @@ def _worker(rank, world, init, out_dir):
         results["nan"] = "no error"
     except ValueError as e:
         results["nan"] = str(e)
+    b = 2 + rank  # a batch per rank: every rank must raise (gloo once aborted the process)
+    try:
+        mi.mutual_information(torch.rand(b, 1, 4, 4), torch.rand(b, 1, 4, 4), group=group)
+        results["mismatch"] = "no error"
+    except ValueError as e:
+        results["mismatch"] = str(e)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 
@@ -102,6 +108,8 @@ def test_sharded_equals_single_process(world):
                 assert got.shape == ref.shape and err <= tol * scale, f"{name} rank {r} {what}: {err:.3g}"
     assert all(res["nan"] == "x contains NaN or Inf" for res in ranks), [res["nan"] for res in ranks]
     assert all(abs(res["loss"]) < 1e-12 for res in ranks), [res["loss"] for res in ranks]
+    want = f"group: the ranks passed different rows (batch x channels) (2 to {world + 1})"
+    assert all(res["mismatch"].startswith(want) for res in ranks), [res["mismatch"] for res in ranks]
 
 
 def test_group_needs_an_initialised_process_group():
