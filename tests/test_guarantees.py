@@ -175,7 +175,7 @@ def test_far_away_samples_give_no_nan_in_any_window():
             assert (xx.grad[0, 0, 0, :3] == 0).all()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ["torch"])  # (the Triton path does not read its histograms)
 def test_histograms_of_kernel_tails_alone_are_refused(backend):
     """When every sample lies far outside a fixed value_range (or far from every bin centre
     at a tiny sigma), the joint histogram holds only window tails below float32's normal
