@@ -26,7 +26,7 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from oracle import dense_hist, dense_joint  # noqa: E402
 from oracle import entropies as oracle_entropies  # noqa: E402
@@ -258,20 +258,28 @@ def _refusal_is_genuine(err: ValueError, x, y, m, case, rng):
     gives a slope beyond 2**100 bins per unit (float32) / 2**1000 (float64); one about a
     histogram of kernel tails alone too: the dense joint's largest cell is below 2**-102."""
     msg = str(err)
-    if "holds only kernel tails" in msg:  # some row's dense joint peaks below 2**-102 of a pixel
-        peaks = oracle_joint(x, y, m, case, rng).flatten(1).amax(1)
-        if m is not None:  # (the library brings each row's largest mask weight into [0.5, 1))
-            b, c = x.shape[:2]
-            rows = b * c if case["per_channel"] else b
-            peaks = peaks / _rows(m.double().expand(x.shape).contiguous(), rows).amax(-1).clamp(min=1e-300)
-        limit = 2.0**-998 if x.dtype == torch.float64 else 2.0**-102
-        return bool(((peaks > 0) & (peaks < 2 * limit)).any())
+    if "holds only kernel tails" in msg:
+        return _tails_only(x, y, m, case, rng)
     if "spans only" not in msg:
         return False
     name = re.search(r"with respect to (\w+)", msg).group(1)
     t = x if name == "x" else y
     limit = 2.0**1000 if t.dtype == torch.float64 else 2.0**100
     return "would overflow" in msg and _min_span(t, m, case, rng, name) * limit < case["num_bins"]
+
+
+def _tails_only(x, y, m, case, rng, margin=2.0):
+    """Whether some row's dense joint histogram peaks below 2**-102 (float64: 2**-998) of a
+    pixel at a bin centre (the torch backend refuses it; the Triton path does not check)."""
+    if x.numel() == 0:
+        return False
+    peaks = oracle_joint(x, y, m, case, rng).flatten(1).amax(1)
+    if m is not None:  # (the library brings each row's largest mask weight into [0.5, 1))
+        b, c = x.shape[:2]
+        rows = b * c if case["per_channel"] else b
+        peaks = peaks / _rows(m.double().expand(x.shape).contiguous(), rows).amax(-1).clamp(min=1e-300)
+    limit = 2.0**-998 if x.dtype == torch.float64 else 2.0**-102
+    return bool(((peaks > 0) & (peaks < margin * limit)).any())
 
 
 def _min_span(t, m, case, rng, name):
@@ -307,6 +315,9 @@ def test_mutual_information_properties_triton(dtype, data):
 
 def check_mutual_information(case):
     x, y, m, rng = make(case)
+    # The Triton path does not refuse a joint histogram of window tails alone (its gradient
+    # overflows: README): such draws are not claimed there, so they are rejected, not passed.
+    assume(case["backend"] != "triton" or not _tails_only(x, y, m, case, rng, margin=2.0**24))
     copies = [None if t is None else t.clone() for t in (x, y, m)]
     tol = TOL[case["dtype"]]
     rounded = map_tol(case["num_bins"], case["sigma"] if case["kernel"] == "gaussian" else 1.0, case["dtype"])
