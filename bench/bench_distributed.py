@@ -6,8 +6,10 @@
 Each rank holds a slab (along the first spatial axis) of the same pair of volumes and runs
 ``mi.mutual_information(x, y, group=...).sum().backward()``; the script prints, per rank, the
 median forward+backward time, the time of the same call on the whole volume in one process
-(rank 0, for reference), the payload of the call's two all-reduces (the per-row extremes
-and the (B, K, K) histograms) and what a ring all-reduce sends per rank, 2 (n - 1) / n of it.
+(rank 0, for reference), the payload of the call's all-reduces (with the value checks on, the
+arguments' comparison, 24 numbers; the per-row extremes; the (B, K, K) histograms; and the
+"auto" range's derivative in the backward) and what a ring all-reduce sends per rank,
+2 (n - 1) / n of it.
 Without torchrun it spawns ``--world`` gloo processes on this machine's CPU (there they
 share its cores, so the times show the overhead, not a speed-up).
 """
