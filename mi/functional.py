@@ -27,14 +27,14 @@ from ._torch import _acc_dtype, pow2_scale
 from .distributed import all_reduce_minmax, all_reduce_sum, check_group, check_same
 from .information import (
     BACKENDS,
-    MIN_PEAK,
     _safe_div,
     _scaled_entropies,
     _score,
     check_base,
     check_normalize,
+    check_triton_here,
     joint_pdf,
-    lowest_peak,
+    tails_only_peak,
 )
 
 PUBLIC_KERNELS = ("gaussian", "bspline", "mattes")
@@ -149,12 +149,7 @@ def _resolve_backend(backend, t: Tensor) -> str:
             return "triton"
         return "torch"
     if backend == "triton":
-        if not triton_available():
-            raise ValueError("backend='triton' needs the triton package (pip install triton)")
-        if not on_gpu and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(
-                f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1), got device {t.device}"
-            )
+        check_triton_here(t)
         if t.dtype == torch.float64:
             raise ValueError("backend='triton' accumulates in float32; use backend='torch' for float64")
     return backend
@@ -1009,8 +1004,8 @@ def _check_peaks(j: Tensor, backend: str) -> None:
     all-zero histogram (an empty mask) stays allowed: it scores as independent variables."""
     if not _checks_on() or backend == "triton" or j.numel() == 0:
         return
-    low = lowest_peak(j)
-    if low < MIN_PEAK.get(j.dtype, 0.0):
+    low = tails_only_peak(j)
+    if low is not None:
         raise ValueError(
             f"the joint histogram holds only kernel tails: its largest cell is {low:.3g} (a pixel at a bin "
             f"centre adds 1), below {j.dtype}'s normal range, where its value loses its bits and its "

@@ -227,14 +227,19 @@ def _use_triton(joint: Tensor, backend: str) -> bool:
     if joint.shape[-1] == 0:  # no bins: nothing to launch (the torch path's zeros)
         return False
     if backend == "triton":
-        if not kernels.is_available():
-            raise ValueError("backend='triton' needs the triton package (pip install triton)")
-        if not joint.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(
-                f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1), got device {joint.device}"
-            )
+        check_triton_here(joint)
         return True
     return joint.is_cuda and kernels.is_available()
+
+
+def check_triton_here(t: Tensor) -> None:
+    """``backend="triton"`` needs the package, and CUDA tensors (or the interpreter)."""
+    if not kernels.is_available():
+        raise ValueError("backend='triton' needs the triton package (pip install triton)")
+    if not t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1), got device {t.device}"
+        )
 
 
 def _torch_vjp(joint: Tensor, g_ha, g_hb, g_hab) -> Tensor:
@@ -260,11 +265,13 @@ def _entropies(joint: Tensor, backend: str):
 MIN_PEAK = {torch.float32: 2.0**-102, torch.float64: 2.0**-998}
 
 
-def lowest_peak(joint: Tensor) -> float:
-    """The smallest positive largest entry of the histograms (..., K, K), inf if none (a host
-    read)."""
+def tails_only_peak(joint: Tensor) -> Optional[float]:
+    """The largest entry of the histogram (..., K, K) with the smallest non-zero one, when it
+    is below ``MIN_PEAK`` for joint's dtype; else None (all-zero histograms do not count).
+    One host read."""
     peaks = joint.detach().flatten(-2).amax(-1)
-    return torch.where(peaks > 0, peaks, math.inf).amin().item()
+    low = torch.where(peaks > 0, peaks, math.inf).amin().item()
+    return low if low < MIN_PEAK.get(joint.dtype, 0.0) else None
 
 
 def check_joint(joint) -> Tensor:
@@ -289,14 +296,13 @@ def check_joint(joint) -> Tensor:
     if _checks_on() and joint.numel():
         if not bool(((joint >= 0) & (joint < math.inf)).all()):
             raise ValueError("joint must be non-negative and finite (no NaN or Inf)")
-        if joint.requires_grad and torch.is_grad_enabled():
-            low = lowest_peak(joint)
-            if low < MIN_PEAK.get(joint.dtype, 0.0):
-                raise ValueError(
-                    f"joint's largest entry is only {low:.3g} in some histogram: the gradient, about "
-                    f"1 / its total, would overflow {joint.dtype}; rescale joint (the result does not "
-                    "depend on its scale)"
-                )
+        low = tails_only_peak(joint) if joint.requires_grad and torch.is_grad_enabled() else None
+        if low is not None:
+            raise ValueError(
+                f"joint's largest entry is only {low:.3g} in some histogram: the gradient, about "
+                f"1 / its total, would overflow {joint.dtype}; rescale joint (the result does not "
+                "depend on its scale)"
+            )
     return joint
 
 

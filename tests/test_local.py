@@ -164,7 +164,7 @@ def test_each_patch_is_free_of_the_other_patches_mask_scale():
         for j, sc in enumerate(scales):
             m[..., 16 * j : 16 * (j + 1)] = sc  # one scale per column of patches
         got = mi.local_mutual_information(x, y, patch_size=16, mask=m)
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+        assert torch.equal(got, want)  # a power of two per patch is exact (measured: equal)
 
 
 def test_patch_histograms_that_cannot_fit_are_refused_before_allocating():
@@ -215,5 +215,7 @@ def test_compiles_with_inductor(dynamic):
         got = f(a, b)
         (g,) = torch.autograd.grad(got.sum(), a)
         want = mi.local_mutual_information(a, b, **kw)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(g, torch.autograd.grad(want.sum(), a)[0], rtol=1e-4, atol=1e-5)
+        # measured: values equal; gradients within 4.3e-6 (of a largest 5.7): inductor fuses
+        # the backward's sums in another order. The unfold bug was 3.1 off.
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+        torch.testing.assert_close(g, torch.autograd.grad(want.sum(), a)[0], rtol=0, atol=1e-5)

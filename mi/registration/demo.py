@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .space import extent, matrix_to_theta
+from .space import extent, matrix_to_theta, sample_points
 from .transforms import rigid_matrix, skew
 
 
@@ -73,7 +73,7 @@ def demo_pair(shape=(192, 160), angle_deg: float = 7.0, shift=(6.0, -4.0), matri
     # zero padding (the photo fades out over its last half pixel), not ``warp``'s ITK border
     theta = matrix_to_theta(torch.linalg.inv(big_true), big_shape, big_shape).to(big)
     grid = F.affine_grid(theta[None], (1, 1, *big_shape), align_corners=False)
-    moved = F.grid_sample(big, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    moved = sample_points(big, grid.reshape(-1, 2)).reshape(1, 1, *big_shape)
 
     def down(x):
         return F.interpolate(x, size=shape, mode="area")[0, 0]
