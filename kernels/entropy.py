@@ -13,8 +13,10 @@ Precision: J is float32; everything after it is float64 (P, the logs, the sums, 
 dL/dJ before its float32 store). MI is a difference of entropies: in float32 their rounding
 (about 5e-7 nats at 32 bins) is 2e-4 to 1e-3 of the MI of a nearly independent pair (1e-3
 nats); in float64 the float32 histogram's own rounding is what is left (1e-7 relative).
-The K x K float64 logs cost nothing next to the histogram, also at consumer GPUs' float64
-rate.
+A distribution's largest probability above 3/4 takes its log from the sum of the others
+(``_split``), so that entropies near a one-bin histogram (1e-14 nats, say) keep their
+relative precision too. The K x K float64 logs cost nothing next to the histogram, also at
+consumer GPUs' float64 rate.
 """
 
 import torch
@@ -28,6 +30,9 @@ from .utils import ensure_contiguous, on_device
 FWD_BLOCK, FWD_WARPS, BWD_BLOCK, BWD_WARPS = 64, 8, 1024, 4
 #: What the kernels compute (their MODE is the index): the three entropies, or one score.
 SCORES = ("entropies", "none", "arithmetic", "studholme")
+#: A distribution's largest probability above this gets its log from the sum of the others
+#: (``mi.information.TOP``).
+TOP = tl.constexpr(0.75)
 
 
 @triton.jit
@@ -35,6 +40,35 @@ def _neg_p_log_p(b_p):
     """-p log p elementwise, 0 where p <= 0 (log never sees a zero)."""
     b_pos = b_p > 0.0
     return tl.where(b_pos, -b_p * tl.log(tl.where(b_pos, b_p, 1.0)), 0.0)
+
+
+@triton.jit
+def _log1p_neg(r):
+    """log(1 - r) for 0 <= r <= 1/4 to a few ulps (Goldberg's log1p: the rounding of 1 - r is
+    divided out); used for a distribution's largest probability 1 - r, with r the exact sum
+    of the others (``mi.information._logs``)."""
+    u = 1.0 - r
+    return tl.where(u == 1.0, -r, tl.log(u) * (-r) / tl.where(u == 1.0, 0.5, u - 1.0))
+
+
+@triton.jit
+def _split(b_p, h, r, top):
+    """The running (entropy but its top term, sum of the others, top) of a distribution,
+    given more of its entries: its largest entry, when above ``TOP`` (at most one is, also
+    after rounding: two halves may both round above 1/2), is left out of the first two
+    and kept apart. Its term is ``-top log1p(-(sum of the others))`` (``_top_term``): from
+    the rounded top, log keeps only about 1e-16 / (1 - top) of its precision, and near a
+    one-bin histogram the entropies are of that size. Scalar sums, for the registers."""
+    b_top = b_p > TOP
+    h += tl.sum(tl.where(b_top, 0.0, _neg_p_log_p(b_p)))
+    r += tl.sum(tl.where(b_top, 0.0, b_p))
+    return h, r, tl.maximum(top, tl.max(tl.where(b_top, b_p, 0.0)))
+
+
+@triton.jit
+def _top_term(top, rest):
+    """-top log(1 - rest): the largest probability's term (0 when none is above 3/4)."""
+    return tl.where(top > 0.0, -top * _log1p_neg(tl.minimum(rest, 0.25)), 0.0)
 
 
 @triton.jit
@@ -97,19 +131,19 @@ def _entropies_fwd_kernel(
     tot = tl.sum(b_s)
     s = tl.where(tot > 0.0, tot, 1.0)
 
-    b_hab = tl.zeros([BLOCK_C], dtype=tl.float64)
-    b_hb = tl.zeros([BLOCK_C], dtype=tl.float64)
+    # each distribution's entropy but its top term, the sum of the others, and the top (if any)
+    zero = tl.full([], 0.0, tl.float64)
+    h_ab, r_ab, t_ab, h_b, r_b, t_b, h_a, r_a, t_a = zero, zero, zero, zero, zero, zero, zero, zero, zero
     for c0 in range(0, K, BLOCK_C):
         m_c = (c0 + o_c) < K
         b_col = tl.zeros([BLOCK_C], dtype=tl.float64)
         for a0 in range(0, K, BLOCK_A):
             b_t = _tile(p_jb, a0, c0, K, o_a, o_c) / s
             b_col += tl.sum(b_t, axis=0)
-            b_hab += tl.sum(_neg_p_log_p(b_t), axis=0)
+            h_ab, r_ab, t_ab = _split(b_t, h_ab, r_ab, t_ab)
         tl.store(p_pb + i_b * K + c0 + o_c, b_col, mask=m_c)
-        b_hb += _neg_p_log_p(b_col)
+        h_b, r_b, t_b = _split(b_col, h_b, r_b, t_b)
 
-    b_ha = tl.zeros([BLOCK_A], dtype=tl.float64)
     b_m = tl.zeros([BLOCK_A], dtype=tl.float64)
     for a0 in range(0, K, BLOCK_A):
         m_a = (a0 + o_a) < K
@@ -117,11 +151,13 @@ def _entropies_fwd_kernel(
         for c0 in range(0, K, BLOCK_C):
             b_row += tl.sum(_tile(p_jb, a0, c0, K, o_a, o_c) / s, axis=1)
         tl.store(p_pa + i_b * K + a0 + o_a, b_row, mask=m_a)
-        b_ha += _neg_p_log_p(b_row)
+        h_a, r_a, t_a = _split(b_row, h_a, r_a, t_a)
         b_m += b_row
 
     B = tl.num_programs(0)
-    h_a, h_b, h_ab = tl.sum(b_ha), tl.sum(b_hb), tl.sum(b_hab)
+    h_a += _top_term(t_a, r_a)
+    h_b += _top_term(t_b, r_b)
+    h_ab += _top_term(t_ab, r_ab)
     _store_both(p_h, p_h64, i_b, h_a)
     _store_both(p_h, p_h64, B + i_b, h_b)
     _store_both(p_h, p_h64, 2 * B + i_b, h_ab)

@@ -585,3 +585,39 @@ def test_masks_of_any_finite_scale(scale, dtype, backend):
         rtol=0,
         atol=2e-7,  # measured up to 4.5e-8
     )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_entropies_near_a_one_bin_histogram_keep_their_relative_precision(backend):
+    """A constant image (one pixel's histogram) at a small sigma puts nearly all its mass in
+    one bin: entropies of 1e-14 to 1e-3 nats, where the log of the rounded largest
+    probability 1 - r keeps only about 1e-16 / r of its relative precision (the scores came
+    out up to 7e-3 off, in float64 too). Oracles: such a joint histogram is an outer
+    product, so MI = 0, the arithmetic NMI = 0 and Studholme's = 1 exactly; and the
+    entropies of the returned joint histogram in 50-digit arithmetic (mpmath)."""
+    import mpmath
+
+    mpmath.mp.dps = 50
+
+    def h(p):
+        p = [mpmath.mpf(float(v)) for v in p]
+        s = sum(p)
+        return float(-sum(v / s * mpmath.log(v / s) for v in p if v > 0))
+
+    dtypes = (torch.float32, torch.float64) if backend == "torch" else (torch.float32,)
+    smallest = math.inf
+    for dtype, k, sigma in [(d, k, s) for d in dtypes for k in (2, 3) for s in (0.09, 0.12, 0.15, 0.25)]:
+        for xv, yv in ((0.0, 0.0), (0.05, 1.0), (0.35, 0.97), (1.0, 0.5), (0.5, 0.5)):
+            x = torch.full((1, 1, 3, 2), xv, dtype=dtype)
+            y = torch.full_like(x, yv)
+            kw = dict(num_bins=k, sigma=sigma, value_range=(0.0, 1.0), backend=backend)
+            p = mi.joint_histogram(x, y, **kw)[0].double()
+            want = (h(p.sum(1)), h(p.sum(0)), h(p.flatten()))
+            rtol = 1e-6 if dtype == torch.float32 else 1e-12
+            for got, w in zip(mi.entropies(x, y, **kw), want):
+                assert abs(got.item() - w) <= rtol * w, (dtype, k, sigma, xv, yv, got.item(), w)
+            smallest = min(smallest, min(w for w in want if w > 0))
+            assert abs(mi.mutual_information(x, y, **kw).item()) <= 1e-15
+            assert abs(mi.mutual_information(x, y, normalize="arithmetic", **kw).item()) <= 1e-9
+            assert abs(mi.mutual_information(x, y, normalize="studholme", **kw).item() - 1) <= 2e-7
+    assert smallest < 1e-12  # the cases reach the entropies where the precision was lost
