@@ -83,15 +83,15 @@ def _logs(q: Tensor, pos: Tensor, k: int) -> Tensor:
     logs = torch.where(pos, q, 1.0).log()
     if k == 0:
         return logs
-    out = []
+    at, top, exact = [], [], []
     for lo, hi in ((0, k * k), (k * k, k * k + k), (k * k + k, k * k + 2 * k)):
-        seg, seg_log = q[..., lo:hi], logs[..., lo:hi]
-        top, at = seg.max(-1, keepdim=True)
-        rest = seg.scatter(-1, at, 0.0).sum(-1, keepdim=True)
-        out.append(
-            seg_log.scatter(-1, at, torch.where(top > TOP, torch.log1p(-rest), seg_log.gather(-1, at)))
-        )
-    return torch.cat(out, -1)
+        seg = q[..., lo:hi]
+        t, i = seg.max(-1, keepdim=True)
+        at.append(i + lo)
+        top.append(t)
+        exact.append(torch.log1p(-seg.scatter(-1, i, 0.0).sum(-1, keepdim=True)))
+    at, top, exact = (torch.cat(t, -1) for t in (at, top, exact))
+    return logs.scatter(-1, at, torch.where(top > TOP, exact, logs.gather(-1, at)))
 
 
 def _entropies_of(q: Tensor, log_q: Tensor, k: int):
