@@ -11,13 +11,18 @@ with its geometry (spacing, origin, direction), which registration uses.
 DICOM (through SimpleITK's GDCM reader): a folder holding one series, or any one file of a
 series (a ``.dcm``/``.ima`` name, or the ``DICM`` marker that DICOM files carry), which
 reads that file's whole series from its folder; a folder with several series is refused,
-naming them, rather than one of them chosen silently. A one-slice series is a 2-D image.
+naming them, rather than one of them chosen silently. A one-slice volume (a series, or a
+file of size (X, Y, 1)) is a 2-D image. A float NIfTI file with NaN or Inf voxels is
+refused (SimpleITK's reader would give 0 there; the file's voxels are checked).
 
 ``.npy``: a 2-D or 3-D real array, values kept. Anything else goes to PIL: colour becomes
-grey, 8-bit is scaled to [0, 1] and 16-bit by 65535; 32-bit integer or float images keep
-their values; a file of several frames (a multi-page TIFF, an animated GIF) is a volume,
-one slice per frame. A float64 file is computed in float32: values beyond its range, or
-all below its normal range (1e-38), are refused rather than turned into Inf or zeros.
+grey, 8-bit is scaled to [0, 1] and 16-bit by 65535; 32-bit integer (signed or unsigned)
+or float images keep their values; a file of several frames (a multi-page TIFF, an
+animated GIF) is a volume, one slice per frame, but a JPEG with an MPF preview (MPO) is
+its first frame. Everything is computed in float32: values beyond its range, all below
+its normal range (1e-38), or spread over so few of its steps that distinct values would
+merge (label IDs near 3e9, an offset of 1e9) are refused rather than turned into Inf,
+zeros or a constant.
 """
 
 from pathlib import Path
@@ -53,8 +58,6 @@ def read_medical(path):
     path = Path(path)
     if path.is_dir() or is_dicom(path):
         img = _read_dicom(path)
-        if img.GetDimension() == 3 and img.GetSize()[2] == 1:  # one slice
-            img = img[:, :, 0]
     else:
         if not path.is_file():
             raise ImageReadError(f"no such file: {path}")
@@ -63,6 +66,8 @@ def read_medical(path):
             img = sitk.ReadImage(str(path))
         except RuntimeError as e:  # ITK's exceptions: keep the first line of the reason
             raise ImageReadError(f"cannot read {path}: {_itk_reason(e)}") from None
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            _check_nifti_finite(path, img)
     if img.GetNumberOfComponentsPerPixel() != 1 or "complex" in img.GetPixelIDTypeAsString():
         raise ImageReadError(
             f"{path}: expected a grey image of real values, got {img.GetPixelIDTypeAsString()} with "
@@ -70,9 +75,48 @@ def read_medical(path):
         )
     if img.GetDimension() == 4 and img.GetSize()[3] == 1:  # a 4-D file with one volume
         img = img[:, :, :, 0]
+    if img.GetDimension() == 3 and img.GetSize()[2] == 1:  # one slice (a 2-D image stored as 3-D)
+        img = img[:, :, 0]
     if img.GetDimension() not in (2, 3):
         raise ImageReadError(f"{path}: expected a 2-D or 3-D image, got size {img.GetSize()}")
     return img
+
+
+def _check_nifti_finite(path: Path, img) -> None:
+    """Refuse a float NIfTI-1 file with NaN or Inf voxels (statistical maps often have NaN
+    outside the brain): SimpleITK's reader turns them into 0 without a word, which would be
+    scored as background. Read from the file's own voxel data; only when SimpleITK's image
+    has zeros (where NaN would have gone)."""
+    sitk = _simpleitk(path)
+    if img.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64) or sitk.GetArrayViewFromImage(img).all():
+        return
+    import gzip
+    import struct
+
+    with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+        head = f.read(348)
+        order = next(
+            (e for e in "<>" if len(head) == 348 and struct.unpack(e + "i", head[:4])[0] == 348), None
+        )
+        if order is None:  # not NIfTI-1: SimpleITK read it, as it reads it
+            return
+        dim = struct.unpack(order + "8h", head[40:56])
+        dtype = {16: "f4", 64: "f8"}.get(struct.unpack(order + "h", head[70:72])[0])
+        if dtype is None:
+            return
+        f.seek(int(struct.unpack(order + "f", head[108:112])[0]))
+        left = int(np.prod(dim[1 : 1 + max(0, min(dim[0], 7))], dtype=np.int64))
+        dtype = np.dtype(order + dtype)
+        while left > 0:  # in chunks of 2**22 voxels
+            chunk = np.frombuffer(f.read(dtype.itemsize * min(left, 1 << 22)), dtype)
+            if chunk.size == 0:
+                return
+            if not np.isfinite(chunk).all():
+                raise ImageReadError(
+                    f"{path}: contains NaN or Inf values (SimpleITK would read them as 0); "
+                    "replace them, e.g. by 0 with a mask of the rest"
+                )
+            left -= chunk.size
 
 
 def _itk_reason(e: RuntimeError) -> str:
@@ -134,8 +178,10 @@ def _read_npy(path: Path) -> np.ndarray:
 def _grey(img) -> np.ndarray:
     if img.mode.startswith("I;16"):  # 16-bit grey PNG/TIFF
         return np.asarray(img, dtype=np.float32) / 65535.0
+    if img.mode == "I" and getattr(img, "tag_v2", {}).get(339) in (1, (1,)):  # unsigned 32-bit TIFF
+        return np.asarray(img).view(np.uint32)  # (PIL holds it as int32: 2**31 and up wrap)
     if img.mode in ("I", "F"):  # 32-bit integer or float: keep the values
-        return np.asarray(img, dtype=np.float32)
+        return np.asarray(img)
     return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
 
 
@@ -144,7 +190,7 @@ def _read_pil(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
-            if getattr(img, "n_frames", 1) == 1:
+            if getattr(img, "n_frames", 1) == 1 or img.format == "MPO":  # (a JPEG and its previews)
                 return _grey(img)
             frames = [_grey(f) for f in ImageSequence.Iterator(img)]  # a TIFF stack, a GIF
             if len({f.shape for f in frames}) > 1:
@@ -212,7 +258,10 @@ def read_image(path) -> np.ndarray:
 def as_float32(a: np.ndarray, what: str, error=ValueError) -> np.ndarray:
     """A non-empty real array of finite values as float32, refusing (``error``, naming
     ``what``) what float32 would turn into Inf or into zeros: float64 values beyond its
-    range, or all below its normal range (1e-38, with 24 bits to spare)."""
+    range, or all below its normal range (1e-38, with 24 bits to spare); and values that
+    float32 would merge, those whose spread is under 2**16 of float32's steps at their
+    magnitude when float32 does not hold them exactly (label IDs near 3e9, a signal on an
+    offset of 1e9: a few distinct values, or one, would be left)."""
     if a.size == 0:
         raise error(f"{what}: an image with no voxels (shape {a.shape})")
     if not np.isfinite(a).all():
@@ -224,4 +273,15 @@ def as_float32(a: np.ndarray, what: str, error=ValueError) -> np.ndarray:
             f"{what}: values {side} (largest magnitude {big:.3g}), which is what this library "
             "computes in: rescale the image"
         )
-    return a.astype(np.float32)
+    f = a.astype(np.float32)
+    if a.dtype.itemsize > 4 or (a.dtype.kind in "iu" and a.dtype.itemsize == 4):
+        lo, hi = a.min(), a.max()
+        spread = float(int(hi) - int(lo)) if a.dtype.kind in "iu" else float(hi) - float(lo)
+        step = float(np.spacing(np.float32(max(abs(float(lo)), abs(float(hi))))))
+        if spread < step * 2.0**16 and not np.array_equal(f, a):
+            raise error(
+                f"{what}: its values span {spread:.6g} around {float(hi):.6g}, where float32 (what "
+                f"this library computes in) has steps of {step:.3g}, so distinct values would merge: "
+                "subtract an offset (e.g. the minimum) first"
+            )
+    return f

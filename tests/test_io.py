@@ -183,3 +183,75 @@ def test_multi_frame_images_are_volumes(tmp_path):
     odd[0].save(tmp_path / "odd.tif", save_all=True, append_images=odd[1:])
     with pytest.raises(ImageReadError, match="2 frames differ in size"):
         read_image(tmp_path / "odd.tif")
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_nifti_with_nan_or_inf_is_refused(tmp_path, suffix):
+    """A statistical map with NaN outside the brain: SimpleITK's NIfTI reader gives 0 there
+    (scored as background before, silently); the voxels are checked in the file itself. An
+    image whose zeros are real zeros still reads."""
+    for bad, dtype in ((np.nan, np.float32), (np.inf, np.float64), (-np.inf, np.float32)):
+        a = _volume().astype(dtype)
+        a[0, :3] = bad
+        sitk.WriteImage(sitk.GetImageFromArray(a), str(tmp_path / f"m{suffix}"))
+        assert (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"m{suffix}"))) == 0).any()
+        with pytest.raises(ImageReadError, match="NaN or Inf"):
+            read_image(tmp_path / f"m{suffix}")
+    a = _volume()
+    a[1] = 0.0
+    path = _write(a, tmp_path / f"z{suffix}")
+    np.testing.assert_array_equal(read_image(path), _raw_nifti(path))
+
+
+def test_one_slice_volumes_are_2d(tmp_path):
+    """A 2-D slice stored as a one-slice volume (X, Y, 1), in any medical format, is a 2-D
+    image with the slice's geometry, as a one-slice DICOM series is: it scores against the
+    same slice stored as 2-D, and registers in 2-D."""
+    from mi.io import read_medical
+
+    s = _volume((1, 7, 9))
+    for suffix in (".nii.gz", ".nrrd", ".mha"):
+        img = read_medical(_write(s, tmp_path / f"s{suffix}", spacing=(0.5, 2.0, 3.0)))
+        assert img.GetDimension() == 2 and img.GetSize() == (9, 7) and img.GetSpacing() == (0.5, 2.0)
+        np.testing.assert_array_equal(read_image(tmp_path / f"s{suffix}"), s[0])
+
+
+def test_tiff_and_jpeg_variants(tmp_path):
+    """An unsigned 32-bit TIFF keeps its values (PIL holds it as int32: values from 2**31 up
+    came out negative); a JPEG with an MPF preview (what many cameras write; PIL calls it
+    MPO, of 2 frames) is the photo, not a volume. Oracles: SimpleITK's reading, and PIL's
+    grey conversion of the plain JPEG."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:6, 0:8]
+    ramp = (xx * 500_000_000 + yy * 1000).astype(np.uint32)  # up to 3.5e9
+    sitk.WriteImage(sitk.GetImageFromArray(ramp), str(tmp_path / "u32.tif"))
+    want = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "u32.tif")))
+    np.testing.assert_array_equal(read_image(tmp_path / "u32.tif"), want.astype(np.float32))
+    assert want.max() > 2**31
+    rgb = np.random.default_rng(0).integers(0, 256, (12, 16, 3)).astype(np.uint8)
+    photo, preview = Image.fromarray(rgb), Image.fromarray(rgb[::4, ::4])
+    photo.save(tmp_path / "mpo.jpg", format="MPO", save_all=True, append_images=[preview])
+    with Image.open(tmp_path / "mpo.jpg") as im:
+        assert im.format == "MPO" and im.n_frames == 2
+        grey = np.asarray(im.convert("L"), np.float32) / 255
+    np.testing.assert_array_equal(read_image(tmp_path / "mpo.jpg"), grey)
+
+
+def test_values_that_float32_would_merge_are_refused(tmp_path):
+    """Label IDs near 3e9 (200 of them: 2 left in float32) and a signal on an offset of 1e9
+    (one value left) are refused, saying why; data that float32 holds exactly, or spread
+    over many of its steps, read as before."""
+    rng = np.random.default_rng(7)
+    labels = np.uint32(3_000_000_000) + rng.integers(0, 200, (16, 16)).astype(np.uint32)
+    assert len(np.unique(labels.astype(np.float32))) < 10 < len(np.unique(labels))
+    offset = 1e9 + rng.random((16, 16))
+    for a in (labels, offset, labels.astype(np.int64), labels.astype(np.uint64) + np.uint64(2**63)):
+        np.save(tmp_path / "a.npy", a)
+        with pytest.raises(ImageReadError, match="would merge"):
+            read_image(tmp_path / "a.npy")
+    ramp = np.arange(256, dtype=np.uint32).reshape(16, 16) * np.uint32(14_000_000)  # to 3.6e9: many steps
+    small = rng.integers(-5000, 5000, (16, 16))  # int64, exact in float32
+    for a in (ramp, small, rng.random((16, 16)), labels - np.uint32(3_000_000_000)):
+        np.save(tmp_path / "b.npy", a)
+        np.testing.assert_array_equal(read_image(tmp_path / "b.npy"), a.astype(np.float32))
