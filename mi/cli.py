@@ -204,13 +204,55 @@ def cmd_demo(args) -> int:
 # ---------------------------------------------------------------- score
 
 
+def _geometry(path):
+    """(spacing, origin, direction) of a medical file, from its header; None for other files
+    (or a header SimpleITK cannot read: read_image reports that)."""
+    from .io import MEDICAL_SUFFIXES
+
+    if not str(path).lower().endswith(MEDICAL_SUFFIXES):
+        return None
+    import SimpleITK as sitk
+
+    info = sitk.ImageFileReader()
+    info.SetFileName(str(path))
+    try:
+        info.ReadImageInformation()
+    except RuntimeError:
+        return None
+    n = min(info.GetDimension(), 3)
+    direction = np.reshape(info.GetDirection(), (info.GetDimension(),) * 2)[:n, :n]
+    return np.array(info.GetSpacing()[:n]), np.array(info.GetOrigin()[:n]), direction
+
+
+def _check_geometry(args) -> None:
+    """Warn when two medical files of one shape put their voxels at different physical points:
+    the scores compare the arrays as stored (a flipped or 3 mm copy of a 1 mm scan scores
+    as another image), not what ITK's metrics or ``mi register`` compare."""
+    ga, gb = _geometry(args.a), _geometry(args.b)
+    if ga is None or gb is None or any(u.shape != v.shape for u, v in zip(ga, gb)):
+        return
+    names = [
+        n for n, u, v in zip(("spacing", "origin", "direction"), ga, gb) if not np.allclose(u, v, atol=1e-4)
+    ]
+    if names:
+        print(
+            f"mi: warning: {args.a} and {args.b} differ in {', '.join(names)}: the scores compare their "
+            "voxel arrays as stored, not the same physical points (mi register aligns them in mm)",
+            file=sys.stderr,
+        )
+
+
 def cmd_score(args) -> int:
     a, b = read_image(args.a), read_image(args.b)
     if a.shape != b.shape:
         raise CLIError(
             f"images differ in shape: {args.a} is {_shape(a)}, {args.b} is "
-            f"{_shape(b)} (resample one onto the other first)"
+            f"{_shape(b)} (resample one onto the other first, or mi register them)"
         )
+    out = Path(args.out)
+    if not args.no_plots and out.exists() and not out.is_dir():
+        raise CLIError(f"--out {args.out} is a file, not a folder for the pictures")
+    _check_geometry(args)
     kw = dict(num_bins=args.bins, sigma=args.sigma, value_range=args.range)
     values = scores(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None], **kw)
     if args.range == "auto":
@@ -227,7 +269,6 @@ def cmd_score(args) -> int:
     if not args.no_plots:
         from mi.plots import plot_histogram, plot_joint_histogram
 
-        out = Path(args.out)
         print()
         p = _save(
             plot_histogram(
@@ -454,7 +495,7 @@ def _attach_range(argv) -> list:
     not a plain number for an option, and would say that --range expects an argument."""
     out = []
     for a in argv:
-        if out and out[-1] == "--range" and re.match(r"-\.?\d", a):
+        if out and out[-1] == "--range" and re.match(r"-(\.?\d|inf|nan)", a, re.IGNORECASE):
             out[-1] = f"--range={a}"
         else:
             out.append(a)

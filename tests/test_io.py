@@ -255,3 +255,26 @@ def test_values_that_float32_would_merge_are_refused(tmp_path):
     for a in (ramp, small, rng.random((16, 16)), labels - np.uint32(3_000_000_000)):
         np.save(tmp_path / "b.npy", a)
         np.testing.assert_array_equal(read_image(tmp_path / "b.npy"), a.astype(np.float32))
+
+
+def test_score_warns_when_the_files_put_voxels_at_different_points(tmp_path, capsys):
+    """Two files of one shape whose spacing, origin or direction differ: ``mi score``
+    compares the arrays as stored, and now says so on stderr (nothing for equal
+    geometry); --out naming a file is refused before any work; --range takes -inf."""
+    a = _volume((6, 8, 10), seed=3)
+    same = _write(a, tmp_path / "a.nii.gz"), _write(a[::-1].copy(), tmp_path / "b.nii.gz")
+    assert main(["score", *map(str, same), "--no-plots"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    flipped = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    for kw, word in ((dict(spacing=(3.0, 3.0, 3.0)), "spacing"), (dict(direction=flipped), "direction")):
+        other = _write(a, tmp_path / "c.nrrd", **kw)
+        assert main(["score", str(same[0]), str(other), "--no-plots"]) == 0
+        err = capsys.readouterr().err
+        assert "warning" in err and word in err and "physical points" in err, err
+    np.save(tmp_path / "x.npy", a)
+    assert main(["score", str(tmp_path / "x.npy"), str(same[0]), "--no-plots", "--range", "-inf,1"]) == 2
+    assert "value_range must be finite" in capsys.readouterr().err  # (not argparse's "expected one argument")
+    (tmp_path / "file").write_text("")
+    assert main(["score", str(tmp_path / "x.npy"), str(same[0]), "--out", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr()
+    assert "is a file" in err.err and "MI" not in err.out
