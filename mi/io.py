@@ -33,6 +33,10 @@ __all__ = ["ImageReadError", "read_image", "read_medical", "is_medical", "is_dic
 
 MEDICAL_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm", ".ima")
+_IMAGE_IO = {
+    ".nii": "NiftiImageIO", ".nii.gz": "NiftiImageIO", ".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO",
+    ".mha": "MetaImageIO", ".mhd": "MetaImageIO",
+}  # fmt: skip
 
 
 class ImageReadError(ValueError):
@@ -62,8 +66,13 @@ def read_medical(path):
         if not path.is_file():
             raise ImageReadError(f"no such file: {path}")
         sitk = _simpleitk(path)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        suffix = next((s for s in MEDICAL_SUFFIXES if path.name.lower().endswith(s)), None)
+        if suffix is not None:  # by name, whatever its case (ITK's own choice: lower case only)
+            reader.SetImageIO(_IMAGE_IO[suffix])
         try:
-            img = sitk.ReadImage(str(path))
+            img = reader.Execute()
         except RuntimeError as e:  # ITK's exceptions: keep the first line of the reason
             raise ImageReadError(f"cannot read {path}: {_itk_reason(e)}") from None
         if path.name.lower().endswith((".nii", ".nii.gz")):

@@ -77,6 +77,8 @@ def test_other_medical_formats(tmp_path, suffix):
     path = _write(a, tmp_path / f"v{suffix}")
     np.testing.assert_array_equal(read_image(path), sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
     np.testing.assert_array_equal(read_image(path), a)
+    upper = path.rename(path.with_suffix(suffix.upper()))  # (ITK picks its reader by lower-case names)
+    np.testing.assert_array_equal(read_image(upper), a)
 
 
 def test_integer_nifti_and_2d(tmp_path):
