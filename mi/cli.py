@@ -460,7 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Adam steps per level, coarsest first (one value: all levels)",
     )
     reg.add_argument(
-        "--lr", type=float, default=0.5, help="step in mm (pixels without geometry; default 0.5)"
+        "--lr",
+        type=float,
+        default=None,
+        help="step in mm (pixels without geometry; default: half the fixed image's smallest voxel spacing)",
     )
     reg.add_argument("--bins", type=int, default=32, help="histogram bins (default 32)")
     reg.add_argument(

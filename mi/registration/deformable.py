@@ -34,6 +34,7 @@ from .optim import (
     _setup,
     _step_size,
     check_overlap,
+    default_lr,
     initial_transform,
     read_pair,
     shrink_factors,
@@ -167,7 +168,7 @@ def register_deformable(
     levels: int = 2,
     refine_grid: bool = True,
     iterations=None,
-    lr: float = 0.5,
+    lr: float | None = None,
     bending: float = 1.0,
     loss=None,
     mask=None,
@@ -203,7 +204,8 @@ def register_deformable(
             each finer level, so the finest spacing is at most ``grid_spacing`` (a whole
             number of mesh cells per axis). False: one grid at ``grid_spacing`` throughout.
         iterations: Adam steps per level, coarsest first (default 100 per level).
-        lr: Adam's step on the coefficients, mm (level ``l`` starts at ``lr * 2**l``).
+        lr: Adam's step on the coefficients, mm (level ``l`` starts at ``lr * 2**l``); None
+            (the default): half the fixed image's smallest voxel spacing (``default_lr``).
         bending: weight of the control grid's (dimensionless) bending energy
             (:meth:`~mi.registration.bspline.ControlGrid.bending_energy`) added to the loss.
             The default 1 keeps a rigid pair rigid (the 2-D demo after an affine stage: 0.28
@@ -221,7 +223,7 @@ def register_deformable(
     d = f.ndim - 2
     levels = _check_levels(levels, gf, gm)
     its = _check_iterations(iterations if iterations is not None else 100, levels)
-    lr = _check_positive("lr", lr)
+    lr = default_lr(gf) if lr is None else _check_positive("lr", lr)
     bending = _check_positive("bending", bending, allow_zero=True)
     sampling = _check_sampling(sampling, sampling_strategy)
     gs = per_axis("grid_spacing", grid_spacing, d)

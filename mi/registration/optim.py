@@ -336,6 +336,13 @@ def _check_graph(graph, loss, device: torch.device) -> bool:
     return graph if graph is not None else not callable(loss)
 
 
+def default_lr(geometry: Geometry) -> float:
+    """The default step (``lr``) of :func:`register` and ``register_deformable``: half the
+    fixed image's smallest voxel spacing, in its units (ITK's optimisers likewise bound a
+    step by the fixed image's smallest spacing)."""
+    return 0.5 * min(geometry.spacing)
+
+
 def _check_positive(name, v, allow_zero=False):
     if (
         isinstance(v, bool)
@@ -550,7 +557,7 @@ def register(
     transform: str = "rigid",
     levels: int = 3,
     iterations: int | Sequence[int] | None = None,
-    lr: float = 0.5,
+    lr: float | None = None,
     loss: None | dict | Callable = None,
     initial=None,
     mask=None,
@@ -592,6 +599,10 @@ def register(
         lr: Adam's step in mm (voxels without geometry): rotations and linear parts are
             scaled so one unit moves the image's corners by about that; level ``l`` starts
             at ``lr * 2**l`` and decays (cosine) to 5 % of that, 1 % on sampled levels.
+            None (the default): half the fixed image's smallest voxel spacing
+            (:func:`default_lr`: 0.5 mm for 1 mm voxels, 0.5 without geometry), so that
+            the step follows the image's scale (0.05 mm or 20 mm pixels register as 1 mm
+            ones do: a fixed 0.5 mm step diverged on the first and crawled on the second).
         loss: None (``MutualInformationLoss(num_bins=32, normalize="studholme",
             kernel="bspline")``, updated with ``loss_kwargs``; its ``value_range``, unless
             given, each whole image's min..max within its mask, taken once, as ITK's
@@ -645,7 +656,7 @@ def register(
     f, gf, m, gm = read_pair(fixed, moving, device, spacing, moving_spacing)
     levels = _check_levels(levels, gf, gm)
     its = _check_iterations(iterations, levels)
-    lr = _check_positive("lr", lr)
+    lr = default_lr(gf) if lr is None else _check_positive("lr", lr)
     tolerance = _check_positive("tolerance", tolerance, allow_zero=True)
     sampling = _check_sampling(sampling, sampling_strategy)
     d = f.ndim - 2
