@@ -622,3 +622,21 @@ def test_the_default_step_follows_the_voxel_size(spacing):
     scale = torch.diag(torch.tensor([spacing, spacing, 1.0], dtype=torch.float64))
     voxel = torch.linalg.inv(scale) @ r.physical @ scale  # fixed and moving share the grid
     assert transform_error(voxel, true, (192, 160))[2] < 0.2
+
+
+def test_scores_of_images_on_an_offset():
+    """Intensities on an offset of 1e4 register as at 0 and the reported scores say so: the
+    final score weighed (up to 1/2) the zeros that ITK's resampling gives beyond half a voxel
+    past the moving image's edge, its "auto" range stretched to 0, and it reported 1.0726 ->
+    1.0002 and a "diverged" warning for a registration that had worked (0.03 px)."""
+    import warnings
+
+    from mi.registration import demo_pair
+
+    f, m, true = demo_pair((96, 80), angle_deg=7.0, shift=(3.0, -2.0))
+    at_zero = register(f, m, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = register(f + 1e4, m + 1e4, progress=False)
+    assert r.mi_after > r.mi_before + 0.1
+    assert abs(r.mi_after - at_zero.mi_after) < 0.01 and abs(r.mi_before - at_zero.mi_before) < 1e-3

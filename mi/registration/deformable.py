@@ -323,7 +323,7 @@ def _warp_and_score(result: DeformableResult, f, m, w, wm, deform: bool):
         q = p + u[lo : lo + len(p)] if deform else p
         coords = q @ to_grid[:d, :d].T + to_grid[:d, d]
         out = sample_points(stack, coords, itk=True)
-        o = overlap_weight(coords, gm.shape)
+        o = overlap_weight(coords, gm.shape, itk=True)
         if wm is not None:
             o = o * out[0, 1]
         vals.append(out[0, 0])

@@ -346,22 +346,30 @@ def theta_to_matrix(theta, fixed_shape: Sequence[int], moving_shape: Sequence[in
 def sample_grid(moving: Tensor, theta: Tensor, out_shape: Sequence[int]) -> tuple:
     """Every channel of ``moving`` resampled onto a grid of ``out_shape`` through ``theta``
     as ITK's ``Resample`` does it (``sample_points(..., itk=True)``), and the overlap there
-    (``overlap_weight``): ((1, C, *out_shape), (1, 1, *out_shape))."""
+    (``overlap_weight(..., itk=True)``): ((1, C, *out_shape), (1, 1, *out_shape))."""
     grid = F.affine_grid(theta.to(moving)[None], (1, moving.shape[1], *out_shape), align_corners=False)
     values = sample_points(moving, grid.reshape(-1, grid.shape[-1]), itk=True)
-    return values.reshape(1, -1, *out_shape), overlap_weight(grid, moving.shape[2:]).reshape(1, 1, *out_shape)
+    overlap = overlap_weight(grid, moving.shape[2:], itk=True)
+    return values.reshape(1, -1, *out_shape), overlap.reshape(1, 1, *out_shape)
 
 
-def overlap_weight(points: Tensor, shape: Sequence[int]) -> Tensor:
+def overlap_weight(points: Tensor, shape: Sequence[int], itk: bool = False) -> Tensor:
     """What bilinear/trilinear resampling of an image of ones (zero padding) gives at
     normalised points (..., d) of a grid of array ``shape``, without resampling anything: per
     axis ``clamp(min(u + 1, size - u), 0, 1)`` at voxel coordinate ``u`` (1 inside, fading
-    to 0 over the half voxel beyond each edge), multiplied over the axes. (...,)"""
+    to 0 over the voxel beyond each edge voxel's centre), multiplied over the axes. (...,)
+
+    ``itk``: 0 where ITK's resampling gives 0 (``sample_points(..., itk=True)``: beyond half
+    a voxel past the edge voxels' centres), so that the pair (values, weights) never weighs
+    a value that is not the image's: the zeros there, weighted up to 1/2, stretched a score's
+    "auto" range down to 0 (an image on an offset of 1e4 scored 1.0002 instead of 1.07)."""
     w = None
     for axis, size in enumerate(reversed(tuple(shape))):  # points are (x, y[, z])
         u = ((points[..., axis] + 1.0) * size - 1.0) / 2.0
         a = torch.clamp(torch.minimum(u + 1.0, size - u), 0.0, 1.0)
         w = a if w is None else w * a
+    if itk:
+        w = torch.where(((points >= -1.0) & (points < 1.0)).all(-1), w, 0.0)
     return w
 
 
@@ -392,8 +400,8 @@ def warp(moving, matrix, fixed_shape: Sequence[int]):
     Returns ``(warped, overlap)``, both (1, 1, *fixed_shape) float32: ``warped(p) =
     moving(A p)`` (bilinear/trilinear as ITK's ``Resample``: the edge values up to half a
     voxel beyond the edge voxels' centres, 0 further out), ``overlap`` what zero-padded
-    resampling of an image of ones gives (1 inside the moving image, fading to 0 over that
-    half voxel).
+    resampling of an image of ones gives (1 inside the moving image, 1/2 to 1 over that
+    half voxel), 0 where ``warped`` is (``overlap_weight(..., itk=True)``).
     """
     m = moving if isinstance(moving, Tensor) and moving.ndim >= 4 else _as_tensor("moving", moving).float()
     theta = matrix_to_theta(matrix, fixed_shape, m.shape[2:])
