@@ -22,9 +22,7 @@ def transform_error(matrix, true, shape) -> tuple:
     displacement error at the image centre, and the largest at its corners, in pixels)."""
     matrix, true = torch.as_tensor(matrix, dtype=torch.float64), torch.as_tensor(true, dtype=torch.float64)
     d = len(shape)
-    lin = matrix[:d, :d]
-    u, _, vh = torch.linalg.svd(lin)
-    diff = (u @ vh) @ true[:d, :d].T
+    diff = _nearest_rotation(matrix[:d, :d]) @ _nearest_rotation(true[:d, :d]).T
     cos = (diff.trace().item() - (d - 2)) / 2.0
     angle = math.degrees(math.acos(max(-1.0, min(1.0, cos))))
     sizes = list(reversed(shape))  # (x, y[, z])
@@ -33,6 +31,12 @@ def transform_error(matrix, true, shape) -> tuple:
     pts = torch.cat([centre[None], corners])
     err = (pts @ (matrix - true)[:d, :d].T + (matrix - true)[:d, d]).norm(dim=1)
     return angle, err[0].item(), err[1:].max().item()
+
+
+def _nearest_rotation(lin: Tensor) -> Tensor:
+    """The rotation of the polar decomposition ``lin = R S`` (S symmetric positive)."""
+    u, _, vh = torch.linalg.svd(lin)
+    return u @ vh
 
 
 def _remap(x: Tensor) -> Tensor:
