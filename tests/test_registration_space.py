@@ -665,3 +665,27 @@ def test_transform_error_of_affine_matrices():
     )
     err = ((b - a) @ pts.T)[:2].norm(dim=0)
     assert abs(centre - err[0].item()) < 1e-12 and abs(corner - err[1:].max().item()) < 1e-12
+
+
+@pytest.mark.filterwarnings("ignore:the registration ended below")  # (the thresholded pair: a weak signal)
+def test_a_rigid_result_starts_an_affine_stage_and_integer_masks_work():
+    """``register(initial=<RegistrationResult>)`` as ``register_deformable`` takes one (a
+    TypeError before); a uint8 mask (a label file's 0/1, as read by numpy) is the bool
+    mask (refused before, while a uint8 SimpleITK mask was accepted); so is a bool image."""
+    from mi.registration import demo_pair
+
+    f, m, _ = demo_pair((96, 80))
+    rigid = register(f, m, progress=False, iterations=(20, 10, 5))
+    again = register(f, m, initial=rigid, progress=False, levels=1, iterations=1, lr=1e-9)
+    torch.testing.assert_close(again.physical, rigid.physical, atol=1e-6, rtol=0)
+    affine = register(
+        f, m, transform="affine", initial=rigid, progress=False, levels=1, iterations=1, lr=1e-9
+    )
+    torch.testing.assert_close(affine.physical, rigid.physical, atol=1e-6, rtol=0)
+    mask = (f.numpy() > 0.05).astype(np.uint8)
+    kw = dict(progress=False, iterations=(20, 10, 5))
+    torch.testing.assert_close(
+        register(f, m, mask=mask, **kw).physical, register(f, m, mask=mask > 0, **kw).physical
+    )
+    binary = register(f > 0.3, m > 0.3, **kw)
+    torch.testing.assert_close(binary.physical, register((f > 0.3).float(), (m > 0.3).float(), **kw).physical)

@@ -23,7 +23,6 @@ from .bspline import ControlGrid
 from .optim import (
     FINAL_STEP_DENSE,
     FINAL_STEP_SAMPLED,
-    RegistrationResult,
     _check_iterations,
     _check_levels,
     _check_positive,
@@ -232,8 +231,6 @@ def register_deformable(
     if not isinstance(refine_grid, bool):
         raise TypeError(f"refine_grid must be a bool, got {type(refine_grid).__name__}")
     w, wm, loss_fn, gen = _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed)
-    if isinstance(initial, RegistrationResult):
-        initial = initial.physical  # checked as a matrix (a result of another dimension is refused)
     affine = initial_transform(initial, "affine", f, gf, m, gm, w, wm)
     if isinstance(loss_fn, LocalMutualInformationLoss) and sampling is not None:
         raise ValueError(

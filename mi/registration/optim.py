@@ -224,6 +224,8 @@ def initial_transform(initial, kind: str, f, gf: Geometry, m, gm: Geometry, w=No
     intensities above the image's minimum, within the masks ``w``, ``wm``); anything else as
     :func:`~mi.registration.transforms.as_matrix` (None: identity)."""
     d = f.ndim - 2
+    if isinstance(initial, RegistrationResult):
+        initial = initial.physical  # checked as a matrix (a result of another dimension is refused)
     if not (isinstance(initial, str) and initial in INITIAL_CENTRES):
         return as_matrix(initial, d, kind)
     if initial == "geometry":
@@ -610,7 +612,8 @@ def register(
             :class:`mi.MutualInformationLoss`, or any callable ``loss(fixed, warped,
             weights) -> scalar`` to minimise (with ``sampling`` its arguments are (1, 1, n)).
         **loss_kwargs: keywords for the default loss (num_bins, sigma, kernel, normalize, ...).
-        initial: the starting transform, fixed physical -> moving physical: a (d+1)x(d+1)
+        initial: the starting transform, fixed physical -> moving physical: a
+            :class:`RegistrationResult` (a rigid stage before an affine one), a (d+1)x(d+1)
             matrix, a SimpleITK transform, or an ITK transform file (what
             :meth:`RegistrationResult.save_transform` writes); default None, the identity
             (the images' headers are trusted: right for scans of one session). For rigid its

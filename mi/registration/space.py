@@ -232,7 +232,7 @@ def _as_tensor(name: str, x) -> Tensor:
             f"{name} must be a torch.Tensor, numpy array, SimpleITK image or a file path, "
             f"got {type(x).__name__}"
         )
-    if x.dtype == torch.bool or x.is_complex():
+    if x.is_complex():  # (bool: a binary image, as 0 and 1)
         raise TypeError(f"{name} must hold real numbers, got {x.dtype}")
     if x.ndim in (2, 3):
         return x[None, None]
@@ -250,7 +250,7 @@ def _as_tensor(name: str, x) -> Tensor:
 
 
 def as_mask(name: str, mask, image: Tensor, geom: Geometry) -> Tensor | None:
-    """A mask for ``image``: bool or non-negative float, its shape (a SimpleITK image or a
+    """A mask for ``image``: bool, integer or non-negative float, its shape (a SimpleITK image or a
     file must also have its geometry, to 1e-4 mm) -> (1, 1, *shape) float32, or None."""
     if mask is None:
         return None
@@ -268,8 +268,8 @@ def as_mask(name: str, mask, image: Tensor, geom: Geometry) -> Tensor | None:
                 f"{name} must be a tensor, array, SimpleITK image, file path or None, "
                 f"got {type(mask).__name__}"
             )
-        if not (mask.dtype == torch.bool or mask.is_floating_point()):
-            raise TypeError(f"{name} must be bool or floating, got {mask.dtype}")
+        if mask.is_complex():  # bool, integer (a label image's 0/1) or float weights
+            raise TypeError(f"{name} must be real (bool, integer or float weights), got {mask.dtype}")
         m = mask.detach().to(image.device, torch.float32)
         if m.ndim == image.ndim - 2:
             m = m[None, None]
