@@ -302,7 +302,7 @@ def _bad_cases():
         (dict(mask=-torch.ones(32, 32)), ValueError, "non-negative"),
         (dict(fixed=torch.rand(2, 1, 32, 32)), ValueError, "single-channel"),
         (dict(fixed=torch.rand(32)), ValueError, "2-D"),
-        (dict(fixed=torch.ones(32, 32, dtype=torch.bool)), TypeError, "real"),
+        (dict(fixed=torch.ones(32, 32, dtype=torch.complex64)), TypeError, "real"),  # (bool: 0 and 1)
         (dict(fixed=[[0.0]]), TypeError, "fixed"),
         (dict(fixed=img.clone().fill_(float("nan"))), ValueError, "NaN"),
         (dict(loss=torch.nn.MSELoss(), num_bins=8), TypeError, "loss"),
