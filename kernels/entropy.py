@@ -46,7 +46,7 @@ def _neg_p_log_p(b_p):
 def _log1p_neg(r):
     """log(1 - r) for 0 <= r <= 1/4 to a few ulps (Goldberg's log1p: the rounding of 1 - r is
     divided out); used for a distribution's largest probability 1 - r, with r the exact sum
-    of the others (``mi.information._logs``)."""
+    of the others (``mi.information._entropies_of``)."""
     u = 1.0 - r
     return tl.where(u == 1.0, -r, tl.log(u) * (-r) / tl.where(u == 1.0, 0.5, u - 1.0))
 

@@ -64,40 +64,40 @@ def _entropy_terms(joint: Tensor):
     p = joint / total
     q = torch.cat([p.flatten(-2), p.sum(-1), p.sum(-2)], -1)
     pos = q > 0
-    return q, _logs(q, pos, joint.shape[-1]), pos, total
+    return q, torch.where(pos, q, 1.0).log(), pos, total
 
 
-#: A distribution's largest probability above this gets its log from the sum of the others
-#: (``_logs``; the Triton kernels' ``TOP``: at most one entry is above it, after rounding too).
+#: A distribution's largest probability above this has its term from the sum of the others
+#: (``_entropies_of``; the Triton kernels' ``TOP``: at most one entry is above it, after
+#: rounding too).
 TOP = 0.75
 
 
-def _logs(q: Tensor, pos: Tensor, k: int) -> Tensor:
-    """log q (0 where q = 0), with each distribution's largest probability, when above
-    ``TOP``, as ``log1p(-(sum of the others))``. Near a one-bin histogram (a single pixel, a tiny
-    sigma) the entropies are tiny (3e-14 for one pixel on a bin centre at sigma 0.12) and
-    ``log(1 - r)`` of the rounded ``1 - r`` keeps only about 1e-16 / r of its relative
-    precision: MI and the normalised scores, differences of such entropies, came out 1e-2
-    off. The others are small and their sum is exact to rounding. The same function of J,
-    so its derivatives are unchanged."""
-    logs = torch.where(pos, q, 1.0).log()
-    if k == 0:
-        return logs
-    at, top, exact = [], [], []
-    for lo, hi in ((0, k * k), (k * k, k * k + k), (k * k + k, k * k + 2 * k)):
-        seg = q[..., lo:hi]
-        t, i = seg.max(-1, keepdim=True)
-        at.append(i + lo)
-        top.append(t)
-        exact.append(torch.log1p(-seg.scatter(-1, i, 0.0).sum(-1, keepdim=True)))
-    at, top, exact = (torch.cat(t, -1) for t in (at, top, exact))
-    return logs.scatter(-1, at, torch.where(top > TOP, exact, logs.gather(-1, at)))
-
-
 def _entropies_of(q: Tensor, log_q: Tensor, k: int):
-    """(H(a), H(b), H(a, b)) from ``_entropy_terms``: -sum q log q per segment."""
+    """(H(a), H(b), H(a, b)) from ``_entropy_terms``: -sum q log q per segment, but for a
+    largest probability above ``TOP``, whose term is ``-q log1p(-(sum of the others))``.
+
+    Near a one-bin histogram (a constant image at a small sigma) the entropies are tiny
+    (3e-14 nats for one pixel on a bin centre at sigma 0.12), and the log of the rounded
+    ``1 - r`` keeps only about 1e-16 / r of its relative precision: MI and the normalised
+    scores, differences of such entropies, came out up to 7e-3 off. The others are small and
+    their sum is exact to rounding. The plain term is taken out again exactly as it went in
+    (its rounding cancels to that of the sum). Not with symbolic shapes
+    (``torch.compile(dynamic=True)``): there the twelve more ops sent inductor's shape
+    arithmetic (sympy) into minutes of work per compile (local MI: 20 s -> 10 min); the
+    plain sums are the same numbers unless one probability is above ``TOP``."""
     e = -(q * log_q)
-    return e[..., k * k : k * k + k].sum(-1), e[..., k * k + k :].sum(-1), e[..., : k * k].sum(-1)
+    if not isinstance(q.shape[-1], int):
+        return e[..., k * k : k * k + k].sum(-1), e[..., k * k + k :].sum(-1), e[..., : k * k].sum(-1)
+    big = q > TOP
+    out = []
+    for lo, hi in ((k * k, k * k + k), (k * k + k, k * k + 2 * k), (0, k * k)):  # H(a), H(b), H(a, b)
+        seg, e_seg, big_seg = q[..., lo:hi], e[..., lo:hi], big[..., lo:hi]
+        top = torch.where(big_seg, seg, 0.0).sum(-1)
+        rest = torch.where(big_seg, 0.0, seg).sum(-1)
+        plain = torch.where(big_seg, e_seg, 0.0).sum(-1)
+        out.append(e_seg.sum(-1) - plain - top * torch.log1p(-torch.clamp(rest, max=1 - TOP)))
+    return tuple(out)
 
 
 def _entropies_vjp(q, log_q, pos, total, k, g_ha, g_hb, g_hab):
