@@ -31,12 +31,14 @@ import numpy as np
 
 __all__ = ["ImageReadError", "read_image", "read_medical", "is_medical", "is_dicom", "MEDICAL_SUFFIXES"]
 
-MEDICAL_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
-DICOM_SUFFIXES = (".dcm", ".ima")
+#: The files read through SimpleITK, and its reader for each (chosen here by name in any
+#: case: ITK's own choice knows lower-case names only)
 _IMAGE_IO = {
     ".nii": "NiftiImageIO", ".nii.gz": "NiftiImageIO", ".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO",
     ".mha": "MetaImageIO", ".mhd": "MetaImageIO",
 }  # fmt: skip
+MEDICAL_SUFFIXES = tuple(_IMAGE_IO)
+DICOM_SUFFIXES = (".dcm", ".ima")
 
 
 class ImageReadError(ValueError):
@@ -69,7 +71,7 @@ def read_medical(path):
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         suffix = next((s for s in MEDICAL_SUFFIXES if path.name.lower().endswith(s)), None)
-        if suffix is not None:  # by name, whatever its case (ITK's own choice: lower case only)
+        if suffix is not None:
             reader.SetImageIO(_IMAGE_IO[suffix])
         try:
             img = reader.Execute()
