@@ -639,7 +639,9 @@ def test_scores_of_images_on_an_offset():
         warnings.simplefilter("error")
         r = register(f + 1e4, m + 1e4, progress=False)
     assert r.mi_after > r.mi_before + 0.1
-    assert abs(r.mi_after - at_zero.mi_after) < 0.01 and abs(r.mi_before - at_zero.mi_before) < 1e-3
+    # measured: 4.5e-4 apart after (the float32 rounding of the offset images moves the
+    # optimisation a little), 6e-6 before; bounds 10x those
+    assert abs(r.mi_after - at_zero.mi_after) < 5e-3 and abs(r.mi_before - at_zero.mi_before) < 6e-5
 
 
 def test_transform_error_of_affine_matrices():
