@@ -3,7 +3,8 @@
 ``mi demo`` takes a real picture that ships with matplotlib, makes a second "modality"
 of it (a non-monotonic intensity remap, with and without a 10 degree rotation), prints
 mutual information, normalised MI and entropies for both pairs, and draws the seed's
-two pictures. ``mi score A B`` prints the same numbers for two image files.
+two pictures. ``mi score A B`` prints the same numbers for two image files (two medical
+files: point by point in mm, b resampled onto a's grid where their grids differ).
 
 Units: images are grey, PNG/JPEG scaled to [0, 1]; ``--sigma`` is in bin widths;
 entropies and MI are in nats (MI also in bits).
@@ -68,21 +69,25 @@ def _shape(a: np.ndarray) -> str:
 # ---------------------------------------------------------------- the numbers
 
 
-def scores(x: torch.Tensor, y: torch.Tensor, **kw) -> dict[str, torch.Tensor]:
+def scores(
+    x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, **kw
+) -> dict[str, torch.Tensor]:
     """MI, its normalisations and the entropies of each pair of a batch: {name: (B,)}.
 
-    x, y: (B, 1, *spatial); kw: num_bins, sigma (bin widths), value_range, as for
-    :func:`mi.mutual_information`. One joint histogram per pair gives every number
-    (what ``mi.mutual_information(x, y, normalize=..., **kw)`` computes, without
-    recomputing it). Entropies and MI in nats; "pearson" is the plain correlation
-    coefficient, printed for contrast.
+    x, y: (B, 1, *spatial); mask: None or non-negative voxel weights of x's shape; kw:
+    num_bins, sigma (bin widths), value_range, as for :func:`mi.mutual_information`. One
+    joint histogram per pair gives every number (what ``mi.mutual_information(x, y,
+    normalize=..., mask=mask, **kw)`` computes, without recomputing it). Entropies and MI
+    in nats; "pearson" is the plain (weighted) correlation coefficient, printed for contrast.
     """
-    joint = mi.joint_histogram(x, y, **kw)
+    joint = mi.joint_histogram(x, y, mask=mask, **kw)
     h_a, h_b, h_ab = mi.entropies_from_joint(joint)
     nats = mi.mutual_information_from_joint(joint, "none")
     xf, yf = x.flatten(1).double(), y.flatten(1).double()
-    xf, yf = xf - xf.mean(1, keepdim=True), yf - yf.mean(1, keepdim=True)
-    denom = (xf.norm(dim=1) * yf.norm(dim=1)).clamp_min(1e-300)
+    w = torch.ones_like(xf) if mask is None else mask.flatten(1).double().expand_as(xf)
+    w = w / w.sum(1, keepdim=True)
+    xf, yf = xf - (w * xf).sum(1, keepdim=True), yf - (w * yf).sum(1, keepdim=True)
+    denom = ((w * xf * xf).sum(1) * (w * yf * yf).sum(1)).sqrt().clamp_min(1e-300)
     return {
         "mi": nats,
         "mi_bits": nats / math.log(2),
@@ -91,7 +96,7 @@ def scores(x: torch.Tensor, y: torch.Tensor, **kw) -> dict[str, torch.Tensor]:
         "h_a": h_a,
         "h_b": h_b,
         "h_ab": h_ab,
-        "pearson": (xf * yf).sum(1) / denom,
+        "pearson": (w * xf * yf).sum(1) / denom,
     }
 
 
@@ -204,63 +209,81 @@ def cmd_demo(args) -> int:
 # ---------------------------------------------------------------- score
 
 
-def _geometry(path):
-    """(spacing, origin, direction) of a medical file, from its header; None for other files
-    (or a header SimpleITK cannot read: read_image reports that)."""
-    from .io import MEDICAL_SUFFIXES
-
-    if not str(path).lower().endswith(MEDICAL_SUFFIXES):
-        return None
-    import SimpleITK as sitk
-
-    info = sitk.ImageFileReader()
-    info.SetFileName(str(path))
-    try:
-        info.ReadImageInformation()
-    except RuntimeError:
-        return None
-    n = min(info.GetDimension(), 3)
-    direction = np.reshape(info.GetDirection(), (info.GetDimension(),) * 2)[:n, :n]
-    return np.array(info.GetSpacing()[:n]), np.array(info.GetOrigin()[:n]), direction
+def _grids_differ(ga, gb) -> list:
+    """The names of what differs between two grids (:class:`Geometry`), to 1e-4 mm."""
+    names = [] if ga.shape == gb.shape else ["size"]
+    for name in ("spacing", "origin", "direction"):
+        if not np.allclose(getattr(ga, name), getattr(gb, name), rtol=0.0, atol=1e-4):
+            names.append(name)
+    return names
 
 
-def _check_geometry(args) -> None:
-    """Warn when two medical files of one shape put their voxels at different physical points:
-    the scores compare the arrays as stored (a flipped or 3 mm copy of a 1 mm scan scores
-    as another image), not what ITK's metrics or ``mi register`` compare."""
-    ga, gb = _geometry(args.a), _geometry(args.b)
-    if ga is None or gb is None or any(u.shape != v.shape for u, v in zip(ga, gb)):
-        return
-    names = [
-        n for n, u, v in zip(("spacing", "origin", "direction"), ga, gb) if not np.allclose(u, v, atol=1e-4)
-    ]
-    if names:
-        print(
-            f"mi: warning: {args.a} and {args.b} differ in {', '.join(names)}: the scores compare their "
-            "voxel arrays as stored, not the same physical points (mi register aligns them in mm)",
-            file=sys.stderr,
+def _b_on_grid_of_a(args, a, image_a, b, image_b) -> tuple:
+    """``(b, weights, note)``: what ``mi score`` compares with ``a``.
+
+    Two medical files whose voxels lie at different physical points (size, spacing, origin
+    or direction differ): b resampled onto a's grid in physical space (identity transform
+    in mm; linear, as ITK's ``Resample`` with default 0), and the weights of a's voxels,
+    0 where b does not reach (1 inside b, 1/2 to 1 over the half voxel past its edge
+    voxels' centres, as the registration's scores: ``overlap_weight(..., itk=True)``).
+    Otherwise (same grid, a file without geometry, or ``--voxels``) the arrays as stored,
+    which need one shape, and weights None.
+    """
+    from .registration.space import Geometry, voxel_matrix, warp
+
+    if image_a is None or image_b is None or args.voxels:
+        if a.shape != b.shape:
+            why = "" if args.voxels else " (only medical files carry where their voxels lie)"
+            raise CLIError(
+                f"images differ in shape: {args.a} is {_shape(a)}, {args.b} is {_shape(b)}{why}: "
+                "resample one onto the other first, or mi register them"
+            )
+        return b, None, None
+    ga, gb = Geometry.of_sitk(image_a, args.a), Geometry.of_sitk(image_b, args.b)
+    if ga.dim != gb.dim:
+        raise CLIError(
+            f"{args.a} is {ga.dim}-D and {args.b} is {gb.dim}-D: nothing to compare point by point"
         )
+    names = _grids_differ(ga, gb)
+    if not names:
+        return b, None, None
+    d = ga.dim
+    identity = torch.eye(d + 1, dtype=torch.float64)
+    warped, weights = warp(torch.from_numpy(b)[None, None], voxel_matrix(identity, ga, gb), ga.shape)
+    covered = int((weights > 0).sum())
+    if covered == 0:
+        raise CLIError(
+            f"{args.b} covers none of {args.a}'s voxels in physical space (their grids differ in "
+            f"{', '.join(names)}): nothing to compare (mi register --initial geometry aligns their centres; "
+            "--voxels compares the arrays as stored)"
+        )
+    note = (
+        f"b resampled onto a's grid in mm (they differ in {', '.join(names)}; linear, as ITK's Resample), "
+        f"scored where b covers a: {covered} of {a.size} voxels (--voxels: the arrays as stored)"
+    )
+    return warped[0, 0].numpy(), weights[0, 0].numpy(), note
 
 
 def cmd_score(args) -> int:
-    a, b = read_image(args.a), read_image(args.b)
-    if a.shape != b.shape:
-        raise CLIError(
-            f"images differ in shape: {args.a} is {_shape(a)}, {args.b} is "
-            f"{_shape(b)} (resample one onto the other first, or mi register them)"
-        )
+    from .io import read_image_and_grid
+
+    (a, image_a), (b, image_b) = read_image_and_grid(args.a), read_image_and_grid(args.b)
     out = Path(args.out)
     if not args.no_plots and out.exists() and not out.is_dir():
         raise CLIError(f"--out {args.out} is a file, not a folder for the pictures")
-    _check_geometry(args)
+    shape_b = _shape(b)
+    b, weights, note = _b_on_grid_of_a(args, a, image_a, b, image_b)
     kw = dict(num_bins=args.bins, sigma=args.sigma, value_range=args.range)
-    values = scores(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None], **kw)
+    mask = None if weights is None else torch.from_numpy(weights)[None, None]
+    values = scores(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None], mask=mask, **kw)
     if args.range == "auto":
-        rng = "each image's own min..max"
+        rng = "each image's own min..max" + ("" if note is None else " where b covers a")
     else:
         rng = f"{args.range[0]:g}..{args.range[1]:g}"
     print(f"a: {args.a} ({_shape(a)})")
-    print(f"b: {args.b} ({_shape(b)})")
+    print(f"b: {args.b} ({shape_b})")
+    if note is not None:
+        print(note)
     print(f"soft histograms: {args.bins} bins over {rng}, Gaussian sigma {args.sigma:g} bin widths")
     print()
     _print_table(values, ["a vs b"])
@@ -281,10 +304,8 @@ def cmd_score(args) -> int:
             out / "hist.png",
         )
         print(f"wrote {p}")
-        p = _save(
-            plot_joint_histogram(a, b, titles=(f"a: {Path(args.a).name}", f"b: {Path(args.b).name}"), **kw),
-            out / "jointhist.png",
-        )
+        titles = (f"a: {Path(args.a).name}", f"b: {Path(args.b).name}" + (" on a's grid" if note else ""))
+        p = _save(plot_joint_histogram(a, b, titles=titles, mask=weights, **kw), out / "jointhist.png")
         print(f"wrote {p}")
     return 0
 
@@ -397,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser(
         "score",
         help="MI of two image files (PNG/JPEG, .npy, NIfTI/NRRD/MHA)",
-        description="Mutual information of two images of one shape. "
+        description="Mutual information of two images: of one shape, or two medical files on "
+        "any grids (b is resampled onto a's grid in mm, and scored where it covers a). "
         "PNG/JPEG are read as grey in [0, 1]; .npy and .nii/.nii.gz/.nrrd/.mha "
         "(read with SimpleITK) keep their values.",
     )
@@ -417,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("none", "arithmetic", "studholme"),
         default="none",
         help="which number the final 'score' line gives (default none: plain MI in nats)",
+    )
+    score.add_argument(
+        "--voxels",
+        action="store_true",
+        help="compare the voxel arrays as stored (one shape), even where two medical files put their "
+        "voxels at different points in mm (default: b is resampled onto a's grid in mm)",
     )
     score.add_argument("--no-plots", action="store_true", help="write no pictures")
     score.set_defaults(func=cmd_score)

@@ -6,7 +6,8 @@ ANTs and SimpleITK users compare against: NIfTI (``.nii``, ``.nii.gz``), NRRD (`
 (``GetArrayFromImage``): index ``[k, j, i]`` for the file's voxel ``(i, j, k)``, the
 transpose of nibabel's ``get_fdata()[i, j, k]``; nothing is flipped or reoriented.
 :func:`read_image` gives that array; :func:`read_medical` the ``SimpleITK.Image`` itself,
-with its geometry (spacing, origin, direction), which registration uses.
+with its geometry (spacing, origin, direction), which registration and ``mi score`` use
+(:func:`read_image_and_grid`: both).
 
 DICOM (through SimpleITK's GDCM reader): a folder holding one series, or any one file of a
 series (a ``.dcm``/``.ima`` name, or the ``DICM`` marker that DICOM files carry), which
@@ -29,7 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageReadError", "read_image", "read_medical", "is_medical", "is_dicom", "MEDICAL_SUFFIXES"]
+__all__ = [
+    "ImageReadError",
+    "read_image",
+    "read_image_and_grid",
+    "read_medical",
+    "is_medical",
+    "is_dicom",
+    "MEDICAL_SUFFIXES",
+]
 
 #: The files read through SimpleITK, and its reader for each (chosen here by name in any
 #: case: ITK's own choice knows lower-case names only)
@@ -174,10 +183,6 @@ def _read_dicom(path: Path):
         raise ImageReadError(f"cannot read the DICOM series in {folder}: {_itk_reason(e)}") from None
 
 
-def _read_medical(path: Path) -> np.ndarray:
-    return _simpleitk(path).GetArrayFromImage(read_medical(path))
-
-
 def _read_npy(path: Path) -> np.ndarray:
     with open(path, "rb") as f:  # np.load would try a non-.npy file as a pickle
         a = np.lib.format.read_array(f, allow_pickle=False)
@@ -245,15 +250,25 @@ def read_image(path) -> np.ndarray:
     missing, unreadable, empty, holds NaN or Inf or values beyond float32's range, or is not
     a 2-D or 3-D grey image.
     """
+    return read_image_and_grid(path)[0]
+
+
+def read_image_and_grid(path) -> tuple:
+    """``(array, image)``: :func:`read_image`'s array and, for the medical formats and DICOM,
+    the ``SimpleITK.Image`` it came from (its spacing, origin and direction: where the voxels
+    lie in mm); ``image`` is None for PNG/JPEG/TIFF/.npy (voxel space). Raises as
+    :func:`read_image`."""
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"no such file: {path}")
     if not (path.is_file() or path.is_dir()):
         raise ImageReadError(f"not a file: {path}")
     name = path.name.lower()
+    image = None
     try:
         if is_medical(path):
-            a = _read_medical(path)
+            image = read_medical(path)
+            a = _simpleitk(path).GetArrayFromImage(image)
         elif name.endswith(".npy"):
             a = _read_npy(path)
         else:
@@ -263,7 +278,7 @@ def read_image(path) -> np.ndarray:
     except Exception as e:  # PIL and numpy each raise their own kinds
         detail = str(e).replace(repr(str(path)), "").replace(str(path), "").strip(" :")
         raise ImageReadError(f"cannot read {path}: {detail or type(e).__name__}") from None
-    return as_float32(a, str(path), ImageReadError)
+    return as_float32(a, str(path), ImageReadError), image
 
 
 def as_float32(a: np.ndarray, what: str, error=ValueError) -> np.ndarray:

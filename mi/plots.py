@@ -143,12 +143,15 @@ def plot_joint_histogram(
     value_range=(0.0, 1.0),
     titles: tuple[str, str] = ("a", "b"),
     log: bool = True,
+    mask=None,
 ) -> Figure:
     """The two images beside their soft joint histogram (from :func:`mi.joint_histogram`).
 
     a, b: images of one shape, (H, W) or (D, H, W), intensities in value_range's units.
     num_bins, sigma (in bin widths), value_range ((lo, hi) or "auto": each image's own
-    min and max; or a pair of those, one for a and one for b) are passed to
+    min and max; or a pair of those, one for a and one for b) and mask (None, or
+    non-negative weights of the images' shape: the histogram counts each voxel with its
+    weight, and "auto" ranges span the voxels of positive weight) are passed to
     :func:`mi.joint_histogram`.
     The joint histogram is drawn with a's intensity along the horizontal axis and b's
     up the vertical one, as a joint probability per bin; log=True uses a log colour
@@ -159,13 +162,21 @@ def plot_joint_histogram(
     num_bins = _num_bins(num_bins)
     if a.shape != b.shape:
         raise ValueError(f"a and b must have one shape, got {a.shape} and {b.shape}")
+    w = None
+    if mask is not None:
+        w = _as_numpy(mask, "mask")
+        if w.shape != a.shape:
+            raise ValueError(f"mask must have the images' shape {a.shape}, got {w.shape}")
+        if not ((w >= 0).all() and (w > 0).any()):
+            raise ValueError("mask must be non-negative weights, not all zero")
     range_a, range_b = _per_image(value_range)
-    (alo, ahi), (blo, bhi) = _range(a, range_a), _range(b, range_b)
+    live = slice(None) if w is None else w > 0
+    (alo, ahi), (blo, bhi) = _range(a[live], range_a), _range(b[live], range_b)
     x = torch.from_numpy(a)[None, None]
     y = torch.from_numpy(b)[None, None]
-    joint = (
-        mi.joint_histogram(x, y, num_bins=num_bins, sigma=sigma, value_range=value_range)[0].double().numpy()
-    )
+    m = None if w is None else torch.from_numpy(w)[None, None]
+    joint = mi.joint_histogram(x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=m)
+    joint = joint[0].double().numpy()
 
     fig = Figure(figsize=(15, 4.8), layout="constrained")
     FigureCanvasAgg(fig)

@@ -11,6 +11,7 @@ import re
 import struct
 
 import numpy as np
+import oracle
 import pytest
 import torch
 
@@ -259,24 +260,95 @@ def test_values_that_float32_would_merge_are_refused(tmp_path):
         np.testing.assert_array_equal(read_image(tmp_path / "b.npy"), a.astype(np.float32))
 
 
-def test_score_warns_when_the_files_put_voxels_at_different_points(tmp_path, capsys):
-    """Two files of one shape whose spacing, origin or direction differ: ``mi score``
-    compares the arrays as stored, and now says so on stderr (nothing for equal
-    geometry); --out naming a file is refused before any work; --range takes -inf."""
+def _score(capsys, *argv) -> tuple:
+    """(``mi score``'s exit status, its final score line's value or None, stdout, stderr)."""
+    status = main(["score", *map(str, argv), "--no-plots", "--bins", "16", "--sigma", "0.5"])
+    out, err = capsys.readouterr()
+    found = re.search(r"score \(normalize=none\): (\S+)", out)
+    return status, float(found.group(1)) if found else None, out, err
+
+
+def _oracle_mi(a, b, num_bins=16, sigma=0.5):
+    """MI (nats) of paired voxel values, each on its own min..max, dense float64 (tests/oracle)."""
+    a, b = (torch.from_numpy(np.asarray(v, np.float64).ravel())[None] for v in (a, b))
+    u, v = (oracle.to_bins(t, float(t.min()), float(t.max()), num_bins) for t in (a, b))
+    return float(oracle.mutual_information(oracle.dense_joint(u, v, num_bins=num_bins, sigma=sigma))[0])
+
+
+def test_score_compares_medical_files_in_physical_space(tmp_path, capsys):
+    """Two medical files whose voxels lie at different points in mm: ``mi score`` resamples b
+    onto a's grid in physical space and scores where b covers a. Oracles: a copy stored
+    flipped with a flipped direction is the same image in mm (scores as a against itself,
+    Pearson 1); SimpleITK's ``Resample`` of a rotated, finer b that covers all of a; and
+    numpy indexing for a finer b on whole-voxel offsets that covers part of a (the voxels it
+    reaches, picked by index). MI from the dense float64 formula (tests/oracle.py)."""
     a = _volume((6, 8, 10), seed=3)
-    same = _write(a, tmp_path / "a.nii.gz"), _write(a[::-1].copy(), tmp_path / "b.nii.gz")
-    assert main(["score", *map(str, same), "--no-plots"]) == 0
-    assert "warning" not in capsys.readouterr().err
-    flipped = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
-    for kw, word in ((dict(spacing=(3.0, 3.0, 3.0)), "spacing"), (dict(direction=flipped), "direction")):
-        other = _write(a, tmp_path / "c.nrrd", **kw)
-        assert main(["score", str(same[0]), str(other), "--no-plots"]) == 0
-        err = capsys.readouterr().err
-        assert "warning" in err and word in err and "physical points" in err, err
+    pa = _write(a, tmp_path / "a.nii.gz", spacing=(2.0, 2.0, 2.0))  # origin (-10, 4, 2.5)
+    img_a = sitk.ReadImage(str(pa))
+    flipped = sitk.GetImageFromArray(a[:, :, ::-1].copy())
+    flipped.SetSpacing((2.0, 2.0, 2.0))
+    flipped.SetDirection((-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    flipped.SetOrigin((-10.0 + 2.0 * 9, 4.0, 2.5))
+    sitk.WriteImage(flipped, str(tmp_path / "f.nrrd"))
+    status, self_score, _, _ = _score(capsys, pa, pa)
+    status_f, flip_score, out, err = _score(capsys, pa, tmp_path / "f.nrrd")
+    assert status == status_f == 0 and "warning" not in err
+    assert "resampled onto a's grid" in out and "480 of 480" in out
+    assert flip_score == pytest.approx(self_score, abs=2e-6)
+    assert self_score == pytest.approx(_oracle_mi(a, a), abs=2e-6)
+    assert re.search(r"Pearson correlation \(contrast\)\s+1\.0000", out), out
+    status, as_stored, _, _ = _score(capsys, pa, tmp_path / "f.nrrd", "--voxels")
+    assert status == 0 and as_stored == pytest.approx(_oracle_mi(a, a[:, :, ::-1]), abs=2e-6)
+    assert as_stored < self_score - 0.01
+
+    # b: a rotated 20 degrees about z on a 1.5 mm grid that covers all of a
+    rot = sitk.Euler3DTransform()
+    rot.SetRotation(0.0, 0.0, np.deg2rad(20.0))
+    direction = np.array(rot.GetMatrix())
+    center = np.array(img_a.TransformContinuousIndexToPhysicalPoint((4.5, 3.5, 2.5)))
+    size = (24, 24, 12)
+    origin = center - np.reshape(direction, (3, 3)) @ (1.5 * (np.array(size) - 1) / 2)
+    smooth = sitk.SmoothingRecursiveGaussian(img_a, 2.0)
+    b_img = sitk.Resample(smooth, size, sitk.Transform(), sitk.sitkLinear, tuple(origin), (1.5,) * 3,
+                          tuple(direction), 0.0, sitk.sitkFloat32)  # fmt: skip
+    sitk.WriteImage(b_img, str(tmp_path / "b.mha"))
+    on_a = sitk.GetArrayFromImage(sitk.Resample(b_img, img_a, sitk.Transform(), sitk.sitkLinear, 0.0))
+    ones = sitk.Image(b_img.GetSize(), sitk.sitkFloat32) + 1.0
+    ones.CopyInformation(b_img)
+    reach = sitk.GetArrayFromImage(
+        sitk.Resample(ones, img_a, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0)
+    )
+    assert reach.min() == 1.0  # b covers all of a: every voxel weighs 1
+    status, got, out, _ = _score(capsys, pa, tmp_path / "b.mha")
+    assert status == 0 and "differ in size, spacing, origin, direction" in out, out
+    assert got == pytest.approx(_oracle_mi(a, on_a), abs=2e-6)
+
+    # c: a finer (1 mm) grid two a-voxels over in x, one in y: a's voxel (i, j, k) is c's
+    # (2i - 4, 2j - 2, 2k); c (13 x 9 x 5 voxels) reaches i in 2..8, j in 1..5, k in 0..2
+    c = _volume((5, 9, 13), seed=4) ** 2
+    img_c = sitk.GetImageFromArray(c)
+    img_c.SetOrigin((-10.0 + 4.0, 4.0 + 2.0, 2.5))
+    sitk.WriteImage(img_c, str(tmp_path / "c.nii"))
+    status, got, out, _ = _score(capsys, pa, tmp_path / "c.nii")
+    assert status == 0 and "105 of 480" in out, out
+    k, j, i = np.meshgrid(np.arange(3), np.arange(1, 6), np.arange(2, 9), indexing="ij")
+    assert got == pytest.approx(_oracle_mi(a[k, j, i], c[2 * k, 2 * j - 2, 2 * i - 4]), abs=2e-6)
+
+    # what cannot be compared: no overlap, 2-D against 3-D, other shapes as stored
+    img_c.SetOrigin((500.0, 4.0, 2.5))
+    sitk.WriteImage(img_c, str(tmp_path / "far.nii"))
+    sitk.WriteImage(img_a[:, :, 0], str(tmp_path / "slice.nii"))
+    for argv, words in (
+        ((tmp_path / "far.nii",), "covers none"),
+        ((tmp_path / "slice.nii",), "is 3-D and"),
+        ((tmp_path / "c.nii", "--voxels"), "differ in shape"),
+    ):
+        status, got, out, err = _score(capsys, pa, *argv)
+        assert status == 2 and words in err and got is None, err
     np.save(tmp_path / "x.npy", a)
-    assert main(["score", str(tmp_path / "x.npy"), str(same[0]), "--no-plots", "--range", "-inf,1"]) == 2
+    assert main(["score", str(tmp_path / "x.npy"), str(pa), "--no-plots", "--range", "-inf,1"]) == 2
     assert "value_range must be finite" in capsys.readouterr().err  # (not argparse's "expected one argument")
     (tmp_path / "file").write_text("")
-    assert main(["score", str(tmp_path / "x.npy"), str(same[0]), "--out", str(tmp_path / "file")]) == 2
+    assert main(["score", str(tmp_path / "x.npy"), str(pa), "--out", str(tmp_path / "file")]) == 2
     err = capsys.readouterr()
     assert "is a file" in err.err and "MI" not in err.out

@@ -75,6 +75,18 @@ class Geometry:
         """Half the grid's physical diagonal (mm)."""
         return 0.5 * math.sqrt(sum((n * s) ** 2 for n, s in zip(self.size, self.spacing)))
 
+    @classmethod
+    def of_sitk(cls, image, name: str = "image") -> Geometry:
+        """The geometry of a 2-D or 3-D SimpleITK image, its spacing and direction checked
+        (a ValueError naming ``name``)."""
+        d = image.GetDimension()
+        geom = cls(
+            tuple(reversed(image.GetSize())), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+        )
+        check_spacing(geom.spacing, f"{name}'s spacing")
+        check_direction(geom.direction, d, f"{name}'s direction")
+        return geom
+
     def to_sitk(self, image):
         """Copy this geometry onto a SimpleITK image (of the same size)."""
         image.SetSpacing(self.spacing)
@@ -201,10 +213,8 @@ def as_image(name: str, x, device=None, spacing=None):
         d = x.GetDimension()
         if d not in (2, 3):
             raise ValueError(f"{name} must be 2-D or 3-D, got a {d}-D image")
+        geom = Geometry.of_sitk(x, name)
         arr = sitk.GetArrayFromImage(x)
-        geom = Geometry(tuple(arr.shape), x.GetSpacing(), x.GetOrigin(), x.GetDirection())
-        check_spacing(geom.spacing, f"{name}'s spacing")
-        check_direction(geom.direction, d, f"{name}'s direction")
         t = torch.from_numpy(arr.astype(np.float32, copy=False))[None, None]
     else:
         t = _as_tensor(name, x)
