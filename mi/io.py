@@ -285,7 +285,7 @@ def as_float32(a: np.ndarray, what: str, error=ValueError) -> np.ndarray:
     """A non-empty real array of finite values as float32, refusing (``error``, naming
     ``what``) what float32 would turn into Inf or into zeros: float64 values beyond its
     range, or all below its normal range (1e-38, with 24 bits to spare); and values that
-    float32 would merge, those whose spread is under 2**16 of float32's steps at their
+    float32 would merge, those whose spread is under 2**12 of float32's steps at their
     magnitude when float32 does not hold them exactly (label IDs near 3e9, a signal on an
     offset of 1e9: a few distinct values, or one, would be left)."""
     if a.size == 0:
@@ -300,14 +300,28 @@ def as_float32(a: np.ndarray, what: str, error=ValueError) -> np.ndarray:
             "computes in: rescale the image"
         )
     f = a.astype(np.float32)
-    if a.dtype.itemsize > 4 or (a.dtype.kind in "iu" and a.dtype.itemsize == 4):
-        lo, hi = a.min(), a.max()
-        spread = float(int(hi) - int(lo)) if a.dtype.kind in "iu" else float(hi) - float(lo)
-        step = float(np.spacing(np.float32(max(abs(float(lo)), abs(float(hi))))))
-        if spread < step * 2.0**16 and not np.array_equal(f, a):
-            raise error(
-                f"{what}: its values span {spread:.6g} around {float(hi):.6g}, where float32 (what "
-                f"this library computes in) has steps of {step:.3g}, so distinct values would merge: "
-                "subtract an offset (e.g. the minimum) first"
-            )
+    reason = float32_merges(a, f)
+    if reason:
+        raise error(f"{what}: {reason}")
     return f
+
+
+def float32_merges(a: np.ndarray, f: np.ndarray) -> str:
+    """Why float32 (``f``, ``a`` cast) would merge distinct values of the finite array ``a``:
+    a sentence when ``a``'s type is wider than float32 holds exactly (64-bit, or 32-bit
+    integers), float32 changes its values, and their spread is under 2**12 of float32's
+    steps at their magnitude (label IDs near 3e9, a signal on an offset of 1e9: a few
+    distinct values, or one, would be left); else "". (With 4096 steps or more, a bin of
+    256 holds 16 of them: float32's rounding moves a value by 1/32 bin at most.)"""
+    if not (a.dtype.itemsize > 4 or (a.dtype.kind in "iu" and a.dtype.itemsize == 4)):
+        return ""
+    lo, hi = a.min(), a.max()
+    spread = float(int(hi) - int(lo)) if a.dtype.kind in "iu" else float(hi) - float(lo)
+    step = float(np.spacing(np.float32(max(abs(float(lo)), abs(float(hi))))))
+    if spread >= step * 2.0**12 or np.array_equal(f, a):
+        return ""
+    return (
+        f"its values span {spread:.6g} around {float(hi):.6g}, where float32 (what this library "
+        f"computes in) has steps of {step:.3g}, so distinct values would merge: subtract an offset "
+        "(e.g. the minimum) first"
+    )

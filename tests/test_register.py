@@ -28,6 +28,7 @@ from mi.register import (
     theta_to_matrix,
     warp,
 )
+from mi.registration.space import as_image
 from mi.registration.transforms import rigid_matrix as _rigid_matrix
 
 FAST = dict(iterations=(60, 30, 15), progress=False)
@@ -293,6 +294,16 @@ def _bad_cases():
             ValueError,
             r"fixed has values beyond float32's range \(largest magnitude 2e\+39\)",
         ),
+        (  # float32 keeps 16 levels of this image (an offset of 1e6 on values in [0, 1))
+            dict(fixed=torch.rand(32, 32, dtype=torch.float64) + 1e6),
+            ValueError,
+            r"fixed: its values span 0\.9\d* around 1e\+06, where float32 .* would merge",
+        ),
+        (  # 200 label IDs near 3e9: a handful in float32
+            dict(moving=torch.randint(0, 200, (32, 32)) + 3_000_000_000),
+            ValueError,
+            r"moving: its values span \d+ around 3e\+09, .*would merge: subtract an offset",
+        ),
         (dict(initial="middle"), ValueError, "no such transform file"),
         (dict(iterations=(5, 5)), ValueError, "one count per level"),
         (dict(iterations=0), ValueError, "iterations"),
@@ -432,3 +443,23 @@ def test_load_image_errors(tmp_path, capsys):
 
     assert main(["register", str(tmp_path / "missing.png"), str(tmp_path / "x.txt"), "--quiet"]) == 2
     assert "mi: error" in capsys.readouterr().err
+
+
+def test_images_wider_than_float32_keep_their_values_or_are_refused():
+    """Registration computes in float32. Images of wider types (float64, 64-bit integers;
+    tensors, arrays and SimpleITK images alike) whose values float32 keeps apart (an offset
+    of 1e3 on [0, 1): 16384 float32 steps; integers float32 holds exactly) are cast; those
+    it would merge (an offset of 1e9: one value left) are refused, naming the image, not
+    registered as a constant."""
+    sitk = pytest.importorskip("SimpleITK")
+    rng = np.random.default_rng(0)
+    a = rng.random((24, 20)) + 1e3
+    ids = (a * 1e3).astype(np.int64)  # about 1e6: exact in float32
+    for x, want in ((a, a), (torch.from_numpy(a), a), (sitk.GetImageFromArray(a), a), (ids, ids)):
+        t, _ = as_image("fixed", x)
+        np.testing.assert_array_equal(t[0, 0].numpy(), want.astype(np.float32))
+    far = a + 1e9
+    assert len(np.unique(far.astype(np.float32))) < 4
+    for x in (far, torch.from_numpy(far), sitk.GetImageFromArray(far)):
+        with pytest.raises(ValueError, match="moving: its values span .* would merge"):
+            register(torch.from_numpy(a - 1e3), x, iterations=1, levels=1, progress=False)

@@ -615,7 +615,8 @@ def register(
             folder or one of its files: their geometry is used; PNG/JPEG/.npy: voxel space), or 2-D (H, W) /
             (1, 1, H, W) or 3-D (D, H, W) / (1, 1, D, H, W) tensors or arrays (voxel space,
             scaled by ``spacing`` / ``moving_spacing`` if given: one number or one per axis
-            (x, y[, z])). Any real dtype (computed in float32); the shapes may differ, the
+            (x, y[, z])). Any real dtype (computed in float32: values float32 would merge,
+            such as a signal on an offset of 1e9, are refused); the shapes may differ, the
             number of dimensions may not. A 3-D array is a volume, not (C, H, W).
         transform: "rigid" (rotation about the fixed image's physical centre + translation,
             rigid in mm) or "affine".

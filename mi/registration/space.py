@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..io import float32_merges
+
 #: Smallest |det| of a direction matrix, and largest deviation from orthonormal, accepted.
 DIRECTION_TOLERANCE = 1e-4
 
@@ -214,8 +216,7 @@ def as_image(name: str, x, device=None, spacing=None):
         if d not in (2, 3):
             raise ValueError(f"{name} must be 2-D or 3-D, got a {d}-D image")
         geom = Geometry.of_sitk(x, name)
-        arr = sitk.GetArrayFromImage(x)
-        t = torch.from_numpy(arr.astype(np.float32, copy=False))[None, None]
+        t = torch.from_numpy(sitk.GetArrayFromImage(x))[None, None]
     else:
         t = _as_tensor(name, x)
         geom = identity_geometry(t.shape[2:], spacing)
@@ -227,6 +228,10 @@ def as_image(name: str, x, device=None, spacing=None):
                 f"{given.abs().max().item():.3g}), and registration computes in float32: rescale it"
             )
         raise ValueError(f"{name} contains NaN or Inf")
+    if given.dtype.itemsize > 4 or given.dtype in (torch.int32, torch.uint32):  # wider than float32
+        reason = float32_merges(given.detach().cpu().numpy(), t.cpu().numpy())
+        if reason:
+            raise ValueError(f"{name}: {reason}")
     return t, geom
 
 
