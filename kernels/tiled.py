@@ -15,11 +15,15 @@ shape: C = B G^T, D = A G (P x KP), du = m rowsum(A' * C), dv = m rowsum(B' * D)
 dm = rowsum(A * C), with G = dL/dJ and G^T loaded once by each (persistent) program.
 
 The weights are evaluated densely, KP per pixel and axis, straight from the window
-formulas, with no window mask: the formulas are 0 outside their support (B-spline, box,
-kornia's and MONAI's windows), and the Gaussian beyond the W-bin window that the scatter
-kernels and the torch backend stop at is below 2**-24 of its peak: the tiled sum keeps
-that float32 dust, so it is closer to the untruncated dense formula and differs from the
-scatter path by less than 2**-24 of each pixel's weight. Padded bins a >= K get weights
+formulas. Those are 0 outside their support (B-spline, box, kornia's and MONAI's
+windows); the Gaussian is kept on each pixel's W-bin window, the bins the scatter kernels
+and the torch backend hold (``_in_window``: two compares and a select per weight, on
+the distance, so that the backward's w and w' share it; the window's start once per
+pixel), so that every path builds the same histogram up to the
+order of its sums. (The tiled sum once kept the Gaussian beyond that window, below 2**-24
+of its peak: float32 dust down to 1e-43 made a near-one-bin histogram's entropies 1e-41,
+and the normalised scores' derivatives, about 1 / H, overflowed into NaN gradients where
+the other paths give the one-bin histogram's exact 0.) Padded bins a >= K get weights
 too; their rows and columns of J are never stored, and G is zero there. Work per pixel:
 2 KP window evaluations (one exp2 each for the Gaussian) and 2 KP^2 multiply-adds per
 product on the tensor cores; memory per pixel: reads u, v, m; the backward writes up to 3
@@ -115,6 +119,23 @@ def _weights_and_grad(b_d, c_k, KIND: tl.constexpr, EXP: tl.constexpr):
 
 
 @triton.jit
+def _in_window(b_d, b_s, f_k, W: tl.constexpr, KIND: tl.constexpr, BINS_FIRST: tl.constexpr):
+    """The distance tile b_d, +inf (weight and derivative 0) where its bin lies outside the
+    pixel's W-bin window [s, s + W) (``window._window_start``: b_s, (P,) int32): for the
+    gaussian, the bins the scatter kernels and the torch backend hold (the other kinds'
+    formulas are 0 outside their support already: b_d as it is). One select per weight,
+    shared by w and w'. BINS_FIRST: the tile is (KP, P), else (P, KP)."""
+    if KIND == 0:
+        f_s = b_s.to(tl.float32)
+        if BINS_FIRST:
+            b_in = (f_k[:, None] >= f_s[None, :]) & (f_k[:, None] < f_s[None, :] + W)
+        else:
+            b_in = (f_k[None, :] >= f_s[:, None]) & (f_k[None, :] < f_s[:, None] + W)
+        b_d = tl.where(b_in, b_d, float("inf"))
+    return b_d
+
+
+@triton.jit
 def _tf32_high(x):
     """x with its low 13 mantissa bits cleared: exactly what the tensor cores use of x in a
     tf32 product, so x - _tf32_high(x) is exact."""
@@ -175,6 +196,8 @@ def _joint_tiled_fwd_kernel(
     KIND_U: tl.constexpr,
     KIND_V: tl.constexpr,
     HAS_M: tl.constexpr,
+    W_U: tl.constexpr,
+    W_V: tl.constexpr,
     KP: tl.constexpr,
     BLOCK_P: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -196,8 +219,12 @@ def _joint_tiled_fwd_kernel(
         b_u, _, _ = _load_bins(p_u, o_x, m_n, p_ru, s_ru, i_b, first, length, MAP)
         b_v, _, _ = _load_bins(p_v, o_x, m_n, p_rv, s_rv, i_b, first, length, MAP)
         b_m = _pixel_weights(p_m, o_x, m_n, HAS_M)
-        b_at = _weights(b_u[None, :] - f_k[:, None], c_k, KIND_U, EXP) * b_m[None, :]  # A^T (KP, P)
-        b_c = _weights(b_v[:, None] - f_k[None, :], c_k, KIND_V, EXP)  # B (P, KP)
+        b_su = _window_start(b_u, K, c_k, W_U, KIND_U)
+        b_sv = _window_start(b_v, K, c_k, W_V, KIND_V)
+        b_du = _in_window(b_u[None, :] - f_k[:, None], b_su, f_k, W_U, KIND_U, True)
+        b_dv = _in_window(b_v[:, None] - f_k[None, :], b_sv, f_k, W_V, KIND_V, False)
+        b_at = _weights(b_du, c_k, KIND_U, EXP) * b_m[None, :]  # A^T (KP, P)
+        b_c = _weights(b_dv, c_k, KIND_V, EXP)  # B (P, KP)
         b_acc = _dot(b_at, b_c, b_acc, PRECISION)
     p_o = p_out + (i_p * tl.num_programs(1) + i_b) * K * K
     m_k = o_k < K
@@ -263,10 +290,12 @@ def _joint_span_fwd_kernel(
         lo_v = tl.min(tl.where(m_keep, b_sv, K), axis=0)
         hi_v = tl.max(tl.where(m_keep, b_sv + W_V, 0), axis=0)
         for a0 in range(lo_u, hi_u, T):
-            b_at = _weights(b_u[None, :] - (a0 + f_t)[:, None], c_k, KIND_U, EXP) * b_m[None, :]  # (T, P)
+            b_du = _in_window(b_u[None, :] - (a0 + f_t)[:, None], b_su, a0 + f_t, W_U, KIND_U, True)
+            b_at = _weights(b_du, c_k, KIND_U, EXP) * b_m[None, :]  # (T, P)
             m_a = (a0 + o_t) < K
             for c0 in range(lo_v, hi_v, T):
-                b_c = _weights(b_v[:, None] - (c0 + f_t)[None, :], c_k, KIND_V, EXP)  # (P, T)
+                b_dv = _in_window(b_v[:, None] - (c0 + f_t)[None, :], b_sv, c0 + f_t, W_V, KIND_V, False)
+                b_c = _weights(b_dv, c_k, KIND_V, EXP)  # (P, T)
                 m_ac = m_a[:, None] & ((c0 + o_t) < K)[None, :]
                 p_t = p_o + (a0 + o_t)[:, None] * K + (c0 + o_t)[None, :]
                 b_j = _dot(b_at, b_c, tl.load(p_t, mask=m_ac, other=0.0), PRECISION)
@@ -299,6 +328,8 @@ def _joint_tiled_bwd_kernel(
     NEEDS_U: tl.constexpr,
     NEEDS_V: tl.constexpr,
     NEEDS_M: tl.constexpr,
+    W_U: tl.constexpr,
+    W_V: tl.constexpr,
     KP: tl.constexpr,
     BLOCK_P: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -328,8 +359,12 @@ def _joint_tiled_bwd_kernel(
         o_x, m_n = _block(i_blk, i_b, N, BLOCK_P)
         b_u, c_u, k_u = _load_bins(p_u, o_x, m_n, p_ru, s_ru, i_b, first, length, MAP)
         b_v, c_v, k_v = _load_bins(p_v, o_x, m_n, p_rv, s_rv, i_b, first, length, MAP)
-        b_wu, b_dwu = _weights_and_grad(b_u[:, None] - f_k[None, :], c_k, KIND_U, EXP)
-        b_wv, b_dwv = _weights_and_grad(b_v[:, None] - f_k[None, :], c_k, KIND_V, EXP)
+        b_su = _window_start(b_u, K, c_k, W_U, KIND_U)
+        b_sv = _window_start(b_v, K, c_k, W_V, KIND_V)
+        b_du = _in_window(b_u[:, None] - f_k[None, :], b_su, f_k, W_U, KIND_U, False)
+        b_dv = _in_window(b_v[:, None] - f_k[None, :], b_sv, f_k, W_V, KIND_V, False)
+        b_wu, b_dwu = _weights_and_grad(b_du, c_k, KIND_U, EXP)
+        b_wv, b_dwv = _weights_and_grad(b_dv, c_k, KIND_V, EXP)
         b_m = _pixel_weights(p_m, o_x, m_n, HAS_M)
         if NEEDS_U or NEEDS_M:
             b_cg = _dot(b_wv, b_gt, None, PRECISION)
@@ -351,7 +386,8 @@ def _launch_args(direction, u, num_bins, sigma, kernel_u, kernel_v, ranges, rows
     c_k = window_param(sigma, kernel_u, kernel_v)
     (r_u, s_u), (r_v, s_v) = row_ranges(ranges, u, 2)
     kp, block_p, num_warps, programs = tiled_config(direction, K, *rows_cols, u.device)
-    const = dict(MAP=ranges is not None, KIND_U=ku, KIND_V=kv, KP=kp, BLOCK_P=block_p)
+    w_u, w_v = window_size(kernel_u, K, sigma), window_size(kernel_v, K, sigma)
+    const = dict(MAP=ranges is not None, KIND_U=ku, KIND_V=kv, W_U=w_u, W_V=w_v, KP=kp, BLOCK_P=block_p)
     return (r_u, r_v, s_u, s_v), c_k, const, num_warps, programs
 
 

@@ -322,6 +322,12 @@ class _Gathered:
         return (self.wu.ws[i] * self.rows[j]).sum(1)
 
 
+def _flat(t: torch.Tensor, zero: bool = False) -> torch.Tensor:
+    """A new flat buffer of ``t``'s size, dtype and device, contiguous whatever ``t``'s strides
+    (a batch-last view: ``empty_like`` would keep them, and ``view(-1)`` then fails)."""
+    return (torch.zeros if zero else torch.empty)(t.numel(), dtype=t.dtype, device=t.device)
+
+
 def joint_hist_backward(
     grad, u, v, m, num_bins, sigma, kernel_u="gaussian", kernel_v="gaussian", *, needs_u=True,
     needs_v=True, needs_m=False, ranges=None, first=0.0, length=1.0,
@@ -334,8 +340,8 @@ def joint_hist_backward(
     """
     acc = _acc_dtype(u.dtype)
     g = grad.reshape(-1).to(acc)
-    du, dv = torch.empty_like(u).view(-1), torch.empty_like(v).view(-1)
-    dm = torch.empty_like(m).view(-1) if (m is not None and needs_m) else None
+    du, dv = _flat(u), _flat(v)
+    dm = _flat(m) if (m is not None and needs_m) else None
     maps = bin_maps(ranges, first, length, acc)
     for c, idx, wu, wv, mc in _joint_chunks(u, v, m, num_bins, sigma, kernel_u, kernel_v, 1, maps):
         t = _Gathered(g, idx, wu, wv)
@@ -377,9 +383,9 @@ def joint_hist_double_backward(
     need_g, need_u, need_v, need_m = needs
     need_m = need_m and m is not None
     dg = torch.zeros(B * K * K, dtype=torch.float64, device=u.device) if need_g else None
-    du = torch.zeros_like(u).view(-1) if need_u else None
-    dv = torch.zeros_like(v).view(-1) if need_v else None
-    dm = torch.zeros_like(m).view(-1) if need_m else None
+    du = _flat(u, zero=True) if need_u else None
+    dv = _flat(v, zero=True) if need_v else None
+    dm = _flat(m, zero=True) if need_m else None
     maps = bin_maps(ranges, first, length, acc)
     for c, idx, wu, wv, mc in _joint_chunks(u, v, m, K, sigma, kernel_u, kernel_v, 2, maps):
         one = torch.ones(c.hi - c.lo, dtype=acc, device=u.device)
@@ -440,8 +446,8 @@ def hist_backward(
     when not needed, du None when not needed."""
     acc = _acc_dtype(u.dtype)
     g = grad.reshape(-1).to(acc)
-    du = torch.empty_like(u).view(-1)
-    dm = torch.empty_like(m).view(-1) if (m is not None and needs_m) else None
+    du = _flat(u)
+    dm = _flat(m) if (m is not None and needs_m) else None
     bin_map = _first_map(ranges, first, length, acc)
     for c, idx, wu, mc in _hist_chunks(u, m, num_bins, sigma, kernel, 1, bin_map):
         gw = g.index_select(0, idx.view(-1)).view(idx.shape)
@@ -468,8 +474,8 @@ def hist_double_backward(hu, hm, grad, u, m, num_bins, sigma, kernel, needs, ran
     need_g, need_u, need_m = needs
     need_m = need_m and m is not None
     dg = torch.zeros(B * K, dtype=torch.float64, device=u.device) if need_g else None
-    du = torch.zeros_like(u).view(-1) if need_u else None
-    dm = torch.zeros_like(m).view(-1) if need_m else None
+    du = _flat(u, zero=True) if need_u else None
+    dm = _flat(m, zero=True) if need_m else None
     for c, idx, wu, mc in _hist_chunks(u, m, K, sigma, kernel, 2, _first_map(ranges, first, length, acc)):
         one = torch.ones(c.hi - c.lo, dtype=acc, device=u.device)
         a = wu.chain(one)

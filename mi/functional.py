@@ -788,7 +788,9 @@ def _live_composite(x: Tensor, r: Tensor, m: Optional[Tensor]) -> Tensor:
 def _live_range(x: Tensor, m: Optional[Tensor]) -> Tensor:
     """(R, 2) [lo, hi] of each row of x (R, N > 0) over the pixels with m > 0, as
     ``_row_range`` but differentiable in x (amin/amax, whose backward shares a tied extreme's
-    gradient among its pixels); (0, 1) for a row that keeps no pixel."""
+    gradient among its pixels); (0, 1) for a row that keeps no pixel (or has none)."""
+    if x.shape[-1] == 0:  # amin refuses empty rows
+        return _pair_row(0.0, 1.0, x.dtype, x.device).expand(x.shape[0], 2)
     if m is None:
         return torch.stack([x.amin(-1), x.amax(-1)], -1)
     keep = m > 0

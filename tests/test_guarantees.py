@@ -59,6 +59,47 @@ def test_empty_batch_gives_empty_results_and_gradients(backend):
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_inputs_at_second_order(backend):
+    """No images, or images with no pixels, and an "auto" range: zero-size first and second
+    derivatives, also through torch.func (the differentiable range once reduced an empty row)."""
+    for shape in ((0, 1, 4, 4), (2, 1, 0, 4)):
+        x, y = torch.rand(shape, requires_grad=True), torch.rand(shape)
+
+        def f(t, y=y):
+            return mi.mutual_information(t, y, num_bins=8, backend=backend).sum()
+
+        (g,) = torch.autograd.grad(f(x), x, create_graph=True)
+        (gg,) = torch.autograd.grad(g.sum(), x, allow_unused=True)
+        assert g.shape == shape and (gg is None or gg.shape == shape)
+        assert torch.func.grad(f)(x.detach()).shape == shape
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inputs_of_any_layout_give_the_gradients_of_their_contiguous_copies(backend):
+    """Images, masks and samples stored batch-last (the slices of an (H, W, D) volume taken as a
+    batch, an (N, B) array transposed): the values and the first and second derivatives of
+    their contiguous copies (the torch backend's backward once failed on their strides)."""
+    dtype = torch.float64 if backend == "torch" else torch.float32  # (triton: float32 only)
+    g = torch.Generator().manual_seed(3)
+    vol = torch.rand(6, 7, 3, 1, generator=g, dtype=dtype)
+    mask = torch.rand(6, 7, 3, 1, generator=g, dtype=dtype)
+    y = remap(torch.rand(3, 1, 6, 7, generator=g, dtype=dtype))
+    samples = torch.rand(20, 3, generator=g, dtype=dtype)
+    views = (vol.permute(2, 3, 0, 1), mask.permute(2, 3, 0, 1), samples.t())
+    results = []
+    for x, m, s in (views, tuple(t.contiguous() for t in views)):
+        x, m, s = (t.detach().requires_grad_() for t in (x, m, s))  # (detach keeps the strides)
+        value = mi.mutual_information(x, y, num_bins=8, mask=m, backend=backend).sum()
+        gx, gm = torch.autograd.grad(value, (x, m), create_graph=True)
+        (ggx,) = torch.autograd.grad(gx.pow(2).sum(), x)
+        h = mi.histogram(s, torch.linspace(0, 1, 8, dtype=dtype), 0.1, backend=backend)
+        (gs,) = torch.autograd.grad(h.pow(2).sum(), s)
+        results.append((value, gx, gm, ggx, h, gs))
+    for got, want in zip(*results):  # (the same arithmetic: equal up to the order of sums)
+        torch.testing.assert_close(got, want, rtol=1e-12 if dtype == torch.float64 else 1e-5, atol=1e-12)
+
+
 # ---------------------------------------------------------------- extreme finite values
 
 
