@@ -315,6 +315,35 @@ def test_torch_func_grad_vmap_jacrev_match_autograd(kw, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_jacrev_with_respect_to_masks_weights_and_float16_images(backend):
+    """jacrev of the scores with respect to a mask, of a histogram with respect to its weights,
+    and of a float16 image's score: autograd's Jacobians (the float16 and mask gradient
+    guards once checked values inside jacrev's vmapped backward, which torch.func refuses)."""
+    x, y = _pair((2, 1, 5, 4), seed=4)
+    m = torch.rand(2, 1, 5, 4, generator=torch.Generator().manual_seed(5))
+    cases = [
+        (lambda t: _mi(x, y, backend, mask=t), m, 1e-6),
+        (
+            lambda t: mi.histogram(
+                t[:, 0].flatten(1), torch.linspace(0, 1, 5), 0.2, weights=m[:, 0].flatten(1)
+            ),
+            x,
+            1e-6,
+        ),
+        (
+            lambda t: mi.histogram(x[:, 0].flatten(1), torch.linspace(0, 1, 5), 0.2, weights=t),
+            m[:, 0].flatten(1),
+            1e-6,
+        ),
+        (lambda t: _mi(t, y.half(), backend), x.half(), 1e-3),
+    ]
+    for f, arg, tol in cases:
+        got = torch.func.jacrev(f)(arg)
+        want = torch.autograd.functional.jacobian(f, arg)
+        torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * want.abs().max().item())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_per_sample_gradients_with_vmap_of_grad(backend):
     """The usual per-sample recipe: vmap(grad(loss of one sample)) over the batch, with a mask."""
     x, y = _pair((4, 1, 10, 9), seed=9)

@@ -51,11 +51,17 @@ class _GaussianRowSum(torch.autograd.Function):
     the rest is below 2**-24 of the peak), in O(N) memory: the backward recomputes the terms
     from u (with differentiable ops, so a second derivative is exact)."""
 
+    generate_vmap_rule = True  # (torch.func: elementwise torch ops both ways)
+
     @staticmethod
-    def forward(ctx, u, num_bins, sigma):
+    def forward(u, num_bins, sigma):
+        return _gaussian_row_sum(u, num_bins, sigma, 0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        u, num_bins, sigma = inputs
         ctx.save_for_backward(u)
         ctx.spec = (num_bins, sigma)
-        return _gaussian_row_sum(u, num_bins, sigma, 0)
 
     @staticmethod
     def backward(ctx, g):
@@ -70,7 +76,7 @@ def _gaussian_row_sum(u, num_bins, sigma, order):
         _torch.support("gaussian", sigma, double),
         _torch.window_size("gaussian", sigma, num_bins, double),
     )
-    start = (torch.floor(u.detach() - r) + 1.0).clamp_(0, num_bins - width)
+    start = (torch.floor(u.detach() - r) + 1.0).clamp(0, num_bins - width)
     out = torch.zeros_like(u)
     for i in range(width):
         d = u - (start + i)
