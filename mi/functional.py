@@ -172,7 +172,21 @@ def _check_weights(name: str, w, like: Tensor) -> Optional[Tensor]:
         raise ValueError(
             f"{name} of shape {tuple(w.shape)} does not broadcast to the data's shape {tuple(like.shape)}"
         ) from None
-    return w.to(_acc_dtype(like.dtype))
+    acc = _acc_dtype(like.dtype)
+    if w.dtype in (torch.float16, torch.bfloat16) and _grad_needed(w) and _checks_on():
+        # its gradient is computed in acc and cast back to w's dtype, where it may overflow
+        w = _FiniteGrad.call(w, name, f"{name} is tiny for {w.dtype}; pass it as float32")
+    if w.dtype == torch.float64 and acc == torch.float32 and w.numel() and _checks_on():
+        peaks = w.detach().reshape(w.shape[0], -1).amax(1)
+        f32 = torch.finfo(torch.float32)
+        lost = peaks[(peaks > f32.max) | ((peaks > 0) & (peaks < f32.tiny))]
+        if lost.numel():  # (one host read)
+            raise ValueError(
+                f"{name} is float64 with values that float32, the images' dtype, cannot hold (largest "
+                f"{lost[0].item():.3g} in some image): rescale {name} (the result does not depend on "
+                "its scale) or pass float64 images"
+            )
+    return w.to(acc)
 
 
 def _unit_rows(w: Optional[Tensor], name: str, peak: Optional[Tensor] = None) -> Optional[Tensor]:
@@ -628,12 +642,13 @@ def histogram2d(
     xf2 = x2.reshape(xf1.shape)
     w = _check_weights("weights", weights, x1)
     dtype = torch.promote_types(x1.dtype, x2.dtype)
+    acc = _acc_dtype(dtype)
+    span = _data_span(lo, step, k, acc)
+    # each gradient guarded in its own dtype (a float16 x1 beside a float32 x2), then promoted
+    xf1, xf2 = (_guard_grad(n, t, span, k - 1.0, "bins") for n, t in (("x1", xf1), ("x2", xf2)))
     xf1, xf2 = xf1.to(dtype), xf2.to(dtype)  # no copy unless the dtypes differ
     be = _resolve_backend(backend, xf1)
     _check_histogram_size(xf1.shape[0], k, 2, x1.device)
-    acc = _acc_dtype(dtype)
-    span = _data_span(lo, step, k, acc)
-    xf1, xf2 = (_guard_grad(n, t, span, k - 1.0, "bins") for n, t in (("x1", xf1), ("x2", xf2)))
     check = _no_checks
     if _checks_on():
         check = _queue_checks(

@@ -330,6 +330,11 @@ def check_joint(joint) -> Tensor:
                 f"1 / its total, would overflow {joint.dtype}; rescale joint (the result does not "
                 "depend on its scale)"
             )
+        if joint.dtype in (torch.float16, torch.bfloat16) and joint.requires_grad and torch.is_grad_enabled():
+            from .functional import _FiniteGrad  # its gradient, cast back to half, may overflow
+
+            why = "the gradient is about 1 / the histogram's total; rescale joint or pass it as float32"
+            joint = _FiniteGrad.call(joint, "joint", why)
     return joint
 
 

@@ -200,6 +200,47 @@ def test_float16_gradient_that_overflows_is_refused():
         mi.mutual_information(xh, y, num_bins=64, sigma=0.3).sum().backward()
 
 
+def test_gradients_and_masks_of_other_dtypes_are_exact_or_refused():
+    """Where an argument's dtype differs from the one computed in, its values and its gradient
+    are checked in its own dtype: a float16 x1 beside a float32 x2 (histogram2d), a float16
+    mask or joint histogram whose true gradient (1e5) is beyond float16's 65504, and a
+    float64 mask whose values float32 images cannot carry (1e-50 became 0: MI 0; 1e50 became
+    Inf) are refused, naming the argument; ordinary ones give the float64 answer."""
+    g = torch.Generator().manual_seed(0)
+    bins = torch.linspace(0, 0.01, 16)
+    s1, s2 = torch.rand(1, 64, generator=g) * 0.01, torch.rand(1, 64, generator=g) * 0.01
+    x1 = s1.half().requires_grad_()
+    h = mi.histogram2d(x1, s2, bins, 0.0003)
+    with pytest.raises(ValueError, match="gradient with respect to x1 overflows float16"):
+        torch.autograd.grad((h.float() * 1000).pow(2).sum(), x1)
+    x, y = _pair((1, 1, 8, 8), seed=1)
+    m16 = (torch.rand(1, 1, 8, 8, generator=g) * 1e-7 + 5e-8).half().requires_grad_()
+    m64 = m16.detach().double().requires_grad_()
+    (g64,) = torch.autograd.grad(
+        mi.mutual_information(x.double(), y.double(), num_bins=8, mask=m64).sum(), m64
+    )
+    assert g64.abs().max() > 65504  # the true gradient: beyond float16
+    with pytest.raises(ValueError, match="gradient with respect to mask overflows float16"):
+        torch.autograd.grad(mi.mutual_information(x, y, num_bins=8, mask=m16).sum(), m16)
+    joint = ((torch.rand(1, 4, 4, generator=g, dtype=torch.float64) + 0.5) * 1e-7).half().requires_grad_()
+    with pytest.raises(ValueError, match="gradient with respect to joint overflows float16"):
+        torch.autograd.grad(mi.mutual_information_from_joint(joint).sum(), joint)
+    ones = torch.ones(1, 1, 8, 8, dtype=torch.float64)
+    want = mi.mutual_information(x.double(), y.double(), num_bins=8, mask=ones).item()
+    for scale in (1e-50, 1e50):
+        with pytest.raises(ValueError, match="mask is float64 with values that float32, .* cannot hold"):
+            mi.mutual_information(x, y, num_bins=8, mask=ones * scale)
+        assert mi.mutual_information(
+            x.double(), y.double(), num_bins=8, mask=ones * scale
+        ).item() == pytest.approx(want)
+    assert mi.mutual_information(x, y, num_bins=8, mask=ones * 0.3).item() == pytest.approx(want, rel=1e-6)
+    mh = torch.full((1, 1, 8, 8), 0.5, dtype=torch.float16, requires_grad=True)  # moderate: as float32
+    (gh,) = torch.autograd.grad(mi.mutual_information(x, y, num_bins=8, mask=mh).sum(), mh)
+    mf = mh.detach().float().requires_grad_()
+    (gf,) = torch.autograd.grad(mi.mutual_information(x, y, num_bins=8, mask=mf).sum(), mf)
+    assert gh.dtype == torch.float16 and torch.allclose(gh.float(), gf, rtol=1e-3, atol=1e-6)
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the interpreter's x * c -> inf
 def test_far_away_samples_give_no_nan_in_any_window():
     """A fixed range with samples 3e38 away (inf in bin coordinates): zero weight, zero gradient."""
