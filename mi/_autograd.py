@@ -198,6 +198,8 @@ def _unfold(t, size):
 class _ThirdDerivative(torch.autograd.Function):
     """The identity on a second derivative, whose own backward refuses to go further."""
 
+    generate_vmap_rule = True  # (a view: torch.func batches it as it is)
+
     @staticmethod
     def forward(out, *inputs):
         return out.view_as(out)
@@ -270,11 +272,10 @@ class _JointHistBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, hu, hv, hm):
         grad, u, v, m, rx, ry = ctx.saved_tensors
-        b, needs = ctx.binning, ctx.needs_input_grad[:4]
-        with _no_autocast(u), torch.no_grad():
-            out = _torch.joint_hist_double_backward(
-                hu, hv, hm, grad, u, v, m, *b.backend_args(), needs, _ranges(rx, ry), b.first, b.length
-            )  # fmt: skip
+        with torch.no_grad():
+            out = _JointHistDoubleBackward.apply(
+                hu, hv, hm, grad, u, v, m, rx, ry, ctx.binning, ctx.needs_input_grad[:4]
+            )
         return *_no_third_derivative(out, grad, u, v, m, hu, hv, hm), *[None] * 6
 
     @staticmethod
@@ -332,11 +333,8 @@ class _HistBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, hu, hm):
         grad, u, m, r = ctx.saved_tensors
-        b = ctx.binning
-        with _no_autocast(u), torch.no_grad():
-            out = _torch.hist_double_backward(
-                hu, hm, grad, u, m, *b.backend_args(), ctx.needs_input_grad[:3], _ranges(r), b.first, b.length
-            )
+        with torch.no_grad():
+            out = _HistDoubleBackward.apply(hu, hm, grad, u, m, r, ctx.binning, ctx.needs_input_grad[:3])
         return *_no_third_derivative(out, grad, u, m, hu, hm), *[None] * 4
 
     @staticmethod
@@ -346,6 +344,61 @@ class _HistBackward(torch.autograd.Function):
         r = _fold_range(r, in_dims[3], n, u.shape[0] // n)
         out = _HistBackward.apply(grad, u, m, r, *rest)
         return tuple(_unfold(t, n) for t in out), tuple(None if t is None else 0 for t in out)
+
+
+def _batched(apply, info, in_dims, tensors, ranges, rest):
+    """The vmap rule of the ops below: the mapped dims of ``tensors`` (rows first) folded into
+    their rows, the ``ranges`` ((1, 2) or (R, 2)) folded alike, one call of ``apply``, its
+    outputs unfolded (None stays None)."""
+    n = info.batch_size
+    tensors = [_fold(t, d, n) for t, d in zip(tensors, in_dims)]
+    rows = next(t for t in tensors if t is not None).shape[0] // n
+    ranges = [_fold_range(r, d, n, rows) for r, d in zip(ranges, in_dims[len(tensors) :])]
+    out = apply(*tensors, *ranges, *rest)
+    return tuple(_unfold(t, n) for t in out), tuple(None if t is None else 0 for t in out)
+
+
+class _JointHistDoubleBackward(torch.autograd.Function):
+    """The joint op's backward's backward (``_torch.joint_hist_double_backward``), an op of its
+    own so that torch.func can batch it (``jacrev`` of a gradient, vmapped Hessian-vector
+    products: the batch folded into rows, not written into unbatched buffers). Applied under
+    no_grad: a further derivative is refused by ``_no_third_derivative``."""
+
+    @staticmethod
+    def forward(hu, hv, hm, grad, u, v, m, rx, ry, binning, needs):
+        with _no_autocast(u):
+            return _torch.joint_hist_double_backward(
+                hu, hv, hm, grad, u, v, m, *binning.backend_args(), needs, _ranges(rx, ry),
+                binning.first, binning.length,
+            )  # fmt: skip
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def vmap(info, in_dims, hu, hv, hm, grad, u, v, m, rx, ry, *rest):
+        apply = _JointHistDoubleBackward.apply
+        return _batched(apply, info, in_dims, (hu, hv, hm, grad, u, v, m), (rx, ry), rest)
+
+
+class _HistDoubleBackward(torch.autograd.Function):
+    """The 1-D histogram op's backward's backward, as ``_JointHistDoubleBackward``."""
+
+    @staticmethod
+    def forward(hu, hm, grad, u, m, r, binning, needs):
+        with _no_autocast(u):
+            return _torch.hist_double_backward(
+                hu, hm, grad, u, m, *binning.backend_args(), needs, _ranges(r), binning.first, binning.length
+            )
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def vmap(info, in_dims, hu, hm, grad, u, m, r, *rest):
+        return _batched(_HistDoubleBackward.apply, info, in_dims, (hu, hm, grad, u, m), (r,), rest)
 
 
 def joint_hist(u, v, m, binning: Binning, rx=None, ry=None):

@@ -460,6 +460,47 @@ def test_second_derivatives_match_the_dense_oracle(kernel, normalize, backend):
         assert err <= tol * scale, f"{what}: {err:.3g} > {tol} * {scale:.3g}"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hessians_through_torch_func(backend):
+    """torch.func's reverse-over-reverse Hessian, jacrev(grad(f)), and vmapped Hessian-vector
+    products with respect to x and the mask, and of a histogram's weights: the dense float64
+    estimator's Hessian (the double backward once wrote vmapped values into unbatched
+    buffers: an internal vmap error). Bounds as in the Hessian-vector test above."""
+    dtype = torch.float32 if backend == "triton" else torch.float64
+    tol = 2e-14 if dtype == torch.float64 else 5e-6
+    x, y = _pair((1, 1, 4, 3), seed=14, dtype=torch.float64)
+    m = torch.rand(1, 12, generator=torch.Generator().manual_seed(6), dtype=torch.float64) + 0.1
+    k, sigma = 8, 0.8
+
+    def ours(a, w):
+        kw = dict(num_bins=k, sigma=sigma, value_range=(0, 1), mask=w.view(1, 1, 4, 3), backend=backend)
+        return mi.mutual_information(a, y.to(dtype), **kw).sum()
+
+    want = torch.autograd.functional.hessian(
+        lambda a, w: _dense_mi(a, y, k, sigma, "none", m=w).sum(), (x, m)
+    )
+    got = torch.func.jacrev(torch.func.grad(ours, argnums=(0, 1)), argnums=(0, 1))(x.to(dtype), m.to(dtype))
+    for i in range(2):
+        for j in range(2):
+            a, b = got[i][j].double().reshape(want[i][j].shape), want[i][j]
+            assert (a - b).abs().max() <= tol * b.abs().max(), (i, j, (a - b).abs().max().item())
+    vs = torch.randn(3, *x.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    hvps = torch.func.vmap(
+        lambda v: torch.func.grad(lambda a: (torch.func.grad(ours)(a, m.to(dtype)) * v).sum())(x.to(dtype))
+    )(vs.to(dtype))
+    want_hvps = want[0][0].reshape(12, 12) @ vs.reshape(3, 12).T
+    assert (hvps.double().reshape(3, 12) - want_hvps.T).abs().max() <= tol * want_hvps.abs().max()
+    if backend == "torch":  # the 1-D histogram's double backward: jacobian of its gradient in the weights
+        bins = torch.linspace(0, 1, 6, dtype=torch.float64)
+        s = x.flatten(1)
+
+        def h(w):
+            return mi.histogram(s, bins, 0.2, weights=w).pow(2).sum()
+
+        got = torch.func.jacrev(torch.func.grad(h))(m)
+        torch.testing.assert_close(got, torch.autograd.functional.hessian(h, m), rtol=1e-12, atol=1e-14)
+
+
 def test_gradgradcheck_of_the_public_functions():
     x, y = _pair((1, 1, 5, 4), seed=11, dtype=torch.float64)
     m = torch.rand(1, 1, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
