@@ -212,7 +212,9 @@ class _ThirdDerivative(torch.autograd.Function):
     def backward(ctx, *grads):
         raise RuntimeError(
             "mi: third derivatives of the histogram op are not implemented (its second derivative "
-            "is exact; differentiating it once more is refused rather than silently wrong)"
+            "is exact; differentiating it once more is refused rather than silently wrong). "
+            "torch.autograd.functional.hvp differentiates a second derivative once more: use "
+            "vhp (the same for a symmetric Hessian) or torch.func"
         )
 
 

@@ -441,6 +441,7 @@ def _bin_layout(bins) -> tuple[float, float, int]:
     ``torch.compile(fullgraph=True)`` traces it (a tensor's values are data to the compiler:
     reading them breaks the graph)."""
     rel = 1e-6  # linspace rounds each centre to its dtype (~1e-7 relative in float32): allow that
+    _refuse_grad("bins", bins)
     if isinstance(bins, Tensor):
         if bins.is_complex() or bins.dtype == torch.bool:
             raise TypeError(f"bins must be a real tensor, got {bins.dtype}")
@@ -710,7 +711,22 @@ def histogram2d(
 # ---------------------------------------------------------------- images -> joint histogram
 
 
+def _refuse_grad(name: str, value) -> None:
+    """A tensor that needs a gradient where the op takes numbers (value_range, bins): their
+    values are read as floats, so autograd would silently not reach it."""
+    parts = value if isinstance(value, (tuple, list)) else [value]
+    if any(isinstance(t, Tensor) and t.requires_grad for t in parts) or (
+        isinstance(value, Tensor) and value.requires_grad
+    ):
+        raise TypeError(
+            f"{name} is read as numbers and is not differentiated: pass it without requires_grad "
+            "(for a learnable intensity window, map the images instead, e.g. (x - lo) / (hi - lo), "
+            "with value_range=(0, 1))"
+        )
+
+
 def _check_pair(value_range, name="value_range"):
+    _refuse_grad(name, value_range)
     try:
         lo, hi = (float(t) for t in value_range)
     except (TypeError, ValueError):

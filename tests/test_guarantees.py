@@ -596,6 +596,22 @@ def test_mask_zeros_outside_an_auto_range_have_no_derivative(backend):
             assert g[0, 0, 0, 0].item() == pytest.approx((f[1] - f[0]) / 1e-9, rel=1e-4)
 
 
+def test_tensors_that_need_a_gradient_where_numbers_are_read_are_refused():
+    """value_range and bins are read as numbers: a tensor there that requires grad would be
+    silently cut from autograd (dMI/dhi is -0.38 here), so it is a TypeError naming it;
+    tensors without requires_grad are numbers as before."""
+    x, y = _pair((1, 1, 6, 5), seed=3)
+    hi = torch.tensor(1.0, requires_grad=True)
+    with pytest.raises(TypeError, match="value_range is read as numbers and is not differentiated"):
+        mi.mutual_information(x, y, value_range=(0.0, hi))
+    with pytest.raises(TypeError, match="value_range is read as numbers"):
+        mi.MutualInformationLoss(value_range=((0.0, 1.0), (torch.tensor(0.0, requires_grad=True), 1.0)))(x, y)
+    with pytest.raises(TypeError, match="bins is read as numbers"):
+        mi.histogram(x.flatten(1), torch.linspace(0, 1, 8).requires_grad_(), 0.1)
+    plain = mi.mutual_information(x, y, value_range=(torch.tensor(0.0), torch.tensor(1.0)))
+    assert plain.item() == mi.mutual_information(x, y, value_range=(0.0, 1.0)).item()
+
+
 def test_third_derivative_is_refused():
     x, y = _pair((1, 1, 5, 4), seed=12, dtype=torch.float64)
     x.requires_grad_()
