@@ -18,7 +18,8 @@ refused (SimpleITK's reader would give 0 there; the file's voxels are checked).
 
 ``.npy``: a 2-D or 3-D real array, values kept. Anything else goes to PIL: colour becomes
 grey, 8-bit is scaled to [0, 1] and 16-bit by 65535; 32-bit integer (signed or unsigned)
-or float images keep their values; a file of several frames (a multi-page TIFF, an
+or float images keep their values; a photo is turned upright as its EXIF orientation says
+(as viewers show it); a file of several frames (a multi-page TIFF, an
 animated GIF) is a volume, one slice per frame, but a JPEG with an MPF preview (MPO) is
 its first frame. Everything is computed in float32: values beyond its range, all below
 its normal range (1e-38), or spread over so few of its steps that distinct values would
@@ -201,13 +202,27 @@ def _grey(img) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
 
 
+#: EXIF orientation (tag 0x0112) -> what shows the picture upright, as viewers (and PIL's
+#: ``ImageOps.exif_transpose``) do: the camera's sensor rows are stored as they were taken.
+_EXIF_ORIENTATION = {
+    2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud, 5: lambda a: a.T,
+    6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).T, 8: lambda a: np.rot90(a, 1),
+}  # fmt: skip
+
+
+def _upright(img, a: np.ndarray) -> np.ndarray:
+    """``a`` (the picture's grey values) turned as its EXIF orientation says."""
+    turn = _EXIF_ORIENTATION.get(img.getexif().get(0x0112))
+    return a if turn is None else np.ascontiguousarray(turn(a))
+
+
 def _read_pil(path: Path) -> np.ndarray:
     from PIL import Image, ImageSequence, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
             if getattr(img, "n_frames", 1) == 1 or img.format == "MPO":  # (a JPEG and its previews)
-                return _grey(img)
+                return _upright(img, _grey(img))
             frames = [_grey(f) for f in ImageSequence.Iterator(img)]  # a TIFF stack, a GIF
             if len({f.shape for f in frames}) > 1:
                 raise ImageReadError(

@@ -241,6 +241,25 @@ def test_tiff_and_jpeg_variants(tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "mpo.jpg"), grey)
 
 
+def test_photos_are_read_upright_as_their_exif_orientation_says(tmp_path):
+    """A camera stores its sensor's rows and an EXIF orientation (0x0112) that viewers turn the
+    picture by: all eight, for an 8-bit PNG and a 16-bit one. Oracle: PIL's
+    ``ImageOps.exif_transpose`` of the grey picture (16-bit: of its raw values)."""
+    from PIL import Image, ImageOps
+
+    grey = (np.arange(12).reshape(3, 4) * 20).astype(np.uint8)
+    for bits, a in ((8, grey), (16, grey.astype(np.uint16) * 257)):
+        for orientation in range(1, 9):
+            exif = Image.Exif()
+            exif[0x0112] = orientation
+            path = tmp_path / f"o{orientation}-{bits}.png"
+            Image.fromarray(a).save(path, exif=exif)
+            with Image.open(path) as im:
+                want = np.asarray(ImageOps.exif_transpose(im), np.float32) / (255.0 if bits == 8 else 65535.0)
+            got = read_image(path)
+            assert got.shape == want.shape and np.array_equal(got, want), (bits, orientation)
+
+
 def test_values_that_float32_would_merge_are_refused(tmp_path):
     """Label IDs near 3e9 (200 of them: 2 left in float32) and a signal on an offset of 1e9
     (one value left) are refused, saying why; data that float32 holds exactly, or spread
