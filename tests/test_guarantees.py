@@ -575,6 +575,9 @@ def test_mask_zeros_outside_an_auto_range_have_no_derivative(backend):
     assert value.item() - mi.mutual_information(x, y, num_bins=8, mask=nudged, backend=backend).item() > 0.1
     with pytest.raises(ValueError, match="mask has no derivative where it is 0 at pixels of x outside"):
         torch.autograd.grad(value.sum(), m)
+    local = mi.local_mutual_information(x, y, patch_size=2, num_bins=8, mask=m, backend=backend)
+    with pytest.raises(ValueError, match="mask has no derivative where it is 0"):  # (local MI alike)
+        torch.autograd.grad(local.sum(), m)
     fixed = mi.mutual_information(x, y, num_bins=8, mask=m, value_range=(-1.0, 4.0), backend=backend)
     assert torch.isfinite(torch.autograd.grad(fixed.sum(), m)[0]).all()  # a fixed range does not jump
     # a zero inside the range (x there is 0.5; "auto" or fixed): the derivative exists (one-sided
