@@ -16,11 +16,11 @@ dm = rowsum(A * C), with G = dL/dJ and G^T loaded once by each (persistent) prog
 
 The weights are evaluated densely, KP per pixel and axis, straight from the window
 formulas. Those are 0 outside their support (B-spline, box, kornia's and MONAI's
-windows); the Gaussian is kept on each pixel's W-bin window, the bins the scatter kernels
-and the torch backend hold (``_in_window``: two compares and a select per weight, on
-the distance, so that the backward's w and w' share it; the window's start once per
-pixel), so that every path builds the same histogram up to the
-order of its sums. (The tiled sum once kept the Gaussian beyond that window, below 2**-24
+windows); the Gaussian is kept on each pixel's W-bin window, the bins the torch backend
+holds (``_in_window``: two compares and a select per weight, on the distance, so that the
+backward's w and w' share it; the window's start once per pixel): the same histogram up
+to the order of its sums (the scatter kernels also drop the window's corner cells below
+2**-24 of the pixel's largest one). (The tiled sum once kept the Gaussian beyond that window, below 2**-24
 of its peak: float32 dust down to 1e-43 made a near-one-bin histogram's entropies 1e-41,
 and the normalised scores' derivatives, about 1 / H, overflowed into NaN gradients where
 the other paths give the one-bin histogram's exact 0.) Padded bins a >= K get weights
