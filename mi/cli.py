@@ -451,8 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     reg = sub.add_parser(
         "register",
-        help="align MOVING to FIXED by maximising MI (rigid/affine)",
-        description="Rigid or affine registration of MOVING onto FIXED (2-D "
+        help="align MOVING to FIXED by maximising MI (rigid/affine/B-spline)",
+        description="Rigid, affine or deformable (an affine stage, then a cubic B-spline grid) "
+        "registration of MOVING onto FIXED (2-D "
         "PNG/JPEG/.npy, 3-D .npy, NIfTI, NRRD, MHA, or a DICOM series: its folder or one of its "
         "files) by maximising normalised MI over a pyramid, in physical space (mm) for medical "
         "formats. Prints the transform "
@@ -476,9 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=20.0,
         metavar="MM",
-        help="bspline control points (mm) at the finest level (the grid starts coarser and is refined)",
+        help="bspline control points (mm) at the finest level (the grid starts coarser and is refined; "
+        "default 20)",
     )
-    reg.add_argument("--bending", type=float, default=1.0, help="bspline bending-energy weight")
+    reg.add_argument("--bending", type=float, default=1.0, help="bspline bending-energy weight (default 1)")
     reg.add_argument("--levels", type=int, default=3, help="pyramid levels (default 3)")
     reg.add_argument(
         "--iterations",

@@ -326,17 +326,29 @@ def float32_merges(a: np.ndarray, f: np.ndarray) -> str:
     a sentence when ``a``'s type is wider than float32 holds exactly (64-bit, or 32-bit
     integers), float32 changes its values, and their spread is under 2**12 of float32's
     steps at their magnitude (label IDs near 3e9, a signal on an offset of 1e9: a few
-    distinct values, or one, would be left); else "". (With 4096 steps or more, a bin of
-    256 holds 16 of them: float32's rounding moves a value by 1/32 bin at most.)"""
+    distinct values, or one, would be left), or, for integers, when float32 merges any of
+    at most 2**16 distinct values (label IDs near 3e9 beside a background of 0); else "".
+    (With 4096 steps or more, a bin of 256 holds 16 of them: float32's rounding moves a value
+    by 1/32 bin at most.)"""
     if not (a.dtype.itemsize > 4 or (a.dtype.kind in "iu" and a.dtype.itemsize == 4)):
+        return ""
+    if np.array_equal(f, a):
         return ""
     lo, hi = a.min(), a.max()
     spread = float(int(hi) - int(lo)) if a.dtype.kind in "iu" else float(hi) - float(lo)
     step = float(np.spacing(np.float32(max(abs(float(lo)), abs(float(hi))))))
-    if spread >= step * 2.0**12 or np.array_equal(f, a):
-        return ""
-    return (
-        f"its values span {spread:.6g} around {float(hi):.6g}, where float32 (what this library "
-        f"computes in) has steps of {step:.3g}, so distinct values would merge: subtract an offset "
-        "(e.g. the minimum) first"
-    )
+    if spread < step * 2.0**12:
+        return (
+            f"its values span {spread:.6g} around {float(hi):.6g}, where float32 (what this library "
+            f"computes in) has steps of {step:.3g}, so distinct values would merge: subtract an offset "
+            "(e.g. the minimum) first"
+        )
+    if a.dtype.kind in "iu":  # few distinct integers (a label map beside its background 0): none may merge
+        ids = np.unique(a)
+        kept = np.unique(ids.astype(np.float32)).size
+        if ids.size <= 2**16 and kept < ids.size:
+            return (
+                f"its {ids.size} distinct integers (labels?) would be {kept} in float32 (what this "
+                "library computes in), which holds integers exactly only up to 2**24: renumber them"
+            )
+    return ""

@@ -31,6 +31,7 @@ class MutualInformation(nn.Module):
             deterministic, group).
 
     Example:
+        >>> import torch
         >>> a = torch.rand(2, 1, 64, 64)
         >>> MutualInformation()(a, a).shape
         torch.Size([2])
@@ -110,6 +111,7 @@ class MutualInformationLoss(nn.Module):
         (B,) / (B, C) with ``reduction="none"``.
 
     Example:
+        >>> import torch
         >>> loss = MutualInformationLoss()
         >>> a = torch.rand(1, 1, 32, 32, requires_grad=True)
         >>> loss(a, a.detach()).backward()

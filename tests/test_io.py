@@ -272,6 +272,13 @@ def test_values_that_float32_would_merge_are_refused(tmp_path):
         np.save(tmp_path / "a.npy", a)
         with pytest.raises(ImageReadError, match="would merge"):
             read_image(tmp_path / "a.npy")
+    # three labels near 3e9 beside a background of 0: a wide spread, but 4 values become 2
+    background = np.where(rng.random((16, 16)) < 0.5, 0, 3_000_000_000 + rng.integers(0, 3, (16, 16)))
+    assert len(np.unique(background)) == 4 and len(np.unique(background.astype(np.float32))) == 2
+    for a in (background.astype(np.uint32), background.astype(np.int64)):
+        np.save(tmp_path / "a.npy", a)
+        with pytest.raises(ImageReadError, match="its 4 distinct integers .* would be 2 in float32"):
+            read_image(tmp_path / "a.npy")
     ramp = np.arange(256, dtype=np.uint32).reshape(16, 16) * np.uint32(14_000_000)  # to 3.6e9: many steps
     small = rng.integers(-5000, 5000, (16, 16))  # int64, exact in float32
     for a in (ramp, small, rng.random((16, 16)), labels - np.uint32(3_000_000_000)):

@@ -93,9 +93,13 @@ class RegistrationResult:
             :meth:`save_transform` writes.
         matrix: the same transform on voxel indices: fixed index (x, y[, z]) -> moving index.
         theta: (d, d+1) float64, the same for ``affine_grid(theta[None], (1, C,
-            *fixed_shape), align_corners=False)`` + ``grid_sample(moving, ...)``.
-        warped: the moving image resampled onto the fixed grid (bilinear, zero outside), in
-            the layout the fixed image was given ((H, W), (1, 1, H, W), ...; a tensor).
+            *fixed_shape), align_corners=False)`` + ``grid_sample(moving, ...)`` (whose zero
+            padding fades the half voxel past the moving image's edge voxels, where
+            :attr:`warped` keeps their values).
+        warped: the moving image resampled onto the fixed grid as ITK's ``Resample`` does it
+            (bilinear; the edge values up to half a voxel beyond the edge voxels' centres, 0
+            further out), in the layout the fixed image was given ((H, W), (1, 1, H, W),
+            ...; a tensor).
         loss_history: the loss at every iteration, coarsest level first.
         mi_before, mi_after: Studholme's normalised MI ``(H(f) + H(w)) / H(f, w)`` in [1, 2]
             (32 bins, cubic B-spline window) of the full-resolution fixed image and the
