@@ -327,16 +327,13 @@ def _check_slope(name: str, lo, hi, length: float, dtype, given=None):
             )
 
 
-def _queue_checks(
-    backend: str, extremes: dict, weights=None, wname="weights", binned=(), grads=(), zero_outside=()
-):
+def _queue_checks(backend: str, extremes: dict, weights=None, wname="weights", binned=(), grads=()):
     """All data checks of one call behind one host read; returns ``finish()``, which runs them.
 
     extremes: {name: (R, 2) per-row [min, max] of the samples} (``_extremes``), which must
     be finite; weights: must be >= 0 (and not NaN); binned: ``_Binned`` records, whose
     samples that miss the K bins get a warning; grads: ``_GradRange`` records, refused
-    when too narrow (``_check_slope``); zero_outside: ``_ZeroWeightsOutside`` records, whose
-    message is set (for the backward) when their count is positive.
+    when too narrow (``_check_slope``).
 
     On a GPU with the Triton backend, the few numbers the checks need are queued for the
     host now, into pinned memory behind an event; the caller launches its work and calls
@@ -349,12 +346,11 @@ def _queue_checks(
     if not _checks_on():
         return _no_checks
     parts = [e.reshape(-1) for e in extremes.values()] + [g.ranges.reshape(-1) for g in grads]
-    parts += [z.count.reshape(1).to(parts[0].dtype) for z in zero_outside]
     if weights is not None:  # [min, max]
         parts.append(torch.stack(torch.aminmax(weights)) if weights.numel() else weights.new_zeros(2))
     stats = torch.cat(parts)  # in the widest of their dtypes: float64 samples stay finite
     if not (stats.is_cuda and backend == "triton"):
-        _run_checks(stats.tolist(), extremes, weights is not None, wname, binned, grads, zero_outside)
+        _run_checks(stats.tolist(), extremes, weights is not None, wname, binned, grads)
         return _no_checks
     host = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
     host.copy_(stats, non_blocking=True)
@@ -363,7 +359,7 @@ def _queue_checks(
 
     def finish():
         event.synchronize()
-        _run_checks(host.tolist(), extremes, weights is not None, wname, binned, grads, zero_outside)
+        _run_checks(host.tolist(), extremes, weights is not None, wname, binned, grads)
 
     return finish
 
@@ -374,7 +370,7 @@ def _to_bins_host(value: float, lo: float, hi: float, first: float, length: floa
     return (value * s - lo * s) * (length / (hi * s - lo * s)) + first
 
 
-def _run_checks(stats, extremes, has_weights, wname, binned, grads, zero_outside=()):
+def _run_checks(stats, extremes, has_weights, wname, binned, grads):
     """The host side of ``_queue_checks``: ``stats`` are its numbers, as floats."""
     found, at = {}, 0
     for name, e in extremes.items():
@@ -386,15 +382,6 @@ def _run_checks(stats, extremes, has_weights, wname, binned, grads, zero_outside
         r = stats[at : at + g.ranges.numel()]
         at += g.ranges.numel()
         _check_slope(g.name, r[0::2], r[1::2], g.length, g.dtype)
-    for z in zero_outside:
-        if stats[at] > 0:
-            z.why[0] = (
-                f"mask has no derivative where it is 0 at pixels of {z.name} outside the range of "
-                f'the pixels it keeps ({int(stats[at])} of them): with value_range="auto" that '
-                "range, and MI, jump when such a weight becomes positive. Pass a fixed value_range, "
-                "or a mask without zeros there"
-            )
-        at += 1
     if has_weights and not (stats[-2] >= 0 and math.isfinite(stats[-1])):
         raise ValueError(f"{wname} must be non-negative and finite (no NaN or Inf)")
     for b in binned:
@@ -596,37 +583,6 @@ class _FiniteGrad(torch.autograd.Function):
         return g, None, None
 
 
-@_autograd.fast_apply
-class _RefusedGrad(torch.autograd.Function):
-    """The identity, whose backward raises ``why[0]`` when the data checks set it (after the
-    forward, from their one host read): a derivative that does not exist at these values."""
-
-    @staticmethod
-    def forward(x, why):
-        return x.view_as(x)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.why = inputs[1]
-
-    @staticmethod
-    def backward(ctx, g):
-        if ctx.why[0]:
-            raise ValueError(ctx.why[0])
-        return g, None
-
-
-class _ZeroWeightsOutside(NamedTuple):
-    """How many pixels of weight 0 lie outside their row's "auto" range (count, a 0-d tensor):
-    the range is taken over the weights > 0, so MI jumps when such a weight becomes positive
-    and has no derivative with respect to it; ``why`` (a one-element list, read by the mask's
-    ``_RefusedGrad``) gets the message when there are any."""
-
-    name: str
-    count: Tensor
-    why: list
-
-
 def _guard_grad(name: str, x: Tensor, span, length: float, given="value_range") -> Tensor:
     """Refuse a fixed range (``span``, from the argument ``given``) too narrow for x's gradient
     now (``_check_slope``); with the value checks on, guard a float16 gradient against
@@ -720,8 +676,9 @@ def _refuse_grad(name: str, value) -> None:
     ):
         raise TypeError(
             f"{name} is read as numbers and is not differentiated: pass it without requires_grad "
-            "(for a learnable intensity window, map the images instead, e.g. (x - lo) / (hi - lo), "
-            "with value_range=(0, 1))"
+            '(detached; value_range="auto" is each image\'s own min..max, and is differentiated; for '
+            "a learnable intensity window, map the images instead, e.g. (x - lo) / (hi - lo), with "
+            "value_range=(0, 1))"
         )
 
 
@@ -1129,17 +1086,6 @@ def _binning(a: _Images, group=None, deterministic=False):
         for n, t, r, rows, dt in named
         if checks and r == "auto" and _grad_needed(t)
     ]
-    zero_outside = []
-    if checks and group is None and a.mask is not None and _grad_needed(a.mask):
-        zero = a.mask == 0
-        for n, t, r, rows, _ in named:
-            if r == "auto":
-                out = zero & ((t < rows[:, :1].to(t.dtype)) | (t > rows[:, 1:].to(t.dtype)))
-                zero_outside.append(_ZeroWeightsOutside(n, out.sum(), [None]))
-        if zero_outside:
-            mask = _RefusedGrad.call(mask, zero_outside[0].why)
-            for z in zero_outside[1:]:
-                mask = _RefusedGrad.call(mask, z.why)
     if mattes:
         # ITK: the fixed image's bin is floor(term) clamped to [2, K-3] (a box window, at that
         # bin's centre here, so rounding cannot move it); the moving one a cubic B-spline at term.
@@ -1153,9 +1099,7 @@ def _binning(a: _Images, group=None, deterministic=False):
     if checks:
         pairs = (("x", a.x, rng[0]), ("y", a.y, rng[1]))
         binned = [_Binned(n, t, *r, first, length, k, False) for n, t, r in pairs if r != "auto"]
-        check = _queue_checks(
-            a.backend, {"x": ext[0], "y": ext[1]}, weights, "mask", binned, grads, zero_outside
-        )
+        check = _queue_checks(a.backend, {"x": ext[0], "y": ext[1]}, weights, "mask", binned, grads)
     binning = Binning(
         k, a.sigma, kernels, a.backend, _check_flag("deterministic", deterministic), a.first, a.length
     )

@@ -260,9 +260,6 @@ def _refusal_is_genuine(err: ValueError, x, y, m, case, rng):
     msg = str(err)
     if "holds only kernel tails" in msg:
         return _tails_only(x, y, m, case, rng)
-    if "mask has no derivative where it is 0" in msg:
-        name = re.search(r"at pixels of (\w+)", msg).group(1)
-        return _zero_weight_outside(x if name == "x" else y, m, case, rng, name)
     if "spans only" not in msg:
         return False
     name = re.search(r"with respect to (\w+)", msg).group(1)
@@ -283,23 +280,6 @@ def _tails_only(x, y, m, case, rng, margin=2.0):
         peaks = peaks / _rows(m.double().expand(x.shape).contiguous(), rows).amax(-1).clamp(min=1e-300)
     limit = 2.0**-998 if x.dtype == torch.float64 else 2.0**-102
     return bool(((peaks > 0) & (peaks < margin * limit)).any())
-
-
-def _zero_weight_outside(t, m, case, rng, name):
-    """Whether some row of t has a pixel of mask weight 0 outside the min..max of the pixels the
-    mask keeps (an "auto" range over them jumps when that weight turns positive)."""
-    r = rng if rng == "auto" or not isinstance(rng[0], (tuple, str)) else rng[0 if name == "x" else 1]
-    if r != "auto" or m is None:
-        return False
-    b, c = t.shape[:2]
-    rows = b * c if case["per_channel"] else b
-    tr, mr = _rows(t.double(), rows), _rows(m.double().expand(t.shape).contiguous(), rows)
-    for v, w in zip(tr, mr):
-        kept = v[w > 0]
-        lo, hi = (kept.min(), kept.max()) if kept.numel() else (0.0, 1.0)
-        if ((w == 0) & ((v < lo) | (v > hi))).any():
-            return True
-    return False
 
 
 def _min_span(t, m, case, rng, name):
