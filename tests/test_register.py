@@ -463,3 +463,25 @@ def test_images_wider_than_float32_keep_their_values_or_are_refused():
     for x in (far, torch.from_numpy(far), sitk.GetImageFromArray(far)):
         with pytest.raises(ValueError, match="moving: its values span .* would merge"):
             register(torch.from_numpy(a - 1e3), x, iterations=1, levels=1, progress=False)
+
+
+@pytest.mark.filterwarnings("ignore:the registration ended below its start")  # (two steps from the answer)
+def test_the_picture_titles_the_nmi_of_what_it_draws():
+    """The before/after picture draws the moving image at the identity (the files' own
+    placement) and at the result; each panel's NMI is that of what it draws (the "before"
+    title once showed ``mi_before``, the start transform's: here a given initial one)."""
+    import re
+
+    import mi
+    from mi.registration.io import registration_figure
+    from mi.registration.optim import SCORE
+
+    fixed, moving, true = demo_pair()
+    r = register(fixed, moving, initial=true, iterations=2, levels=1, progress=False)
+    fig = registration_figure(r, fixed, moving)
+    titles = [ax.get_title() for ax in fig.axes]
+    before = [float(re.search(r"NMI (\d\.\d+)", t).group(1)) for t in titles if t.startswith("before")]
+    f, m = torch.as_tensor(fixed)[None, None], torch.as_tensor(moving)[None, None]
+    w, o = warp(m, torch.eye(3, dtype=torch.float64), f.shape[2:])
+    drawn = mi.mutual_information(f, w, mask=o, **SCORE).item()
+    assert before and abs(before[0] - drawn) < 1e-4 and abs(r.mi_before - drawn) > 0.05

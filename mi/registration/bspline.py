@@ -51,14 +51,25 @@ class ControlGrid:
     @classmethod
     def over(cls, geom: Geometry, grid_spacing) -> ControlGrid:
         """The grid SimpleITK's ``BSplineTransformInitializer`` puts over an image of geometry
-        ``geom``, with a mesh of ``ceil(extent / grid_spacing)`` cells per axis (at least 1):
-        control points about ``grid_spacing`` mm apart (one number, or one per axis)."""
+        ``geom``, with a mesh of ``ceil(extent / grid_spacing)`` cells along each image axis
+        (at least 1; extent (n - 1) voxels): control points about ``grid_spacing`` mm apart
+        (one number, or one per image axis x, y[, z]; ITK's domain is about a voxel longer
+        than that extent, so the spacing may exceed it by that much over the cells).
+
+        ITK orders the grid's axes by the physical axes they run along, not as the image's:
+        for a direction that permutes them (a 90 degree rotation, a sagittal volume) each
+        grid axis takes the mesh of the image axis it runs along (a first grid of one cell
+        tells which: the largest |cos| between the two directions' columns)."""
         sitk = _sitk()
         d = geom.dim
         spacing = per_axis("grid_spacing", grid_spacing, d)
         mesh = [max(1, math.ceil((n - 1) * s / g)) for n, s, g in zip(geom.size, geom.spacing, spacing)]
         img = geom.to_sitk(sitk.Image([int(n) for n in geom.size], sitk.sitkUInt8))
-        t = sitk.BSplineTransformInitializer(img, mesh, 3)
+        one = cls.from_fixed_parameters(
+            sitk.BSplineTransformInitializer(img, [1] * d, 3).GetFixedParameters(), d
+        )
+        along = np.abs(np.reshape(one.direction, (d, d)).T @ np.reshape(geom.direction, (d, d))).argmax(1)
+        t = sitk.BSplineTransformInitializer(img, [mesh[int(i)] for i in along], 3)
         return cls.from_fixed_parameters(t.GetFixedParameters(), d)
 
     @classmethod

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from ..local import LocalMutualInformationLoss
 from .bspline import ControlGrid
 from .optim import (
+    DIVERGED,
     FINAL_STEP_DENSE,
     FINAL_STEP_SAMPLED,
     _check_iterations,
@@ -223,11 +225,8 @@ def register_deformable(
     levels = _check_levels(levels, gf, gm)
     its = _check_iterations(iterations if iterations is not None else 100, levels)
     lr = default_lr(gf) if lr is None else _check_positive("lr", lr)
-    bending = _check_positive("bending", bending, allow_zero=True)
+    gs, bending = check_grid(grid_spacing, bending, gf)
     sampling = _check_sampling(sampling, sampling_strategy)
-    gs = per_axis("grid_spacing", grid_spacing, d)
-    if any(s < v for s, v in zip(gs, gf.spacing)):
-        raise ValueError(f"grid_spacing {gs} mm is finer than the fixed image's voxels {gf.spacing} mm")
     if not isinstance(refine_grid, bool):
         raise TypeError(f"refine_grid must be a bool, got {type(refine_grid).__name__}")
     w, wm, loss_fn, gen = _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed)
@@ -299,8 +298,25 @@ def register_deformable(
     with torch.no_grad():
         result.warped, result.overlap, result.mi_after = _warp_and_score(result, f, m, w, wm, deform=True)
         *_, result.mi_before = _warp_and_score(result, f, m, w, wm, deform=False)
+    if result.mi_after < result.mi_before - DIVERGED:  # (as register's)
+        warnings.warn(
+            f"the deformable stage ended below its start (normalised MI {result.mi_after:.4f} < "
+            f"{result.mi_before:.4f}, the affine stage's): it diverged; try a smaller lr or a "
+            "larger bending weight",
+            stacklevel=2,
+        )
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def check_grid(grid_spacing, bending, gf: Geometry) -> tuple:
+    """(grid_spacing per image axis, bending), checked for a fixed image of geometry ``gf``:
+    spacing positive and not finer than its voxels, bending >= 0 (``mi register`` checks
+    them before its affine stage)."""
+    gs = per_axis("grid_spacing", grid_spacing, gf.dim)
+    if any(s < v for s, v in zip(gs, gf.spacing)):
+        raise ValueError(f"grid_spacing {gs} mm is finer than the fixed image's voxels {gf.spacing} mm")
+    return gs, _check_positive("bending", bending, allow_zero=True)
 
 
 def _warp_and_score(result: DeformableResult, f, m, w, wm, deform: bool):

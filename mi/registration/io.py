@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..functional import joint_histogram
+from ..functional import joint_histogram, mutual_information
 from ..io import MEDICAL_SUFFIXES, ImageReadError, is_dicom, is_medical, read_image
-from .deformable import DeformableResult, register_deformable
-from .optim import RegistrationResult, register
+from .deformable import DeformableResult, check_grid, register_deformable
+from .optim import SCORE, RegistrationResult, register
 from .space import as_image, voxel_matrix, warp
 
 
@@ -55,11 +55,19 @@ def _slices(x: np.ndarray, spacing) -> list:
 
 
 def save_figure(path, result: RegistrationResult, fixed, moving) -> Path:
-    """Before/after picture: colour overlays of the fixed image (magenta) and the moving image
-    resampled onto it (green), by the initial identity and by the result (3-D: three
-    orthogonal slices through the centre, in physical proportions), and the 64-bin joint
-    histograms (log colour scale) of each, over the overlap. ``fixed``, ``moving``: the
-    registered images (anything :func:`mi.register` accepts)."""
+    """Write :func:`registration_figure` to ``path`` (PNG); returns the path."""
+    path = Path(path)
+    registration_figure(result, fixed, moving).savefig(path, dpi=90)
+    return path
+
+
+def registration_figure(result: RegistrationResult, fixed, moving):
+    """Before/after picture (a matplotlib Figure): colour overlays of the fixed image
+    (magenta) and the moving image resampled onto it (green), by the identity (the files'
+    own placement) and by the result (3-D: three orthogonal slices through the centre, in
+    physical proportions), with the normalised MI of each over its overlap, and the 64-bin
+    joint histograms (log colour scale) of each, over the overlap. ``fixed``, ``moving``:
+    the registered images (anything :func:`mi.register` accepts)."""
     from matplotlib import colormaps
     from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
@@ -71,9 +79,12 @@ def save_figure(path, result: RegistrationResult, fixed, moving) -> Path:
         after = (result.warped.reshape(f.shape).cpu(), result.overlap.reshape(f.shape).cpu())
     else:
         after = warp(m, result.matrix, f.shape[2:])
+    before = warp(m, voxel_matrix(eye, gf, gm), f.shape[2:])
+    # each panel's NMI is that of what it draws, over its overlap (result.mi_before is at the
+    # start transform, an initial= one or the affine stage's, and both scores count the masks)
     cases = [
-        ("before", warp(m, voxel_matrix(eye, gf, gm), f.shape[2:]), result.mi_before),
-        ("after", after, result.mi_after),
+        (label, (w, o), mutual_information(f, w, mask=o, **SCORE).item())
+        for label, (w, o) in (("before (identity)", before), ("after", after))
     ]
     cols = 1 if result.dim == 2 else 3
     fig = Figure(figsize=(4.2 * max(cols, 2), 3.6 * 3 if cols == 3 else 8), layout="constrained")
@@ -97,9 +108,7 @@ def save_figure(path, result: RegistrationResult, fixed, moving) -> Path:
         ax.set_ylabel("fixed intensity bin")
         fig.colorbar(im, ax=ax, shrink=0.8)
     fig.suptitle(f"mi register ({result.transform}, {result.dim}-D)")
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    return path
+    return fig
 
 
 def describe(result) -> str:
@@ -225,6 +234,7 @@ def run_cli(
     _check_outputs(out, stem, inputs)  # before the work
     if transform == "bspline":  # an affine stage, then the deformation on top
         spacing, bending = kwargs.pop("grid_spacing", 20.0), kwargs.pop("bending", 1.0)
+        check_grid(spacing, bending, as_image("fixed", fixed, "cpu")[1])  # before the affine stage
         affine = register(fixed, moving, transform="affine", progress=progress, **kwargs)
         kwargs.pop("tolerance", None), kwargs.pop("initial", None)
         result = register_deformable(
