@@ -301,8 +301,8 @@ def register_deformable(
     if result.mi_after < result.mi_before - DIVERGED:  # (as register's)
         warnings.warn(
             f"the deformable stage ended below its start (normalised MI {result.mi_after:.4f} < "
-            f"{result.mi_before:.4f}, the affine stage's): it diverged; try a smaller lr or a "
-            "larger bending weight",
+            f"{result.mi_before:.4f}, the affine stage's): it diverged or the start was already "
+            "the optimum; try a smaller lr or a larger bending weight",
             stacklevel=2,
         )
     result.seconds = time.perf_counter() - t_start
