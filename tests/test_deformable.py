@@ -390,3 +390,22 @@ def test_a_deformable_stage_that_ends_below_its_start_warns():
     with pytest.warns(UserWarning, match="the deformable stage ended below its start"):
         r = register_deformable(fixed, moving, levels=1, iterations=20, lr=20.0, progress=False)
     assert r.mi_after < r.mi_before
+
+
+@pytest.mark.parametrize("which", ["fixed", "moving"])
+def test_a_constant_image_leaves_the_start_transform_with_a_warning(which):
+    """A constant image carries no information: MI is 0 at every transform. Both registrations
+    warn and stay at their start (the deformable one once moved its grid by 4.4 px: its
+    gradients there, 1e-19 to 1e-9, are rounding noise that Adam scales into full steps)."""
+    from mi.registration import register
+
+    rng = np.random.default_rng(0)
+    img = torch.from_numpy(np.cumsum(np.cumsum(rng.random((48, 48)), 0), 1).astype(np.float32))
+    const = torch.full((48, 48), 5.0)
+    f, m = (const, img) if which == "fixed" else (img, const)
+    with pytest.warns(UserWarning, match=f"the {which} image is constant"):
+        r = register_deformable(f, m, grid_spacing=12.0, levels=2, iterations=10, progress=False)
+    assert r.displacement_field().abs().max().item() == 0.0
+    with pytest.warns(UserWarning, match=f"the {which} image is constant"):
+        a = register(f, m, transform="affine", levels=2, iterations=10, progress=False)
+    assert torch.equal(a.physical, torch.eye(3, dtype=torch.float64))

@@ -35,6 +35,7 @@ from .optim import (
     _setup,
     _step_size,
     check_overlap,
+    constant_images,
     default_lr,
     initial_transform,
     read_pair,
@@ -230,6 +231,8 @@ def register_deformable(
     if not isinstance(refine_grid, bool):
         raise TypeError(f"refine_grid must be a bool, got {type(refine_grid).__name__}")
     w, wm, loss_fn, gen = _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed)
+    if constant_images(f, w, m, wm):  # nothing to register by: no steps
+        its = (0,) * levels
     affine = initial_transform(initial, "affine", f, gf, m, gm, w, wm)
     if isinstance(loss_fn, LocalMutualInformationLoss) and sampling is not None:
         raise ValueError(

@@ -220,6 +220,24 @@ def _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed):
     return w, wm, loss_fn, torch.Generator(device=f.device).manual_seed(int(seed))
 
 
+def constant_images(f, w, m, wm) -> list:
+    """The names of the images ("fixed", "moving") that are constant within their masks, each
+    with a warning: MI of a constant image is 0 whatever the transform, so there is nothing
+    to register: both registrations skip their steps (whose gradients there are rounding
+    noise, 1e-19 to 1e-9, that Adam would scale into full-size moves)."""
+    names = []
+    for name, img, wt in (("fixed", f, w), ("moving", m, wm)):
+        v = img if wt is None else img[wt > 0]
+        if v.numel() and bool(v.min() == v.max()):
+            names.append(name)
+            warnings.warn(
+                f"the {name} image is constant ({v.flatten()[0].item():.6g}) within its mask: it carries "
+                "no information to register by, and the result is the start transform",
+                stacklevel=3,
+            )
+    return names
+
+
 def initial_transform(initial, kind: str, f, gf: Geometry, m, gm: Geometry, w=None, wm=None) -> Tensor:
     """``initial=`` of :func:`register` -> the physical matrix (fixed mm -> moving mm):
     "geometry" (ITK's centred initialiser, GEOMETRY) the translation that maps the fixed
@@ -696,6 +714,8 @@ def register(
     sampling = _check_sampling(sampling, sampling_strategy)
     d = f.ndim - 2
     w, wm, loss_fn, gen = _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed)
+    if constant_images(f, w, m, wm):  # nothing to register by: no steps
+        its = (0,) * levels
     init = initial_transform(initial, transform, f, gf, m, gm, w, wm)
     use_graph = _check_graph(graph, loss, f.device)
 
