@@ -209,15 +209,6 @@ def cmd_demo(args) -> int:
 # ---------------------------------------------------------------- score
 
 
-def _grids_differ(ga, gb) -> list:
-    """The names of what differs between two grids (:class:`Geometry`), to 1e-4 mm."""
-    names = [] if ga.shape == gb.shape else ["size"]
-    for name in ("spacing", "origin", "direction"):
-        if not np.allclose(getattr(ga, name), getattr(gb, name), rtol=0.0, atol=1e-4):
-            names.append(name)
-    return names
-
-
 def _b_on_grid_of_a(args, a, image_a, b, image_b) -> tuple:
     """``(b, weights, note)``: what ``mi score`` compares with ``a``.
 
@@ -244,7 +235,7 @@ def _b_on_grid_of_a(args, a, image_a, b, image_b) -> tuple:
         raise CLIError(
             f"{args.a} is {ga.dim}-D and {args.b} is {gb.dim}-D: nothing to compare point by point"
         )
-    names = _grids_differ(ga, gb)
+    names = ga.differences(gb)
     if not names:
         return b, None, None
     d = ga.dim

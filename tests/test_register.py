@@ -485,3 +485,25 @@ def test_the_picture_titles_the_nmi_of_what_it_draws():
     w, o = warp(m, torch.eye(3, dtype=torch.float64), f.shape[2:])
     drawn = mi.mutual_information(f, w, mask=o, **SCORE).item()
     assert before and abs(before[0] - drawn) < 1e-4 and abs(r.mi_before - drawn) > 0.05
+
+
+@pytest.mark.filterwarnings("ignore:the registration ended below its start")  # (an image onto itself)
+def test_a_mask_file_on_another_grid_is_refused():
+    """A SimpleITK mask must lie on its image's grid: one whose spacing or origin differs (by
+    more than 1e-4 mm) is refused, naming it; the same grid is accepted."""
+    sitk = pytest.importorskip("SimpleITK")
+    img = sitk.GetImageFromArray(np.random.default_rng(0).random((32, 32)).astype(np.float32))
+    img.SetSpacing((1.5, 1.5))
+    for change, ok in ((None, True), ("spacing", False), ("origin", False)):
+        mask = sitk.GetImageFromArray(np.ones((32, 32), np.uint8))
+        mask.CopyInformation(img)
+        if change == "spacing":
+            mask.SetSpacing((1.5, 1.501))
+        elif change == "origin":
+            mask.SetOrigin((0.0, 0.001))
+        kw = dict(mask=mask, iterations=1, levels=1, progress=False)
+        if ok:
+            register(img, img, **kw)
+        else:
+            with pytest.raises(ValueError, match="mask must have its image's grid"):
+                register(img, img, **kw)

@@ -18,7 +18,7 @@ from ..functional import joint_histogram, mutual_information
 from ..io import MEDICAL_SUFFIXES, ImageReadError, is_dicom, is_medical, read_image
 from .deformable import DeformableResult, check_grid, register_deformable
 from .optim import SCORE, RegistrationResult, register
-from .space import as_image, voxel_matrix, warp
+from .space import as_image, geometry_of, voxel_matrix, warp
 
 
 class RegisterError(ValueError):
@@ -234,7 +234,7 @@ def run_cli(
     _check_outputs(out, stem, inputs)  # before the work
     if transform == "bspline":  # an affine stage, then the deformation on top
         spacing, bending = kwargs.pop("grid_spacing", 20.0), kwargs.pop("bending", 1.0)
-        check_grid(spacing, bending, as_image("fixed", fixed, "cpu")[1])  # before the affine stage
+        check_grid(spacing, bending, geometry_of("fixed", fixed))  # before the affine stage
         affine = register(fixed, moving, transform="affine", progress=progress, **kwargs)
         kwargs.pop("tolerance", None), kwargs.pop("initial", None)
         result = register_deformable(

@@ -89,6 +89,15 @@ class Geometry:
         check_direction(geom.direction, d, f"{name}'s direction")
         return geom
 
+    def differences(self, other: Geometry, atol: float = 1e-4) -> list:
+        """What differs from ``other``'s grid: names among "size", "spacing", "origin",
+        "direction" (the numbers to ``atol``, mm); empty for the same grid."""
+        names = [] if self.shape == other.shape else ["size"]
+        for name in ("spacing", "origin", "direction"):
+            if not np.allclose(getattr(self, name), getattr(other, name), rtol=0.0, atol=atol):
+                names.append(name)
+        return names
+
     def to_sitk(self, image):
         """Copy this geometry onto a SimpleITK image (of the same size)."""
         image.SetSpacing(self.spacing)
@@ -181,6 +190,14 @@ def _is_sitk_image(x) -> bool:
     return type(x).__name__ == "Image" and type(x).__module__.startswith("SimpleITK")
 
 
+def geometry_of(name: str, x) -> Geometry:
+    """The :class:`Geometry` of what :func:`read_path` returns (a SimpleITK image: its own;
+    an array: voxel space), without converting its voxels as :func:`as_image` does."""
+    if _is_sitk_image(x):
+        return Geometry.of_sitk(x, name)
+    return identity_geometry(_as_tensor(name, x).shape[2:])
+
+
 def read_path(path):
     """A file or a DICOM series (folder or one of its files) -> a SimpleITK image (medical
     formats and DICOM, with their geometry: :func:`mi.io.read_medical`) or a float32 array
@@ -271,10 +288,7 @@ def as_mask(name: str, mask, image: Tensor, geom: Geometry) -> Tensor | None:
         return None
     if isinstance(mask, (str, Path)) or _is_sitk_image(mask):
         m, g = as_image(name, mask, image.device)
-        if g.shape != geom.shape or not all(
-            np.allclose(a, b, atol=1e-4)
-            for a, b in zip((g.spacing, g.origin, g.direction), (geom.spacing, geom.origin, geom.direction))
-        ):
+        if g.differences(geom):
             raise ValueError(f"{name} must have its image's grid (shape, spacing, origin, direction)")
     else:
         mask = _from_numpy(mask)
