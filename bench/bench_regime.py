@@ -84,15 +84,14 @@ FIELDS = [
 
 
 def timer(cuda):
-    """fn -> median milliseconds (do_bench on a GPU; one perf_counter run after a warm-up in the
-    dry run, whose times mean nothing: it checks that the benchmark runs)."""
+    """fn -> median milliseconds (do_bench on a GPU; one perf_counter run in the dry run, whose
+    times mean nothing: it checks that the benchmark runs)."""
     if cuda:
         from triton.testing import do_bench
 
         return lambda fn, grads=(): do_bench(fn, grad_to_none=list(grads))
 
     def measure(fn, grads=()):
-        fn()
         start = time.perf_counter()
         fn()
         return (time.perf_counter() - start) * 1e3

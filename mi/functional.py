@@ -223,7 +223,8 @@ def set_value_checks(enabled: bool) -> bool:
     block of code in one thread.
 
     They are: NaN/Inf in the samples, negative or NaN weights/masks, ranges too narrow for
-    a gradient, and the warnings about samples that miss the bins. Together they cost one
+    a gradient, and the warnings about samples that miss the bins (by weight, with a mask:
+    the samples a mask leaves out do not count). Together they cost one
     host read per call, a device synchronisation on a GPU. With the Triton backend a few
     numbers go to pinned memory right after the pass that computes them (behind an event)
     and the call reads them only after it has queued all its own kernels, so the host waits
@@ -289,6 +290,7 @@ class _Binned(NamedTuple):
     length: float
     num_bins: int
     data_units: bool
+    weights: Optional[Tensor] = None  # the samples' weights (mask): the missed mass is weighed
 
 
 class _GradRange(NamedTuple):
@@ -393,12 +395,19 @@ def _run_checks(stats, extremes, has_weights, wname, binned, grads):
         if u_lo < -1.0 or u_hi > b.num_bins:  # rare: a second look only when some sample misses the bins
             unit = (b.hi - b.lo) / b.length
             below, above = b.lo + (-1.0 - b.first) * unit, b.lo + (b.num_bins - b.first) * unit
-            outside = ((b.samples < below) | (b.samples > above)).float().mean().item()
-        _warn_binning(b.num_bins, b.name, b.data_units, outside, u_lo, u_hi)
+            miss = (b.samples < below) | (b.samples > above)
+            if b.weights is None:
+                outside = miss.double().mean().item()
+            else:  # the mass that misses: samples a mask leaves out do not count
+                w = b.weights.detach().reshape(miss.shape).double()
+                total = w.sum().item()
+                outside = (w * miss).sum().item() / total if total > 0 else 0.0
+        _warn_binning(b.num_bins, b.name, b.data_units, outside, u_lo, u_hi, b.weights is not None)
 
 
-def _warn_binning(num_bins, name, data_units, outside, lo, hi):
-    """Warn when the bins cannot be what the caller meant (u in bin coordinates)."""
+def _warn_binning(num_bins, name, data_units, outside, lo, hi, weighted=False):
+    """Warn when the bins cannot be what the caller meant (u in bin coordinates; ``outside``:
+    the fraction of the samples, or of their weight, more than one bin beyond them)."""
     hint = (
         " Are x and bins in the same units? (Unlike the seed repository, histogram() does not "
         "scale x by 255: for images in [0, 1] use bins = torch.linspace(0, 1, K).)"
@@ -407,8 +416,8 @@ def _warn_binning(num_bins, name, data_units, outside, lo, hi):
     )
     if outside > 0.5:
         warnings.warn(
-            f"{100 * outside:.0f}% of the samples of {name} lie more than one bin beyond the "
-            f"first or last bin; their mass is lost.{hint}",
+            f"{100 * outside:.0f}% of the samples of {name}{' (by weight)' if weighted else ''} "
+            f"lie more than one bin beyond the first or last bin; their mass is lost.{hint}",
             stacklevel=4,
         )
     elif data_units and num_bins >= 16 and hi - lo <= 1.0 and hi > lo:
@@ -482,7 +491,8 @@ def histogram(x: Tensor, bins, sigma: float, *, weights: Optional[Tensor] = None
         that it sums to 1 over the bins. ``x``, ``bins`` and ``sigma`` are all in the same
         (data) units; ``sigma`` is the kernel's standard deviation. Kernel mass beyond the
         first and last bin is dropped (then renormalised). Unlike the seed repository, ``x``
-        is not scaled by 255: a warning is raised when most samples miss the bins.
+        is not scaled by 255: a warning is raised when most samples (most of the weight,
+        with ``weights``) miss the bins.
         The kernel is truncated where it falls below 2**-24 of its peak (exact to float32).
 
     Args:
@@ -518,7 +528,7 @@ def histogram(x: Tensor, bins, sigma: float, *, weights: Optional[Tensor] = None
     check = _no_checks
     if _checks_on():
         check = _queue_checks(
-            be, {"x": _extremes(xf)}, w, binned=[_Binned("x", xf, *span, 0.0, k - 1.0, k, True)]
+            be, {"x": _extremes(xf)}, w, binned=[_Binned("x", xf, *span, 0.0, k - 1.0, k, True, w)]
         )
     wf = None if w is None else _unit_rows(w.reshape(xf.shape), "weights")
     r = _pair_row(*span, acc, x.device)
@@ -654,7 +664,7 @@ def histogram2d(
     if _checks_on():
         check = _queue_checks(
             be, {"x1": _extremes(xf1), "x2": _extremes(xf2)}, w,
-            binned=[_Binned(n, t, *span, 0.0, k - 1.0, k, True) for n, t in (("x1", xf1), ("x2", xf2))],
+            binned=[_Binned(n, t, *span, 0.0, k - 1.0, k, True, w) for n, t in (("x1", xf1), ("x2", xf2))],
         )  # fmt: skip
     wf = None if w is None else _unit_rows(w.reshape(xf1.shape), "weights")
     r = _pair_row(*span, acc, x1.device)
@@ -1098,7 +1108,7 @@ def _binning(a: _Images, group=None, deterministic=False):
     check = _no_checks
     if checks:
         pairs = (("x", a.x, rng[0]), ("y", a.y, rng[1]))
-        binned = [_Binned(n, t, *r, first, length, k, False) for n, t, r in pairs if r != "auto"]
+        binned = [_Binned(n, t, *r, first, length, k, False, a.weights) for n, t, r in pairs if r != "auto"]
         check = _queue_checks(a.backend, {"x": ext[0], "y": ext[1]}, weights, "mask", binned, grads)
     binning = Binning(
         k, a.sigma, kernels, a.backend, _check_flag("deterministic", deterministic), a.first, a.length

@@ -1,5 +1,7 @@
 """Bad input gets a ValueError/TypeError that names the argument and what was expected."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -183,6 +185,10 @@ def test_bad_input_raises_a_clear_error(call, exc, match):
 
 
 def test_triton_backend_refuses_cpu_tensors_without_the_interpreter(monkeypatch):
+    # Triton's own tl functions take their mode when triton.language is first imported: import
+    # it under the interpreter first, or the later interpreted kernels cannot call them (this
+    # test run first, its backend check imports it)
+    pytest.importorskip("triton.language")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="backend='triton' needs"):
         mi.mutual_information(X, Y, backend="triton")
@@ -242,3 +248,35 @@ def test_value_checks_can_be_turned_off():
     assert torch.isnan(out[0])
     with pytest.raises(ValueError, match="x contains NaN"):
         mi.mutual_information(bad, Y)
+
+
+def test_the_missed_bins_warning_weighs_the_samples_by_the_mask():
+    """A fixed value_range that covers what a mask keeps: the samples the mask leaves out (70 %,
+    far beyond the range: a brain mask's background) lose no mass, so no warning; without
+    the mask, or with 70 % of the weight beyond the range, the warning (and its mass, by
+    weight: 0.1-weighted misses are 19 % of it, no warning). histogram() weighs its own."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = (torch.rand(1, 1, 40, 50, generator=gen) * 0.5 + 0.5 for _ in range(2))
+    out = torch.zeros(1, 1, 40, 50, dtype=torch.bool)
+    out[..., 15:] = True  # 70 % of the pixels
+    x, y = x.masked_fill(out, 100.0), y.masked_fill(out, -100.0)
+    keep = (~out).float()
+    cases = [
+        (keep, None),
+        (None, "70% of the samples of x lie"),
+        (torch.ones_like(keep), "70% of the samples of x (by weight)"),
+        (keep + 0.1 * out, None),
+    ]
+    for mask, warns in cases:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            mi.mutual_information(x, y, value_range=(0.5, 1.0), mask=mask)
+        got = [str(w.message) for w in caught if "more than one bin beyond" in str(w.message)]
+        assert (got == []) if warns is None else (len(got) == 2 and got[0].startswith(warns)), (mask, got)
+    bins = torch.linspace(0.5, 1.0, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mi.histogram(x.flatten(1), bins, 0.05, weights=keep.flatten(1))
+        mi.histogram2d(x.flatten(1), y.flatten(1), bins, 0.05, weights=keep.flatten(1))
+    with pytest.warns(UserWarning, match="70% of the samples of x lie"):
+        mi.histogram(x.flatten(1), bins, 0.05)
