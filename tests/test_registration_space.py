@@ -9,6 +9,7 @@ the moving one through the inverse of the true transform and remapped sin(3 v / 
 
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -718,3 +719,34 @@ def test_a_thin_slab_registers_with_the_default_levels():
         r = register(fixed, slab, progress=False)
     err = brain.mean_error_mm(r.sitk_transform(), true, fixed)
     assert err < 0.6, err
+
+
+def test_a_coarser_moving_image_is_pooled_to_the_fixed_levels_voxels():
+    """nibabel's registration test pair: anatomical.nii (33x41x25, 2 mm) and the same head moved
+    by a known rigid transform (euler2mat(0.1, 0.2, 0.3), (3, 4, 5) mm: make_moved_anat.py)
+    and resliced to 4 mm. Pooled by its own 2**level, the moving image came to 16 mm voxels
+    (5x6x5) at the coarsest level where the fixed one had 8 mm, and the affine registration
+    ran off: 40.0 mm mean error over the head, singular values down to 0.27. Pooled to the
+    fixed level's voxels (as ITK smooths both to one scale): measured 1.50 mm (SimpleITK's
+    affine, Mattes 32, 4/2/1: 2.1 mm); rigid 0.197 mm."""
+    nibabel = pytest.importorskip("nibabel")
+    from nibabel.eulerangles import euler2mat
+
+    data = Path(nibabel.__file__).parent / "tests" / "data"
+    fixed = sitk.ReadImage(str(data / "anatomical.nii"))
+    moving = sitk.ReadImage(str(data / "reoriented_anat_moved.nii"))
+    extra = np.eye(4)
+    extra[:3, :3], extra[:3, 3] = euler2mat(0.1, 0.2, 0.3), [3.0, 4.0, 5.0]
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])  # nibabel's RAS -> ITK's LPS
+    true = flip @ extra @ flip  # fixed physical -> moving physical
+    a = sitk.GetArrayFromImage(fixed)
+    index = np.stack(np.nonzero(a > 0.1 * a.max())[::-1], 1).astype(float)
+    head = (
+        np.array(fixed.GetOrigin())
+        + (index * fixed.GetSpacing()) @ np.array(fixed.GetDirection()).reshape(3, 3).T
+    )
+    errors = {}
+    for transform in ("rigid", "affine"):
+        m = register(fixed, moving, transform=transform, progress=False).physical.numpy()
+        errors[transform] = np.linalg.norm(head @ (m - true)[:3, :3].T + (m - true)[:3, 3], axis=1).mean()
+    assert errors["rigid"] < 0.5 and errors["affine"] < 3.0, errors

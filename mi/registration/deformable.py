@@ -255,7 +255,7 @@ def register_deformable(
         if refine_grid and level < levels - 1:
             grid, fine = grid.refined(coef.detach())
             coef = nn.Parameter(fine)
-        ff, fm = shrink_factors(gf, level), shrink_factors(gm, level)
+        ff, fm = shrink_factors(gf, level), shrink_factors(gm, level, gf)
         fl, wl = _pool(f, ff), _pool(w, ff)
         ml = _pool(torch.cat([m] + ([wm] if wm is not None else []), 1), fm)
         # the level's normalised coordinates -> mm, and mm -> the moving level's normalised ones
