@@ -750,3 +750,26 @@ def test_a_coarser_moving_image_is_pooled_to_the_fixed_levels_voxels():
         m = register(fixed, moving, transform=transform, progress=False).physical.numpy()
         errors[transform] = np.linalg.norm(head @ (m - true)[:3, :3].T + (m - true)[:3, 3], axis=1).mean()
     assert errors["rigid"] < 0.5 and errors["affine"] < 3.0, errors
+
+
+def test_a_finer_moving_image_keeps_its_detail():
+    """The 4 mm T1 against the 1 mm T2-like contrast moved by a known rigid transform: the
+    moving image is pooled by its own 2**level (the finest level unpooled), measured 0.144 mm
+    over the brain; pooled to the fixed level's 4 mm voxels at every level it lost its detail
+    (0.357 mm)."""
+    from mi.registration import brain
+
+    fixed = sitk.BinShrink(brain.brain_t1(), [4] * 3)
+    c2 = brain.brain_contrast2()
+    centre = fixed.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in fixed.GetSize()])
+    true = sitk.Euler3DTransform(centre, *[math.radians(a) for a in (4, -3, 5)], (6.0, -4.0, 3.0))
+    moving = sitk.Resample(c2, c2, true.GetInverse(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    a = sitk.GetArrayFromImage(fixed)
+    index = np.stack(np.nonzero(a > 0.1 * a.max())[::-1], 1).astype(float)
+    pts = (
+        np.array(fixed.GetOrigin())
+        + (index * fixed.GetSpacing()) @ np.array(fixed.GetDirection()).reshape(3, 3).T
+    )
+    want = np.array([true.TransformPoint(tuple(p)) for p in pts])
+    m = register(fixed, moving, progress=False).physical.numpy()
+    assert np.linalg.norm(pts @ m[:3, :3].T + m[:3, 3] - want, axis=1).mean() < 0.25

@@ -443,17 +443,25 @@ def shrink_factors(geom: Geometry, level: int, like: Geometry | None = None) -> 
     never below ``MIN_LEVEL_SIZE`` voxels along an axis (a slab of 8 slices is pooled at
     most 2 along them, as ITK's and ANTs' per-axis shrink factors allow).
 
-    ``like``: the fixed image's geometry, when ``geom`` is the moving image's: its level
-    then approaches the fixed level's voxel size (2**level times the fixed image's finest
-    spacing), as ITK smooths both images to one physical scale. Pooled by its own 2**level,
-    a 4 mm moving image against a 2 mm fixed one came to 16 mm voxels (5x6x5) where the
-    fixed level had 8 mm, and the affine stage on nibabel's pair of them ran off (40 mm
-    mean error; 1.5 mm with this, SimpleITK's affine 2.1 mm)."""
-    finest = min((like or geom).spacing)
-    return tuple(
-        max(1, min(round(2**level * finest / s), n // MIN_LEVEL_SIZE))
-        for s, n in zip(geom.spacing, geom.size)
-    )
+    ``like``: the fixed image's geometry, when ``geom`` is the moving image's: its level is
+    then pooled by its own 2**level but no coarser than the fixed level's voxels (2**level
+    times the fixed image's finest spacing), as ITK smooths both images to one physical
+    scale. Pooled by its own 2**level alone, a 4 mm moving image against a 2 mm fixed one
+    came to 16 mm voxels (5x6x5) where the fixed level had 8 mm, and the affine stage on
+    nibabel's pair of them ran off (40 mm mean error; 1.5 mm with this, SimpleITK's affine
+    2.1 mm). Pooled to the fixed level's voxels alone, a finer moving image lost its detail
+    (1 mm against 4 mm on the brain pair: 0.36 mm rigid against 0.14)."""
+
+    def factors(finest):
+        return [
+            max(1, min(round(2**level * finest / s), n // MIN_LEVEL_SIZE))
+            for s, n in zip(geom.spacing, geom.size)
+        ]
+
+    own = factors(min(geom.spacing))
+    if like is None:
+        return tuple(own)
+    return tuple(min(a, b) for a, b in zip(own, factors(min(like.spacing))))
 
 
 def _pool(x: Tensor | None, factors: tuple) -> Tensor | None:
