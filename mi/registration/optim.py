@@ -672,6 +672,9 @@ def register(
             (:func:`default_lr`: 0.5 mm for 1 mm voxels, 0.5 without geometry), so that
             the step follows the image's scale (0.05 mm or 20 mm pixels register as 1 mm
             ones do: a fixed 0.5 mm step diverged on the first and crawled on the second).
+            The reach is then counted in voxels too: the default schedule moves a parameter
+            at most about 160 of the finest voxels, so a finely sampled image reaches a
+            smaller rotation (raise the coarsest level's ``iterations`` for large ones).
         loss: None (``MutualInformationLoss(num_bins=32, normalize="studholme",
             kernel="bspline")``, updated with ``loss_kwargs``; its ``value_range``, unless
             given, each whole image's min..max within its mask, taken once, as ITK's
