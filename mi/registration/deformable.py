@@ -269,6 +269,15 @@ def register_deformable(
         final = FINAL_STEP_DENSE if sampler.count is None else FINAL_STEP_SAMPLED
         if level == levels - 1:
             check_overlap((to_grid @ phys)[:d], fl, wl, ml.shape[2:])
+        # the level's voxels in mm, and their weights: the affine stage's overlap (a voxel the
+        # deformation maps out of the moving image still counts, against the zero padding:
+        # dropping it could raise MI, and the grid ran tens of mm off outside the anatomy,
+        # taking a fifth of the fixed image out) x the fixed mask
+        voxels = torch.arange(fl[0, 0].numel(), device=f.device)
+        p_all = _normalized_points(voxels, fl.shape[2:]) @ phys[:d, :d].T + phys[:d, d]
+        weight_all = overlap_weight(p_all @ to_grid[:d, :d].T + to_grid[:d, d], ml.shape[2:])
+        if wl is not None:
+            weight_all = weight_all * wl.reshape(-1)
         for it in range(n):
             for group in opt.param_groups:
                 group["lr"] = _step_size(lr0, it, n, final)
@@ -276,19 +285,12 @@ def register_deformable(
             idx = sampler(f.device)
             dense = idx is None
             if dense:
-                idx = torch.arange(fl[0, 0].numel(), device=f.device)
-            pts = _normalized_points(idx, fl.shape[2:])
-            p = pts @ phys[:d, :d].T + phys[:d, d]
+                idx = voxels
             u = grid.field(coef, voxel_to_index, fl.shape[2:]).reshape(-1, d)  # the level's voxels
-            q = p + (u if dense else u[idx])
+            q = p_all + u if dense else p_all[idx] + u[idx]
             coords = q @ to_grid[:d, :d].T + to_grid[:d, d]
             out = sample_points(ml, coords)
-            # the affine stage's overlap: a voxel the deformation maps out of the moving image
-            # still counts, against the zero padding (dropping it could raise MI: the grid ran
-            # tens of mm off outside the anatomy, taking a fifth of the fixed image out)
-            overlap = overlap_weight(p @ to_grid[:d, :d].T + to_grid[:d, d], ml.shape[2:])[None, None]
-            if wl is not None:
-                overlap = overlap * wl.reshape(1, 1, -1)[:, :, idx]
+            overlap = (weight_all if dense else weight_all[idx])[None, None]
             if wm is not None:
                 overlap = overlap * out[:, 1:2]
             # every voxel: the images keep their shape (local MI cuts its patches from it)
@@ -349,10 +351,10 @@ def _warp_and_score(result: DeformableResult, f, m, w, wm, deform: bool):
     vals, ovl = [], []
     u = _on_grid(result.grid, result.coef.to(f), gf).reshape(-1, d) if deform else None
     for lo, p in _voxel_points(gf, f.dtype, f.device):
-        q = p + u[lo : lo + len(p)] if deform else p
-        coords = q @ to_grid[:d, :d].T + to_grid[:d, d]
+        start = p @ to_grid[:d, :d].T + to_grid[:d, d]  # the affine stage's point
+        coords = start + u[lo : lo + len(p)] @ to_grid[:d, :d].T if deform else start
         out = sample_points(stack, coords, itk=True)
-        o = overlap_weight(p @ to_grid[:d, :d].T + to_grid[:d, d], gm.shape, itk=True)  # (the loss's)
+        o = overlap_weight(start, gm.shape, itk=True)  # (the loss's weights)
         if wm is not None:
             o = o * out[0, 1]
         vals.append(out[0, 0])

@@ -448,20 +448,15 @@ def shrink_factors(geom: Geometry, level: int, like: Geometry | None = None) -> 
     times the fixed image's finest spacing), as ITK smooths both images to one physical
     scale. Pooled by its own 2**level alone, a 4 mm moving image against a 2 mm fixed one
     came to 16 mm voxels (5x6x5) where the fixed level had 8 mm, and the affine stage on
-    nibabel's pair of them ran off (40 mm mean error; 1.5 mm with this, SimpleITK's affine
-    2.1 mm). Pooled to the fixed level's voxels alone, a finer moving image lost its detail
-    (1 mm against 4 mm on the brain pair: 0.36 mm rigid against 0.14)."""
-
-    def factors(finest):
-        return [
-            max(1, min(round(2**level * finest / s), n // MIN_LEVEL_SIZE))
-            for s, n in zip(geom.spacing, geom.size)
-        ]
-
-    own = factors(min(geom.spacing))
-    if like is None:
-        return tuple(own)
-    return tuple(min(a, b) for a, b in zip(own, factors(min(like.spacing))))
+    nibabel's pair of them ran off (40 mm mean error; 1.5 mm with this). Pooled to the fixed
+    level's voxels alone, a finer moving image lost its detail (1 mm against 4 mm on the brain
+    pair: 0.36 mm rigid against 0.14; tests/test_registration_space.py)."""
+    # the min of the two poolings (each monotone in the spacing it targets): the finer target
+    finest = min(geom.spacing) if like is None else min(*geom.spacing, *like.spacing)
+    return tuple(
+        max(1, min(round(2**level * finest / s), n // MIN_LEVEL_SIZE))
+        for s, n in zip(geom.spacing, geom.size)
+    )
 
 
 def _pool(x: Tensor | None, factors: tuple) -> Tensor | None:
@@ -672,9 +667,10 @@ def register(
             (:func:`default_lr`: 0.5 mm for 1 mm voxels, 0.5 without geometry), so that
             the step follows the image's scale (0.05 mm or 20 mm pixels register as 1 mm
             ones do: a fixed 0.5 mm step diverged on the first and crawled on the second).
-            The reach is then counted in voxels too: the default schedule moves a parameter
-            at most about 160 of the finest voxels, so a finely sampled image reaches a
-            smaller rotation (raise the coarsest level's ``iterations`` for large ones).
+            The reach is then counted in voxels too: Adam moves a parameter at most about
+            ``lr`` per step, so the default schedule (120/60/30 steps from 2/1/0.5 voxels,
+            cosine decay) reaches about 160 of the finest voxels, and a finely sampled image
+            a smaller rotation (raise the coarsest level's ``iterations`` for large ones).
         loss: None (``MutualInformationLoss(num_bins=32, normalize="studholme",
             kernel="bspline")``, updated with ``loss_kwargs``; its ``value_range``, unless
             given, each whole image's min..max within its mask, taken once, as ITK's
