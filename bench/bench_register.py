@@ -12,31 +12,42 @@ Cases (known rigid transforms, a second "modality"):
         197x233x189, 1 mm) against a T2-like contrast built from its tissue maps, rotated
         (4, -3, 5) degrees about x, y, z and shifted (6, -4, 3) mm; physical space.
     brain3mm: the same with the moving image in 3 mm slices (each averaging its thickness).
+    photo25 (capture range): scikit-learn's china.jpg in grey, 640x427 pixels of 0.5 mm,
+        against an inverted copy (255 - x) rotated 25 degrees about its centre and shifted
+        (6, -4) mm (SimpleITK's linear resampling, 0 outside); physical space.
+    fine35 (capture range): the MNI T1 resampled (linear) onto a 0.5x0.5x3 mm grid of
+        394x466x63 voxels centred on it (a clinical in-plane resolution) against the 1 mm
+        T2-like contrast rotated 35 degrees about z and shifted (10, -8, 6) mm.
 
 Methods:
     mi: ``mi.register(fixed, moving, transform="rigid")`` with its defaults (3 levels,
-        120/60/30 Adam steps, Studholme NMI, 32 bins, B-spline window, 2**17 sampled voxels
-        per iteration on the levels larger than that), on ``--device`` (on CUDA each level
-        is replayed from a CUDA graph: ``graph=None``).
+        120/60/30 Adam steps; 4 levels, 200/120/60/30, on photo25 and fine35, whose fixed
+        images have over 387 voxels along an axis: ``default_levels``; Studholme NMI, 32
+        bins, B-spline window, 2**17 sampled voxels per iteration on the levels larger than
+        that), on ``--device`` (on CUDA each level is replayed from a CUDA graph:
+        ``graph=None``).
     mi-eager: the same with ``graph=False`` (on CUDA: every kernel launched from Python).
-    SimpleITK: ImageRegistrationMethod, Mattes MI (32 bins on the brain, 50 on the demos),
-        RANDOM sampling of 20 % of the voxels on the brain (every pixel on the small demos),
-        linear interpolator, RegularStepGradientDescent (learning rate 1, min step 1e-4, at
-        most 300 iterations per level, relaxation 0.5), scales from physical shift, Euler
-        transform centred by CenteredTransformInitializer(GEOMETRY), shrink factors
-        [4, 2, 1], smoothing sigmas [2, 1, 0] (physical units).
-    ANTsPy (brain cases, if ``import ants`` works): ``ants.registration(type_of_transform=
+    mi 3 levels (photo25, fine35): the same with ``levels=3``, the default before
+        ``default_levels``: its steps reach about 160 of the finest voxels.
+    SimpleITK: ImageRegistrationMethod, Mattes MI (32 bins on the physical cases, 50 on the
+        demos), RANDOM sampling of 20 % of the voxels on the physical cases (every pixel on
+        the small demos), linear interpolator, RegularStepGradientDescent (learning rate 1,
+        min step 1e-4, at most 300 iterations per level, relaxation 0.5), scales from
+        physical shift, Euler transform centred by CenteredTransformInitializer(GEOMETRY),
+        shrink factors [4, 2, 1], smoothing sigmas [2, 1, 0] (physical units).
+    ANTsPy (physical cases, if ``import ants`` works): ``ants.registration(type_of_transform=
         "Rigid")`` (Mattes MI, 32 bins) and "QuickRigid", its forward transform read back
         with SimpleITK.
 
 Errors: 2d/3d against the known voxel matrix (rotation angle of R_found R_true^T, degrees;
-displacement at the centre and the worst corner, voxels); brain cases: the mean
-displacement error over the brain (voxels above 10 % of the T1's maximum), in mm
-(``brain.mean_error_mm``). Every method's transform maps fixed physical points to moving
-physical points (ITK's convention). "NMI" is the same score for all: Studholme's
-(H(f) + H(w)) / H(f, w), 32 bins, B-spline window, over the overlap, of the full-resolution
-pair resampled by each method's transform. Wall time is one run (the minimum of --repeat
-runs) on this machine, whose cores may be shared with other jobs.
+displacement at the centre and the worst corner, voxels); physical cases: the mean
+displacement error over the brain (the fixed image's voxels above 10 % of its maximum: the
+brain, or most of the photo), in mm (``brain.mean_error_mm``). Every method's transform
+maps fixed physical points to moving physical points (ITK's convention). "NMI" is the same
+score for all: Studholme's (H(f) + H(w)) / H(f, w), 32 bins, B-spline window, over the
+overlap, of the full-resolution pair resampled by each method's transform. Wall time is one
+run (the minimum of --repeat runs) on this machine, whose cores may be shared with other
+jobs.
 
 Writes bench_register.csv to --out and prints a Markdown table.
 """
@@ -73,13 +84,62 @@ def _brain(slice_mm=None):
     return fixed, moving, from_sitk(true, 3)
 
 
+def _moved(image, true, sitk):
+    """``image`` moved by ``true`` (fixed physical -> moving physical) on its own grid."""
+    return sitk.Resample(image, image, true.GetInverse(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+
+
+def _centre(image):
+    return image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()])
+
+
+def _photo25():
+    import math
+
+    import numpy as np
+    import SimpleITK as sitk
+    from sklearn.datasets import load_sample_images
+
+    grey = load_sample_images().images[0].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    fixed = sitk.GetImageFromArray(grey)
+    fixed.SetSpacing((0.5, 0.5))
+    fixed.SetOrigin((10.0, -20.0))
+    true = sitk.Euler2DTransform(_centre(fixed), math.radians(25.0), (6.0, -4.0))
+    moving = sitk.GetImageFromArray(255.0 - sitk.GetArrayFromImage(_moved(fixed, true, sitk)))
+    moving.CopyInformation(fixed)
+    return fixed, moving, from_sitk(true, 2)
+
+
+def _fine35():
+    import math
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from mi.registration import brain
+
+    t1 = brain.brain_t1()
+    size, spacing, centre = (394, 466, 63), (0.5, 0.5, 3.0), np.array(_centre(t1))
+    grid = sitk.Image(size, sitk.sitkUInt8)
+    grid.SetSpacing(spacing)
+    grid.SetDirection(t1.GetDirection())
+    direction = np.reshape(t1.GetDirection(), (3, 3))
+    grid.SetOrigin(tuple(centre - direction @ (np.subtract(size, 1) / 2 * spacing)))
+    fixed = sitk.Resample(t1, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    true = sitk.Euler3DTransform(tuple(centre), 0.0, 0.0, math.radians(35.0), (10.0, -8.0, 6.0))
+    return fixed, _moved(brain.brain_contrast2(), true, sitk), from_sitk(true, 3)
+
+
 CASES = {
     "2d": demo_pair,
     "3d": demo_volume_pair,
     "brain": _brain,
     "brain3mm": lambda: _brain(3.0),
+    "photo25": _photo25,
+    "fine35": _fine35,
 }
-PHYSICAL = {"brain", "brain3mm"}
+PHYSICAL = {"brain", "brain3mm", "photo25", "fine35"}
+CAPTURE = {"photo25", "fine35"}  # (large images: 4 default levels)
 
 
 def nmi(fixed, moving, physical):
@@ -92,13 +152,14 @@ def nmi(fixed, moving, physical):
 DEVICE = None  # --device
 
 
-def _mi(graph):
+def _mi(graph, **kw):
     def run(fixed, moving, physical_case):
         t = time.perf_counter()
-        r = register(fixed, moving, transform="rigid", progress=False, device=DEVICE, graph=graph)
+        r = register(fixed, moving, transform="rigid", progress=False, device=DEVICE, graph=graph, **kw)
         if DEVICE is not None and torch.device(DEVICE).type == "cuda":
             torch.cuda.synchronize()
-        return r.physical, time.perf_counter() - t, "" if graph is None else f"graph={graph}"
+        note = ", ".join(f"{k}={v}" for k, v in kw.items()) or ("" if graph is None else f"graph={graph}")
+        return r.physical, time.perf_counter() - t, note
 
     return run
 
@@ -164,6 +225,7 @@ def _ants(kind):
 METHODS = {
     "mi": _mi(None),
     "mi-eager": _mi(False),
+    "mi 3 levels": _mi(None, levels=3),  # (the capture cases only: the others default to 3)
     "SimpleITK": run_sitk,
     "ANTsPy Rigid": _ants("Rigid"),
     "ANTsPy QuickRigid": _ants("QuickRigid"),
@@ -191,6 +253,8 @@ def main(argv=None):
         physical_case = case in PHYSICAL
         f, gf = as_image("fixed", fixed)
         for method in args.methods.split(","):
+            if method == "mi 3 levels" and case not in CAPTURE:
+                continue
             if method.startswith("ANTsPy"):
                 if not physical_case:
                     continue

@@ -94,12 +94,20 @@ def read_medical(path):
             f"{path}: expected a grey image of real values, got {img.GetPixelIDTypeAsString()} with "
             f"{img.GetNumberOfComponentsPerPixel()} components per voxel"
         )
-    if img.GetDimension() == 4 and img.GetSize()[3] == 1:  # a 4-D file with one volume
-        img = img[:, :, :, 0]
-    if img.GetDimension() == 3 and img.GetSize()[2] == 1:  # one slice (a 2-D image stored as 3-D)
-        img = img[:, :, 0]
+    img = drop_single_axes(img)
     if img.GetDimension() not in (2, 3):
         raise ImageReadError(f"{path}: expected a 2-D or 3-D image, got size {img.GetSize()}")
+    return img
+
+
+def drop_single_axes(img):
+    """A SimpleITK image without its trailing axes of one voxel: a 4-D image of one volume is
+    3-D, a 3-D image of one slice 2-D (a 2-D image stored as 3-D), with the geometry of the
+    remaining axes (SimpleITK's slicing: spacing, origin, the direction's sub-matrix)."""
+    if img.GetDimension() == 4 and img.GetSize()[3] == 1:
+        img = img[:, :, :, 0]
+    if img.GetDimension() == 3 and img.GetSize()[2] == 1:
+        img = img[:, :, 0]
     return img
 
 

@@ -174,7 +174,7 @@ def register_deformable(
     *,
     initial=None,
     grid_spacing=20.0,
-    levels: int = 2,
+    levels: int | None = 2,
     refine_grid: bool = True,
     iterations=None,
     lr: float | None = None,
@@ -206,7 +206,8 @@ def register_deformable(
             :func:`~mi.registration.register` first when the images are not roughly aligned).
         grid_spacing: control point spacing in mm at the finest level (one number or one per
             axis, x, y[, z]); at least the fixed image's voxel size along every axis.
-        levels: pyramid levels.
+        levels: pyramid levels (None: :func:`~mi.registration.optim.default_levels`, as
+            :func:`~mi.registration.register`'s default).
         refine_grid: multi-resolution control grid: the grid starts ``2**(levels - 1)``
             times coarser (``ControlGrid.over`` with that spacing) and is refined exactly
             (:meth:`~mi.registration.bspline.ControlGrid.refined`, half the spacing) before

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..io import float32_merges
+from ..io import drop_single_axes, float32_merges
 
 #: Smallest |det| of a direction matrix, and largest deviation from orthonormal, accepted.
 DIRECTION_TOLERANCE = 1e-4
@@ -214,7 +214,8 @@ def read_path(path):
 def as_image(name: str, x, device=None, spacing=None):
     """An image argument -> ((1, 1, *shape) float32 tensor, :class:`Geometry`).
 
-    ``x``: a SimpleITK image (its geometry), a file path or a DICOM folder (:func:`read_path`:
+    ``x``: a SimpleITK image (its geometry; one of a single slice is 2-D, as files are read:
+    :func:`mi.io.drop_single_axes`), a file path or a DICOM folder (:func:`read_path`:
     the geometry of medical formats; PNG/JPEG/.npy are voxel space),
     or a tensor / array (H, W), (D, H, W), (1, 1, H, W) or (1, 1, D, H, W) (voxel space,
     with ``spacing`` if given). ``spacing`` only applies to tensors and arrays.
@@ -229,6 +230,7 @@ def as_image(name: str, x, device=None, spacing=None):
             raise ValueError(
                 f"{name} must be a grey image, got {x.GetNumberOfComponentsPerPixel()} components"
             )
+        x = drop_single_axes(x)  # as read_path does (one slice: 2-D)
         d = x.GetDimension()
         if d not in (2, 3):
             raise ValueError(f"{name} must be 2-D or 3-D, got a {d}-D image")
