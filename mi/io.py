@@ -94,7 +94,10 @@ def read_medical(path):
             f"{path}: expected a grey image of real values, got {img.GetPixelIDTypeAsString()} with "
             f"{img.GetNumberOfComponentsPerPixel()} components per voxel"
         )
-    img = drop_single_axes(img)
+    try:
+        img = drop_single_axes(img)
+    except ValueError as e:
+        raise ImageReadError(f"{path}: {e}") from None
     if img.GetDimension() not in (2, 3):
         raise ImageReadError(f"{path}: expected a 2-D or 3-D image, got size {img.GetSize()}")
     return img
@@ -103,10 +106,19 @@ def read_medical(path):
 def drop_single_axes(img):
     """A SimpleITK image without its trailing axes of one voxel: a 4-D image of one volume is
     3-D, a 3-D image of one slice 2-D (a 2-D image stored as 3-D), with the geometry of the
-    remaining axes (SimpleITK's slicing: spacing, origin, the direction's sub-matrix)."""
+    remaining axes (SimpleITK's slicing: spacing, origin, the direction's sub-matrix).
+    ValueError for a slice whose plane is oblique to the physical x-y plane (its in-plane
+    axes have a z component): a 2-D geometry cannot place it."""
     if img.GetDimension() == 4 and img.GetSize()[3] == 1:
         img = img[:, :, :, 0]
     if img.GetDimension() == 3 and img.GetSize()[2] == 1:
+        d = np.reshape(img.GetDirection(), (3, 3))
+        if np.abs(d[2, :2]).max() > 1e-4:  # (the sub-matrix is then not orthonormal)
+            raise ValueError(
+                "a one-slice image is read as 2-D, but this slice's plane is oblique to the "
+                f"physical x-y plane (direction {np.round(d, 4).tolist()}): resample it onto an "
+                "axis-aligned plane first, or pass its voxels as an array"
+            )
         img = img[:, :, 0]
     return img
 

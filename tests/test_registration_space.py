@@ -775,6 +775,7 @@ def test_a_finer_moving_image_keeps_its_detail():
     assert np.linalg.norm(pts @ m[:3, :3].T + m[:3, 3] - want, axis=1).mean() < 0.25
 
 
+@pytest.mark.filterwarnings("ignore:the registration has not converged")  # (short schedules)
 def test_a_one_slice_volume_registers_as_its_slice():
     """SimpleITK images of one slice (X, Y, 1), as a 2-D slice is often stored, register as
     their 2-D slices do, masks included, as they do when read from files (they were refused:
@@ -795,3 +796,31 @@ def test_a_one_slice_volume_registers_as_its_slice():
     got = register(slabs[0], slabs[1], mask=slabs[2], **kw)
     torch.testing.assert_close(got.physical, want.physical, rtol=0, atol=1e-12)
     assert got.warped.shape == want.warped.shape == (64, 56)
+
+
+@pytest.mark.filterwarnings("ignore:the registration has not converged")  # (short schedules)
+def test_one_slice_masks_as_arrays_and_oblique_slices(tmp_path):
+    """The array of a one-slice mask, (1, H, W), is the mask of the (H, W) image it belongs to
+    (it was refused: "must have its image's shape"); a one-slice image whose plane is oblique
+    to the physical x-y plane cannot be placed in 2-D and is refused naming that (the message
+    named a non-orthonormal 2x2 direction the caller never gave), from memory and from a file."""
+    from mi.registration import demo_pair
+
+    f, m, _ = demo_pair((64, 56))
+    mask = (f.numpy() > 0.2).astype(np.uint8)
+    kw = dict(iterations=(20, 10), levels=2, progress=False)
+    want = register(f, m, mask=mask, **kw)
+    got = register(f, m, mask=mask[None], **kw)
+    torch.testing.assert_close(got.physical, want.physical, rtol=0, atol=1e-12)
+
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    tilted = sitk.JoinSeries(sitk.GetImageFromArray(f.numpy()))
+    tilted.SetDirection((1, 0, 0, 0, c, -s, 0, s, c))  # the slice tilted 30 degrees about x
+    with pytest.raises(ValueError, match="oblique to the physical x-y plane"):
+        register(tilted, tilted, **kw)
+    from mi.io import ImageReadError, read_medical
+
+    path = tmp_path / "tilted.nii.gz"
+    sitk.WriteImage(tilted, str(path))
+    with pytest.raises(ImageReadError, match="tilted.nii.gz: a one-slice image is read as 2-D, but"):
+        read_medical(path)

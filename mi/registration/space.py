@@ -284,8 +284,10 @@ def _as_tensor(name: str, x) -> Tensor:
 
 
 def as_mask(name: str, mask, image: Tensor, geom: Geometry) -> Tensor | None:
-    """A mask for ``image``: bool, integer or non-negative float, its shape (a SimpleITK image or a
-    file must also have its geometry, to 1e-4 mm) -> (1, 1, *shape) float32, or None."""
+    """A mask for ``image``: bool, integer or non-negative float, its shape (leading axes of one
+    voxel aside: (1, H, W) for an (H, W) image, the array of a one-slice image; a SimpleITK
+    image or a file must also have its geometry, to 1e-4 mm) -> (1, 1, *shape) float32, or
+    None."""
     if mask is None:
         return None
     if isinstance(mask, (str, Path)) or _is_sitk_image(mask):
@@ -302,6 +304,8 @@ def as_mask(name: str, mask, image: Tensor, geom: Geometry) -> Tensor | None:
         if mask.is_complex():  # bool, integer (a label image's 0/1) or float weights
             raise TypeError(f"{name} must be real (bool, integer or float weights), got {mask.dtype}")
         m = mask.detach().to(image.device, torch.float32)
+        while m.ndim > image.ndim - 2 and m.shape[0] == 1 and m.ndim != image.ndim:
+            m = m[0]  # (1, H, W) for an (H, W) image: a one-slice image's array, as it was read
         if m.ndim == image.ndim - 2:
             m = m[None, None]
         if m.shape != image.shape:
