@@ -304,10 +304,9 @@ def as_mask(name: str, mask, image: Tensor, geom: Geometry) -> Tensor | None:
         if mask.is_complex():  # bool, integer (a label image's 0/1) or float weights
             raise TypeError(f"{name} must be real (bool, integer or float weights), got {mask.dtype}")
         m = mask.detach().to(image.device, torch.float32)
-        while m.ndim > image.ndim - 2 and m.shape[0] == 1 and m.ndim != image.ndim:
-            m = m[0]  # (1, H, W) for an (H, W) image: a one-slice image's array, as it was read
-        if m.ndim == image.ndim - 2:
-            m = m[None, None]
+        spatial = tuple(image.shape[2:])
+        if tuple(m.shape[m.ndim - len(spatial) :]) == spatial and m.numel() == math.prod(spatial):
+            m = m.reshape(image.shape)  # (H, W), (1, H, W) (a one-slice image's array), ...
         if m.shape != image.shape:
             raise ValueError(
                 f"{name} must have its image's shape {tuple(image.shape[2:])}, got {tuple(mask.shape)}"
