@@ -267,7 +267,7 @@ def register_deformable(
         sampler = _Sampler(sampling, sampling_strategy, wl, fl[0, 0].numel(), gen)
         n, lr0 = its[levels - 1 - level], lr * 2.0**level
         opt = torch.optim.Adam([coef], lr=lr0)
-        final = FINAL_STEP_DENSE if sampler.count is None else FINAL_STEP_SAMPLED
+        final = FINAL_STEP_SAMPLED if sampler.noisy else FINAL_STEP_DENSE
         if level == levels - 1:
             check_overlap((to_grid @ phys)[:d], fl, wl, ml.shape[2:])
         # the level's voxels in mm, and their weights: the affine stage's overlap (a voxel the
