@@ -307,8 +307,21 @@ def test_loss_keywords_and_custom_loss(small):
     mask = torch.zeros_like(fixed, dtype=torch.bool)
     mask[10:30, 5:20] = True
     seen.clear()
+    register(fixed, moving, levels=1, iterations=1, mask=mask, loss=loss, progress=False, sampling=None)
+    assert torch.equal(seen[0][0, 0] > 0, mask)  # the grid, weighted by the mask
+    seen.clear()
     register(fixed, moving, levels=1, iterations=1, mask=mask, loss=loss, progress=False)
-    assert torch.equal(seen[0][0, 0] > 0, mask)
+    assert seen[0].shape == (1, 1, 300) and bool((seen[0] > 0).all())  # "auto": the mask's pixels
+    # local MI's patches need the grid: with samples (or a mask's pixels) it is refused
+    from mi import LocalMutualInformationLoss
+
+    local = LocalMutualInformationLoss(patch_size=8)
+    with pytest.raises(
+        ValueError, match="LocalMutualInformationLoss cuts its patches .* needs sampling=None"
+    ):
+        register(fixed, moving, levels=1, iterations=1, mask=mask, loss=local, progress=False)
+    r = register(fixed, moving, levels=1, iterations=1, mask=mask, loss=local, sampling=None, progress=False)
+    assert len(r.loss_history) == 1
 
 
 def test_progress_bar(small, capsys):

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..local import LocalMutualInformationLoss
 from .bspline import ControlGrid
 from .optim import (
     DIVERGED,
@@ -238,15 +237,10 @@ def register_deformable(
     sampling = _check_sampling(sampling, sampling_strategy)
     if not isinstance(refine_grid, bool):
         raise TypeError(f"refine_grid must be a bool, got {type(refine_grid).__name__}")
-    w, wm, loss_fn, gen = _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed)
+    w, wm, loss_fn, gen = _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling)
     if constant_images(f, w, m, wm):  # nothing to register by: no steps
         its = (0,) * levels
     affine = initial_transform(initial, "affine", f, gf, m, gm, w, wm)
-    if isinstance(loss_fn, LocalMutualInformationLoss) and sampling is not None:
-        raise ValueError(
-            "loss=LocalMutualInformationLoss cuts its patches from the image grid: it needs "
-            f"sampling=None (every voxel), got sampling={sampling!r}"
-        )
     coarsest = 2 ** (levels - 1) if refine_grid else 1
     grid = ControlGrid.over(gf, tuple(s * coarsest for s in gs))
     coef = nn.Parameter(grid.zeros(torch.float32, f.device))

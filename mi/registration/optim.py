@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional import mutual_information, value_checks
+from ..local import LocalMutualInformationLoss
 from ..modules import MutualInformationLoss
 from .space import (
     Geometry,
@@ -219,11 +220,16 @@ def read_pair(fixed, moving, device, spacing, moving_spacing):
     return f, gf, m, gm
 
 
-def _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed):
+def _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling):
     """(fixed mask, moving mask, loss function on the images' device, the sampling generator)."""
     w = as_mask("mask", mask, f, gf)
     wm = as_mask("moving_mask", moving_mask, m, gm)
     loss_fn = _make_loss(loss, loss_kwargs, lambda: _image_ranges(f, w, m, wm))
+    if isinstance(loss_fn, LocalMutualInformationLoss) and sampling is not None:
+        raise ValueError(
+            "loss=LocalMutualInformationLoss cuts its patches from the image grid: it needs "
+            f"sampling=None (every voxel), got sampling={sampling!r}"
+        )
     if isinstance(loss_fn, nn.Module):
         loss_fn = loss_fn.to(f.device)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
@@ -732,7 +738,11 @@ def register(
             given, each whole image's min..max within its mask, taken once, as ITK's
             metrics do), a dict of keywords for
             :class:`mi.MutualInformationLoss`, or any callable ``loss(fixed, warped,
-            weights) -> scalar`` to minimise (with ``sampling`` its arguments are (1, 1, n)).
+            weights) -> scalar`` to minimise: its arguments are (1, 1, n), the level's
+            samples, or a mask's voxels (see ``sampling``); with ``sampling=None``, or
+            ``"auto"`` on a level without a mask and no more voxels than the count, the
+            level's grid (1, 1, *shape). :class:`mi.LocalMutualInformationLoss` cuts its
+            patches from the grid: it needs ``sampling=None`` (else ValueError).
         **loss_kwargs: keywords for the default loss (num_bins, sigma, kernel, normalize, ...).
         initial: the starting transform, fixed physical -> moving physical: a
             :class:`RegistrationResult` (a rigid stage before an affine one), a (d+1)x(d+1)
@@ -788,7 +798,7 @@ def register(
     tolerance = _check_positive("tolerance", tolerance, allow_zero=True)
     sampling = _check_sampling(sampling, sampling_strategy)
     d = f.ndim - 2
-    w, wm, loss_fn, gen = _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed)
+    w, wm, loss_fn, gen = _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling)
     if constant_images(f, w, m, wm):  # nothing to register by: no steps
         its = (0,) * levels
     init = initial_transform(initial, transform, f, gf, m, gm, w, wm)
