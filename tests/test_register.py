@@ -165,10 +165,10 @@ def test_the_default_levels_reach_a_large_rotation_of_a_large_image():
     """The photo at its full 600x512 pixels, rotated 30 degrees and shifted (10, -6) px,
     against its sin(3x)^2 remap. The steps' reach is counted in pixels (``lr`` is half a
     pixel, doubled per level), so 3 levels (120/60/30 steps) reach about 160 pixels: they
-    stopped at 15.4 degrees, still moving (measured 14.6 degree error, 140 px at the
-    corners), and register says it has not converged. The default levels end the pyramid
-    at 96 pixels or fewer per axis (4 levels here) and recover it: measured 0.003 degree,
-    0.032 px at the corners (bounds 0.03 degree, 0.2 px). (The 192x160 demo registers 25
+    stopped still moving, 11.2 degrees short (94 px at the corners; measured 2026-11-30),
+    and register says it has not converged. The default levels end the pyramid
+    at 96 pixels or fewer per axis (4 levels here) and recover it: measured 0.018 degree,
+    0.138 px at the corners (bounds 0.1 degree, 0.5 px). (The 192x160 demo registers 25
     degrees and not 30, with any of 3 levels, 400 coarse steps or lr=1: there local optima
     bound the capture, not the reach, and nothing warns.)"""
     import warnings
@@ -182,7 +182,7 @@ def test_the_default_levels_reach_a_large_rotation_of_a_large_image():
         f"600x512, 30 degrees, default levels {len(r.iterations)}: {angle:.3f} deg, corners {corner:.3f} px"
     )
     assert len(r.iterations) == 4
-    assert angle < 0.03 and corner < 0.2, (angle, corner)  # (measured 0.003, 0.032: margins 10x, 6x)
+    assert angle < 0.1 and corner < 0.5, (angle, corner)  # (measured 0.018, 0.138: margins 5x, 3.6x)
     assert not [w for w in caught if "not converged" in str(w.message)]
     with pytest.warns(UserWarning, match="has not converged: over the finest level a parameter still moved"):
         short = register(fixed, moving, levels=3, progress=False)
