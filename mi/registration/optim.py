@@ -521,15 +521,15 @@ class _Sampler:
     """The fixed-image voxels of each iteration of one pyramid level (``numel`` voxels),
     among those the fixed mask keeps: a ``fraction`` of them (or a ``count``; "auto":
     ``AUTO_COUNT``), drawn afresh each call at random (with replacement) or on a regular
-    stride with a random offset. When the count reaches the
-    kept voxels: every kept voxel, each call (their flat indices; ``noisy`` False), or None
-    without a mask (the dense path, also for ``sampling=None``): a small mask's voxels, not
-    the whole grid (a 25 mm sphere in the 1 mm brain took 149 s through the grid)."""
+    stride with a random offset. When the count reaches the kept voxels: every kept voxel,
+    each call (their flat indices; not ``noisy``), or None without a mask (the dense path,
+    also for ``sampling=None``): a small mask's voxels, not the whole grid (a 25 mm sphere
+    in the 1 mm brain took 149 s through the grid)."""
 
     def __init__(self, sampling, strategy, mask: Tensor | None, numel: int, generator):
         self.candidates = None if mask is None else (mask.reshape(-1) > 0).nonzero()[:, 0]
         n = numel if self.candidates is None else self.candidates.numel()
-        self.count, self.every = None, None
+        self.count, self.every = None, False
         if sampling is not None:
             if sampling == "auto":
                 count = AUTO_COUNT
@@ -537,14 +537,18 @@ class _Sampler:
                 count = math.ceil(sampling * n) if isinstance(sampling, float) else sampling
             if count < n:
                 self.count = max(count, 1)
-            elif n < numel:
-                self.every = self.candidates
-        self.noisy = self.count is not None
+            else:
+                self.every = n < numel  # a mask that leaves voxels out: its voxels alone
         self.n, self.strategy, self.gen = n, strategy, generator
+
+    @property
+    def noisy(self) -> bool:
+        """Whether the voxels change between calls (a sample), not all kept voxels each time."""
+        return self.count is not None
 
     def __call__(self, device) -> Tensor | None:
         if self.count is None:
-            return None if self.every is None else self.every.to(device)
+            return self.candidates if self.every else None
         if self.strategy == "random":
             pick = torch.randint(self.n, (self.count,), generator=self.gen, device=self.gen.device)
         else:
