@@ -62,6 +62,7 @@ SAMPLING_STRATEGIES = ("random", "regular")
 #: demo photo 1.9 and 12.9 degrees short of 20 and 25 degrees with 3 levels (every voxel:
 #: 0 and 3.4), and 2**17 / sqrt(k) on a level of 1/k of the voxels left its 30-degree case
 #: with the default 4 levels still moving (0.05 degree off, four seeds, against 0.018).
+#: (Instrumented runs outside ``bench/``, 2026-11-30; per-case numbers in that session's note.)
 AUTO_COUNT = 2**17
 #: The step decays (cosine) to this fraction of a level's first step. Sampled gradients are
 #: noisy and Adam's step does not shrink with the gradient, so a sampled level decays
