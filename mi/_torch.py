@@ -69,7 +69,9 @@ def window_start(u, kernel: str, sigma: float, num_bins: int, width: int):
     window (r <= 1/2: the box, a Gaussian below sigma 0.087) is the nearest bin, floor(u +
     1/2): where no bin lies within r (a sample between centres) that is the bin with the
     larger weight, which floor(u - r) + 1 is not when u sits below the half-way point."""
-    uc = u.clamp(-width - 1.0, num_bins + width + 1.0)
+    # (NaN: bin 0, with NaN weights: meaningless numbers, not an index out of range, when the
+    # value checks that refuse it are off)
+    uc = u.clamp(-width - 1.0, num_bins + width + 1.0).nan_to_num_(nan=0.0)
     if width == 1:
         return torch.floor(uc + 0.5).clamp_(0, num_bins - 1)
     r = support(kernel, sigma, u.dtype == torch.float64)

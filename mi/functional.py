@@ -533,6 +533,7 @@ def histogram(x: Tensor, bins, sigma: float, *, weights: Optional[Tensor] = None
     wf = None if w is None else _unit_rows(w.reshape(xf.shape), "weights")
     r = _pair_row(*span, acc, x.device)
     h = _autograd.hist(xf, wf, Binning(k, sig, ("gaussian",), be, length=k - 1.0), r)
+    _check_peaks(h[..., None], be, "histogram", _FAR_FROM_BINS)
     h = _safe_normalize(h, -1).reshape(*lead, k).to(x.dtype)
     check()
     return h
@@ -669,6 +670,7 @@ def histogram2d(
     wf = None if w is None else _unit_rows(w.reshape(xf1.shape), "weights")
     r = _pair_row(*span, acc, x1.device)
     j = _autograd.joint_hist(xf1, xf2, wf, Binning(k, sig, ("gaussian",) * 2, be, length=k - 1.0), r, r)
+    _check_peaks(j, be, cause=_FAR_FROM_BINS)
     j = _safe_normalize(j, (-2, -1)).reshape(*lead, k, k).to(dtype)
     check()
     return j
@@ -1040,23 +1042,34 @@ def _image_joint(
     return j, a.lead, a.dtype, a.backend, check
 
 
-def _check_peaks(j: Tensor, backend: str) -> None:
-    """Refuse joint histograms (R, K, K) that hold only window tails below the float's normal
-    range: every sample far outside a fixed value_range (or far from every bin centre at a
-    tiny sigma). Their value lost most of its bits (0.6336 for 0.6365) and their gradient
-    overflowed to Inf/NaN. With the value checks on, on the torch backend (one more host
-    read; not on the Triton path, whose checks never wait for its kernels on a GPU). An
-    all-zero histogram (an empty mask) stays allowed: it scores as independent variables."""
+def _check_peaks(j: Tensor, backend: str, what="joint histogram", cause=None) -> None:
+    """Refuse joint histograms (R, K, K) (or (R, K, 1): a histogram's) that hold only window
+    tails below the float's normal range: every sample far outside a fixed value_range (or
+    far from every bin centre at a tiny sigma). Their value lost most of its bits (0.6336 for
+    0.6365) and their gradient overflowed to Inf/NaN (the normalisation's too: NaN). With the
+    value checks on, on the torch backend (one more host read; not on the Triton path, whose
+    checks never wait for its kernels on a GPU). An all-zero histogram (an empty mask) stays
+    allowed: it scores as independent variables. ``cause``: what the message says to do."""
     if not _checks_on() or backend == "triton" or j.numel() == 0:
         return
     low = tails_only_peak(j)
     if low is not None:
-        raise ValueError(
-            f"the joint histogram holds only kernel tails: its largest cell is {low:.3g} (a pixel at a bin "
-            f"centre adds 1), below {j.dtype}'s normal range, where its value loses its bits and its "
-            "gradient overflows. Every sample lies far outside value_range (or far from every bin "
-            "centre at this small sigma): widen value_range, use 'auto', or raise sigma"
+        cause = cause or (
+            "Every sample lies far outside value_range (or far from every bin centre at this small "
+            "sigma): widen value_range, use 'auto', or raise sigma"
         )
+        raise ValueError(
+            f"the {what} holds only kernel tails: its largest cell is {low:.3g} (a pixel at a bin "
+            f"centre adds 1), below {j.dtype}'s normal range, where its value loses its bits and its "
+            f"gradient overflows. {cause}"
+        )
+
+
+#: _check_peaks' advice for histogram() and histogram2d(), whose bins are given.
+_FAR_FROM_BINS = (
+    "Every sample lies far from every bin centre (outside the bins, or between centres at this "
+    "small sigma): check the bins, or raise sigma"
+)
 
 
 def _binning(a: _Images, group=None, deterministic=False):

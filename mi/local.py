@@ -96,7 +96,11 @@ def _patches(t: Tensor, lead: int, chans: int, spatial: tuple, sizes: tuple, str
             shape[axis], shape[d + axis] = g, p
             pos = (pos * math.prod(ends[axis + 1 :])).reshape(shape)
             idx = pos if idx is None else idx + pos
-        x = x.reshape(lead, chans, -1).index_select(2, idx.reshape(-1)).reshape(lead, chans, *grid, *sizes)
+        x = (
+            x.reshape(lead, chans, math.prod(ends))
+            .index_select(2, idx.reshape(-1))
+            .reshape(lead, chans, *grid, *sizes)
+        )
         order = [0, *range(2, 2 + d), 1, *range(2 + d, 2 + 2 * d)]
     return x.permute(order).reshape(lead * math.prod(grid), chans * math.prod(sizes))
 

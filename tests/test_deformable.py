@@ -270,6 +270,10 @@ def test_composite_transform_round_trip(deformed_pair, tmp_path):
         assert np.abs(ours - theirs).max() < 1e-4, suffix
         resampled = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, t, sitk.sitkLinear, 0.0))
         assert np.abs(r.warped.numpy() - resampled).max() < 1e-4, suffix
+    with pytest.raises(ValueError, match="the suffix must be one of"):
+        r.save_transform(tmp_path / "chain.nii")
+    with pytest.raises(FileNotFoundError, match="no folder"):
+        r.save_transform(tmp_path / "missing" / "chain.h5")
 
 
 #: A 3-D result (an affine stage of another pair), refused as a 2-D pair's initial=.

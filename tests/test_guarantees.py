@@ -283,6 +283,28 @@ def test_histograms_of_kernel_tails_alone_are_refused(backend):
             with warnings.catch_warnings():  # (the samples that miss the bins are warned about too)
                 warnings.simplefilter("ignore")
                 call()
+    # histogram() and histogram2d() (bins given): samples half-way between centres at 0.037 bin
+    # widths (13.5 sigma: 3e-40, subnormal) gave a finite histogram and NaN gradients
+    half = torch.full((2, 4), 0.375, requires_grad=True)
+    bins = torch.linspace(0, 1, 5)
+    for call, what in (
+        (lambda: mi.histogram(half, bins, sigma=0.0092, backend=backend), "histogram"),
+        (  # float64: 0.35 at 0.0106 bin widths, 37.7 sigma from bin 1: 2.4e-309
+            lambda: mi.histogram(
+                torch.full((1, 3), 0.35, dtype=torch.float64), bins, 0.25 * 0.0106, backend=backend
+            ),
+            "histogram",
+        ),
+        (  # 1e-35 x 2.5e-6
+            lambda: mi.histogram2d(half, torch.full((2, 4), 0.3), bins, sigma=0.25 * 0.0394, backend=backend),
+            "joint histogram",
+        ),
+    ):
+        with pytest.raises(ValueError, match=f"the {what} holds only kernel tails: .* raise sigma"):
+            call()
+    h = mi.histogram(half, bins, sigma=0.02, backend=backend)  # 6.25 sigma: 3.3e-9 per bin, normal
+    (h * torch.arange(5.0)).sum().backward()
+    assert torch.isfinite(half.grad).all()
     empty = mi.mutual_information(x, y, mask=torch.zeros_like(x), num_bins=8, backend=backend)
     assert (empty == 0).all()
     j = (mi.joint_histogram(x, y, num_bins=8, backend=backend) * 1e-28).requires_grad_()

@@ -248,6 +248,16 @@ def test_value_checks_can_be_turned_off():
     assert torch.isnan(out[0])
     with pytest.raises(ValueError, match="x contains NaN"):
         mi.mutual_information(bad, Y)
+    # a NaN sample's window starts at bin 0 (its weights NaN): no index out of range (it was an
+    # IndexError from index_add_ in histogram())
+    with mi.value_checks(False):
+        h = mi.histogram(torch.tensor([[0.2, float("nan")]]), torch.linspace(0, 1, 8), 0.1)
+        j = mi.histogram2d(
+            torch.tensor([[0.2, float("nan")]]), torch.tensor([[0.5, 0.5]]), torch.linspace(0, 1, 8), 0.1
+        )
+    assert h.shape == (1, 8) and j.shape == (1, 8, 8)
+    with pytest.raises(ValueError, match="x contains NaN"):
+        mi.histogram(torch.tensor([[0.2, float("nan")]]), torch.linspace(0, 1, 8), 0.1)
 
 
 def test_the_missed_bins_warning_weighs_the_samples_by_the_mask():

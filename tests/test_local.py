@@ -96,6 +96,14 @@ def test_overlapping_patches(backend):
         assert (a.double() - b).abs().max() <= 5e-5 * b.abs().max()  # the non-overlapping test's bound
     same = mi.local_mutual_information(x, y, patch_size=8, stride=8)
     torch.testing.assert_close(same, mi.local_mutual_information(x, y, patch_size=8), rtol=0, atol=0)
+    # an empty batch, or no channels: overlapping patches as the others (was a RuntimeError, a
+    # reshape of 0 elements with -1); patches 0 and 2 of stride 2 are those of stride 4
+    for shape, grid in (((0, 1, 8, 8), (0, 3, 3)), ((2, 0, 8, 8), (2, 3, 3))):
+        a, b = torch.rand(shape), torch.rand(shape)
+        got = mi.local_mutual_information(a, b, patch_size=4, stride=2, backend=backend)
+        assert got.shape == grid
+        whole = mi.local_mutual_information(a, b, patch_size=4, backend=backend)
+        torch.testing.assert_close(got[:, ::2, ::2], whole, rtol=0, atol=0)
 
 
 def test_volume_mask_and_per_channel():

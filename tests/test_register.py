@@ -8,6 +8,7 @@ Accuracy is measured against the known transform of the demo pairs:
 The registrations run with fewer iterations than the defaults (60/30/15) to stay short.
 """
 
+import functools
 import itertools
 import math
 
@@ -324,6 +325,44 @@ def test_loss_keywords_and_custom_loss(small):
     assert len(r.loss_history) == 1
 
 
+@pytest.mark.parametrize("fn", ["register", "register_deformable"])
+@pytest.mark.parametrize(
+    "loss, exc, words",
+    [
+        (lambda f, w, m: 5, TypeError, "loss must return a floating-point scalar tensor, got int"),
+        (lambda f, w, m: (f * w).long().sum(), TypeError, "got a torch.int64 tensor"),
+        (
+            lambda f, w, m: f * w,
+            ValueError,
+            r"loss must return a scalar \(one element\), got shape \(1, 1, 32, 32\)",
+        ),
+        (lambda f, w, m: torch.tensor(0.5), ValueError, "loss returned a value with no gradient"),
+        (
+            lambda f, w, m: (f * w).sum() * math.nan,
+            ValueError,
+            "loss returned nan at iteration 1 of pyramid level 1",
+        ),
+        (lambda f, w, m: (f * w).sum() * math.inf, ValueError, "loss returned inf at iteration 1"),
+        # a finite value whose gradient is NaN (sqrt's at 0)
+        (
+            lambda f, w, m: (f * w).sum() + (w - w.detach()).sqrt().sum(),
+            ValueError,
+            "the transform's parameters became non-finite at iteration 1 of pyramid level 1",
+        ),
+    ],
+)
+def test_a_callable_loss_must_return_a_finite_differentiable_scalar(fn, loss, exc, words):
+    """A callable loss's result is checked: a scalar tensor with a gradient, finite, with a
+    finite gradient (before: a raw autograd error, a TypeError from inside torch, or a NaN
+    transform returned as the result)."""
+    from mi.registration import register_deformable
+
+    fixed = torch.rand(32, 32, generator=torch.Generator().manual_seed(0))
+    call = register if fn == "register" else functools.partial(register_deformable, grid_spacing=8.0)
+    with pytest.raises(exc, match=words):
+        call(fixed, fixed.roll(1, 0), loss=loss, levels=1, iterations=2, progress=False)
+
+
 def test_progress_bar(small, capsys):
     fixed, moving, _ = small
     register(fixed, moving, levels=2, iterations=2)
@@ -397,6 +436,25 @@ def _bad_cases():
         (dict(graph=True), ValueError, "CUDA"),
         (dict(seed="a"), TypeError, "seed must be an int, got str"),
         (dict(seed=1.5), TypeError, "seed must be an int"),
+        (
+            dict(seed=2**70),
+            ValueError,
+            r"seed must be an int from -2\*\*63 to 2\*\*64 - 1, got 1180591620717411303424",
+        ),
+        # a step past the image's diagonal (45.3 px): matrix_exp lost orthogonality at 1e20, NaN at 1e30
+        (dict(lr=1e20), ValueError, r"lr=1e\+20 px is a step beyond the fixed image's diagonal \(45.25 px\)"),
+        (dict(lr=46.0), ValueError, "lr=46 px is a step beyond"),
+        (dict(device="meta"), ValueError, "device: registration computes on 'cpu' or 'cuda', got 'meta'"),
+        (dict(device="bogus"), ValueError, "device='bogus' is not a device"),
+        (dict(device=1.5), TypeError, "device must be a torch.device"),
+        (dict(device="cuda:99"), ValueError, r"device='cuda:99': this machine has \d+ CUDA device"),
+        (dict(fixed=torch.rand(32, 32, device="meta")), ValueError, "fixed: registration computes on"),
+        # MI does not depend on the scale, but the built-in loss's bin map's slope overflows
+        (
+            dict(moving=torch.rand(32, 32) * 1e-30),
+            ValueError,
+            r"moving's intensities span only \d.*e-31 .* rescale",
+        ),
         (dict(num_bins=8, group=None, patch=4), TypeError, r"MutualInformationLoss got unexpected .*'patch'"),
         (dict(spacing="1"), TypeError, "spacing must be a number or one number per axis"),
         (dict(spacing=(1.0, True)), TypeError, "spacing"),
@@ -582,3 +640,16 @@ def test_a_mask_file_on_another_grid_is_refused():
         else:
             with pytest.raises(ValueError, match="mask must have its image's grid"):
                 register(img, img, **kw)
+    # a 3-D mask for a 2-D image (and a 2-D one for a 3-D image), named (was numpy's "operands
+    # could not be broadcast together")
+    vol = sitk.GetImageFromArray(np.random.default_rng(0).random((8, 32, 32)).astype(np.float32))
+    for image, mask, words in (
+        (
+            img,
+            sitk.GetImageFromArray(np.ones((8, 32, 32), np.uint8)),
+            r"3-D image \(32x32x8\) for a 2-D image",
+        ),
+        (vol, sitk.GetImageFromArray(np.ones((32, 32), np.uint8)), r"2-D image \(32x32\) for a 3-D image"),
+    ):
+        with pytest.raises(ValueError, match=f"moving_mask is a {words} .* its image's grid"):
+            register(image, image, moving_mask=mask, iterations=1, levels=1, progress=False)

@@ -158,6 +158,11 @@ def test_transform_round_trip_with_simpleitk(pair, tmp_path):
         fixed, moving, progress=False, initial=r.sitk_transform(), levels=1, iterations=1, lr=1e-6
     )
     torch.testing.assert_close(from_obj.physical, r.physical, atol=1e-4, rtol=0)
+    # a suffix ITK cannot write, or a missing folder: a clear error (was ITK's RuntimeError)
+    with pytest.raises(ValueError, match=r"t\.xfm'.* the suffix must be one of \.tfm, \.txt, \.mat, \.h5"):
+        r.save_transform(tmp_path / "t.xfm")
+    with pytest.raises(FileNotFoundError, match="cannot write the transform .*: no folder .*missing"):
+        r.save_transform(tmp_path / "missing" / "t.h5")
     euler = sitk.Euler3DTransform((1.0, 2.0, 3.0), 0.1, -0.2, 0.05, (4.0, -1.0, 2.0))
     m = from_sitk(euler, 3).numpy()
     for p in [(0.0, 0.0, 0.0), (10.0, -7.0, 3.0)]:

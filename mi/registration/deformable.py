@@ -33,15 +33,17 @@ from .optim import (
     _Sampler,
     _setup,
     _step_size,
+    check_finite_step,
+    check_loss_value,
+    check_lr,
     check_overlap,
     constant_images,
-    default_lr,
     initial_transform,
     read_pair,
     shrink_factors,
 )
 from .space import Geometry, _sitk, extent, overlap_weight, per_axis, sample_points, to_normalized
-from .transforms import to_sitk
+from .transforms import save_sitk_transform, to_sitk
 
 #: Fixed voxels whose displacement is evaluated at once when warping a whole image.
 CHUNK = 2**16
@@ -140,13 +142,9 @@ class DeformableResult:
 
     def save_transform(self, path):
         """Write the whole chain (affine + B-spline) as an ITK composite transform file
-        (``.h5`` or ``.tfm``) that ``SimpleITK.ReadTransform`` reads and applies to the same
-        points; returns the path."""
-        from pathlib import Path
-
-        path = Path(path)
-        _sitk().WriteTransform(self.sitk_transform(), str(path))
-        return path
+        (``.h5`` or ``.tfm``; the suffixes of :func:`~mi.registration.transforms.save_sitk_transform`)
+        that ``SimpleITK.ReadTransform`` reads and applies to the same points; returns the path."""
+        return save_sitk_transform(self.sitk_transform(), path)
 
 
 def _voxel_points(g: Geometry, dtype=torch.float64, device=None):
@@ -214,7 +212,8 @@ def register_deformable(
             number of mesh cells per axis). False: one grid at ``grid_spacing`` throughout.
         iterations: Adam steps per level, coarsest first (default 100 per level).
         lr: Adam's step on the coefficients, mm (level ``l`` starts at ``lr * 2**l``); None
-            (the default): half the fixed image's smallest voxel spacing (``default_lr``).
+            (the default): half the fixed image's smallest voxel spacing (``default_lr``);
+            at most the fixed image's diagonal.
         bending: weight of the control grid's (dimensionless) bending energy
             (:meth:`~mi.registration.bspline.ControlGrid.bending_energy`) added to the loss.
             The default 1 keeps a rigid pair rigid (the 2-D demo after an affine stage: 0.21
@@ -232,7 +231,7 @@ def register_deformable(
     d = f.ndim - 2
     levels = _check_levels(levels, gf, gm)
     its = _check_iterations(iterations if iterations is not None else 100, levels)
-    lr = default_lr(gf) if lr is None else _check_positive("lr", lr)
+    lr = check_lr(lr, gf)
     gs, bending = check_grid(grid_spacing, bending, gf)
     sampling = _check_sampling(sampling, sampling_strategy)
     if not isinstance(refine_grid, bool):
@@ -290,15 +289,16 @@ def register_deformable(
                 overlap = overlap * out[:, 1:2]
             # every voxel: the images keep their shape (local MI cuts its patches from it)
             shape = fl.shape[2:] if dense else (-1,)
-            value = loss_fn(
+            value = check_loss_value(loss_fn(
                 fl.reshape(1, 1, -1)[:, :, idx].reshape(1, 1, *shape), out[:, :1].reshape(1, 1, *shape),
                 overlap.reshape(1, 1, *shape),
-            )  # fmt: skip
+            ))  # fmt: skip
             if bending:
                 value = value + bending * grid.bending_energy(coef)
             value.backward()
             opt.step()
             history.append(value.item())
+            check_finite_step(history[-1], coef.detach(), levels - level, it)
             if progress and (it + 1 == n):
                 sys.stderr.write(f"level {levels - level}/{levels}: {n} steps, loss {history[-1]:+.5f}\n")
     result = DeformableResult(

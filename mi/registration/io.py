@@ -245,7 +245,7 @@ def run_cli(
     print(describe(result))
     out.mkdir(parents=True, exist_ok=True)
     moving_values = as_image("moving", moving, "cpu")[0]
-    try:  # SimpleITK's writers raise RuntimeError
+    try:  # SimpleITK's writers raise RuntimeError; numpy's and save_transform OSError
         warped_path = write_warped(out / f"{stem}_registered", result, fixed_path, moving_values)
         matrix_path = out / f"{stem}_matrix.txt"
         np.savetxt(
@@ -256,7 +256,7 @@ def run_cli(
             transform_path = result.save_transform(out / f"{stem}_transform{suffix}")
         except ImportError:
             transform_path = None
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:
         raise RegisterError(f"cannot write to {out}: {str(e).strip().splitlines()[-1]}") from None
     figure_path = save_figure(out / f"{stem}_registration.png", result, fixed, moving)
     for label, p in (

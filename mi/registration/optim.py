@@ -93,6 +93,10 @@ INITIAL_CENTRES = ("geometry", "moments")
 #: transform (coarsest level), :func:`register` warns: MI sees only that part, and a start
 #: that far off usually ends in a wrong optimum. No overlap at all raises.
 MIN_INITIAL_OVERLAP = 0.1
+#: The built-in loss refuses images whose intensities (within their masks) span less than
+#: this: its bin map's slope, (bins) / span, would overflow float32 in the gradient (the
+#: op's own limit is 2**100 bins per unit, ``functional._MAX_SLOPE``: this leaves 1024 bins).
+MIN_SPAN = 2.0**-90
 ImageLike = Union[Tensor, np.ndarray]
 
 
@@ -235,6 +239,8 @@ def _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling):
         loss_fn = loss_fn.to(f.device)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    if not -(2**63) <= seed < 2**64:  # torch.Generator's seeds
+        raise ValueError(f"seed must be an int from -2**63 to 2**64 - 1, got {seed}")
     return w, wm, loss_fn, torch.Generator(device=f.device).manual_seed(int(seed))
 
 
@@ -440,6 +446,54 @@ def default_lr(geometry: Geometry) -> float:
     return 0.5 * min(geometry.spacing)
 
 
+def check_lr(lr, geometry: Geometry) -> float:
+    """``lr=`` of :func:`register` and ``register_deformable``: None for :func:`default_lr`,
+    else a positive step in the fixed image's units, at most its diagonal (a step that moves
+    the image past its own size leaves nothing to register: at lr=1e20 the rotation's
+    ``matrix_exp`` lost its orthogonality, at 1e30 the transform became NaN)."""
+    if lr is None:
+        return default_lr(geometry)
+    lr = _check_positive("lr", lr)
+    diagonal = 2.0 * geometry.radius()
+    if lr > diagonal:
+        raise ValueError(
+            f"lr={lr:g} {geometry.unit} is a step beyond the fixed image's diagonal ({diagonal:.4g} "
+            f"{geometry.unit}); Adam moves a parameter about lr per step (default: {default_lr(geometry):g})"
+        )
+    return lr
+
+
+def check_loss_value(value) -> Tensor:
+    """A callable ``loss``'s result: a real scalar tensor with a gradient (it must depend on
+    the warped image); else TypeError / ValueError."""
+    if not isinstance(value, Tensor) or not value.is_floating_point():
+        what = type(value).__name__ if not isinstance(value, Tensor) else f"a {value.dtype} tensor"
+        raise TypeError(f"loss must return a floating-point scalar tensor, got {what}")
+    if value.numel() != 1:
+        raise ValueError(f"loss must return a scalar (one element), got shape {tuple(value.shape)}")
+    if not value.requires_grad:
+        raise ValueError(
+            "loss returned a value with no gradient: it must be computed from the warped image "
+            "(its second argument) with differentiable torch operations"
+        )
+    return value.reshape(())
+
+
+def check_finite_step(value: float, params: Tensor, level: int, it: int) -> None:
+    """Raise when an iteration's loss (a float) or the transform's parameters after its step
+    are not finite: a callable loss that returned NaN/Inf or whose gradient did (the built-in
+    loss does neither on finite images)."""
+    if not math.isfinite(value):
+        raise ValueError(
+            f"loss returned {value} at iteration {it + 1} of pyramid level {level}: the loss must be finite"
+        )
+    if not bool(torch.isfinite(params).all()):
+        raise ValueError(
+            f"the transform's parameters became non-finite at iteration {it + 1} of pyramid level {level}: "
+            "the loss's gradient is not finite"
+        )
+
+
 def _check_positive(name, v, allow_zero=False):
     if (
         isinstance(v, bool)
@@ -461,9 +515,15 @@ def _image_ranges(f: Tensor, w: Tensor | None, m: Tensor, wm: Tensor | None) -> 
     ranges; the brain pairs (``bench/bench_register.py``) moved from 0.028 / 0.057 mm (the
     per-iteration range, not differentiated then) to 0.029 / 0.041."""
     out = []
-    for img, mask in ((f, w), (m, wm)):
+    for name, img, mask in (("fixed", f, w), ("moving", m, wm)):
         v = img if mask is None else img[mask > 0]
         lo, hi = float(v.min()), float(v.max())
+        if 0 < hi - lo < MIN_SPAN:
+            raise ValueError(
+                f"{name}'s intensities span only {hi - lo:.3g} (from {lo:.6g} to {hi:.6g})"
+                f"{' in its mask' * (mask is not None)}: the loss's gradient over so narrow a range "
+                "overflows float32; rescale the image (MI does not depend on the intensities' scale)"
+            )
         out.append((lo, hi) if hi > lo else "auto")
     return tuple(out)
 
@@ -622,7 +682,7 @@ def _level_step(fl, wl, ml, moving_mask: bool, loss_fn):
             overlap = overlap * weights
         if moving_mask:
             overlap = overlap * out[:, 1:2]
-        value = loss_fn(fixed_vals, out[:, :1], overlap)
+        value = check_loss_value(loss_fn(fixed_vals, out[:, :1], overlap))
         (grad,) = torch.autograd.grad(value, th)
         return value.detach(), grad
 
@@ -737,7 +797,7 @@ def register(
             ends still moving (a parameter's net change over it more than half of what its
             steps allow), :func:`register` warns that it has not converged: the start was
             beyond the reach, or the steps too small; use more levels or coarse iterations,
-            or start closer (``initial``).
+            or start closer (``initial``). At most the fixed image's diagonal (ValueError).
         loss: None (``MutualInformationLoss(num_bins=32, normalize="studholme",
             kernel="bspline")``, updated with ``loss_kwargs``; its ``value_range``, unless
             given, each whole image's min..max within its mask, taken once, as ITK's
@@ -747,7 +807,10 @@ def register(
             samples, or a mask's voxels (see ``sampling``); with ``sampling=None``, or
             ``"auto"`` on a level without a mask and no more voxels than the count, the
             level's grid (1, 1, *shape). :class:`mi.LocalMutualInformationLoss` cuts its
-            patches from the grid: it needs ``sampling=None`` (else ValueError).
+            patches from the grid: it needs ``sampling=None`` (else ValueError). A callable
+            must return a floating-point scalar tensor computed from ``warped`` (else
+            TypeError / ValueError), finite and with a finite gradient (else ValueError,
+            naming the level and iteration).
         **loss_kwargs: keywords for the default loss (num_bins, sigma, kernel, normalize, ...).
         initial: the starting transform, fixed physical -> moving physical: a
             :class:`RegistrationResult` (a rigid stage before an affine one), a (d+1)x(d+1)
@@ -776,7 +839,9 @@ def register(
             (a stride with a random offset).
         tolerance: stop a level early when the loss's least-squares slope over the last
             10 iterations, times 10, is below this (0: run every iteration).
-        device: where to compute (default: the fixed image's device; CPU for files).
+        device: where to compute: "cpu", "cuda[:index]", a torch.device (default: the fixed
+            image's device; CPU for files). Another kind, or a CUDA device this machine
+            lacks: ValueError.
         graph: on CUDA, replay each level's device work (warp, loss, its gradient with
             respect to the transform) from a CUDA graph captured at the level's first
             iteration, which runs eagerly (levels of fewer than 4 iterations run eagerly
@@ -799,7 +864,7 @@ def register(
     f, gf, m, gm = read_pair(fixed, moving, device, spacing, moving_spacing)
     levels = _check_levels(levels, gf, gm)
     its = _check_iterations(iterations, levels)
-    lr = default_lr(gf) if lr is None else _check_positive("lr", lr)
+    lr = check_lr(lr, gf)
     tolerance = _check_positive("tolerance", tolerance, allow_zero=True)
     sampling = _check_sampling(sampling, sampling_strategy)
     d = f.ndim - 2
@@ -845,6 +910,7 @@ def register(
             opt.step()
             reach += opt.param_groups[0]["lr"]
             level_losses.append(value.item())
+            check_finite_step(level_losses[-1], _parameters(model), levels - level, it)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{level_losses[-1]:+.5f}", refresh=False)

@@ -211,6 +211,28 @@ def read_path(path):
     return read_medical(path) if is_medical(path) else read_image(path)
 
 
+def check_device(device, name: str = "device") -> torch.device:
+    """``device`` (a torch.device, "cpu", "cuda", "cuda:1", or a CUDA index) as a torch.device
+    that registration can compute on: CPU, or a CUDA device that exists; else ValueError
+    (``name``: the argument, or the image whose tensor is elsewhere: "meta", say)."""
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise TypeError(f"{name} must be a torch.device, a string such as 'cpu' or 'cuda:0', or an int, "
+                        f"got {type(device).__name__}")  # fmt: skip
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:  # an unknown name; an int without an accelerator
+        raise ValueError(f"{name}={device!r} is not a device ({e}); use 'cpu' or 'cuda[:index]'") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name}: registration computes on 'cpu' or 'cuda', got {str(dev)!r}")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            raise ValueError(
+                f"{name}={str(dev)!r}: this machine has {count} CUDA device(s) that torch can use"
+            )
+    return dev
+
+
 def as_image(name: str, x, device=None, spacing=None):
     """An image argument -> ((1, 1, *shape) float32 tensor, :class:`Geometry`).
 
@@ -239,7 +261,8 @@ def as_image(name: str, x, device=None, spacing=None):
     else:
         t = _as_tensor(name, x)
         geom = identity_geometry(t.shape[2:], spacing)
-    given, t = t, t.detach().to(device=device if device is not None else t.device, dtype=torch.float32)
+    dev = check_device(device if device is not None else t.device, "device" if device is not None else name)
+    given, t = t, t.detach().to(device=dev, dtype=torch.float32)
     if not torch.isfinite(t).all():
         if given.is_floating_point() and torch.isfinite(given).all():
             raise ValueError(
@@ -292,6 +315,11 @@ def as_mask(name: str, mask, image: Tensor, geom: Geometry) -> Tensor | None:
         return None
     if isinstance(mask, (str, Path)) or _is_sitk_image(mask):
         m, g = as_image(name, mask, image.device)
+        if g.dim != geom.dim:
+            raise ValueError(
+                f"{name} is a {g.dim}-D image ({'x'.join(map(str, g.size))}) for a {geom.dim}-D image "
+                f"({'x'.join(map(str, geom.size))}): it must have its image's grid"
+            )
         if g.differences(geom):
             raise ValueError(f"{name} must have its image's grid (shape, spacing, origin, direction)")
     else:

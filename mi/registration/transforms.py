@@ -196,12 +196,33 @@ def to_sitk(matrix: Tensor, center=None):
     return t
 
 
+#: The transform file suffixes ITK writes (text, MATLAB binary, HDF5).
+TRANSFORM_SUFFIXES = (".tfm", ".txt", ".mat", ".h5", ".hdf5", ".hdf")
+
+
+def save_sitk_transform(transform, path) -> Path:
+    """Write a SimpleITK transform to ``path``, whose suffix picks the format
+    (``TRANSFORM_SUFFIXES``, lower case); ValueError for another suffix, FileNotFoundError
+    for a missing folder, OSError when ITK cannot write the file. Returns the path."""
+    path = Path(path)
+    if path.suffix not in TRANSFORM_SUFFIXES:
+        suffixes = ", ".join(TRANSFORM_SUFFIXES)
+        raise ValueError(f"cannot write a transform to {str(path)!r}: the suffix must be one of {suffixes}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write the transform {str(path)!r}: no folder {str(path.parent)!r}")
+    try:
+        _sitk().WriteTransform(transform, str(path))
+    except RuntimeError as e:
+        raise OSError(
+            f"cannot write the transform {str(path)!r}: {str(e).strip().splitlines()[-1]}"
+        ) from None
+    return path
+
+
 def write_transform(path, matrix: Tensor, center=None) -> Path:
     """Write ``matrix`` as an ITK transform file (:func:`to_sitk`); the format follows the
-    suffix (``.tfm``/``.txt`` text, ``.mat`` binary, ``.h5`` HDF5)."""
-    path = Path(path)
-    _sitk().WriteTransform(to_sitk(matrix, center), str(path))
-    return path
+    suffix (``.tfm``/``.txt`` text, ``.mat`` binary, ``.h5`` HDF5: ``save_sitk_transform``)."""
+    return save_sitk_transform(to_sitk(matrix, center), path)
 
 
 def rotation_part(matrix: Tensor) -> Tensor:
