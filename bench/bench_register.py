@@ -21,14 +21,14 @@ Cases (known rigid transforms, a second "modality"):
 
 Methods:
     mi: ``mi.register(fixed, moving, transform="rigid")`` with its defaults (3 levels,
-        120/60/30 Adam steps; 4 levels, 200/120/60/30, on photo25 and fine35, whose fixed
+        120/60/60 Adam steps; 4 levels, 200/120/60/60, on photo25 and fine35, whose fixed
         images have over 387 voxels along an axis: ``default_levels``; Studholme NMI, 32
         bins, B-spline window, 2**17 sampled voxels per iteration on the levels larger than
         that), on ``--device`` (on CUDA each level is replayed from a CUDA graph:
         ``graph=None``).
     mi-eager: the same with ``graph=False`` (on CUDA: every kernel launched from Python).
     mi 3 levels (photo25, fine35): the same with ``levels=3``, the default before
-        ``default_levels``: its steps reach about 160 of the finest voxels.
+        ``default_levels``: its steps reach about 170 of the finest voxels.
     SimpleITK: ImageRegistrationMethod, Mattes MI (32 bins on the physical cases, 50 on the
         demos), RANDOM sampling of 20 % of the voxels on the physical cases (every pixel on
         the small demos), linear interpolator, RegularStepGradientDescent (learning rate 1,

@@ -349,13 +349,13 @@ def default_levels(gf: Geometry, gm: Geometry) -> int:
     axis), fewer where the images pool no further (each axis keeps ``MIN_LEVEL_SIZE``).
 
     The steps' reach is counted in voxels (``lr`` is half a voxel, doubled per level: about
-    160 finest voxels with 3 levels, 580 with 4), so a fixed number of levels reaches a
+    170 finest voxels with 3 levels, 590 with 4), so a fixed number of levels reaches a
     smaller rotation on a finer grid of the same scene. Ending the pyramid at a bounded size
     in voxels keeps the reach near the image's extent. Measured
     (``bench/bench_register.py``, cases photo25 and fine35): with 3 levels, sklearn's
-    china.jpg at 0.5 mm (640x427) rotated 25 degrees stopped 18.2 mm off, and the MNI T1 on
-    a 0.5x0.5x3 mm grid against a contrast rotated 35 degrees 6.2 mm off; with 4 levels (the
-    default for both) they come within 0.05 mm. Ending at 64 voxels (5 levels on the photo,
+    china.jpg at 0.5 mm (640x427) rotated 25 degrees stopped 15.9 mm off, and the MNI T1 on
+    a 0.5x0.5x3 mm grid against a contrast rotated 35 degrees 5.0 mm off; with 4 levels (the
+    default for both) they come within 0.025 mm. Ending at 64 voxels (5 levels on the photo,
     40x27 pixels) was too coarse for an affine stage: the photo scaled by diag(0.85, 1.15)
     ended 15 mm off, against 0.03 mm with 4 levels (a run outside ``bench/``)."""
     levels = 1
@@ -390,9 +390,22 @@ def _check_levels(levels, gf: Geometry, gm: Geometry) -> int:
     return levels
 
 
+#: ``iterations=None``: ``min(MAX_ITERATIONS, max(FINEST_ITERATIONS, 30 * 2**level))`` per
+#: level (coarse levels are cheap: more steps there; 120, 60, 60 for 3 levels). The finest
+#: level took 30 until 2026-12-01; 60 there (runs outside ``bench/``, the same code and
+#: seeds): the 2-D demo pair at eight random rigid transforms, corner error 0.054 px mean
+#: (0.097 with 30; better on all eight), the 3-D demo pair with ten seeds 0.062 voxel
+#: (0.128; all ten), the 25-degree photo 0.0044 mm (0.0085), the 600x512 photo at 30
+#: degrees 0.0024 degree (0.018), the brain pair with four seeds 0.037 mm (0.040), its 3 mm
+#: slices with two 0.051 mm (0.043), for 14 % more iterations with 3 levels.
+MAX_ITERATIONS, FINEST_ITERATIONS = 200, 60
+
+
 def _check_iterations(iterations, levels: int) -> tuple:
-    if iterations is None:  # coarse levels are cheap: more steps there
-        return tuple(min(200, 30 * 2**lvl) for lvl in reversed(range(levels)))
+    if iterations is None:
+        return tuple(
+            min(MAX_ITERATIONS, max(FINEST_ITERATIONS, 30 * 2**lvl)) for lvl in reversed(range(levels))
+        )
     if isinstance(iterations, (int, np.integer)) and not isinstance(iterations, bool):
         return (_positive_int("iterations", iterations),) * levels
     try:
@@ -782,8 +795,8 @@ def register(
             while the coarsest level keeps over 96 voxels along an axis (4 from 388 voxels,
             5 from 776), fewer for images too small to pool that far.
         iterations: Adam steps per level, coarsest first: an int for every level, one int
-            per level, or None for ``min(200, 30 * 2**level)`` (120, 60, 30 for 3 levels;
-            200, 120, 60, 30 for 4).
+            per level, or None for ``min(200, max(60, 30 * 2**level))`` (120, 60, 60 for 3
+            levels; 200, 120, 60, 60 for 4).
         lr: Adam's step in mm (voxels without geometry): rotations and linear parts are
             scaled so one unit moves the image's corners by about that; level ``l`` starts
             at ``lr * 2**l`` and decays (cosine) to 5 % of that, 1 % on sampled levels.
@@ -792,7 +805,7 @@ def register(
             the step follows the image's scale (0.05 mm or 20 mm pixels register as 1 mm
             ones do: a fixed 0.5 mm step diverged on the first and crawled on the second).
             Adam moves a parameter at most about ``lr`` per step, so the schedule's reach
-            is counted in voxels: about 160 of the finest for 3 levels, 580 for 4 (the
+            is counted in voxels: about 170 of the finest for 3 levels, 590 for 4 (the
             default levels keep the reach near the image's extent). When the finest level
             ends still moving (a parameter's net change over it more than half of what its
             steps allow), :func:`register` warns that it has not converged: the start was
