@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import sys
 import time
 import warnings
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..functional import mutual_information, value_checks
+from ..functional import _MAX_SLOPE, mutual_information, value_checks
 from ..local import LocalMutualInformationLoss
 from ..modules import MutualInformationLoss
 from .space import (
@@ -93,10 +94,6 @@ INITIAL_CENTRES = ("geometry", "moments")
 #: transform (coarsest level), :func:`register` warns: MI sees only that part, and a start
 #: that far off usually ends in a wrong optimum. No overlap at all raises.
 MIN_INITIAL_OVERLAP = 0.1
-#: The built-in loss refuses images whose intensities (within their masks) span less than
-#: this: its bin map's slope, (bins) / span, would overflow float32 in the gradient (the
-#: op's own limit is 2**100 bins per unit, ``functional._MAX_SLOPE``: this leaves 1024 bins).
-MIN_SPAN = 2.0**-90
 ImageLike = Union[Tensor, np.ndarray]
 
 
@@ -229,7 +226,7 @@ def _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling):
     """(fixed mask, moving mask, loss function on the images' device, the sampling generator)."""
     w = as_mask("mask", mask, f, gf)
     wm = as_mask("moving_mask", moving_mask, m, gm)
-    loss_fn = _make_loss(loss, loss_kwargs, lambda: _image_ranges(f, w, m, wm))
+    loss_fn = _make_loss(loss, loss_kwargs, lambda bins: _image_ranges(f, w, m, wm, bins))
     if isinstance(loss_fn, LocalMutualInformationLoss) and sampling is not None:
         raise ValueError(
             "loss=LocalMutualInformationLoss cuts its patches from the image grid: it needs "
@@ -519,23 +516,32 @@ def _check_positive(name, v, allow_zero=False):
     return float(v)
 
 
-def _image_ranges(f: Tensor, w: Tensor | None, m: Tensor, wm: Tensor | None) -> tuple:
+def _image_ranges(f: Tensor, w: Tensor | None, m: Tensor, wm: Tensor | None, num_bins=None) -> tuple:
     """The built-in loss's ``value_range``: each whole image's min..max (within its mask), taken
     once, as ITK's metrics take theirs ("auto" for a constant image). The loss then holds
     them fixed. With "auto" each iteration's warped samples would set the moving range, and
     its derivative, which MI's includes, pulls on the extreme samples alone: on the 2-D demo
     with an occlusion masked out, 0.196 px at the corners against 0.153 with the images'
     ranges; the brain pairs (``bench/bench_register.py``) moved from 0.028 / 0.057 mm (the
-    per-iteration range, not differentiated then) to 0.029 / 0.041."""
+    per-iteration range, not differentiated then) to 0.029 / 0.041.
+
+    An image whose span is so narrow that ``num_bins`` bins over it would overflow float32
+    in the gradient (the op's own limit, ``functional._MAX_SLOPE``: 2**100 bins per unit)
+    is refused here, by name (the op's message would name a value_range the caller never
+    gave); a ``num_bins`` that is not an integer is left to the loss to refuse."""
+    try:
+        bins = operator.index(num_bins)
+    except TypeError:
+        bins = None
     out = []
     for name, img, mask in (("fixed", f, w), ("moving", m, wm)):
         v = img if mask is None else img[mask > 0]
         lo, hi = float(v.min()), float(v.max())
-        if 0 < hi - lo < MIN_SPAN:
+        if bins is not None and 0 < hi - lo and bins > _MAX_SLOPE[torch.float32] * (hi - lo):
             raise ValueError(
                 f"{name}'s intensities span only {hi - lo:.3g} (from {lo:.6g} to {hi:.6g})"
-                f"{' in its mask' * (mask is not None)}: the loss's gradient over so narrow a range "
-                "overflows float32; rescale the image (MI does not depend on the intensities' scale)"
+                f"{' in its mask' * (mask is not None)}: the loss's gradient ({bins} bins over so narrow "
+                "a range) overflows float32; rescale the image (MI does not depend on the intensities' scale)"
             )
         out.append((lo, hi) if hi > lo else "auto")
     return tuple(out)
@@ -543,11 +549,11 @@ def _image_ranges(f: Tensor, w: Tensor | None, m: Tensor, wm: Tensor | None) -> 
 
 def _make_loss(loss, loss_kwargs: dict, ranges: Callable) -> Callable:
     """The loss function: ``loss`` if callable, else the built-in loss with its keywords,
-    ``value_range`` from ``ranges()`` unless they give one."""
+    ``value_range`` from ``ranges(num_bins)`` unless they give one."""
     if loss is None or isinstance(loss, dict):
         kw = {**DEFAULT_LOSS, **(loss or {}), **loss_kwargs}
         if "value_range" not in kw:
-            kw["value_range"] = ranges()
+            kw["value_range"] = ranges(kw.get("num_bins"))
         return MutualInformationLoss(**kw)
     if loss_kwargs:
         raise TypeError(f"loss keywords {sorted(loss_kwargs)} given with a loss module; pass one")

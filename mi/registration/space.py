@@ -216,8 +216,10 @@ def check_device(device, name: str = "device") -> torch.device:
     that registration can compute on: CPU, or a CUDA device that exists; else ValueError
     (``name``: the argument, or the image whose tensor is elsewhere: "meta", say)."""
     if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
-        raise TypeError(f"{name} must be a torch.device, a string such as 'cpu' or 'cuda:0', or an int, "
-                        f"got {type(device).__name__}")  # fmt: skip
+        what = type(device).__name__
+        raise TypeError(
+            f"{name} must be a torch.device, a string such as 'cpu' or 'cuda:0', or an int, got {what}"
+        )
     try:
         dev = torch.device(device)
     except RuntimeError as e:  # an unknown name; an int without an accelerator
