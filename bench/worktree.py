@@ -1,5 +1,6 @@
 """Run a benchmark script against an earlier commit, in the same run: a git worktree of it."""
 
+import contextlib
 import csv
 import os
 import subprocess
@@ -10,9 +11,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def rows_at(ref, script):
-    """The rows ``script --child REF --out CSV`` writes when run with the ``mi`` of a git
-    worktree of ``ref`` importable (``mi.kernels`` linked in as pip install lays it out)."""
+@contextlib.contextmanager
+def checkout(ref):
+    """A temporary git worktree of ``ref`` with ``mi.kernels`` linked in as pip install lays it
+    out: put it on PYTHONPATH to import that commit's ``mi``. Removed on exit."""
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "tree"
         subprocess.run(
@@ -20,15 +22,20 @@ def rows_at(ref, script):
         )
         try:
             (tree / "mi" / "kernels").symlink_to(tree / "kernels")
-            out = Path(tmp) / "rows.csv"
-            env = dict(os.environ, PYTHONPATH=str(tree))
-            subprocess.run(
-                [sys.executable, str(script), "--child", ref, "--out", str(out)], check=True, env=env
-            )
-            with open(out) as f:
-                return list(csv.DictReader(f))
+            yield tree
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True)
+
+
+def rows_at(ref, script):
+    """The rows ``script --child REF --out CSV`` writes when run with the ``mi`` of a git
+    worktree of ``ref`` importable."""
+    with checkout(ref) as tree, tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.csv"
+        env = dict(os.environ, PYTHONPATH=str(tree))
+        subprocess.run([sys.executable, str(script), "--child", ref, "--out", str(out)], check=True, env=env)
+        with open(out) as f:
+            return list(csv.DictReader(f))
 
 
 def version(paths=("mi", "kernels")):

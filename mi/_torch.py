@@ -30,6 +30,9 @@ GAUSS_SUPPORT_F64 = math.sqrt(106.0 * math.log(2.0))
 #: constant factor); "nearest" is
 #: MONAI's zero-order B-spline, the box with a tie (|d| = 1/2) split half and half.
 KERNELS = ("gaussian", "bspline", "box", "xu", "tgauss", "rect", "nearest")
+#: Bins beyond each end of an axis of the cubic B-spline's 4-bin windows (``_bspline_weights``):
+#: its samples, clamped to [-2, K + 1], touch bins -3..K + 3.
+BSPLINE_PAD = 4
 # Budget for the per-chunk temporaries (indices + values of chunk * W^2 entries).
 CHUNK_BYTES = 32 * 2**20
 # On a GPU (this backend is the fallback there: float64, or no Triton) each op is a launch:
@@ -79,16 +82,21 @@ def window_start(u, kernel: str, sigma: float, num_bins: int, width: int):
 
 
 def _weights(u, kernel, sigma, num_bins, width, order):
-    """Window start (M,) long and [w, w', ..., w^(order)] (M, W) each: the window and its
-    derivatives with respect to u, order <= 2.
+    """Bins (W, M) int32 and [w, w', ..., w^(order)] (W, M) each: the window's bin indices and
+    its weights and derivatives with respect to u, order <= 2, window-major (row j: the j-th
+    bin of each sample's window), so that every product and broadcast below runs along M,
+    contiguous (an inner dimension of W = 4 is many times slower on CPU).
 
-    The window start is clamp(floor(u - r) + 1, 0, K - W): every bin within the
-    kernel's support that exists is in the window, and no index is out of range. A
-    sample far outside the bins (even +-inf, which an extreme bin map can give) gets
-    weight 0 and derivatives 0, never NaN.
+    The window is W consecutive bins starting at clamp(floor(u - r) + 1, 0, K - W): every
+    bin within the kernel's support that exists is in the window, and no index is out of
+    range. A sample far outside the bins (even +-inf, which an extreme bin map can give) gets
+    weight 0 and derivatives 0, never NaN. (The cubic B-spline: ``_bspline_weights``.)
     """
+    if kernel == "bspline" and width == 4:
+        return _bspline_weights(u, num_bins, order)
     start = window_start(u, kernel, sigma, num_bins, width)
-    d = u[:, None] - (start[:, None] + torch.arange(width, dtype=u.dtype, device=u.device))
+    d = u[None, :] - (start[None, :] + torch.arange(width, dtype=u.dtype, device=u.device)[:, None])
+    bins = start.to(torch.int32)[None, :] + torch.arange(width, dtype=torch.int32, device=u.device)[:, None]
     if kernel == "gaussian":
         # Beyond 40 sigma the Gaussian underflows to exactly 0 (float32 and float64): clamping
         # there changes no weight and keeps d w and d^2 w finite for a sample at +-inf.
@@ -99,19 +107,21 @@ def _weights(u, kernel, sigma, num_bins, width, order):
             out.append(d * w * (-1.0 / sigma**2))
         if order >= 2:
             out.append((d * d / sigma**2 - 1.0) * w / sigma**2)
-        return start.long(), out
-    if kernel == "bspline":
-        d.clamp_(-3.0, 3.0)  # beyond the support (|d| >= 2) every term is 0; keeps them finite
-        a = d.abs()
-        inner, outer = a < 1.0, a < 2.0
-        t = (2.0 - a).clamp(min=0.0)
-        out = [torch.where(inner, 2.0 / 3.0 - a * a + 0.5 * a**3, t**3 / 6.0)]
+        return bins, out
+    if kernel == "bspline":  # fewer than 4 bins: |d| < 2 on some bins, beyond on others
+        # In truncated powers, p = (2 - |d|)+ and q = (1 - |d|)+: w = (p^3 - 4 q^3) / 6,
+        # w' = -sign(d) (p^2 - 4 q^2) / 2, w'' = p - 4 q (C2, 0 beyond the support |d| >= 2).
+        sign = torch.sign(d) if order >= 1 else None
+        a = d.abs_()
+        p = (2.0 - a).clamp_(min=0.0)  # +-inf: 0
+        q = (1.0 - a).clamp_(min=0.0)
+        p2, q2 = p * p, q * q
+        out = [(p2 * p - 4.0 * (q2 * q)).mul_(1.0 / 6.0)]
         if order >= 1:
-            slope = torch.where(inner, -2.0 * a + 1.5 * a * a, -0.5 * t * t)
-            out.append(torch.where(outer, slope * torch.sign(d), 0.0))
-        if order >= 2:  # C2: the second derivative is continuous, 0 beyond the support
-            out.append(torch.where(inner, 3.0 * a - 2.0, t))
-        return start.long(), out
+            out.append((p2 - 4.0 * q2).mul_(sign).mul_(-0.5))
+        if order >= 2:
+            out.append(p - 4.0 * q)
+        return bins, out
     if kernel == "xu":  # kornia's arithmetic: a = |d| * (1 / R), the polynomials in Horner form
         d.clamp_(-2.0 * sigma, 2.0 * sigma)  # beyond the support every term is 0; keeps them finite
         a = d.abs() * (1.0 / sigma)
@@ -127,7 +137,7 @@ def _weights(u, kernel, sigma, num_bins, width, order):
         if order >= 2:
             curve = torch.where(inner, -3.6, torch.where(outer, 3.6, torch.zeros_like(a)))
             out.append(curve * (sign * sign) / sigma**2)
-        return start.long(), out
+        return bins, out
     if kernel == "tgauss":
         d.clamp_(-2.0 * sigma - 1.0, 2.0 * sigma + 1.0)
         inside = d.abs() <= sigma
@@ -138,7 +148,7 @@ def _weights(u, kernel, sigma, num_bins, width, order):
             out.append(-t / sigma * w)
         if order >= 2:
             out.append((t * t - 1.0) / sigma**2 * w)
-        return start.long(), out
+        return bins, out
     if kernel == "rect":  # 1 on the closed support: flat, every derivative is 0
         w = (d.abs() <= sigma).to(u.dtype)
     elif kernel == "nearest":  # the nearest bin; a tie at |d| = 1/2 gives each bin 1/2
@@ -146,7 +156,36 @@ def _weights(u, kernel, sigma, num_bins, width, order):
         w = torch.where(a < 0.5, 1.0, torch.where(a == 0.5, 0.5, 0.0)).to(u.dtype)
     else:  # box: the nearest bin, [c - 0.5, c + 0.5); flat, so every derivative is 0
         w = ((d >= -0.5) & (d < 0.5)).to(u.dtype)
-    return start.long(), [w] + [torch.zeros_like(d)] * order
+    return bins, [w] + [torch.zeros_like(d)] * order
+
+
+def _bspline_weights(u, num_bins, order):
+    """``_weights`` of the cubic B-spline (4 bins), from the fractional part t of u: the bins
+    floor(u) - 1 + j, j = 0..3, are those within its support (|u - a| < 2), with weights
+
+        (1 - t)^3 / 6,  2/3 - t^2 + t^3 / 2,  2/3 - (1 - t)^2 + (1 - t)^3 / 2,  t^3 / 6
+
+    (ITK's closed form, on (M,) rows: a fraction of the work of the kernel on (4, M)
+    distances). The bins are those of an axis padded with ``BSPLINE_PAD`` bins beyond each
+    end (``_Grid``), which take what falls outside 0..K-1 and are then dropped: the same sums
+    as the clamped window of ``_weights``, without a comparison per bin. u is clamped to
+    [-2, K + 1] first (where the bins in range get weight 0 and slope 0), so that +-inf
+    gives zeros; NaN gives NaN weights (at bin 0).
+    """
+    uc = u.clamp(-2.0, num_bins + 1.0)
+    fl = torch.floor(uc)
+    t = uc - fl  # exact, in [0, 1)
+    s = 1.0 - t
+    first = fl.nan_to_num_(nan=0.0).to(torch.int32).add_(BSPLINE_PAD - 1)
+    bins = first + torch.arange(4, dtype=torch.int32, device=u.device)[:, None]  # (4, M)
+    t2, s2 = t * t, s * s
+    t3, s3 = t2 * t, s2 * s
+    rows = [(s3 / 6.0, 2.0 / 3.0 - t2 + 0.5 * t3, 2.0 / 3.0 - s2 + 0.5 * s3, t3 / 6.0)]
+    if order >= 1:  # d/du = d/dt; the middle two: t (1.5 t - 2) and its mirror
+        rows.append((-0.5 * s2, t * (1.5 * t - 2.0), s * (2.0 - 1.5 * s), 0.5 * t2))
+    if order >= 2:
+        rows.append((s, 3.0 * t - 2.0, 3.0 * s - 2.0, t))
+    return bins, [torch.stack(r) for r in rows]
 
 
 class _Chunk:
@@ -228,8 +267,40 @@ def bin_maps(ranges, first: float, length: float, dtype):
     return out
 
 
+def _pad(kernel: str, width: int) -> int:
+    """The bins beyond each end of an axis whose windows ``_weights`` computes (0: clamped)."""
+    return BSPLINE_PAD if kernel == "bspline" and width == 4 else 0
+
+
+class _Grid:
+    """The op's accumulator: (B, K + 2 p, ...) float64, flat, p bins beyond each end of each
+    axis (``_pad``: where the B-spline's windows drop what falls outside 0..K-1)."""
+
+    def __init__(self, batch, num_bins, kernels, sigma, double):
+        self.B, self.K = batch, num_bins
+        self.pads = [_pad(k, window_size(k, sigma, num_bins, double)) for k in kernels]
+        self.sizes = [num_bins + 2 * p for p in self.pads]
+
+    def zeros(self, device):
+        return torch.zeros(self.B * math.prod(self.sizes), dtype=torch.float64, device=device)
+
+    def crop(self, flat, dtype):
+        """The (B, K, ...) histogram in ``dtype`` from the flat accumulator."""
+        h = flat.view(self.B, *self.sizes)
+        if any(self.pads):
+            h = h[(slice(None), *(slice(p, p + self.K) for p in self.pads))]
+        return h.to(dtype).contiguous()
+
+    def pad(self, grad, dtype):
+        """A (B, K, ...) gradient as the flat accumulator's: zero on the padding."""
+        g = grad.reshape(self.B, *[self.K] * len(self.sizes)).to(dtype)
+        if any(self.pads):
+            g = torch.nn.functional.pad(g, [q for p in reversed(self.pads) for q in (p, p)])
+        return g.reshape(-1)
+
+
 class _Windows:
-    """Window starts and [w, w', ...] of one chunk of pixels for one axis, with the bin map of
+    """Window bins and [w, w', ...] of one chunk of pixels for one axis, with the bin map of
     its rows (None when x is in bin coordinates) for the chain rule to the raw samples."""
 
     def __init__(self, x, chunk, bin_map, kernel, sigma, num_bins, order):
@@ -239,7 +310,7 @@ class _Windows:
             x = chunk.rowwise(u, c, torch.mul).add_(first)
         self.chunk, self.bin_map = chunk, bin_map
         self.width = window_size(kernel, sigma, num_bins, x.dtype == torch.float64)
-        self.start, self.ws = _weights(x, kernel, sigma, num_bins, self.width, order)
+        self.bins, self.ws = _weights(x, kernel, sigma, num_bins, self.width, order)  # of grid's axis
         self.w = self.ws[0]
 
     def chain(self, d):
@@ -250,31 +321,34 @@ class _Windows:
         return self.chunk.rowwise(self.chunk.rowwise(d, c, torch.mul), s, torch.mul)
 
 
-def _joint_chunks(u, v, m, num_bins, sigma, kernel_u, kernel_v, order, maps):
-    """Yield (chunk, flat index (M, Wu, Wv) into (B*K*K,), windows of u, windows of v, m).
+def _joint_grid(u, num_bins, sigma, kernel_u, kernel_v):
+    return _Grid(u.shape[0], num_bins, (kernel_u, kernel_v), sigma, u.dtype == torch.float64)
+
+
+def _joint_chunks(u, v, m, grid, sigma, kernel_u, kernel_v, order, maps):
+    """Yield (chunk, flat index (Wu, Wv, M) into ``grid``, windows of u, windows of v, m).
 
     u, v are bin coordinates, or raw samples mapped chunk by chunk by ``maps`` (from
     ``bin_maps``): either way no full-size bin-coordinate copy is made. The windows carry
     derivatives up to ``order`` and the maps for the chain rule.
     """
     B, N = u.shape
-    K = num_bins
+    K = grid.K
     acc = _acc_dtype(u.dtype)
     dbl = acc == torch.float64
     wu_n, wv_n = window_size(kernel_u, sigma, K, dbl), window_size(kernel_v, sigma, K, dbl)
     per_pixel = 16 * wu_n * wv_n
     uf, vf = u.reshape(-1), v.reshape(-1)
     mf = None if m is None else m.reshape(-1)
-    # int32 indices when they fit: half the memory traffic of int64 for the (M, Wu, Wv) index.
-    itype = torch.int32 if B * K * K < 2**31 else torch.int64
-    offs = torch.arange(wu_n, device=u.device)[:, None] * K + torch.arange(wv_n, device=u.device)
-    offs = offs.to(itype)
+    su, sv = grid.sizes
+    # int32 indices when they fit: half the memory traffic of int64 for the (Wu, Wv, M) index.
+    itype = torch.int32 if B * su * sv < 2**31 else torch.int64
     map_u, map_v = (None, None) if maps is None else maps
     for c in _chunks(B, N, per_pixel, u.device):
         wu = _Windows(uf[c.lo : c.hi].to(acc), c, map_u, kernel_u, sigma, K, order)
         wv = _Windows(vf[c.lo : c.hi].to(acc), c, map_v, kernel_v, sigma, K, order)
-        base = ((c.batch * K + wu.start) * K + wv.start).to(itype)  # J[b, su, sv], flat
-        idx = base[:, None, None] + offs  # (M, Wu, Wv)
+        rows = (c.batch * su + wu.bins).to(itype) * sv  # J[b, a, 0], flat, (Wu, M)
+        idx = rows[:, None, :] + wv.bins.to(itype)  # (Wu, Wv, M)
         yield c, idx, wu, wv, None if mf is None else mf[c.lo : c.hi]
 
 
@@ -284,8 +358,8 @@ def _scatter_joint(out, idx, wu, wv, terms):
     for weight, i, j in terms:
         a = wu.ws[i].double()
         if weight is not None:
-            a = a * weight.double()[:, None]
-        t = a[:, :, None] * wv.ws[j].double()[:, None, :]
+            a = a * weight.double()
+        t = a[:, None, :] * wv.ws[j].double()
         vals = t if vals is None else vals + t
     out.index_add_(0, idx.reshape(-1), vals.reshape(-1))
 
@@ -302,12 +376,12 @@ def joint_hist_forward(
     whose lo..hi map onto bin coordinates first..first + length (``bin_maps``); None: u and v
     are bin coordinates. Accumulates in float64; returns float32 (float64 for float64 u).
     """
-    B, K = u.shape[0], num_bins
-    out = torch.zeros(B * K * K, dtype=torch.float64, device=u.device)
+    grid = _joint_grid(u, num_bins, sigma, kernel_u, kernel_v)
+    out = grid.zeros(u.device)
     maps = bin_maps(ranges, first, length, _acc_dtype(u.dtype))
-    for _, idx, wu, wv, mc in _joint_chunks(u, v, m, K, sigma, kernel_u, kernel_v, 0, maps):
+    for _, idx, wu, wv, mc in _joint_chunks(u, v, m, grid, sigma, kernel_u, kernel_v, 0, maps):
         _scatter_joint(out, idx, wu, wv, [(mc, 0, 0)])
-    return out.view(B, K, K).to(_acc_dtype(u.dtype))
+    return grid.crop(out, _acc_dtype(u.dtype))
 
 
 class _Gathered:
@@ -315,13 +389,22 @@ class _Gathered:
     (each G w_v^(j) contraction computed once)."""
 
     def __init__(self, g, idx, wu, wv):
-        self.gw = g.index_select(0, idx.view(-1)).view(idx.shape)  # (M, Wu, Wv); faster than g[idx]
+        self.gw = g.index_select(0, idx.view(-1)).view(idx.shape)  # (Wu, Wv, M); faster than g[idx]
         self.wu, self.wv, self.rows = wu, wv, {}
 
     def __call__(self, i, j):
         if j not in self.rows:  # sum_c G[a, c] w_v^(j)(v - c), per window row a
-            self.rows[j] = torch.einsum("mij,mj->mi", self.gw, self.wv.ws[j])
-        return (self.wu.ws[i] * self.rows[j]).sum(1)
+            self.rows[j] = _dot(self.gw.transpose(0, 1), self.wv.ws[j][:, None, :])
+        return _dot(self.wu.ws[i], self.rows[j])
+
+
+def _dot(a, b):
+    """sum_i a[i] * b[i] over the first (window) dimension, row by row in a fixed order: the
+    same bits for a pixel whatever the chunk (torch's sum reorders its terms with the layout)."""
+    out = a[0] * b[0]
+    for i in range(1, a.shape[0]):
+        out += a[i] * b[i]
+    return out
 
 
 def _flat(t: torch.Tensor, zero: bool = False) -> torch.Tensor:
@@ -341,11 +424,12 @@ def joint_hist_backward(
     the forward), du and dv are with respect to the raw samples. Each has the dtype of its input.
     """
     acc = _acc_dtype(u.dtype)
-    g = grad.reshape(-1).to(acc)
+    grid = _joint_grid(u, num_bins, sigma, kernel_u, kernel_v)
+    g = grid.pad(grad, acc)
     du, dv = _flat(u), _flat(v)
     dm = _flat(m) if (m is not None and needs_m) else None
     maps = bin_maps(ranges, first, length, acc)
-    for c, idx, wu, wv, mc in _joint_chunks(u, v, m, num_bins, sigma, kernel_u, kernel_v, 1, maps):
+    for c, idx, wu, wv, mc in _joint_chunks(u, v, m, grid, sigma, kernel_u, kernel_v, 1, maps):
         t = _Gathered(g, idx, wu, wv)
         su, sv = wu.chain(t(1, 0)), wv.chain(t(0, 1))
         if mc is not None:
@@ -379,17 +463,17 @@ def joint_hist_double_backward(
     derivative: ``functional._live``).
     """
     acc = _acc_dtype(u.dtype)
-    B, K = u.shape[0], num_bins
-    g = grad.reshape(-1).to(acc)
+    grid = _joint_grid(u, num_bins, sigma, kernel_u, kernel_v)
+    g = grid.pad(grad, acc)
     flat = [None if t is None else t.reshape(-1).to(acc) for t in (hu, hv, hm)]
     need_g, need_u, need_v, need_m = needs
     need_m = need_m and m is not None
-    dg = torch.zeros(B * K * K, dtype=torch.float64, device=u.device) if need_g else None
+    dg = grid.zeros(u.device) if need_g else None
     du = _flat(u, zero=True) if need_u else None
     dv = _flat(v, zero=True) if need_v else None
     dm = _flat(m, zero=True) if need_m else None
     maps = bin_maps(ranges, first, length, acc)
-    for c, idx, wu, wv, mc in _joint_chunks(u, v, m, K, sigma, kernel_u, kernel_v, 2, maps):
+    for c, idx, wu, wv, mc in _joint_chunks(u, v, m, grid, sigma, kernel_u, kernel_v, 2, maps):
         one = torch.ones(c.hi - c.lo, dtype=acc, device=u.device)
         a, b = wu.chain(one), wv.chain(one)  # the slopes, per pixel
         mm = one if mc is None else mc.to(acc)
@@ -403,19 +487,24 @@ def joint_hist_double_backward(
             dv[c.lo : c.hi] = b * (h_u * a * mm * t(1, 1) + h_v * b * mm * t(0, 2) + h_m * t(0, 1))
         if dm is not None:
             dm[c.lo : c.hi] = h_u * a * t(1, 0) + h_v * b * t(0, 1)
-    out_g = None if dg is None else dg.view(B, K, K).to(grad.dtype)
+    out_g = None if dg is None else grid.crop(dg, grad.dtype)
     return (out_g, *(None if d is None else d.view(src.shape) for d, src in ((du, u), (dv, v), (dm, m))))
 
 
-def _hist_chunks(u, m, num_bins, sigma, kernel, order, bin_map):
+def _hist_grid(u, num_bins, sigma, kernel):
+    return _Grid(u.shape[0], num_bins, (kernel,), sigma, u.dtype == torch.float64)
+
+
+def _hist_chunks(u, m, grid, sigma, kernel, order, bin_map):
+    """Yield (chunk, flat index (W, M) into ``grid``, windows of u, m)."""
     B, N = u.shape
-    K = num_bins
+    K = grid.K
     acc = _acc_dtype(u.dtype)
     uf = u.reshape(-1)
     mf = None if m is None else m.reshape(-1)
     for c in _chunks(B, N, 16 * window_size(kernel, sigma, K, acc == torch.float64), u.device):
         wu = _Windows(uf[c.lo : c.hi].to(acc), c, bin_map, kernel, sigma, K, order)
-        idx = (c.batch * K + wu.start)[:, None] + torch.arange(wu.width, device=u.device)
+        idx = c.batch * grid.sizes[0] + wu.bins  # (W, M)
         yield c, idx, wu, None if mf is None else mf[c.lo : c.hi]
 
 
@@ -429,15 +518,15 @@ def hist_forward(
 ):
     """H[b, a] = sum_n m[b, n] w(u[b, n] - a); u, m (B, N) -> (B, K). ``ranges=(r,)``: u is
     raw samples, as in :func:`joint_hist_forward`."""
-    B, K = u.shape[0], num_bins
-    out = torch.zeros(B * K, dtype=torch.float64, device=u.device)
+    grid = _hist_grid(u, num_bins, sigma, kernel)
+    out = grid.zeros(u.device)
     bin_map = _first_map(ranges, first, length, _acc_dtype(u.dtype))
-    for _, idx, wu, mc in _hist_chunks(u, m, K, sigma, kernel, 0, bin_map):
+    for _, idx, wu, mc in _hist_chunks(u, m, grid, sigma, kernel, 0, bin_map):
         w = wu.w.double()
         if mc is not None:
-            w = w * mc[:, None]
+            w = w * mc
         out.index_add_(0, idx.reshape(-1), w.reshape(-1))
-    return out.view(B, K).to(_acc_dtype(u.dtype))
+    return grid.crop(out, _acc_dtype(u.dtype))
 
 
 def hist_backward(
@@ -447,17 +536,18 @@ def hist_backward(
     """Gradients (du, dm) of sum(grad * H), gathered from grad (B, K); dm is None without m or
     when not needed, du None when not needed."""
     acc = _acc_dtype(u.dtype)
-    g = grad.reshape(-1).to(acc)
+    grid = _hist_grid(u, num_bins, sigma, kernel)
+    g = grid.pad(grad, acc)
     du = _flat(u)
     dm = _flat(m) if (m is not None and needs_m) else None
     bin_map = _first_map(ranges, first, length, acc)
-    for c, idx, wu, mc in _hist_chunks(u, m, num_bins, sigma, kernel, 1, bin_map):
+    for c, idx, wu, mc in _hist_chunks(u, m, grid, sigma, kernel, 1, bin_map):
         gw = g.index_select(0, idx.view(-1)).view(idx.shape)
-        d = wu.chain((wu.ws[1] * gw).sum(1))
+        d = wu.chain(_dot(wu.ws[1], gw))
         if mc is not None:
             d = d * mc
             if dm is not None:
-                dm[c.lo : c.hi] = (wu.w * gw).sum(1)
+                dm[c.lo : c.hi] = _dot(wu.w, gw)
         du[c.lo : c.hi] = d
     return du.view(u.shape) if needs_u else None, None if dm is None else dm.view(m.shape)
 
@@ -470,27 +560,27 @@ def hist_double_backward(hu, hm, grad, u, m, num_bins, sigma, kernel, needs, ran
         dL2/dg[k] = sum_n (hu a m w' + hm w),  dL2/dx = a (hu a m T_2 + hm T_1),  dL2/dm = hu a T_1.
     """
     acc = _acc_dtype(u.dtype)
-    B, K = u.shape[0], num_bins
-    g = grad.reshape(-1).to(acc)
+    grid = _hist_grid(u, num_bins, sigma, kernel)
+    g = grid.pad(grad, acc)
     flat = [None if t is None else t.reshape(-1).to(acc) for t in (hu, hm)]
     need_g, need_u, need_m = needs
     need_m = need_m and m is not None
-    dg = torch.zeros(B * K, dtype=torch.float64, device=u.device) if need_g else None
+    dg = grid.zeros(u.device) if need_g else None
     du = _flat(u, zero=True) if need_u else None
     dm = _flat(m, zero=True) if need_m else None
-    for c, idx, wu, mc in _hist_chunks(u, m, K, sigma, kernel, 2, _first_map(ranges, first, length, acc)):
+    for c, idx, wu, mc in _hist_chunks(u, m, grid, sigma, kernel, 2, _first_map(ranges, first, length, acc)):
         one = torch.ones(c.hi - c.lo, dtype=acc, device=u.device)
         a = wu.chain(one)
         mm = one if mc is None else mc.to(acc)
         h_u, h_m = (torch.zeros_like(one) if f is None else f[c.lo : c.hi] for f in flat)
         if dg is not None:
-            vals = (h_u * a * mm)[:, None] * wu.ws[1] + h_m[:, None] * wu.ws[0]
+            vals = (h_u * a * mm) * wu.ws[1] + h_m * wu.ws[0]
             dg.index_add_(0, idx.reshape(-1), vals.double().reshape(-1))
         gw = g.index_select(0, idx.view(-1)).view(idx.shape)
-        t1 = (wu.ws[1] * gw).sum(1)
+        t1 = _dot(wu.ws[1], gw)
         if du is not None:
-            du[c.lo : c.hi] = a * (h_u * a * mm * (wu.ws[2] * gw).sum(1) + h_m * t1)
+            du[c.lo : c.hi] = a * (h_u * a * mm * _dot(wu.ws[2], gw) + h_m * t1)
         if dm is not None:
             dm[c.lo : c.hi] = h_u * a * t1
-    out_g = None if dg is None else dg.view(B, K).to(grad.dtype)
+    out_g = None if dg is None else grid.crop(dg, grad.dtype)
     return out_g, None if du is None else du.view(u.shape), None if dm is None else dm.view(m.shape)

@@ -258,3 +258,44 @@ def test_score_of_independent_images_prints_no_negative_zero(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "-0.0" not in out and _score(out) == 0.0
+
+
+_FAULTS = """
+import resource, sys, torch
+from mi.cli import keep_freed_memory
+print(keep_freed_memory() if sys.argv[1] == "1" else None)
+def step():  # a 64 MB temporary, touched, then freed (glibc maps blocks over 32 MB afresh)
+    return float(torch.ones(2**24)[-1])
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt: Linux only")
+def test_the_command_keeps_freed_memory_for_reuse():
+    """``mi`` sets glibc's malloc to keep freed blocks (``keep_freed_memory``): a loop of large
+    temporaries then reuses its memory instead of faulting fresh pages in every time (20 steps
+    of 64 MB: measured 327,700 minor faults with glibc's defaults, 16,384 with the settings:
+    the first step's); it leaves an allocator the caller chose (a MALLOC_ variable) alone."""
+    import os
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("MALLOC_")}
+
+    def run(apply, **extra):
+        cmd = [sys.executable, "-c", _FAULTS, "1" if apply else "0"]
+        out = subprocess.run(
+            cmd, env={**env, **extra}, capture_output=True, text=True, check=True
+        ).stdout.split()
+        print(out)
+        return out[0], int(out[1])
+
+    (_, default), (applied, kept) = run(False), run(True)
+    assert applied == "True" and kept * 5 < default
+    chosen, _ = run(True, MALLOC_ARENA_MAX="2")
+    assert chosen == "False"

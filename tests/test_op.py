@@ -26,6 +26,10 @@ CASES = [
     (2, 300, 16, 2.5, "tgauss", "tgauss"),
     (2, 300, 16, 1.0, "rect", "rect"),
     (2, 300, 12, 0.5, "bspline", "nearest"),
+    # the B-spline's 4-bin windows on as few bins (every window reaches past both ends), and on
+    # fewer (a clamped window of 3)
+    (2, 300, 4, 0.5, "bspline", "bspline"),
+    (2, 300, 3, 0.5, "bspline", "gaussian"),
 ]
 IDS = [f"B{b}-N{n}-K{k}-s{s}-{ku}-{kv}" for b, n, k, s, ku, kv in CASES]
 
@@ -70,7 +74,10 @@ def test_joint_matches_dense_oracle(b, n, k, sigma, ku, kv, with_mask):
             assert _rel(got, want) < 1e-5  # float32 weights and products: ~1e-7, with margin
 
 
-@pytest.mark.parametrize("b,n,k,sigma,ku,kv", CASES[:5], ids=IDS[:5])
+HIST = [c for c in CASES if c[4] == "gaussian" or c[3:5] == (0.5, "bspline")]
+
+
+@pytest.mark.parametrize("b,n,k,sigma,ku,kv", HIST, ids=[IDS[CASES.index(c)] for c in HIST])
 def test_hist_matches_dense_oracle(b, n, k, sigma, ku, kv):
     gen = torch.Generator().manual_seed(k)
     u, _, m = _data(b, n, k, gen)
@@ -82,6 +89,32 @@ def test_hist_matches_dense_oracle(b, n, k, sigma, ku, kv):
     ref.backward(g.double())
     du, dm = _torch.hist_backward(g, u, m, k, sigma, ku, needs_m=True)
     assert _rel(du, ud.grad) < 1e-5 and _rel(dm, md.grad) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "bspline"])
+def test_infinite_samples_weigh_nothing(kind):
+    """+-inf (which an extreme bin map can give with the value checks off) lands in no bin and
+    gets a zero gradient, not NaN: the histograms equal those without these samples."""
+    gen = torch.Generator().manual_seed(2)
+    u, v, m = _data(2, 200, 8, gen)
+    inf = torch.tensor([float("inf"), -float("inf")] * 5)
+    ui, vi, mi_ = (
+        torch.cat([t, x.expand(2, -1)], 1) for t, x in ((u, inf), (v, inf.flip(0)), (m, torch.ones(10)))
+    )
+    with_inf = _torch.joint_hist_forward(ui, vi, mi_, 8, 0.7, kind, kind)
+    torch.testing.assert_close(
+        with_inf, _torch.joint_hist_forward(u, v, m, 8, 0.7, kind, kind), rtol=1e-6, atol=0
+    )
+    torch.testing.assert_close(
+        _torch.hist_forward(ui, mi_, 8, 0.7, kind), _torch.hist_forward(u, m, 8, 0.7, kind)
+    )
+    g = torch.randn(2, 8, 8, generator=gen)
+    du, dv, dm = _torch.joint_hist_backward(g, ui, vi, mi_, 8, 0.7, kind, kind, needs_m=True)
+    for d in (du, dv, dm):
+        assert d[:, 200:].abs().max() == 0
+    want = _torch.joint_hist_backward(g, u, v, m, 8, 0.7, kind, kind, needs_m=True)
+    for got, ref in zip((du, dv, dm), want):
+        torch.testing.assert_close(got[:, :200], ref)
 
 
 def test_window_is_the_float32_support():
@@ -145,6 +178,22 @@ def test_gradcheck_float64(ku, kv, door):
     m = torch.rand(2, 30, generator=gen, dtype=torch.float64).requires_grad_()
     assert torch.autograd.gradcheck(lambda u, v, m: joint(u, v, m, 8, 0.7, ku, kv, "torch", False), (u, v, m))
     assert torch.autograd.gradcheck(lambda u, m: hist(u, m, 8, 0.7, ku, "torch", False), (u, m))
+
+
+@pytest.mark.parametrize("k", [4, 8])
+def test_bspline_second_derivative(k):
+    """The B-spline window's backward and its own backward (w'', C2) against finite
+    differences, float64, with samples over the bins and up to 3 bins beyond either end (where
+    the windows drop bins): at 4 bins every window reaches past both ends."""
+    gen = torch.Generator().manual_seed(k)
+    u = (torch.rand(2, 40, generator=gen, dtype=torch.float64) * (k + 6) - 3).requires_grad_()
+    v = (torch.rand(2, 40, generator=gen, dtype=torch.float64) * (k + 6) - 3).requires_grad_()
+    m = torch.rand(2, 40, generator=gen, dtype=torch.float64).requires_grad_()
+    joint = lambda u, v, m: _eager_joint(u, v, m, k, 1.0, "bspline", "bspline", "torch", False)
+    hist = lambda u, m: _eager_hist(u, m, k, 1.0, "bspline", "torch", False)
+    for fn, args in ((joint, (u, v, m)), (hist, (u, m))):
+        assert torch.autograd.gradcheck(fn, args)
+        assert torch.autograd.gradgradcheck(fn, args)
 
 
 @pytest.mark.parametrize("kind,radius", [("xu", 1.0), ("xu", 1.6), ("tgauss", 1.3)])
