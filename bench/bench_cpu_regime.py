@@ -4,8 +4,8 @@ baseline commit and with the ``mi`` command's malloc settings, interleaved in on
     python bench/bench_cpu_regime.py [--baseline REF] [--rounds 3] [--brain]
                                      [--out bench/results/bench_cpu_regime.csv]
 
-What each configuration measures, in a fresh process (PYTHONPATH: this tree, or a worktree
-of ``--baseline``):
+What each configuration measures, each workload in a fresh process (as a run of the ``mi``
+command is; PYTHONPATH: this tree, or a worktree of ``--baseline``):
 
 * ``loss_2d_ms``: one forward+backward of ``MutualInformationLoss(num_bins=32,
   normalize="studholme", kernel="bspline", value_range=(0, 1))`` (``mi.register``'s loss) on
@@ -24,7 +24,7 @@ Configurations: ``baseline`` (REF, glibc's default malloc), ``this tree`` (defau
 ``mi.cli.MALLOC_SETTINGS``, what the ``mi`` command applies to itself (``keep_freed_memory``).
 Each round runs every configuration once, in turn, so that a slow spell of a shared machine
 falls on all of them; the table gives each metric's median over the rounds and its ratio to the
-baseline's. ``faults``: minor page faults of the whole child process (``getrusage``).
+baseline's. ``faults_*``: minor page faults of each workload's whole process (``getrusage``).
 
 Writes the CSV to --out and prints a Markdown table.
 """
@@ -43,11 +43,14 @@ from pathlib import Path
 import worktree
 
 ROOT = Path(__file__).resolve().parent.parent
-METRICS = ["loss_2d_ms", "loss_3d_ms", "register_2d_s", "register_3d_s", "register_brain_s", "faults"]
+WORKLOADS = ["loss", "register_2d_s", "register_3d_s", "register_brain_s"]
+METRICS = ["loss_2d_ms", "loss_3d_ms", "register_2d_s", "register_3d_s", "register_brain_s"]
+METRICS += ["faults_loss", "faults_2d", "faults_3d", "faults_brain"]
 
 
-def child(brain: bool):
-    """Runs in the measured process; prints one JSON line of METRICS."""
+def child(workload: str):
+    """Runs one workload in the measured process (a fresh one per workload, as a run of the
+    ``mi`` command is); prints one JSON line of its metric(s) and the process's page faults."""
     import resource
 
     import torch
@@ -56,43 +59,46 @@ def child(brain: bool):
     from mi.registration import demo_pair, demo_volume_pair, register
 
     out = {}
-    loss = mi.MutualInformationLoss(
-        num_bins=32, normalize="studholme", kernel="bspline", value_range=(0.0, 1.0)
-    )
-    f2, m2, _ = demo_pair()
-    f3, m3, _ = demo_volume_pair(size=64)
-    pick = torch.randperm(f3.numel(), generator=torch.Generator().manual_seed(0))[: 2**17]
-    for name, (f, m) in {
-        "loss_2d_ms": (f2, m2),
-        "loss_3d_ms": (f3.reshape(-1)[pick], m3.reshape(-1)[pick]),
-    }.items():
-        f = f.reshape(1, 1, -1)
-        m = m.reshape(1, 1, -1).clone().requires_grad_(True)
-        times = []
-        for i in range(45):
-            t = time.perf_counter()
-            loss(f, m).backward()
-            if i >= 5:  # the first calls pay one-time costs
-                times.append(time.perf_counter() - t)
-            m.grad = None
-        out[name] = 1e3 * statistics.median(times)
-    cases = {"register_2d_s": (f2, m2), "register_3d_s": demo_volume_pair()[:2]}
-    if brain:
-        from mi.registration import brain as brain_data
+    if workload == "loss":
+        loss = mi.MutualInformationLoss(
+            num_bins=32, normalize="studholme", kernel="bspline", value_range=(0.0, 1.0)
+        )
+        f2, m2, _ = demo_pair()
+        f3, m3, _ = demo_volume_pair(size=64)
+        pick = torch.randperm(f3.numel(), generator=torch.Generator().manual_seed(0))[: 2**17]
+        for name, (f, m) in {
+            "loss_2d_ms": (f2, m2),
+            "loss_3d_ms": (f3.reshape(-1)[pick], m3.reshape(-1)[pick]),
+        }.items():
+            f = f.reshape(1, 1, -1)
+            m = m.reshape(1, 1, -1).clone().requires_grad_(True)
+            times = []
+            for i in range(45):
+                t = time.perf_counter()
+                loss(f, m).backward()
+                if i >= 5:  # the first calls pay one-time costs
+                    times.append(time.perf_counter() - t)
+                m.grad = None
+            out[name] = 1e3 * statistics.median(times)
+    else:
+        if workload == "register_brain_s":
+            from mi.registration import brain
 
-        fixed, moving, _ = brain_data.brain_pair()
-        cases["register_brain_s"] = (fixed, moving)
-    for name, (f, m) in cases.items():
+            fixed, moving, _ = brain.brain_pair()
+        else:
+            fixed, moving, _ = (demo_pair if workload == "register_2d_s" else demo_volume_pair)()
         t = time.perf_counter()
-        register(f, m, transform="rigid", progress=False)
-        out[name] = time.perf_counter() - t
-    out["faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        register(fixed, moving, transform="rigid", progress=False)
+        out[workload] = time.perf_counter() - t
+    out["faults_" + workload.rsplit("_", 1)[0].removeprefix("register_")] = resource.getrusage(
+        resource.RUSAGE_SELF
+    ).ru_minflt
     print(json.dumps(out))
 
 
-def run(tree: Path, env_extra: dict, brain: bool) -> dict:
+def run(tree: Path, env_extra: dict, workload: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree), **env_extra)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child"] + (["--brain"] if brain else [])
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", workload]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"child failed ({tree}):\n{proc.stderr[-2000:]}")
@@ -116,10 +122,10 @@ def main():
         "--brain", action="store_true", help="also register the 1 mm brain pair (about 25 s a run)"
     )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "bench_cpu_regime.csv")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=WORKLOADS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.brain)
+        child(args.child)
         return
     sys.path.insert(0, str(ROOT))
     from mi.cli import MALLOC_SETTINGS
@@ -137,10 +143,14 @@ def main():
             )
         configs += [(f"{here}", ROOT, {}), (f"{here}, mi's malloc", ROOT, tuned)]
         results = {name: [] for name, _, _ in configs}
+        workloads = WORKLOADS if args.brain else WORKLOADS[:-1]
         for r in range(args.rounds):
             for name, tree, env in configs:
-                results[name].append(run(tree, env, args.brain))
-                print(f"round {r + 1}/{args.rounds} {name}: {results[name][-1]}", file=sys.stderr)
+                merged = {}
+                for w in workloads:
+                    merged.update(run(tree, env, w))
+                results[name].append(merged)
+                print(f"round {r + 1}/{args.rounds} {name}: {merged}", file=sys.stderr)
     rows = []
     base = configs[0][0]
     for name, runs in results.items():
