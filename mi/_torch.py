@@ -197,6 +197,11 @@ class _Chunk:
         # each pixel's row: a number within one row, else (M,)
         self.batch = self.r0 if self.rows == 1 else torch.arange(lo, hi, device=device) // n
 
+    def offset(self, stride: int, itype):
+        """Each pixel's row times ``stride`` (an int, or (M,) of ``itype``): where its row's
+        histogram starts in a flat (rows, stride) buffer."""
+        return self.batch * stride if self.rows == 1 else (self.batch * stride).to(itype)
+
     def rowwise(self, x, t, fn):
         """fn(x, the pixels' entry of the per-row t (R,) or (1,)) for a chunk x (M,), as (M,)."""
         if t.numel() == 1:
@@ -347,7 +352,7 @@ def _joint_chunks(u, v, m, grid, sigma, kernel_u, kernel_v, order, maps):
     for c in _chunks(B, N, per_pixel, u.device):
         wu = _Windows(uf[c.lo : c.hi].to(acc), c, map_u, kernel_u, sigma, K, order)
         wv = _Windows(vf[c.lo : c.hi].to(acc), c, map_v, kernel_v, sigma, K, order)
-        rows = (c.batch * su + wu.bins).to(itype) * sv  # J[b, a, 0], flat, (Wu, M)
+        rows = (wu.bins.to(itype) + c.offset(su, itype)) * sv  # J[b, a, 0], flat, (Wu, M)
         idx = rows[:, None, :] + wv.bins.to(itype)  # (Wu, Wv, M)
         yield c, idx, wu, wv, None if mf is None else mf[c.lo : c.hi]
 
@@ -502,9 +507,10 @@ def _hist_chunks(u, m, grid, sigma, kernel, order, bin_map):
     acc = _acc_dtype(u.dtype)
     uf = u.reshape(-1)
     mf = None if m is None else m.reshape(-1)
+    itype = torch.int32 if B * grid.sizes[0] < 2**31 else torch.int64
     for c in _chunks(B, N, 16 * window_size(kernel, sigma, K, acc == torch.float64), u.device):
         wu = _Windows(uf[c.lo : c.hi].to(acc), c, bin_map, kernel, sigma, K, order)
-        idx = c.batch * grid.sizes[0] + wu.bins  # (W, M)
+        idx = wu.bins.to(itype) + c.offset(grid.sizes[0], itype)  # (W, M)
         yield c, idx, wu, None if mf is None else mf[c.lo : c.hi]
 
 
