@@ -2,7 +2,7 @@
 
 import sys
 
-from mi.cli import main
+from mi.cli import command
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())

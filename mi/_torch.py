@@ -170,7 +170,7 @@ def _bspline_weights(u, num_bins, order):
     end (``_Grid``), which take what falls outside 0..K-1 and are then dropped: the same sums
     as the clamped window of ``_weights``, without a comparison per bin. u is clamped to
     [-2, K + 1] first (where the bins in range get weight 0 and slope 0), so that +-inf
-    gives zeros; NaN gives NaN weights (at bin 0).
+    gives zeros; NaN gives NaN weights (on the bins around 0).
     """
     uc = u.clamp(-2.0, num_bins + 1.0)
     fl = torch.floor(uc)

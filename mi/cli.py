@@ -50,8 +50,9 @@ MALLOC_SETTINGS = {-3: 256 * 2**20, -1: 2**30}  # M_MMAP_THRESHOLD, M_TRIM_THRES
 def keep_freed_memory() -> bool:
     """Apply ``MALLOC_SETTINGS`` to this process, on Linux with glibc, unless the caller chose
     an allocator (a ``MALLOC_*`` variable or ``LD_PRELOAD`` in the environment). Returns
-    whether it did. Only the ``mi`` command calls it: a library leaves its host's allocator
-    alone (the README's CPU notes give the same settings as environment variables)."""
+    whether it did. Only the ``mi`` executable calls it (``command``; not ``main``, which a
+    program may call in its own process): a library leaves its host's allocator alone (the
+    README's CPU notes give the same settings as environment variables)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     if "LD_PRELOAD" in os.environ or any(k.startswith("MALLOC_") for k in os.environ):
@@ -564,7 +565,6 @@ def main(argv=None) -> int:
     User errors (missing or unreadable file, mismatched shapes, bad values) print one
     line ``mi: error: ...`` to stderr and give 2; argparse's own errors also give 2.
     """
-    keep_freed_memory()
     parser = build_parser()
     try:
         args = parser.parse_args(_attach_range(sys.argv[1:] if argv is None else argv))
@@ -577,5 +577,12 @@ def main(argv=None) -> int:
         return 2
 
 
+def command() -> int:
+    """The ``mi`` executable and ``python -m mi``: ``main()`` in a process of its own, whose
+    allocator keeps freed memory (``keep_freed_memory``)."""
+    keep_freed_memory()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())

@@ -299,3 +299,8 @@ def test_the_command_keeps_freed_memory_for_reuse():
     assert applied == "True" and kept * 5 < default
     chosen, _ = run(True, MALLOC_ARENA_MAX="2")
     assert chosen == "False"
+    # the executable goes through it (``command``); ``main``, which programs call, does not
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="mi")
+    assert script.value == "mi.cli:command"
