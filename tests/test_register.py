@@ -182,11 +182,15 @@ def test_the_default_levels_reach_a_large_rotation_of_a_large_image():
     """The photo at its full 600x512 pixels, rotated 30 degrees and shifted (10, -6) px,
     against its sin(3x)^2 remap. The steps' reach is counted in pixels (``lr`` is half a
     pixel, doubled per level), so 3 levels (120/60/60 steps) reach about 170 pixels: they
-    stopped still moving, 10.2 degrees short (85 px at the corners; measured 2026-12-01),
-    and register says it has not converged. The default levels end the pyramid
+    stop 10-17 degrees short (85-154 px at the corners). Whether they are still moving at the
+    end, and register says it has not converged, depends on the trajectory: a change of the
+    moving image by 1e-7 relative flips it (measured 2026-12-01 with this CPU backend and the
+    previous one: 10.2-13.98 degrees and "still moved 65-93 %", or 14.5-17.4 degrees caught in
+    a local optimum, no warning; the warning catches a level that runs out of steps, not a
+    local optimum: ``test_a_diverged_registration_warns``). The default levels end the pyramid
     at 96 pixels or fewer per axis (4 levels here) and recover it: measured 0.002 degree,
-    0.021 px at the corners (0.018 and 0.138 with 30 finest steps; bounds 0.1 degree,
-    0.5 px). (The 192x160 demo registers 25
+    0.034 px at the corners (0.021 with the previous CPU backend; 0.018 and 0.138 with 30
+    finest steps; bounds 0.1 degree, 0.5 px). (The 192x160 demo registers 25
     degrees and not 30, with any of 3 levels, 400 coarse steps or lr=1: there local optima
     bound the capture, not the reach, and nothing warns.)"""
     import warnings
@@ -200,11 +204,12 @@ def test_the_default_levels_reach_a_large_rotation_of_a_large_image():
         f"600x512, 30 degrees, default levels {len(r.iterations)}: {angle:.3f} deg, corners {corner:.3f} px"
     )
     assert len(r.iterations) == 4
-    assert angle < 0.1 and corner < 0.5, (angle, corner)  # (measured 0.002, 0.021)
+    assert angle < 0.1 and corner < 0.5, (angle, corner)  # (measured 0.002, 0.034)
     assert not [w for w in caught if "not converged" in str(w.message)]
-    with pytest.warns(UserWarning, match="has not converged: over the finest level a parameter still moved"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (whether it warns depends on the trajectory: above)
         short = register(fixed, moving, levels=3, progress=False)
-    assert _errors(short, true)[0] > 5.0  # (the warning is right: it did stop short)
+    assert _errors(short, true)[0] > 5.0  # 3 levels stop short
 
 
 @pytest.mark.parametrize(
