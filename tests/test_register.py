@@ -185,9 +185,9 @@ def test_the_default_levels_reach_a_large_rotation_of_a_large_image():
     stop 10-17 degrees short (85-154 px at the corners). Whether they are still moving at the
     end, and register says it has not converged, depends on the trajectory: a change of the
     moving image by 1e-7 relative flips it (measured 2026-12-01 with this CPU backend and the
-    previous one: 10.2-13.98 degrees and "still moved 65-93 %", or 14.5-17.4 degrees caught in
+    previous one: 10.2-14.0 degrees and "still moved 65-93 %", or 14.5-17.4 degrees caught in
     a local optimum, no warning; the warning catches a level that runs out of steps, not a
-    local optimum: ``test_a_diverged_registration_warns``). The default levels end the pyramid
+    local optimum: ``test_a_level_that_runs_out_of_steps_warns``). The default levels end the pyramid
     at 96 pixels or fewer per axis (4 levels here) and recover it: measured 0.002 degree,
     0.034 px at the corners (0.021 with the previous CPU backend; 0.018 and 0.138 with 30
     finest steps; bounds 0.1 degree, 0.5 px). (The 192x160 demo registers 25
@@ -210,6 +210,17 @@ def test_the_default_levels_reach_a_large_rotation_of_a_large_image():
         warnings.simplefilter("ignore")  # (whether it warns depends on the trajectory: above)
         short = register(fixed, moving, levels=3, progress=False)
     assert _errors(short, true)[0] > 5.0  # 3 levels stop short
+
+
+def test_a_level_that_runs_out_of_steps_warns():
+    """The 2-D demo (7 degrees, (6, -4) px) in one level of 10 steps of 0.1 px: a parameter
+    keeps moving the same way to the end, 87 % of what its steps allow (measured, also with
+    the moving image changed by 1e-7 to 1e-6 relative: every pixel, no sampling), against
+    ``STILL_MOVING`` = 50 %: register warns that it has not converged (6.8 degrees off)."""
+    fixed, moving, true = demo_pair()
+    with pytest.warns(UserWarning, match="has not converged: over the finest level a parameter still moved"):
+        r = register(fixed, moving, levels=1, iterations=10, lr=0.1, progress=False)
+    assert _errors(r, true)[0] > 5.0  # (the warning is right: it stopped short)
 
 
 @pytest.mark.parametrize(
