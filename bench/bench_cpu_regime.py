@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ import time
 from pathlib import Path
 
 import worktree
+from bench_cpu import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = ["loss", "register_2d_s", "register_3d_s", "register_brain_s"]
@@ -103,15 +103,6 @@ def run(tree: Path, env_extra: dict, workload: str) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"child failed ({tree}):\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
-        model = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    import torch
-
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def main():
