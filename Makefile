@@ -28,8 +28,11 @@ demo: $(STAMP)
 
 # The whole suite: torch backend, Triton kernels in the interpreter (CPU), the
 # ahead-of-time sm_80/sm_90 compile with its no-spill check, the GPU benchmark's dry run.
+# In JOBS pytest-xdist workers (default: one per usable core, at most 4; JOBS=0 runs in
+# this process), which share the cores' intra-op threads (conftest.py).
+JOBS ?= $(shell $(PY) -c "import os; n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(); print(max(1, min(4, n or 1)))")
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n $(JOBS) --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check mi kernels tests bench

@@ -11,6 +11,12 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+# Under pytest-xdist (make test) the workers share the machine's cores: each gets an equal
+# share of intra-op threads, so that together they do not oversubscribe it.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    torch.set_num_threads(max(1, torch.get_num_threads() // _workers))
+
 import mi  # noqa: E402
 
 
