@@ -354,7 +354,7 @@ def cmd_register(args) -> int:
     kw.update(sampling=args.sampling, sampling_strategy=args.strategy, tolerance=args.tolerance)
     if args.fixed is not None:
         kw.update(mask=args.mask, moving_mask=args.moving_mask, initial=args.initial)
-    if args.transform == "bspline":
+    if args.transform in ("bspline", "diffeomorphic"):
         kw.update(grid_spacing=args.grid_spacing, bending=args.bending)
     if (args.fixed is None) != (args.moving is None):
         raise CLIError("give both FIXED and MOVING, or neither for the demo pair")
@@ -377,7 +377,7 @@ def cmd_register(args) -> int:
         "shifted (6, -4) px and remapped sin(3x)^2)"
     )
     result = reg.run_cli(paths[0], paths[1], out, args.transform, **kw)["result"]
-    if args.transform == "bspline":  # not a matrix: the mean displacement error over the pixels
+    if args.transform in ("bspline", "diffeomorphic"):  # not a matrix: the mean error over the pixels
         h, w = result.fixed_shape
         pts = torch.stack(torch.meshgrid(torch.arange(w), torch.arange(h), indexing="xy"), -1).reshape(-1, 2)
         pts = pts.double()
@@ -469,8 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     reg = sub.add_parser(
         "register",
-        help="align MOVING to FIXED by maximising MI (rigid/affine/B-spline)",
-        description="Rigid, affine or deformable (an affine stage, then a cubic B-spline grid) "
+        help="align MOVING to FIXED by maximising MI (rigid/affine/B-spline/diffeomorphic)",
+        description="Rigid, affine or deformable (an affine stage, then a cubic B-spline grid, or "
+        "the diffeomorphism of a velocity on one) "
         "registration of MOVING onto FIXED (2-D "
         "PNG/JPEG/.npy, 3-D .npy, NIfTI, NRRD, MHA, or a DICOM series: its folder or one of its "
         "files) by maximising normalised MI over a pyramid, in physical space (mm) for medical "
@@ -486,19 +487,22 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("-o", "--out", default="out", metavar="DIR", help="output folder (default ./out/)")
     reg.add_argument(
         "--transform",
-        choices=("rigid", "affine", "bspline"),
+        choices=("rigid", "affine", "bspline", "diffeomorphic"),
         default="rigid",
-        help="bspline: an affine stage, then a B-spline free-form deformation",
+        help="bspline: an affine stage, then a B-spline free-form deformation; diffeomorphic: an affine "
+        "stage, then the exponential of a B-spline velocity field (invertible, cannot fold)",
     )
     reg.add_argument(
         "--grid-spacing",
         type=float,
         default=20.0,
         metavar="MM",
-        help="bspline control points (mm) at the finest level (the grid starts coarser and is refined; "
-        "default 20)",
+        help="bspline/diffeomorphic control points (mm) at the finest level (the grid starts coarser "
+        "and is refined; default 20)",
     )
-    reg.add_argument("--bending", type=float, default=1.0, help="bspline bending-energy weight (default 1)")
+    reg.add_argument(
+        "--bending", type=float, default=1.0, help="bspline/diffeomorphic bending-energy weight (default 1)"
+    )
     reg.add_argument(
         "--levels",
         type=int,

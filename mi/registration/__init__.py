@@ -6,15 +6,16 @@ Parts (conventions in :mod:`mi.registration.space`):
   inputs (SimpleITK images, files, DICOM folders, tensors), resampling.
 * ``transforms``: the rigid/affine model, ITK transform files (read and write).
 * ``optim``: :func:`register`: pyramid, sampling, Adam, convergence; the result.
-* ``bspline``, ``deformable``: ITK's cubic B-spline free-form deformation and
-  :func:`register_deformable` (after an affine stage).
+* ``bspline``, ``velocity``, ``deformable``: ITK's cubic B-spline free-form deformation, the
+  diffeomorphism of a B-spline velocity (scaling and squaring), and
+  :func:`register_deformable` (either, after an affine stage).
 * ``io``: the outputs of ``mi register`` (warped image with the fixed geometry, transform,
   picture) and :func:`run_cli`.
 * ``demo``: demo pairs with known transforms; ``brain``: a real brain MRI pair (nilearn's
   MNI template; a test/bench extra).
 """
 
-from .deformable import DeformableResult, register_deformable
+from .deformable import DeformableResult, DiffeomorphicResult, register_deformable
 from .demo import demo_pair, demo_volume_pair, transform_error
 from .io import RegisterError, load_image, run_cli, save_figure
 from .optim import DEFAULT_LOSS, SCORE, RegistrationResult, register, shrink_factors
@@ -26,6 +27,7 @@ __all__ = [
     "RegistrationResult",
     "register_deformable",
     "DeformableResult",
+    "DiffeomorphicResult",
     "run_cli",
     "load_image",
     "save_figure",

@@ -1,15 +1,21 @@
-"""Deformable registration: a B-spline free-form deformation after an affine stage.
+"""Deformable registration: a B-spline free-form deformation or a diffeomorphism, after an
+affine stage.
 
 The transform maps a fixed physical point ``p`` (mm) to the moving physical point
-``T(p) = A (p + u(p))``: first the deformation ``u`` (ITK's cubic B-spline on a control grid
-over the fixed image, :class:`~mi.registration.bspline.ControlGrid`), then the affine ``A``
-of a previous :func:`mi.registration.register` (or identity). That is ITK's
-``CompositeTransform([A, B])`` (the last transform added is applied first), which
-:meth:`DeformableResult.save_transform` writes and SimpleITK applies to the same points.
+``T(p) = A (p + u(p))``: first the deformation ``u``, then the affine ``A`` of a previous
+:func:`mi.registration.register` (or identity). ``u`` is ITK's cubic B-spline on a control
+grid over the fixed image (:class:`~mi.registration.bspline.ControlGrid`;
+``transform="bspline"``), or the displacement of ``exp(v)``, the diffeomorphism that a
+stationary velocity ``v`` on such a grid generates (:mod:`~mi.registration.velocity`;
+``transform="diffeomorphic"``). That is ITK's ``CompositeTransform([A, B])`` (the last
+transform added is applied first), ``B`` a ``BSplineTransform`` or a
+``DisplacementFieldTransform``, which :meth:`DeformableResult.save_transform` writes and
+SimpleITK applies to the same points.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -44,7 +50,10 @@ from .optim import (
 )
 from .space import Geometry, _sitk, extent, overlap_weight, per_axis, sample_points, to_normalized
 from .transforms import save_sitk_transform, to_sitk
+from .velocity import VelocityLevel
 
+#: The deformation models of :func:`register_deformable`.
+DEFORMABLE = ("bspline", "diffeomorphic")
 #: Fixed voxels whose displacement is evaluated at once when warping a whole image.
 CHUNK = 2**16
 
@@ -114,8 +123,12 @@ class DeformableResult:
 
     def displacement_field(self) -> Tensor:
         """u on the fixed grid: (d, *fixed shape) float64, mm, physical axes."""
-        g = self.fixed_geometry
-        return _on_grid(self.grid, self.coef.double().cpu(), g).movedim(-1, 0)
+        return self._fixed_field(torch.float64, "cpu").T.reshape(self.dim, *self.fixed_shape)
+
+    def _fixed_field(self, dtype, device) -> Tensor:
+        """u at the fixed voxels, C order: (n, d), mm."""
+        coef = self.coef.to(dtype=dtype, device=device)
+        return _on_grid(self.grid, coef, self.fixed_geometry).reshape(-1, self.dim)
 
     def jacobian_determinant(self) -> Tensor:
         """det(I + du/dp) of the deformation on the fixed grid (*fixed shape): central differences
@@ -147,6 +160,79 @@ class DeformableResult:
         return save_sitk_transform(self.sitk_transform(), path)
 
 
+@dataclass
+class DiffeomorphicResult(DeformableResult):
+    """What :func:`register_deformable` found with ``transform="diffeomorphic"``: ``T(p) = affine
+    (p + u(p))``, fixed physical -> moving physical (mm), where ``p + u(p) = exp(v)(p)`` for
+    the stationary velocity ``v`` whose B-spline coefficients (mm) on ``grid`` are ``coef``.
+
+    ``u`` is kept on ``nodes`` (a grid over the fixed image, its corners on the fixed image's
+    corner voxels, about 3 nodes per control cell; :mod:`~mi.registration.velocity`), linear
+    between them: ``node_displacement`` (d, *nodes.shape) float64, mm, physical axes, and
+    ``node_inverse``, the same of ``exp(-v)``, the inverse (to the interpolation's accuracy).
+    Both are evaluated as ITK's ``DisplacementFieldTransform`` evaluates its field: bi-/trilinear
+    on the nodes, the edge values up to half a node spacing beyond the edge nodes, 0 further
+    out (every fixed voxel lies within the nodes). Other attributes as
+    :class:`DeformableResult`'s."""
+
+    nodes: Geometry | None = field(default=None, repr=False)
+    node_displacement: Tensor | None = field(default=None, repr=False)
+    node_inverse: Tensor | None = field(default=None, repr=False)
+    transform = "diffeomorphic"
+
+    def displacement(self, points) -> Tensor:
+        """u at fixed physical points (..., d) -> (..., d), mm (the deformation, before the affine)."""
+        return _field_at(self.node_displacement, self.nodes, points)
+
+    def _fixed_field(self, dtype, device) -> Tensor:
+        points = torch.cat([p for _, p in _voxel_points(self.fixed_geometry)])
+        return self.displacement(points).to(dtype=dtype, device=device)
+
+    def inverse_transform_points(self, points) -> Tensor:
+        """Moving physical points (..., d) -> fixed physical points: ``exp(-v)(affine^-1 q)``,
+        the inverse of :meth:`transform_points` (to the interpolation's accuracy)."""
+        q = torch.as_tensor(points, dtype=torch.float64)
+        d = q.shape[-1]
+        x = (q - self.affine[:d, d]) @ torch.linalg.inv(self.affine[:d, :d]).T
+        return x + _field_at(self.node_inverse, self.nodes, x)
+
+    def sitk_transform(self):
+        """``SimpleITK.CompositeTransform([affine, DisplacementFieldTransform])``: the field on
+        the nodes; SimpleITK applies it first, then the affine, as here."""
+        return _sitk().CompositeTransform(
+            [to_sitk(self.affine), self._field_transform(self.node_displacement)]
+        )
+
+    def sitk_inverse_transform(self):
+        """The inverse, moving physical -> fixed physical (:meth:`inverse_transform_points`):
+        ``SimpleITK.CompositeTransform([DisplacementFieldTransform of exp(-v), affine^-1])``
+        (SimpleITK's ``GetInverse()`` cannot invert a composite with a field)."""
+        inverse = to_sitk(torch.linalg.inv(self.affine))
+        return _sitk().CompositeTransform([self._field_transform(self.node_inverse), inverse])
+
+    def save_transform(self, path, inverse: bool = False):
+        """Write the chain (or with ``inverse``, :meth:`sitk_inverse_transform`) as an ITK
+        composite transform file (``.h5`` or ``.tfm``) that ``SimpleITK.ReadTransform`` reads
+        and applies to the same points; returns the path."""
+        t = self.sitk_inverse_transform() if inverse else self.sitk_transform()
+        return save_sitk_transform(t, path)
+
+    def _field_transform(self, u: Tensor):
+        sitk = _sitk()
+        img = sitk.GetImageFromArray(u.movedim(0, -1).contiguous().numpy(), isVector=True)
+        return sitk.DisplacementFieldTransform(self.nodes.to_sitk(img))
+
+
+def _field_at(values: Tensor, nodes: Geometry, points) -> Tensor:
+    """A field on ``nodes`` ((d, *nodes.shape), float64) at physical points (..., d), as ITK's
+    ``DisplacementFieldTransform`` (``sample_points(..., itk=True)``) -> (..., d) float64."""
+    p = torch.as_tensor(points, dtype=torch.float64)
+    d = p.shape[-1]
+    to_norm = to_normalized(extent(nodes.shape)) @ torch.linalg.inv(nodes.index_to_physical())
+    norm = p.reshape(-1, d) @ to_norm[:d, :d].T + to_norm[:d, d]
+    return sample_points(values[None].double(), norm, itk=True)[0].T.reshape(p.shape)
+
+
 def _voxel_points(g: Geometry, dtype=torch.float64, device=None):
     """Yield (first voxel, physical points (n, d)) of the voxels of geometry ``g`` in C order,
     CHUNK at a time."""
@@ -170,6 +256,7 @@ def register_deformable(
     moving,
     *,
     initial=None,
+    transform: str = "bspline",
     grid_spacing=20.0,
     levels: int | None = 2,
     refine_grid: bool = True,
@@ -188,7 +275,8 @@ def register_deformable(
     progress: bool = True,
     **loss_kwargs,
 ) -> DeformableResult:
-    """A B-spline free-form deformation that maximises MI, after an affine stage.
+    """A deformation that maximises MI, after an affine stage: a B-spline free-form
+    deformation, or a diffeomorphism (a stationary velocity on a B-spline grid).
 
     Args:
         fixed, moving, mask, moving_mask, spacing, moving_spacing, sampling,
@@ -201,6 +289,14 @@ def register_deformable(
             transform, a transform file, or "geometry" / "moments" as in
             :func:`~mi.registration.register` (default identity: run
             :func:`~mi.registration.register` first when the images are not roughly aligned).
+        transform: "bspline" (default): the displacement is a cubic B-spline on the control
+            grid (ITK's ``BSplineTransform``; it can fold once its coefficients reach a sizeable
+            part of their spacing: injective below about 0.4 of it, Choi and Lee 2000);
+            "diffeomorphic": the velocity is, and the deformation is its exponential,
+            integrated by scaling and squaring (:mod:`~mi.registration.velocity`):
+            invertible by construction (the inverse is in the result), and closer on large
+            deformations (a swirl, tests/test_deformable.py). Same grid, refinement,
+            ``lr`` and ``bending`` (on the velocity) for both.
         grid_spacing: control point spacing in mm at the finest level (one number or one per
             axis, x, y[, z]); at least the fixed image's voxel size along every axis.
         levels: pyramid levels (None: :func:`~mi.registration.optim.default_levels`, as
@@ -223,8 +319,10 @@ def register_deformable(
             held stiffer for the same deformation.
 
     Returns:
-        :class:`DeformableResult`. Memory per iteration: the level's displacement field, d
-        floats per voxel (``ControlGrid.field``), and the samples' resampling and loss.
+        :class:`DeformableResult` (:class:`DiffeomorphicResult` for "diffeomorphic"). Memory
+        per iteration: the level's displacement field, d floats per voxel
+        (``ControlGrid.field``; "diffeomorphic": d floats per node, about 3 per control cell
+        along each axis, for each of its 7 squarings), and the samples' resampling and loss.
     """
     t_start = time.perf_counter()
     f, gf, m, gm = read_pair(fixed, moving, device, spacing, moving_spacing)
@@ -234,6 +332,10 @@ def register_deformable(
     lr = check_lr(lr, gf)
     gs, bending = check_grid(grid_spacing, bending, gf)
     sampling = _check_sampling(sampling, sampling_strategy)
+    if not isinstance(transform, str):
+        raise TypeError(f"transform must be a string, got {type(transform).__name__}")
+    if transform not in DEFORMABLE:
+        raise ValueError(f"transform must be one of {DEFORMABLE}, got {transform!r}")
     if not isinstance(refine_grid, bool):
         raise TypeError(f"refine_grid must be a bool, got {type(refine_grid).__name__}")
     w, wm, loss_fn, gen = _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling)
@@ -258,6 +360,10 @@ def register_deformable(
         voxel_to_index = grid.physical_to_index() @ phys64 @ to_normalized(extent(fl.shape[2:]))
         to_grid = (to_normalized(extent(ml.shape[2:], fm)) @ to_moving_inv @ affine).to(f)
         sampler = _Sampler(sampling, sampling_strategy, wl, fl[0, 0].numel(), gen)
+        if transform == "diffeomorphic":  # the level's voxel indices -> mm
+            velocity = VelocityLevel(
+                grid, voxel_to_index, phys64 @ to_normalized(extent(fl.shape[2:])), fl.shape[2:]
+            )
         n, lr0 = its[levels - 1 - level], lr * 2.0**level
         opt = torch.optim.Adam([coef], lr=lr0)
         final = FINAL_STEP_SAMPLED if sampler.noisy else FINAL_STEP_DENSE
@@ -280,8 +386,12 @@ def register_deformable(
             dense = idx is None
             if dense:
                 idx = voxels
-            u = grid.field(coef, voxel_to_index, fl.shape[2:]).reshape(-1, d)  # the level's voxels
-            q = p_all + u if dense else p_all[idx] + u[idx]
+            if transform == "diffeomorphic":
+                u = velocity.displacement(coef, None if dense else idx)
+            else:
+                u = grid.field(coef, voxel_to_index, fl.shape[2:]).reshape(-1, d)  # the level's voxels
+                u = u if dense else u[idx]
+            q = (p_all if dense else p_all[idx]) + u
             coords = q @ to_grid[:d, :d].T + to_grid[:d, d]
             out = sample_points(ml, coords)
             overlap = (weight_all if dense else weight_all[idx])[None, None]
@@ -305,6 +415,8 @@ def register_deformable(
         affine=affine, grid=grid, coef=coef.detach().cpu(), warped=None, loss_history=history,
         mi_before=0.0, mi_after=0.0, fixed_geometry=gf, moving_geometry=gm,
     )  # fmt: skip
+    if transform == "diffeomorphic":  # level 0 is the fixed image's own grid
+        result = _diffeomorphic_result(result, velocity, coef.detach())
     with torch.no_grad():
         result.warped, result.overlap, result.mi_after = _warp_and_score(result, f, m, w, wm, deform=True)
         *_, result.mi_before = _warp_and_score(result, f, m, w, wm, deform=False)
@@ -317,6 +429,22 @@ def register_deformable(
         )
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def _diffeomorphic_result(result: DeformableResult, velocity: VelocityLevel, coef: Tensor):
+    """``result`` as a :class:`DiffeomorphicResult`: ``exp(+-v)`` on the last level's (the
+    fixed image's) nodes, in float64 and mm."""
+    g, nodes = result.fixed_geometry, velocity.nodes
+    spacing = tuple(s * h for s, h in zip(g.spacing, nodes.step))
+    fields = [
+        torch.einsum("ij,j...->i...", velocity.linear, velocity.node_field(coef.double(), sign).cpu())
+        for sign in (1.0, -1.0)
+    ]  # node units -> mm
+    return DiffeomorphicResult(
+        **{f.name: getattr(result, f.name) for f in dataclasses.fields(result)},
+        nodes=Geometry(nodes.shape, spacing, g.origin, g.direction, g.unit),
+        node_displacement=fields[0], node_inverse=fields[1],
+    )  # fmt: skip
 
 
 def check_grid(grid_spacing, bending, gf: Geometry) -> tuple:
@@ -344,7 +472,7 @@ def _warp_and_score(result: DeformableResult, f, m, w, wm, deform: bool):
     )
     stack = torch.cat([m] + ([wm] if wm is not None else []), 1)
     vals, ovl = [], []
-    u = _on_grid(result.grid, result.coef.to(f), gf).reshape(-1, d) if deform else None
+    u = result._fixed_field(f.dtype, f.device) if deform else None
     for lo, p in _voxel_points(gf, f.dtype, f.device):
         start = p @ to_grid[:d, :d].T + to_grid[:d, d]  # the affine stage's point
         coords = start + u[lo : lo + len(p)] @ to_grid[:d, :d].T if deform else start
@@ -362,4 +490,4 @@ def _warp_and_score(result: DeformableResult, f, m, w, wm, deform: bool):
     return warped.reshape(gf.shape), torch.cat(ovl).reshape(gf.shape), score
 
 
-__all__ = ["register_deformable", "DeformableResult"]
+__all__ = ["register_deformable", "DeformableResult", "DiffeomorphicResult", "DEFORMABLE"]

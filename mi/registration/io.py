@@ -16,7 +16,7 @@ import torch
 
 from ..functional import joint_histogram, mutual_information
 from ..io import MEDICAL_SUFFIXES, ImageReadError, is_dicom, is_medical, read_image
-from .deformable import DeformableResult, check_grid, register_deformable
+from .deformable import DEFORMABLE, DeformableResult, DiffeomorphicResult, check_grid, register_deformable
 from .optim import SCORE, RegistrationResult, register
 from .space import as_image, geometry_of, voxel_matrix, warp
 
@@ -118,11 +118,17 @@ def describe(result) -> str:
         u = result.displacement_field().norm(dim=0)
         grid = "x".join(map(str, result.grid.size))
         spacing = ", ".join(f"{s:.1f}" for s in result.grid.spacing)
+        model = f"B-spline deformation (applied first): {grid} control points, spacing ({spacing}) {unit}"
+        if isinstance(result, DiffeomorphicResult):
+            nodes = "x".join(map(str, result.nodes.size))
+            model = (
+                f"diffeomorphic deformation (applied first): the exponential of a velocity on {grid} "
+                f"B-spline control points, spacing ({spacing}) {unit}, kept on {nodes} nodes"
+            )
         return "\n".join([
             f"affine stage, fixed physical {axes} -> moving physical {axes}:",
             np.array2string(result.affine.numpy(), precision=5, suppress_small=True),
-            f"B-spline deformation (applied first): {grid} control points, spacing ({spacing}) {unit}; "
-            f"displacement mean {u.mean():.3f}, max {u.max():.3f} {unit}; folding (Jacobian <= 0) "
+            f"{model}; displacement mean {u.mean():.3f}, max {u.max():.3f} {unit}; folding (Jacobian <= 0) "
             f"{100 * result.folding_fraction():.3f} % of the voxels",
             f"normalised MI (Studholme, 1..2): affine {result.mi_before:.4f}  "
             f"deformable {result.mi_after:.4f}  ({result.seconds:.1f} s)",
@@ -210,9 +216,9 @@ def run_cli(
     * ``<moving>_registered.<ext>``: the moving image on the fixed grid, in the fixed file's
       format with its geometry (:func:`write_warped`);
     * ``<moving>_transform.tfm``: the ITK transform (SimpleITK, ITK and ANTs read it);
-      written when SimpleITK is installed; for ``transform="bspline"`` ``.h5``, the composite
-      of the affine stage and the B-spline deformation (:func:`register_deformable`, after an
-      affine :func:`mi.register`; ``grid_spacing`` (mm) and ``bending`` in ``kwargs``);
+      written when SimpleITK is installed; for ``transform="bspline"`` or ``"diffeomorphic"``
+      ``.h5``, the composite of the affine stage and the deformation (:func:`register_deformable`,
+      after an affine :func:`mi.register`; ``grid_spacing`` (mm) and ``bending`` in ``kwargs``);
     * ``<moving>_matrix.txt``: the (affine) matrix as text (numpy.savetxt);
     * ``<moving>_registration.png``: the before/after picture (:func:`save_figure`).
 
@@ -232,14 +238,15 @@ def run_cli(
     out, stem = Path(out_dir), moving_path.name.split(".")[0]
     inputs = [fixed_path, moving_path] + [kwargs.get(k) for k in ("mask", "moving_mask", "initial")]
     _check_outputs(out, stem, inputs)  # before the work
-    if transform == "bspline":  # an affine stage, then the deformation on top
+    if transform in DEFORMABLE:  # an affine stage, then the deformation on top
         spacing, bending = kwargs.pop("grid_spacing", 20.0), kwargs.pop("bending", 1.0)
         check_grid(spacing, bending, geometry_of("fixed", fixed))  # before the affine stage
         affine = register(fixed, moving, transform="affine", progress=progress, **kwargs)
         kwargs.pop("tolerance", None), kwargs.pop("initial", None)
         result = register_deformable(
-            fixed, moving, initial=affine, grid_spacing=spacing, bending=bending, progress=progress, **kwargs
-        )
+            fixed, moving, initial=affine, transform=transform, grid_spacing=spacing, bending=bending,
+            progress=progress, **kwargs,
+        )  # fmt: skip
     else:
         result = register(fixed, moving, transform=transform, progress=progress, **kwargs)
     print(describe(result))
@@ -252,7 +259,7 @@ def run_cli(
             matrix_path, result.physical.numpy(), header="fixed physical (x, y[, z]) -> moving physical"
         )
         try:
-            suffix = ".h5" if transform == "bspline" else ".tfm"  # (the composite: HDF5, as ITK prefers)
+            suffix = ".h5" if transform in DEFORMABLE else ".tfm"  # (the composite: HDF5, as ITK prefers)
             transform_path = result.save_transform(out / f"{stem}_transform{suffix}")
         except ImportError:
             transform_path = None
