@@ -36,10 +36,11 @@ back). Writes bench_deformable_swirl.csv, no figure.
 
 Errors: the mean displacement error over the brain (voxels above 10 % of the T1's maximum)
 against the true transform, mm (``brain.mean_error_mm``); the folding fraction (Jacobian
-determinant <= 0 on the fixed grid, from SimpleITK's DisplacementJacobianDeterminant for
-all, ``folding``); wall time on this machine. Writes bench_deformable.csv and prints a Markdown table;
-``--figure`` (default docs/deformable_brain.png, '' for none): the overlays before and after
-and the deformation grid found against the true one, on the middle axial slice.
+determinant <= 0 on the fixed grid: SimpleITK's DisplacementFieldJacobianDeterminant, the
+vectors turned into the index axes, ``folding``); wall time on this machine. Writes
+bench_deformable.csv and prints a Markdown table; ``--figure`` (default
+docs/deformable_brain.png, '' for none): the overlays before and after and the deformation
+grid found against the true one, on the middle axial slice.
 """
 
 import argparse

@@ -490,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("rigid", "affine", "bspline", "diffeomorphic"),
         default="rigid",
         help="bspline: an affine stage, then a B-spline free-form deformation; diffeomorphic: an affine "
-        "stage, then the exponential of a B-spline velocity field (invertible, cannot fold)",
+        "stage, then the exponential of a B-spline velocity field (invertible by construction)",
     )
     reg.add_argument(
         "--grid-spacing",

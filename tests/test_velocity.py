@@ -4,23 +4,16 @@ anisotropic voxels and rotated directions."""
 
 import pytest
 import torch
+from test_deformable import GRIDS as SIZED
 
 from mi.registration.bspline import ControlGrid
 from mi.registration.space import Geometry
 from mi.registration.velocity import SQUARINGS, VelocityLevel, exp_field, sample_field
 
-#: (shape (array order), spacing, origin, direction, grid spacing mm): a 2-D grid whose rotated
-#: direction makes ITK's initialiser swap the control grid's axes, and a 3-D one.
-GRIDS = [
-    ((30, 40), (1.0, 1.5), (-3.0, 7.0), (0.6, -0.8, 0.8, 0.6), 9.0),
-    (
-        (12, 16, 20),
-        (1.5, 1.0, 2.0),
-        (3.0, -4.0, 5.0),
-        (0.8660254037844387, -0.5, 0, 0.5, 0.8660254037844387, 0, 0, 0, 1),
-        8.0,
-    ),
-]
+#: test_deformable's grids (a 2-D one whose rotated direction makes ITK's initialiser swap the
+#: control grid's axes, and a 3-D one), shape in array order: (shape, spacing, origin,
+#: direction, grid spacing mm).
+GRIDS = [(tuple(reversed(size)), *rest) for size, *rest in SIZED]
 
 
 def _setup(shape, spacing, origin, direction, grid_mm):

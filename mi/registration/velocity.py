@@ -7,8 +7,8 @@ coefficients, refinement and bending energy). The deformation is its group expon
 voxelmorph, FireANTs and NiftyReg's velocity-field option do: ``u_0 = v / 2**N``, then
 ``N`` squarings ``u <- u + u o (id + u)`` (``phi_{2t} = phi_t o phi_t``). ``phi`` is
 smooth and invertible for a smooth ``v`` (its inverse is ``exp(-v)``), so it cannot fold
-in the continuum, whatever the coefficients; the discrete one folds only where ``v``
-varies faster than the nodes resolve.
+in the continuum, whatever the coefficients; the discrete one, on the nodes below, can
+still fold where ``v`` varies faster than they resolve.
 
 The squarings run on a :class:`Nodes` grid: a regular lattice over the image's voxels,
 about ``NODES_PER_CELL`` (3) nodes per control cell along each axis (at most one per voxel),
@@ -33,10 +33,11 @@ from .bspline import ControlGrid
 #: velocity of 30 mm starts at 0.23 mm, a small part of a node spacing.
 SQUARINGS = 7
 #: Nodes per control cell along each axis (no more than one per voxel): where the squarings
-#: run. Measured on the 2 mm brain of ``bench/bench_deformable.py`` (mean error 0.283,
-#: 0.286, 0.287 mm with 2, 3, 4 nodes per cell) and a 60-degree swirl of the 2-D photo
-#: without bending (0.77, 0.64, 0.59 px): 3 costs 0.42x the time of 4 in 3-D (the
-#: squarings were half a 3-D registration's time at 4: 28 s against 14 s for the B-spline model).
+#: run. Chosen from one-off runs with this constant patched (not a repo command): the 2 mm
+#: brain pair of ``bench/bench_deformable.py`` (mean error 0.283, 0.286, 0.287 mm with 2, 3,
+#: 4 nodes per cell) and the 60-degree swirl of tests/test_deformable.py (0.77, 0.64, 0.59
+#: px); 3 has 0.42x the nodes of 4 in 3-D, where at 4 the squarings took half the time (a
+#: registration 28 s against 14 s for the B-spline model).
 NODES_PER_CELL = 3
 
 
