@@ -75,9 +75,14 @@ def _patches(t: Tensor, lead: int, chans: int, spatial: tuple, sizes: tuple, str
     (one copy of the samples; (patch / stride)**d of them where patches overlap).
 
     Non-overlapping patches are views (a reshape and a permute) until that copy; overlapping
-    ones one gather (``index_select``, whose backward sums a voxel's patches). Not
-    ``Tensor.unfold``: inductor's unfold backward (PyTorch 2.13, CPU) gave wrong gradients
-    and corrupted memory."""
+    ones first take one gather per axis (``index_select`` of the voxels i stride + j along
+    it, whose backward sums a voxel's patches). Not one gather of flat indices into the
+    whole image, as before 2026-12-02: under ``torch.compile(dynamic=True)`` its index
+    arithmetic (products of symbolic sizes) sent inductor's CPU code generation into sympy
+    for 280-430 s on the 2-D case of ``tests/test_local.py`` (now 50-70 s) and over 20
+    minutes on a 3-D one of 6x37x20 voxels (now about 3 minutes), with a cold inductor
+    cache (a fresh machine: CI). Not ``Tensor.unfold``: inductor's unfold backward
+    (PyTorch 2.13, CPU) gave wrong gradients and corrupted memory."""
     d = len(spatial)
     grid = _grid(spatial, sizes, strides)
     x = t.reshape(lead, chans, *spatial)
@@ -85,23 +90,13 @@ def _patches(t: Tensor, lead: int, chans: int, spatial: tuple, sizes: tuple, str
     pad = [q for s, e in zip(reversed(spatial), reversed(ends)) for q in (0, e - s)]
     if any(pad):
         x = F.pad(x, pad)
-    if tuple(sizes) == tuple(strides):  # (R, C, g1, p1, ..., gd, pd)
-        x = x.reshape(lead, chans, *[n for g, p in zip(grid, sizes) for n in (g, p)])
-        order = [0, *range(2, 2 + 2 * d, 2), 1, *range(3, 3 + 2 * d, 2)]
-    else:  # (R, C, g1, ..., gd, p1, ..., pd): voxel (i st + j) of each axis, flat in C order
-        idx = None
+    if tuple(sizes) != tuple(strides):  # overlapping: voxels i st + j of each axis, one axis at a time
         for axis, (g, p, st) in enumerate(zip(grid, sizes, strides)):
             pos = torch.arange(g, device=x.device)[:, None] * st + torch.arange(p, device=x.device)
-            shape = [1] * (2 * d)
-            shape[axis], shape[d + axis] = g, p
-            pos = (pos * math.prod(ends[axis + 1 :])).reshape(shape)
-            idx = pos if idx is None else idx + pos
-        x = (
-            x.reshape(lead, chans, math.prod(ends))
-            .index_select(2, idx.reshape(-1))
-            .reshape(lead, chans, *grid, *sizes)
-        )
-        order = [0, *range(2, 2 + d), 1, *range(2 + d, 2 + 2 * d)]
+            x = x.index_select(2 + axis, pos.reshape(-1))
+    # (R, C, g1, p1, ..., gd, pd) -> (R, g1, ..., gd, C, p1, ..., pd)
+    x = x.reshape(lead, chans, *[n for g, p in zip(grid, sizes) for n in (g, p)])
+    order = [0, *range(2, 2 + 2 * d, 2), 1, *range(3, 3 + 2 * d, 2)]
     return x.permute(order).reshape(lead * math.prod(grid), chans * math.prod(sizes))
 
 
@@ -153,7 +148,8 @@ def local_mutual_information(
         float mask. Memory: O(B * patches * K^2) for the histograms plus one copy of the
         samples ((patch / stride)**d copies with overlap); all patches go through one call
         of the op. Works under ``torch.compile`` (``fullgraph=True``, ``dynamic`` either
-        way; with ``dynamic=True`` inductor's shape arithmetic takes minutes on 3-D patches).
+        way; with ``dynamic=True`` inductor's shape arithmetic makes a first compile slow: about
+        a minute on 2-D patches, three on 3-D ones, on a 2-core CPU).
 
     Example:
         >>> x = torch.rand(1, 1, 64, 48)
