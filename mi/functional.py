@@ -703,14 +703,18 @@ def _check_pair(value_range, name="value_range"):
             f"{name} must be 'auto', a pair (lo, hi), or a pair of pairs ((lo_x, hi_x), (lo_y, hi_y)), "
             f"got {value_range!r}"
         ) from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+    # (not math.isfinite: under torch.compile(dynamic=True) lo and hi may be symbolic floats)
+    if not (-math.inf < lo < hi < math.inf):
         raise ValueError(f"{name} must be finite with lo < hi, got {value_range!r}")
     return lo, hi
 
 
 def _is_pair_like(p) -> bool:
     """One image's part of a pair of ranges: "auto", a tuple or list, or a 1-D array or tensor
-    (the rows of a 2 x 2 array)."""
+    (the rows of a 2 x 2 array). A number is not (checked first: torch.compile(dynamic=True)
+    makes a float symbolic, on which it cannot trace ``hasattr``)."""
+    if isinstance(p, numbers.Number):
+        return False
     return isinstance(p, (str, tuple, list)) or (hasattr(p, "ndim") and hasattr(p, "__len__") and p.ndim == 1)
 
 

@@ -73,6 +73,16 @@ def _entropy_terms(joint: Tensor):
 TOP = 0.75
 
 
+@torch.compiler.assume_constant_result
+def _top() -> float:
+    """``TOP``, a constant to torch.compile. A module-level float that dynamo reads while it
+    traces an autograd.Function becomes a symbolic input under ``dynamic=True``, and a
+    second application of the Function in the same graph (two MI calls in one loss) then
+    failed inside dynamo (torch 2.13: "lift_tracked_freevar_to_input should not be called
+    on root SubgraphTracer"); a literal, or this, is not lifted."""
+    return TOP
+
+
 def _entropies_of(q: Tensor, log_q: Tensor, k: int):
     """(H(a), H(b), H(a, b)) from ``_entropy_terms``: -sum q log q per segment, but for a
     largest probability above ``TOP``, whose term is ``-q log1p(-(sum of the others))``.
@@ -89,14 +99,15 @@ def _entropies_of(q: Tensor, log_q: Tensor, k: int):
     e = -(q * log_q)
     if not isinstance(q.shape[-1], int):
         return e[..., k * k : k * k + k].sum(-1), e[..., k * k + k :].sum(-1), e[..., : k * k].sum(-1)
-    big = q > TOP
+    top_p = _top()
+    big = q > top_p
     out = []
     for lo, hi in ((k * k, k * k + k), (k * k + k, k * k + 2 * k), (0, k * k)):  # H(a), H(b), H(a, b)
         seg, e_seg, big_seg = q[..., lo:hi], e[..., lo:hi], big[..., lo:hi]
         top = torch.where(big_seg, seg, 0.0).sum(-1)
         rest = torch.where(big_seg, 0.0, seg).sum(-1)
         plain = torch.where(big_seg, e_seg, 0.0).sum(-1)
-        out.append(e_seg.sum(-1) - plain - top * torch.log1p(-torch.clamp(rest, max=1 - TOP)))
+        out.append(e_seg.sum(-1) - plain - top * torch.log1p(-torch.clamp(rest, max=1 - top_p)))
     return tuple(out)
 
 

@@ -10,6 +10,7 @@ from oracle import dense_hist, dense_joint, entropies, seed_mutual_information, 
 from oracle import mutual_information as oracle_mi
 
 import mi
+from mi.compat.monai import GlobalMutualInformationLoss
 
 # ---------------------------------------------------------------- histograms in data units
 
@@ -417,6 +418,38 @@ def test_torch_compile_fullgraph_has_no_graph_break(dynamic):
     want.backward()
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(g, y.grad)
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+def test_several_scores_in_one_graph_with_symbolic_ranges(pairs):
+    """torch.compile(fullgraph=True, dynamic=True) of a loss that calls the library several
+    times, with a fixed value_range given as the compiled function's arguments. Two bugs:
+    dynamic=True makes those floats symbolic, and the range checks called what they lack
+    (``hasattr(p, "ndim")``, ``math.isfinite``): a graph break, so fullgraph raised; and
+    any two MI calls in one graph failed inside dynamo (even without fullgraph, even with
+    "auto" ranges), because the entropies' autograd.Function read a module-level float
+    (``TOP``), which dynamo lifts to a symbolic input and then could not lift again (torch
+    2.13). Values and gradients as eager for the global, Mattes and local scores, the
+    entropies, and the MONAI drop-in."""
+
+    def loss(x, y, lo, hi):
+        rng = ((lo, hi), (lo - 0.5, hi)) if pairs else (lo, hi)
+        a = mi.mutual_information(x, y, num_bins=16, value_range=rng, normalize="studholme")
+        b = mi.mutual_information(x, y, num_bins=16, value_range=rng, kernel="mattes")
+        c = mi.local_mutual_information(x, y, patch_size=8, num_bins=8, value_range=rng)
+        h = mi.entropies(x, y, num_bins=8, value_range=rng)
+        d = monai_loss(x, y)
+        return a.sum() + b.sum() + c.sum() + sum(t.sum() for t in h) + d + mi.mutual_information(x, y).sum()
+
+    monai_loss = GlobalMutualInformationLoss(num_bins=12)
+    x = torch.rand(2, 1, 16, 12)
+    y = remap(x).requires_grad_()
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager", dynamic=True)
+    got = compiled(x, y, -0.25, 1.5)
+    (g,) = torch.autograd.grad(got, y)
+    want = loss(x, y, -0.25, 1.5)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(g, torch.autograd.grad(want, y)[0])
 
 
 @pytest.mark.parametrize("dynamic", [False, True])
