@@ -223,9 +223,8 @@ def test_compiles_with_inductor(dynamic):
     ]
     threads = torch.get_num_threads()
     torch.set_num_threads(max(2, threads))
-    uncached = dict(fx_graph_cache=False)
     try:
-        with torch._inductor.config.patch(uncached):
+        with torch._inductor.config.patch(fx_graph_cache=False):
             for a, b, kw in cases[1:2] if dynamic else cases[::2]:
                 _compiled_equals_eager(a, b, kw, dynamic)
     finally:
