@@ -507,15 +507,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--levels",
         type=int,
         default=None,
-        help="pyramid levels (default: 3, or more while the coarsest level keeps over 96 voxels along an "
-        "axis: 4 from 388 voxels, 5 from 776)",
+        help="pyramid levels (default: as many as --iterations gives, else 3, or more while the coarsest "
+        "level keeps over 96 voxels along an axis: 4 from 388 voxels, 5 from 776; fewer where a level "
+        "would keep under 768 voxels: 2 below about 112x112 pixels or 40^3 voxels, 1 below 56x56 or 20^3)",
     )
     reg.add_argument(
         "--iterations",
         type=int,
         nargs="+",
         default=None,
-        help="Adam steps per level, coarsest first (one value: all levels)",
+        help="Adam steps per level, coarsest first (one value: all levels; several: one per level, "
+        "which sets the levels)",
     )
     reg.add_argument(
         "--lr",

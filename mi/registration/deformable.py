@@ -306,7 +306,8 @@ def register_deformable(
             (:meth:`~mi.registration.bspline.ControlGrid.refined`, half the spacing) before
             each finer level, so the finest spacing is at most ``grid_spacing`` (a whole
             number of mesh cells per axis). False: one grid at ``grid_spacing`` throughout.
-        iterations: Adam steps per level, coarsest first (default 100 per level).
+        iterations: Adam steps per level, coarsest first (default 100 per level; a tuple or
+            list with ``levels=None`` sets the levels by its length).
         lr: Adam's step on the coefficients, mm (level ``l`` starts at ``lr * 2**l``); None
             (the default): half the fixed image's smallest voxel spacing (``default_lr``);
             at most the fixed image's diagonal.
@@ -327,7 +328,7 @@ def register_deformable(
     t_start = time.perf_counter()
     f, gf, m, gm = read_pair(fixed, moving, device, spacing, moving_spacing)
     d = f.ndim - 2
-    levels = _check_levels(levels, gf, gm)
+    levels = _check_levels(levels, gf, gm, iterations)
     its = _check_iterations(iterations if iterations is not None else 100, levels)
     lr = check_lr(lr, gf)
     gs, bending = check_grid(grid_spacing, bending, gf)

@@ -52,6 +52,10 @@ MIN_LEVEL_SIZE = 4
 #: ``levels=None``: at least DEFAULT_LEVELS, and enough that the fixed image's coarsest level
 #: has at most COARSEST_SIZE voxels along every axis (:func:`default_levels`).
 DEFAULT_LEVELS, COARSEST_SIZE = 3, 96
+#: ``levels=None`` adds no level whose fixed image would keep fewer voxels than this (three
+#: quarters of a voxel per cell of the default loss's 32 x 32 joint histogram), measured on
+#: small 2-D images (:func:`default_levels`).
+MIN_COARSEST_VOXELS = 768
 SAMPLING_STRATEGIES = ("random", "regular")
 #: ``sampling="auto"``: at most AUTO_COUNT fixed voxels per iteration (every voxel of smaller
 #: images and levels). Measured on the 1 mm brain pair (mi.registration.brain, 197x233x189):
@@ -354,34 +358,54 @@ def default_levels(gf: Geometry, gm: Geometry) -> int:
     a 0.5x0.5x3 mm grid against a contrast rotated 35 degrees 5.0 mm off; with 4 levels (the
     default for both) they come within 0.025 mm. Ending at 64 voxels (5 levels on the photo,
     40x27 pixels) was too coarse for an affine stage: the photo scaled by diag(0.85, 1.15)
-    ended 15 mm off, against 0.03 mm with 4 levels (a run outside ``bench/``)."""
+    ended 15 mm off, against 0.03 mm with 4 levels (a run outside ``bench/``).
+
+    Small images: no level is added whose fixed image would keep fewer than
+    ``MIN_COARSEST_VOXELS`` (768) voxels in all, even below 3 levels: a 32 x 32 joint
+    histogram from a few hundred voxels rewards wrong overlaps. Rigid trials of the demo
+    pair (30 per size, up to 12 degrees, shifts up to 8 % of the size) that ended more than
+    1 px off at the worst corner, with 1 / 2 / 3 levels: 48x40 pixels 1 / 4 / 11, 64x54
+    7 / 2 / 4, 80x66 4 / 0 / 1, 96x80 10 / 0 / 1 (this rule picks 1, 2, 2 and 2 levels;
+    below 2 levels the steps reach less). Real images, 8 trials each: with 3 levels 0-3 of
+    8 of a 64x64 DICOM MR, a T1 slice and photographs at 48x48 and 64x64 ended up to 52 px
+    off in a wrong optimum (the MR slice rotated 8 degrees ended 20 degrees the other way,
+    with no warning), none of 40 at 64x64 with 2 levels. On 3-D volumes (blobs of 20^3 to
+    40^3, the MNI brain at 5 and 6 mm, 6 trials each) 2 and 3 levels were equally
+    accurate, 2 in 20-41 % less time. (One-off scripts outside ``bench/``, 2026-12-02;
+    ``tests/test_register.py`` keeps two of the cases.)"""
     levels = 1
     while _pools_further(gf, gm, levels):
         coarsest = max(n // f for n, f in zip(gf.size, shrink_factors(gf, levels - 1)))
         if levels >= DEFAULT_LEVELS and coarsest <= COARSEST_SIZE:
             break
+        if math.prod(n // f for n, f in zip(gf.size, shrink_factors(gf, levels))) < MIN_COARSEST_VOXELS:
+            break
         levels += 1
     return levels
 
 
-def _check_levels(levels, gf: Geometry, gm: Geometry) -> int:
+def _check_levels(levels, gf: Geometry, gm: Geometry, iterations=None) -> int:
     """A positive number of pyramid levels, each pooling further than the last, for images of
     MIN_LEVEL_SIZE voxels per axis or more (``shrink_factors`` keeps that many at every level);
-    None: :func:`default_levels`."""
+    None: as many as ``iterations`` gives counts (one per level), else :func:`default_levels`."""
     for name, g in (("fixed", gf), ("moving", gm)):
         if any(n < MIN_LEVEL_SIZE for n in g.size):
             raise ValueError(
                 f"{name} has {'x'.join(map(str, g.size))} voxels: registration needs at least "
                 f"{MIN_LEVEL_SIZE} along every axis"
             )
+    given = f"levels={levels}"
     if levels is None:
-        return default_levels(gf, gm)
+        if isinstance(iterations, (tuple, list)) and iterations:
+            levels, given = len(iterations), f"iterations={tuple(iterations)} (one count per level)"
+        else:
+            return default_levels(gf, gm)
     levels = _positive_int("levels", levels)
     for level in range(1, levels):
         if not _pools_further(gf, gm, level):
             sizes = " and ".join("x".join(map(str, g.size)) for g in (gf, gm))
             raise ValueError(
-                f"levels={levels}: images of {sizes} voxels pool no further after {level} levels "
+                f"{given}: images of {sizes} voxels pool no further after {level} levels "
                 f"(each axis keeps at least {MIN_LEVEL_SIZE} voxels); use fewer levels"
             )
     return levels
@@ -797,12 +821,16 @@ def register(
             rigid in mm) or "affine".
         levels: pyramid levels (1 = full resolution only); an axis is pooled only as far as
             it keeps 4 voxels (a slab of 8 slices: 2 along them), and each level must pool
-            further than the last. None (the default): :func:`default_levels`, 3, or more
-            while the coarsest level keeps over 96 voxels along an axis (4 from 388 voxels,
-            5 from 776), fewer for images too small to pool that far.
+            further than the last. None (the default): as many as ``iterations`` gives
+            counts, else :func:`default_levels`: 3, or more while the coarsest level keeps
+            over 96 voxels along an axis (4 from 388 voxels, 5 from 776), fewer for images
+            too small to pool that far or whose coarsest level would keep fewer than 768
+            voxels in all (2 levels below about 112x112 pixels or 40^3 voxels, 1 below
+            about 56x56 or 20^3: a 16x16 level misled MI, :func:`default_levels`).
         iterations: Adam steps per level, coarsest first: an int for every level, one int
-            per level, or None for ``min(200, max(60, 30 * 2**level))`` (120, 60, 60 for 3
-            levels; 200, 120, 60, 60 for 4).
+            per level (a tuple or list: with ``levels=None`` its length sets the levels), or
+            None for ``min(200, max(60, 30 * 2**level))`` (120, 60, 60 for 3 levels; 200,
+            120, 60, 60 for 4).
         lr: Adam's step in mm (voxels without geometry): rotations and linear parts are
             scaled so one unit moves the image's corners by about that; level ``l`` starts
             at ``lr * 2**l`` and decays (cosine) to 5 % of that, 1 % on sampled levels.
@@ -881,7 +909,7 @@ def register(
     if transform not in TRANSFORMS:
         raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
     f, gf, m, gm = read_pair(fixed, moving, device, spacing, moving_spacing)
-    levels = _check_levels(levels, gf, gm)
+    levels = _check_levels(levels, gf, gm, iterations)
     its = _check_iterations(iterations, levels)
     lr = check_lr(lr, gf)
     tolerance = _check_positive("tolerance", tolerance, allow_zero=True)
