@@ -98,6 +98,12 @@ def read_medical(path):
         img = drop_single_axes(img)
     except ValueError as e:
         raise ImageReadError(f"{path}: {e}") from None
+    if img.GetDimension() == 4:  # a time series (fMRI, diffusion): which volume is the user's to say
+        raise ImageReadError(
+            f"{path}: expected a 2-D or 3-D image, got a series of {img.GetSize()[3]} volumes of "
+            f"{'x'.join(map(str, img.GetSize()[:3]))} voxels: write the one to use (or their mean) to "
+            "a file of its own, e.g. sitk.WriteImage(sitk.ReadImage(path)[:, :, :, 0], 'volume0.nii.gz')"
+        )
     if img.GetDimension() not in (2, 3):
         raise ImageReadError(f"{path}: expected a 2-D or 3-D image, got size {img.GetSize()}")
     return img

@@ -130,6 +130,10 @@ def test_bad_medical_files(tmp_path):
         read_image(_write(nan, tmp_path / "nan.mha"))  # (ITK turns NaN into 0 in NIfTI)
     with pytest.raises(ImageReadError, match="no such file"):
         read_image(tmp_path / "missing.nii.gz")
+    series = sitk.JoinSeries([sitk.GetImageFromArray(_volume())] * 3)  # 4-D: an fMRI-like series
+    sitk.WriteImage(series, str(tmp_path / "bold.nii.gz"))
+    with pytest.raises(ImageReadError, match=r"a series of 3 volumes of 9x7x5 voxels: .*\[:, :, :, 0\]"):
+        read_image(tmp_path / "bold.nii.gz")
 
 
 def test_score_two_nifti_files_prints_mutual_information(tmp_path, capsys):
