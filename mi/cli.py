@@ -509,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="pyramid levels (default: as many as --iterations gives, else 3, or more while the coarsest "
         "level keeps over 96 voxels along an axis: 4 from 388 voxels, 5 from 776; fewer where a level "
-        "would keep under 768 voxels: 2 below about 112x112 pixels or 40^3 voxels, 1 below 56x56 or 20^3)",
+        "would keep under 768 voxels (in --mask, if given): 2 below about 112x112 pixels or 40^3 "
+        "voxels, 1 below 56x56 or 20^3)",
     )
     reg.add_argument(
         "--iterations",

@@ -328,8 +328,6 @@ def register_deformable(
     t_start = time.perf_counter()
     f, gf, m, gm = read_pair(fixed, moving, device, spacing, moving_spacing)
     d = f.ndim - 2
-    levels = _check_levels(levels, gf, gm, iterations)
-    its = _check_iterations(iterations if iterations is not None else 100, levels)
     lr = check_lr(lr, gf)
     gs, bending = check_grid(grid_spacing, bending, gf)
     sampling = _check_sampling(sampling, sampling_strategy)
@@ -340,6 +338,8 @@ def register_deformable(
     if not isinstance(refine_grid, bool):
         raise TypeError(f"refine_grid must be a bool, got {type(refine_grid).__name__}")
     w, wm, loss_fn, gen = _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling)
+    levels = _check_levels(levels, gf, gm, iterations, w)
+    its = _check_iterations(iterations if iterations is not None else 100, levels)
     if constant_images(f, w, m, wm):  # nothing to register by: no steps
         its = (0,) * levels
     affine = initial_transform(initial, "affine", f, gf, m, gm, w, wm)

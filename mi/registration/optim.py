@@ -344,7 +344,7 @@ def _pools_further(gf: Geometry, gm: Geometry, level: int) -> bool:
     )
 
 
-def default_levels(gf: Geometry, gm: Geometry) -> int:
+def default_levels(gf: Geometry, gm: Geometry, mask: Tensor | None = None) -> int:
     """``levels=None``: ``DEFAULT_LEVELS`` (3), more while the fixed image's coarsest level
     keeps more than ``COARSEST_SIZE`` (96) voxels along an axis (4 levels from 388 voxels per
     axis), fewer where the images pool no further (each axis keeps ``MIN_LEVEL_SIZE``).
@@ -361,7 +361,8 @@ def default_levels(gf: Geometry, gm: Geometry) -> int:
     ended 15 mm off, against 0.03 mm with 4 levels (a run outside ``bench/``).
 
     Small images: no level is added whose fixed image would keep fewer than
-    ``MIN_COARSEST_VOXELS`` (768) voxels in all, even below 3 levels: a 32 x 32 joint
+    ``MIN_COARSEST_VOXELS`` (768) voxels in all (in the fixed ``mask`` (1, 1, *shape), when
+    given: its samples), even below 3 levels: a 32 x 32 joint
     histogram from a few hundred voxels rewards wrong overlaps. Rigid trials of the demo
     pair (30 per size, up to 12 degrees, shifts up to 8 % of the size) that ended more than
     1 px off at the worst corner, with 1 / 2 / 3 levels: 48x40 pixels 1 / 4 / 11, 64x54
@@ -369,7 +370,10 @@ def default_levels(gf: Geometry, gm: Geometry) -> int:
     below 2 levels the steps reach less). Real images, 8 trials each: with 3 levels 0-3 of
     8 of a 64x64 DICOM MR, a T1 slice and photographs at 48x48 and 64x64 ended up to 52 px
     off in a wrong optimum (the MR slice rotated 8 degrees ended 20 degrees the other way,
-    with no warning), none of 40 at 64x64 with 2 levels. On 3-D volumes (blobs of 20^3 to
+    with no warning), none of 40 at 64x64 with 2 levels. A small mask on a large image is
+    the same: the 192x160 demo pair with a centred mask of 32^2 to 64^2 pixels, 10 trials
+    each, failed 9 of 40 with 3 levels (up to 35 px off) and 2 of 40 with these (1.3 and 1.6
+    px, with 1 level). On 3-D volumes (blobs of 20^3 to
     40^3, the MNI brain at 5 and 6 mm, 6 trials each) 2 and 3 levels were equally
     accurate, 2 in 20-41 % less time. (One-off scripts outside ``bench/``, 2026-12-02;
     ``tests/test_register.py`` keeps two of the cases.)"""
@@ -378,16 +382,26 @@ def default_levels(gf: Geometry, gm: Geometry) -> int:
         coarsest = max(n // f for n, f in zip(gf.size, shrink_factors(gf, levels - 1)))
         if levels >= DEFAULT_LEVELS and coarsest <= COARSEST_SIZE:
             break
-        if math.prod(n // f for n, f in zip(gf.size, shrink_factors(gf, levels))) < MIN_COARSEST_VOXELS:
+        if _level_voxels(gf, levels, mask) < MIN_COARSEST_VOXELS:
             break
         levels += 1
     return levels
 
 
-def _check_levels(levels, gf: Geometry, gm: Geometry, iterations=None) -> int:
+def _level_voxels(gf: Geometry, level: int, mask: Tensor | None) -> int:
+    """The fixed voxels at pyramid ``level``: of the grid, or those the fixed ``mask`` (1, 1,
+    *shape) keeps (a positive pooled weight), which are all that level's samples."""
+    factors = shrink_factors(gf, level)
+    if mask is None:
+        return math.prod(n // f for n, f in zip(gf.size, factors))
+    return int((_pool(mask, factors) > 0).sum())
+
+
+def _check_levels(levels, gf: Geometry, gm: Geometry, iterations=None, mask: Tensor | None = None) -> int:
     """A positive number of pyramid levels, each pooling further than the last, for images of
     MIN_LEVEL_SIZE voxels per axis or more (``shrink_factors`` keeps that many at every level);
-    None: as many as ``iterations`` gives counts (one per level), else :func:`default_levels`."""
+    None: as many as ``iterations`` gives counts (one per level), else :func:`default_levels`
+    (counting the voxels the fixed ``mask`` keeps)."""
     for name, g in (("fixed", gf), ("moving", gm)):
         if any(n < MIN_LEVEL_SIZE for n in g.size):
             raise ValueError(
@@ -399,7 +413,7 @@ def _check_levels(levels, gf: Geometry, gm: Geometry, iterations=None) -> int:
         if isinstance(iterations, (tuple, list)) and iterations:
             levels, given = len(iterations), f"iterations={tuple(iterations)} (one count per level)"
         else:
-            return default_levels(gf, gm)
+            return default_levels(gf, gm, mask)
     levels = _positive_int("levels", levels)
     for level in range(1, levels):
         if not _pools_further(gf, gm, level):
@@ -825,8 +839,9 @@ def register(
             counts, else :func:`default_levels`: 3, or more while the coarsest level keeps
             over 96 voxels along an axis (4 from 388 voxels, 5 from 776), fewer for images
             too small to pool that far or whose coarsest level would keep fewer than 768
-            voxels in all (2 levels below about 112x112 pixels or 40^3 voxels, 1 below
-            about 56x56 or 20^3: a 16x16 level misled MI, :func:`default_levels`).
+            voxels in all, or in the fixed ``mask`` (2 levels below about 112x112 pixels or
+            40^3 voxels, 1 below about 56x56 or 20^3: a 16x16 level misled MI,
+            :func:`default_levels`).
         iterations: Adam steps per level, coarsest first: an int for every level, one int
             per level (a tuple or list: with ``levels=None`` its length sets the levels), or
             None for ``min(200, max(60, 30 * 2**level))`` (120, 60, 60 for 3 levels; 200,
@@ -909,13 +924,13 @@ def register(
     if transform not in TRANSFORMS:
         raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
     f, gf, m, gm = read_pair(fixed, moving, device, spacing, moving_spacing)
-    levels = _check_levels(levels, gf, gm, iterations)
-    its = _check_iterations(iterations, levels)
     lr = check_lr(lr, gf)
     tolerance = _check_positive("tolerance", tolerance, allow_zero=True)
     sampling = _check_sampling(sampling, sampling_strategy)
     d = f.ndim - 2
     w, wm, loss_fn, gen = _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling)
+    levels = _check_levels(levels, gf, gm, iterations, w)
+    its = _check_iterations(iterations, levels)
     if constant_images(f, w, m, wm):  # nothing to register by: no steps
         its = (0,) * levels
     init = initial_transform(initial, transform, f, gf, m, gm, w, wm)
