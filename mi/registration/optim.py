@@ -362,23 +362,22 @@ def default_levels(gf: Geometry, gm: Geometry, mask: Tensor | None = None) -> in
 
     Small images: no level is added whose fixed image would keep fewer than
     ``MIN_COARSEST_VOXELS`` (768) voxels in all (in the fixed ``mask`` (1, 1, *shape), when
-    given: its samples), even below 3 levels: a 32 x 32 joint
-    histogram from a few hundred voxels rewards wrong overlaps. Rigid trials of the demo
-    pair (30 per size, up to 12 degrees, shifts up to 8 % of the size) that ended more than
-    1 px off at the worst corner, with 1 / 2 / 3 levels: 48x40 pixels 1 / 4 / 11, 64x54
-    7 / 2 / 4, 80x66 4 / 0 / 1, 96x80 10 / 0 / 1 (this rule picks 1, 2, 2 and 2 levels;
-    below 2 levels the steps reach less); affine maps (10 trials: rotations to 10 degrees,
-    scales 0.9-1.1, shear to 0.05) at 64x54: 6 with 3 levels (median 21 px), none with 2.
-    Real images, 8 trials each: with 3 levels 0-3 of
-    8 of a 64x64 DICOM MR, a T1 slice and photographs at 48x48 and 64x64 ended up to 52 px
-    off in a wrong optimum (the MR slice rotated 8 degrees ended 20 degrees the other way,
-    with no warning), none of 40 at 64x64 with 2 levels. A small mask on a large image is
-    the same: the 192x160 demo pair with a centred mask of 32^2 to 64^2 pixels, 10 trials
-    each, failed 9 of 40 with 3 levels (up to 35 px off) and 2 of 40 with these (1.3 and 1.6
-    px, with 1 level). On 3-D volumes (blobs of 20^3 to
-    40^3, the MNI brain at 5 and 6 mm, 6 trials each) 2 and 3 levels were equally
-    accurate, 2 in 20-41 % less time. (One-off scripts outside ``bench/``, 2026-12-02;
-    ``tests/test_register.py`` keeps two of the cases.)"""
+    given: its samples), even below 3 levels: a 32 x 32 joint histogram from a few hundred
+    voxels rewards wrong overlaps. Rigid trials of the demo pair (30 per size, up to 12
+    degrees, shifts up to 8 % of the size) that ended more than 1 px off at the worst
+    corner, with 1 / 2 / 3 levels: 48x40 pixels 1 / 4 / 11, 64x54 7 / 2 / 4, 80x66 4 / 0 / 1
+    and 96x80 10 / 0 / 1 (this rule picks 1, 2, 2 and 2 levels; below 2 levels the steps
+    reach less); affine maps (10 trials: rotations to 10 degrees, scales 0.9-1.1, shear to
+    0.05) at 64x54: 6 with 3 levels (median 21 px), none with 2. Real images, 8 trials each:
+    with 3 levels 0-3 of 8 of a 64x64 DICOM MR, a T1 slice and photographs at 48x48 and
+    64x64 ended more than 1 px off, in wrong optima (the MR slice rotated 8 degrees ended 20
+    degrees the other way, with no warning), none of 40 at 64x64 with 2 levels. A small mask
+    on a large image is the same: the 192x160 demo pair with a centred mask of 32^2 to 64^2
+    pixels, 10 trials each, failed 9 of 40 with 3 levels (up to 35 px off) and 2 of 40 with
+    these (1.3 and 1.6 px, with 1 level). On 3-D volumes (blobs of 20^3 to 40^3, the MNI
+    brain at 5 and 6 mm, 6 trials each) 2 and 3 levels were equally accurate, 2 in 20-41 %
+    less time. (One-off scripts outside ``bench/``, 2026-12-02; ``tests/test_register.py``
+    has some of the cases.)"""
     levels = 1
     while _pools_further(gf, gm, levels):
         coarsest = max(n // f for n, f in zip(gf.size, shrink_factors(gf, levels - 1)))
