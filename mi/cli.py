@@ -533,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_SAMPLING,
         metavar="F|N",
         help="fixed voxels resampled per iteration: a fraction in (0, 1], a count (at least 64), or "
-        f"auto (default {DEFAULT_SAMPLING}: see mi.register; 1 or 1.0: every voxel)",
+        f"auto (default {DEFAULT_SAMPLING}: see mi.register; 1 or 1.0: every voxel); a fraction or "
+        "count gives at least 768 per level (fewer misled MI on small images)",
     )
     reg.add_argument(
         "--strategy", choices=("random", "regular"), default="random", help="how voxels are sampled"
