@@ -77,3 +77,18 @@ def test_gpu_only_scripts_import():
         [sys.executable, "-c", code], cwd=ROOT / "bench", env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_bench_pyramid_dry_run(tmp_path):
+    """bench/bench_pyramid.py runs (one trial of each part) and writes one row per registration,
+    each with a finite error and the level count register used."""
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_pyramid.py"), "--dry-run", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "bench_pyramid_dry.csv")))
+    assert {r["part"] for r in rows} == {"levels", "affine", "sampling"}, rows
+    assert len(rows) == 3 + 2 + 2, rows
+    default = [r for r in rows if r["part"] == "levels" and r["setting"] == "default"]
+    assert [r["levels"] for r in default] == ["1"], default  # 48x40: no level under 768 voxels
+    assert all(float(r["corner_err_px"]) >= 0 and float(r["wall_s"]) > 0 for r in rows), rows
+    assert (tmp_path / "bench_pyramid_dry.md").read_text().count("\n| ") == len(rows) + 1

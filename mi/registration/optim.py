@@ -92,7 +92,7 @@ MIN_SAMPLES = 64
 #: 32 x 32 joint histogram too few samples. The 128x108 demo pair, 10 rigid trials (up to 12
 #: degrees, shifts up to 8 %): sampling=0.2, 0.1 and 0.05 (173, 86 and 43 samples at the
 #: coarsest level) ended 2, 3 and 5 of them more than a pixel off at the worst corner (up to
-#: 71 px); with this floor none (at most 0.13 px; a one-off script, 2026-12-02).
+#: 71 px); with this floor none (at most 0.13 px; ``python bench/bench_pyramid.py``).
 MIN_LEVEL_SAMPLES = MIN_COARSEST_VOXELS
 #: :func:`register` warns when the normalised MI (1..2) ends more than this below its start.
 DIVERGED = 1e-3
@@ -383,8 +383,9 @@ def default_levels(gf: Geometry, gm: Geometry, mask: Tensor | None = None) -> in
     pixels, 10 trials each, failed 9 of 40 with 3 levels (up to 35 px off) and 2 of 40 with
     these (1.3 and 1.6 px, with 1 level). On 3-D volumes (blobs of 20^3 to 40^3, the MNI
     brain at 5 and 6 mm, 6 trials each) 2 and 3 levels were equally accurate, 2 in 20-41 %
-    less time. (One-off scripts outside ``bench/``, 2026-12-02; ``tests/test_register.py``
-    has some of the cases.)"""
+    less time. (The demo pair's numbers: ``python bench/bench_pyramid.py``; the real images,
+    masks and 3-D volumes: one-off scripts outside ``bench/``, 2026-12-02;
+    ``tests/test_register.py`` has some of the cases.)"""
     levels = 1
     while _pools_further(gf, gm, levels):
         coarsest = max(n // f for n, f in zip(gf.size, shrink_factors(gf, levels - 1)))
