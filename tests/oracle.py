@@ -57,14 +57,24 @@ def dense_hist(u, m=None, num_bins=8, sigma=0.5, kernel="gaussian"):
     return w.sum(-2)
 
 
+def _entropy(c):
+    """-sum p log p over the last axis of non-negative counts c (..., n), p = c / sum(c), 0 log 0
+    = 0. log p = log c - log T with log T = log m + log1p(s / m), m the largest count and s
+    the sum of the others: a distribution nearly in one cell (p = 1 - r) keeps its entropy
+    to rounding, where the log of the rounded 1 - r keeps only eps / r of it (a one-pixel
+    histogram at sigma 0.135 bins: entropies of 8e-11 nats, its arithmetic NMI 5.6e-6
+    instead of 0)."""
+    m = c.amax(-1, keepdim=True)
+    m = torch.where(m > 0, m, 1.0)
+    others = c.scatter(-1, c.argmax(-1, keepdim=True), 0.0).sum(-1, keepdim=True) / m
+    log_t = torch.log(m) + torch.log1p(others)
+    p = c / m / (1.0 + others)
+    return -torch.where(c > 0, p * (torch.log(torch.where(c > 0, c, 1.0)) - log_t), 0.0).sum(-1)
+
+
 def entropies(joint):
     """(H(a), H(b), H(a, b)) in nats of a joint histogram (..., K, K), 0 log 0 = 0."""
-    p = joint / joint.sum((-2, -1), keepdim=True)
-
-    def h(q, dims):
-        return -torch.where(q > 0, q * torch.log(torch.where(q > 0, q, 1.0)), 0.0).sum(dims)
-
-    return h(p.sum(-1), -1), h(p.sum(-2), -1), h(p, (-2, -1))
+    return _entropy(joint.sum(-1)), _entropy(joint.sum(-2)), _entropy(joint.flatten(-2))
 
 
 def mutual_information(joint, normalize="none", base=math.e):
