@@ -241,24 +241,6 @@ def test_auto_sampling_draws_2_17_voxels_on_every_level_that_has_more():
     assert counts(vol) == [(2**17,), (2**17,), (32, 32, 32)]
 
 
-def test_a_small_sampling_fraction_keeps_enough_samples():
-    """sampling=0.1 on the 128x108 demo pair (10 rigid transforms, up to 12 degrees, shifts up
-    to 8 % of the size): 86 samples per iteration at the coarsest level (32x27 pixels) left
-    3 of the 10 23-71 px off at the worst corner (measured 2026-12-02); raised to 768 per
-    level (``MIN_LEVEL_SAMPLES``) all 10 within 0.09 px. Bound 0.5 px. Oracle: the known
-    transform."""
-    from mi.registration import demo_pair, transform_error
-
-    rng = np.random.default_rng(11)
-    for _ in range(10):
-        angle = rng.uniform(-12, 12)
-        shift = tuple(rng.uniform(-0.08, 0.08, 2) * np.array([108, 128]))
-        fixed, moving, true = demo_pair((128, 108), angle_deg=angle, shift=shift)
-        r = register(fixed, moving, sampling=0.1, progress=False)
-        corner = transform_error(r.matrix, true, fixed.shape)[2]
-        assert corner < 0.5, (angle, shift, corner)
-
-
 def test_a_small_mask_is_registered_through_its_voxels_alone():
     """When the count reaches the voxels a mask keeps, every one of them is used, each
     iteration, and no voxel outside: the dense path's sums, through the mask's voxels alone

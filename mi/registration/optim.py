@@ -664,7 +664,7 @@ class _Sampler:
                 count = math.ceil(sampling * n) if isinstance(sampling, float) else sampling
                 count = max(count, MIN_LEVEL_SAMPLES)
             if count < n:
-                self.count = max(count, 1)
+                self.count = count
             else:
                 self.every = n < numel  # a mask that leaves voxels out: its voxels alone
         self.n, self.strategy, self.gen = n, strategy, generator
