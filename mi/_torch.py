@@ -369,11 +369,11 @@ def _scatter_joint(out, idx, stride, wu, wv, terms):
     for weight, i, j in terms:
         wa = wu.ws[i].double()
         pairs.append((wa if weight is None else wa * weight.double(), wv.ws[j].double()))
+    vals = torch.empty_like(pairs[0][1])  # one buffer for every row: no allocation per row
     for a in range(wu.width):
-        vals = None
-        for wa, wb in pairs:
-            t = wa[a] * wb
-            vals = t if vals is None else vals + t
+        torch.mul(pairs[0][0][a], pairs[0][1], out=vals)
+        for wa, wb in pairs[1:]:
+            vals += wa[a] * wb
         out[a * stride :].scatter_add_(0, flat, vals.view(-1))
 
 
