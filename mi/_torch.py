@@ -33,8 +33,13 @@ KERNELS = ("gaussian", "bspline", "box", "xu", "tgauss", "rect", "nearest")
 #: Bins beyond each end of an axis of the cubic B-spline's 4-bin windows (``_bspline_weights``):
 #: its samples, clamped to [-2, K + 1], touch bins -3..K + 3.
 BSPLINE_PAD = 4
-# Budget for the per-chunk temporaries (indices + values of chunk * W^2 entries).
-CHUNK_BYTES = 32 * 2**20
+#: Budget for the per-chunk temporaries (indices + values of chunk * W^2 entries). Smaller
+#: chunks pay more per-op overhead; larger ones are freed back to the system by glibc's
+#: default malloc and return as fresh pages: with 32 MB a rigid registration of the 2 mm MNI
+#: pair (98x116x94) took 8.0-8.3 s and 1.6 M page faults, with 8 MB 7.1-7.4 s and 0.5 M, with
+#: 4 MB 7.1-7.2 s, but the 256-bin loss on a 160x192x224 volume 17 % longer than with 8 MB,
+#: which was as fast as 32 MB on the CPU benchmark's cases (one-off runs, 2026-12-02).
+CHUNK_BYTES = 8 * 2**20
 # On a GPU (this backend is the fallback there: float64, or no Triton) each op is a launch:
 # fewer, larger chunks.
 CHUNK_BYTES_CUDA = 256 * 2**20
