@@ -40,6 +40,8 @@ BSPLINE_PAD = 4
 #: 4 MB 7.1-7.2 s, but the 256-bin loss on a 160x192x224 volume 17 % longer than with 8 MB,
 #: which was as fast as 32 MB on the CPU benchmark's cases (one-off runs, 2026-12-02).
 CHUNK_BYTES = 8 * 2**20
+#: ``_Gathered``: rows of u's window gathered at once, at most this many per pixel of a chunk.
+GATHER_BLOCK = 2**16
 # On a GPU (this backend is the fallback there: float64, or no Triton) each op is a launch:
 # fewer, larger chunks.
 CHUNK_BYTES_CUDA = 256 * 2**20
@@ -350,7 +352,8 @@ def _joint_chunks(u, v, m, grid, sigma, kernel_u, kernel_v, order, maps):
     acc = _acc_dtype(u.dtype)
     dbl = acc == torch.float64
     wu_n, wv_n = window_size(kernel_u, sigma, K, dbl), window_size(kernel_v, sigma, K, dbl)
-    per_pixel = 16 * wu_n * wv_n  # the backward's gathered (Wu, Wv, M) block and its products
+    # the index, the values of one row (forward) or G at it (backward), the backward's rows
+    per_pixel = 16 * wv_n + 24 * wu_n
     uf, vf = u.reshape(-1), v.reshape(-1)
     mf = None if m is None else m.reshape(-1)
     su, sv = grid.sizes
@@ -403,27 +406,38 @@ def joint_hist_forward(
 
 
 class _Gathered:
-    """T_ij = sum_{a, c} w_u^(i)(u - a) G[a, c] w_v^(j)(v - c) per pixel of a chunk, on demand
-    (each G w_v^(j) contraction computed once)."""
+    """T_ij = sum_{a, c} w_u^(i)(u - a) G[a, c] w_v^(j)(v - c) per pixel of a chunk, on demand.
+
+    A few rows a of u's window at a time (``_scatter_joint``; as many as keep the block under
+    ``GATHER_BLOCK`` entries per v-window bin: all of a small chunk's, to amortise the per-op
+    overhead, one of a large chunk's, to keep it in cache): G at the pixels' v window in those
+    rows, (r, Wv, M), contracted with every w_v^(j) the windows carry into rows[j][a] = sum_c
+    G[a, c] w_v^(j)(v - c), in the same order whatever r."""
 
     def __init__(self, g, idx, stride, wu, wv):
         flat = idx.view(-1)
-        self.gw = g.new_empty((wu.width, flat.numel()))  # (Wu, Wv M): G at each window bin
-        for a in range(wu.width):  # one row of u's window at a time (``_scatter_joint``)
-            torch.index_select(g[a * stride :], 0, flat, out=self.gw[a])
-        self.gw = self.gw.view(wu.width, *idx.shape)
-        self.wu, self.wv, self.rows = wu, wv, {}
+        wv_n, m = idx.shape
+        r = max(1, min(wu.width, GATHER_BLOCK // m))
+        block = g.new_empty((r, wv_n * m))  # reused for every block of rows
+        self.rows = [g.new_empty((wu.width, m)) for _ in wv.ws]  # (Wu, M) per j
+        for a0 in range(0, wu.width, r):
+            a1 = min(wu.width, a0 + r)
+            for k in range(a1 - a0):
+                torch.index_select(g[(a0 + k) * stride :], 0, flat, out=block[k])
+            ga = block[: a1 - a0].view(a1 - a0, wv_n, m).transpose(0, 1)  # (Wv, r, M)
+            for j, w in enumerate(wv.ws):
+                _dot(ga, w[:, None, :], out=self.rows[j][a0:a1])
+        self.wu = wu
 
     def __call__(self, i, j):
-        if j not in self.rows:  # sum_c G[a, c] w_v^(j)(v - c), per window row a
-            self.rows[j] = _dot(self.gw.transpose(0, 1), self.wv.ws[j][:, None, :])
         return _dot(self.wu.ws[i], self.rows[j])
 
 
-def _dot(a, b):
+def _dot(a, b, out=None):
     """sum_i a[i] * b[i] over the first (window) dimension, row by row in a fixed order: the
-    same bits for a pixel whatever the chunk (torch's sum reorders its terms with the layout)."""
-    out = a[0] * b[0]
+    same bits for a pixel whatever the chunk (torch's sum reorders its terms with the layout).
+    Into ``out`` when given."""
+    out = torch.mul(a[0], b[0], out=out)
     for i in range(1, a.shape[0]):
         out += a[i] * b[i]
     return out

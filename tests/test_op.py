@@ -141,6 +141,11 @@ def test_chunking_does_not_change_the_result(monkeypatch):
     torch.testing.assert_close(parts[0], whole[0], rtol=1e-6, atol=0)
     for a, b in zip(parts[1], whole[1]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the backward's gather one row of u's window at a time (what a large chunk does)
+    monkeypatch.setattr(_torch, "GATHER_BLOCK", 1)
+    rows = _torch.joint_hist_backward(g, u, v, m, 32, 0.7, needs_m=True)
+    for a, b in zip(rows, whole[1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_float64_accumulation_of_many_equal_samples():
