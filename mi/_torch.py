@@ -33,12 +33,12 @@ KERNELS = ("gaussian", "bspline", "box", "xu", "tgauss", "rect", "nearest")
 #: Bins beyond each end of an axis of the cubic B-spline's 4-bin windows (``_bspline_weights``):
 #: its samples, clamped to [-2, K + 1], touch bins -3..K + 3.
 BSPLINE_PAD = 4
-#: Budget for the per-chunk temporaries (indices + values of chunk * W^2 entries). Smaller
-#: chunks pay more per-op overhead; larger ones are freed back to the system by glibc's
-#: default malloc and return as fresh pages: with 32 MB a rigid registration of the 2 mm MNI
-#: pair (98x116x94) took 8.0-8.3 s and 1.6 M page faults, with 8 MB 7.1-7.4 s and 0.5 M, with
-#: 4 MB 7.1-7.2 s, but the 256-bin loss on a 160x192x224 volume 17 % longer than with 8 MB,
-#: which was as fast as 32 MB on the CPU benchmark's cases (one-off runs, 2026-12-02).
+#: Budget for the per-chunk temporaries (O(W) per pixel: ``_joint_chunks``). Smaller chunks
+#: pay more per-op overhead, and below 2**15 elements an op runs on one thread; larger ones
+#: are freed back to the system by glibc's default malloc and return as fresh pages. A rigid
+#: registration of the 2 mm MNI pair (98x116x94): 7.3-7.9 s and 1.3-1.4 M page faults with
+#: 32 MB, 6.6-6.8 s and 0.3-0.5 M with 8 MB; the 256-bin loss on a 160x192x224 volume 1.30 s
+#: against 1.40 s (one-off runs, 2026-12-02).
 CHUNK_BYTES = 8 * 2**20
 #: ``_Gathered``: rows of u's window gathered at once, at most this many per pixel of a chunk.
 GATHER_BLOCK = 2**16
