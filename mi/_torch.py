@@ -4,7 +4,7 @@ Works in *bin coordinates* (bin centres at 0..K-1). For every pixel only the W b
 of its window are touched, per axis (W = 2R+1 with R = ceil(5.77 sigma) for the
 Gaussian, 4 for the cubic B-spline, 1 for the box, 2-3 for kornia's windows of radius
 1 and MONAI's tie-splitting box), so the work is O(N W^2) and,
-since pixels are processed in chunks, the memory is O(K^2 + chunk * W^2) whatever
+since pixels are processed in chunks, the memory is O(K^2 + chunk * W) whatever
 N is: no N x K tensor is ever built. Sums are accumulated in float64, so the
 result is the dense formula to float32 rounding.
 
