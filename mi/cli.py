@@ -246,9 +246,14 @@ def _b_on_grid_of_a(args, a, image_a, b, image_b) -> tuple:
     voxels' centres, as the registration's scores: ``overlap_weight(..., itk=True)``).
     Otherwise (same grid, a file without geometry, or ``--voxels``) the arrays as stored,
     which need one shape, and weights None.
-    """
-    from .registration.space import Geometry, voxel_matrix, warp
 
+    NaN and Inf voxels are outside their image: a's weigh 0, and so do the voxels where b's
+    are (b's value read as 0), or, resampled, where b's interpolation reads one
+    (:func:`mi.registration.space.interpolable`).
+    """
+    from .registration.space import Geometry, finite_part, voxel_matrix, warp
+
+    (a, va), (b, vb) = (finite_part(torch.from_numpy(x)) for x in (a, b))
     if image_a is None or image_b is None or args.voxels:
         if a.shape != b.shape:
             why = "" if args.voxels else " (only medical files carry where their voxels lie)"
@@ -256,7 +261,7 @@ def _b_on_grid_of_a(args, a, image_a, b, image_b) -> tuple:
                 f"images differ in shape: {args.a} is {_shape(a)}, {args.b} is {_shape(b)}{why}: "
                 "resample one onto the other first, or mi register them"
             )
-        return b, None, None
+        return b.numpy(), _finite_weights(va, vb, args), None
     ga, gb = Geometry.of_sitk(image_a, args.a), Geometry.of_sitk(image_b, args.b)
     if ga.dim != gb.dim:
         raise CLIError(
@@ -264,10 +269,13 @@ def _b_on_grid_of_a(args, a, image_a, b, image_b) -> tuple:
         )
     names = ga.differences(gb)
     if not names:
-        return b, None, None
+        return b.numpy(), _finite_weights(va, vb, args), None
     d = ga.dim
     identity = torch.eye(d + 1, dtype=torch.float64)
-    warped, weights = warp(torch.from_numpy(b)[None, None], voxel_matrix(identity, ga, gb), ga.shape)
+    valid = None if vb is None else vb[None, None]
+    warped, weights = warp(b[None, None], voxel_matrix(identity, ga, gb), ga.shape, valid)
+    if va is not None:
+        weights = weights * va
     covered = int((weights > 0).sum())
     if covered == 0:
         raise CLIError(
@@ -277,15 +285,27 @@ def _b_on_grid_of_a(args, a, image_a, b, image_b) -> tuple:
         )
     note = (
         f"b resampled onto a's grid in mm (they differ in {', '.join(names)}; linear, as ITK's Resample), "
-        f"scored where b covers a: {covered} of {a.size} voxels (--voxels: the arrays as stored)"
+        f"scored where b covers a: {covered} of {a.numel()} voxels (--voxels: the arrays as stored)"
     )
     return warped[0, 0].numpy(), weights[0, 0].numpy(), note
+
+
+def _finite_weights(va, vb, args):
+    """The voxels finite in both images (1) or not (0), as a numpy array; None when all are.
+    CLIError when none is."""
+    if va is None and vb is None:
+        return None
+    w = va if vb is None else vb if va is None else va * vb
+    if not (w > 0).any():
+        raise CLIError(f"no voxel is finite in both {args.a} and {args.b}: nothing to score")
+    return w.numpy()
 
 
 def cmd_score(args) -> int:
     from .io import read_image_and_grid
 
-    (a, image_a), (b, image_b) = read_image_and_grid(args.a), read_image_and_grid(args.b)
+    (a, image_a), (b, image_b) = (read_image_and_grid(p, allow_nonfinite=True) for p in (args.a, args.b))
+    nonfinite = [(p, int((~np.isfinite(x)).sum()), x.size) for p, x in ((args.a, a), (args.b, b))]
     out = Path(args.out)
     if not args.no_plots and out.exists() and not out.is_dir():
         raise CLIError(f"--out {args.out} is a file, not a folder for the pictures")
@@ -293,6 +313,8 @@ def cmd_score(args) -> int:
     b, weights, note = _b_on_grid_of_a(args, a, image_a, b, image_b)
     kw = dict(num_bins=args.bins, sigma=args.sigma, value_range=args.range)
     mask = None if weights is None else torch.from_numpy(weights)[None, None]
+    finite_a = np.isfinite(a)
+    a = np.where(finite_a, a, np.float32(0.0))
     values = scores(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None], mask=mask, **kw)
     if args.range == "auto":
         rng = "each image's own min..max" + ("" if note is None else " where b covers a")
@@ -302,6 +324,9 @@ def cmd_score(args) -> int:
     print(f"b: {args.b} ({shape_b})")
     if note is not None:
         print(note)
+    for path, count, size in nonfinite:
+        if count:
+            print(f"{path}: {count} of {size} voxels are NaN or Inf: outside the image, left out")
     print(f"soft histograms: {args.bins} bins over {rng}, Gaussian sigma {args.sigma:g} bin widths")
     print()
     _print_table(values, ["a vs b"])
@@ -318,6 +343,7 @@ def cmd_score(args) -> int:
                 sigma=args.sigma,
                 value_range=args.range,
                 title=f"a: {Path(args.a).name}",
+                mask=None if finite_a.all() else finite_a,
             ),
             out / "hist.png",
         )

@@ -13,8 +13,11 @@ DICOM (through SimpleITK's GDCM reader): a folder holding one series, or any one
 series (a ``.dcm``/``.ima`` name, or the ``DICM`` marker that DICOM files carry), which
 reads that file's whole series from its folder; a folder with several series is refused,
 naming them, rather than one of them chosen silently. A one-slice volume (a series, or a
-file of size (X, Y, 1)) is a 2-D image. A float NIfTI file with NaN or Inf voxels is
-refused (SimpleITK's reader would give 0 there; the file's voxels are checked).
+file of size (X, Y, 1)) is a 2-D image. A float NIfTI file's NaN and Inf voxels (SPM and
+resampling tools write NaN where there is no data) are kept as such, read from the file's
+own voxel data: SimpleITK's reader alone gives 0 there. :func:`read_image` refuses them
+unless asked (``allow_nonfinite``); registration and ``mi score`` count them as outside
+the image.
 
 ``.npy``: a 2-D or 3-D real array, values kept. Anything else goes to PIL: colour becomes
 grey, 8-bit is scaled to [0, 1] and 16-bit by 65535; 32-bit integer (signed or unsigned)
@@ -70,6 +73,7 @@ def read_medical(path):
     """A NIfTI / NRRD / MetaImage file, or a DICOM series (a folder or one of its files), as a
     grey 2-D or 3-D ``SimpleITK.Image`` with its geometry (spacing, origin, direction); a 4-D
     file holding one volume gives that volume, a one-slice DICOM series a 2-D image.
+    A float NIfTI file's NaN and Inf voxels are kept (SimpleITK's reader gives 0 there).
     Raises :class:`ImageReadError`."""
     path = Path(path)
     if path.is_dir() or is_dicom(path):
@@ -88,7 +92,7 @@ def read_medical(path):
         except RuntimeError as e:  # ITK's exceptions: keep the first line of the reason
             raise ImageReadError(f"cannot read {path}: {_itk_reason(e)}") from None
         if path.name.lower().endswith((".nii", ".nii.gz")):
-            _check_nifti_finite(path, img)
+            img = _nifti_nonfinite(path, img)
     if img.GetNumberOfComponentsPerPixel() != 1 or "complex" in img.GetPixelIDTypeAsString():
         raise ImageReadError(
             f"{path}: expected a grey image of real values, got {img.GetPixelIDTypeAsString()} with "
@@ -129,41 +133,50 @@ def drop_single_axes(img):
     return img
 
 
-def _check_nifti_finite(path: Path, img) -> None:
-    """Refuse a float NIfTI-1 file with NaN or Inf voxels (statistical maps often have NaN
-    outside the brain): SimpleITK's reader turns them into 0 without a word, which would be
-    scored as background. Read from the file's own voxel data; only when SimpleITK's image
-    has zeros (where NaN would have gone)."""
+def _nifti_nonfinite(path: Path, img):
+    """``img`` (what SimpleITK read from the float NIfTI-1 file ``path``) with the file's NaN
+    and Inf voxels put back: SimpleITK's reader turns them into 0 without a word (statistical
+    maps and resampled images often have NaN where there is no data), which would be scored
+    as background. Read from the file's own voxel data; only when ``img`` has zeros (where
+    NaN would have gone)."""
     sitk = _simpleitk(path)
     if img.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64) or sitk.GetArrayViewFromImage(img).all():
-        return
+        return img
     import gzip
     import struct
 
+    where, values = [], []
     with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
         head = f.read(348)
         order = next(
             (e for e in "<>" if len(head) == 348 and struct.unpack(e + "i", head[:4])[0] == 348), None
         )
         if order is None:  # not NIfTI-1: SimpleITK read it, as it reads it
-            return
+            return img
         dim = struct.unpack(order + "8h", head[40:56])
         dtype = {16: "f4", 64: "f8"}.get(struct.unpack(order + "h", head[70:72])[0])
         if dtype is None:
-            return
+            return img
         f.seek(int(struct.unpack(order + "f", head[108:112])[0]))
-        left = int(np.prod(dim[1 : 1 + max(0, min(dim[0], 7))], dtype=np.int64))
+        total = left = int(np.prod(dim[1 : 1 + max(0, min(dim[0], 7))], dtype=np.int64))
         dtype = np.dtype(order + dtype)
         while left > 0:  # in chunks of 2**22 voxels
             chunk = np.frombuffer(f.read(dtype.itemsize * min(left, 1 << 22)), dtype)
             if chunk.size == 0:
-                return
-            if not np.isfinite(chunk).all():
-                raise ImageReadError(
-                    f"{path}: contains NaN or Inf values (SimpleITK would read them as 0); "
-                    "replace them, e.g. by 0 with a mask of the rest"
-                )
+                break
+            bad = np.flatnonzero(~np.isfinite(chunk))
+            where.append(bad + (total - left))
+            values.append(chunk[bad])
             left -= chunk.size
+    if not any(w.size for w in where):
+        return img
+    a = sitk.GetArrayFromImage(img)
+    if a.size != total:  # (a layout this reading does not know: refuse rather than guess)
+        raise ImageReadError(f"{path}: contains NaN or Inf values (SimpleITK would read them as 0)")
+    a.reshape(-1)[np.concatenate(where)] = np.concatenate(values)
+    out = sitk.GetImageFromArray(a, isVector=False)
+    out.CopyInformation(img)
+    return out
 
 
 def _itk_reason(e: RuntimeError) -> str:
@@ -283,18 +296,19 @@ def is_medical(path) -> bool:
     return path.name.lower().endswith(MEDICAL_SUFFIXES) or path.is_dir() or is_dicom(path)
 
 
-def read_image(path) -> np.ndarray:
+def read_image(path, *, allow_nonfinite: bool = False) -> np.ndarray:
     """A grey image or volume (a file, or a DICOM folder) as float32 (H, W) or (D, H, W);
     see the module's docstring.
 
     Raises :class:`ImageReadError` (a ValueError) with one line naming the file when it is
-    missing, unreadable, empty, holds NaN or Inf or values beyond float32's range, or is not
-    a 2-D or 3-D grey image.
+    missing, unreadable, empty, holds NaN or Inf (unless ``allow_nonfinite``: they are kept,
+    as long as some voxel is finite) or values beyond float32's range, or is not a 2-D or
+    3-D grey image.
     """
-    return read_image_and_grid(path)[0]
+    return read_image_and_grid(path, allow_nonfinite=allow_nonfinite)[0]
 
 
-def read_image_and_grid(path) -> tuple:
+def read_image_and_grid(path, *, allow_nonfinite: bool = False) -> tuple:
     """``(array, image)``: :func:`read_image`'s array and, for the medical formats and DICOM,
     the ``SimpleITK.Image`` it came from (its spacing, origin and direction: where the voxels
     lie in mm); ``image`` is None for PNG/JPEG/TIFF/.npy (voxel space). Raises as
@@ -319,20 +333,28 @@ def read_image_and_grid(path) -> tuple:
     except Exception as e:  # PIL and numpy each raise their own kinds
         detail = str(e).replace(repr(str(path)), "").replace(str(path), "").strip(" :")
         raise ImageReadError(f"cannot read {path}: {detail or type(e).__name__}") from None
-    return as_float32(a, str(path), ImageReadError), image
+    return as_float32(a, str(path), ImageReadError, allow_nonfinite=allow_nonfinite), image
 
 
-def as_float32(a: np.ndarray, what: str, error=ValueError) -> np.ndarray:
+def as_float32(a: np.ndarray, what: str, error=ValueError, *, allow_nonfinite: bool = False) -> np.ndarray:
     """A non-empty real array of finite values as float32, refusing (``error``, naming
     ``what``) what float32 would turn into Inf or into zeros: float64 values beyond its
     range, or all below its normal range (1e-38, with 24 bits to spare); and values that
     float32 would merge, those whose spread is under 2**12 of float32's steps at their
     magnitude when float32 does not hold them exactly (label IDs near 3e9, a signal on an
-    offset of 1e9: a few distinct values, or one, would be left)."""
+    offset of 1e9: a few distinct values, or one, would be left). ``allow_nonfinite``: NaN
+    and Inf are kept (the checks look at the finite values, of which there must be one)."""
     if a.size == 0:
         raise error(f"{what}: an image with no voxels (shape {a.shape})")
-    if not np.isfinite(a).all():
-        raise error(f"{what}: contains NaN or Inf values")
+    finite = np.isfinite(a)
+    if not finite.all():
+        if not allow_nonfinite:
+            raise error(f"{what}: contains NaN or Inf values")
+        if not finite.any():
+            raise error(f"{what}: every voxel is NaN or Inf")
+        f = a.astype(np.float32)
+        as_float32(a[finite], what, error)  # (the checks, on the finite values)
+        return f
     big = float(np.abs(a).max()) if a.dtype.kind == "f" and a.dtype.itemsize > 4 else 1.0
     if big > float(np.finfo(np.float32).max) or 0.0 < big < float(np.finfo(np.float32).tiny) * 2.0**24:
         side = "beyond float32's range" if big > 1.0 else "all below float32's normal range"

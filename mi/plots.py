@@ -83,6 +83,7 @@ def plot_histogram(
     sigma: float = 0.4,
     value_range=(0.0, 1.0),
     title: str = "image",
+    mask=None,
 ) -> Figure:
     """The image beside its soft histogram, with the hard (counting) histogram under it.
 
@@ -90,18 +91,26 @@ def plot_histogram(
     num_bins: bin centres equally spaced from lo to hi (inclusive), as in the seed.
     sigma: the Gaussian kernel's standard deviation in bin widths (converted to
         intensity units for :func:`mi.histogram`).
-    value_range: (lo, hi) or "auto" (the image's min and max).
+    value_range: (lo, hi) or "auto" (the min and max of the voxels counted).
+    mask: None, or the voxels to count (nonzero) of the image's shape; the others are left
+        out of both histograms and drawn blank.
     Both histograms are densities per unit intensity over the same bins.
     """
     a = _as_numpy(image)
     num_bins = _num_bins(num_bins)
-    lo, hi = _range(a, value_range)
+    values = a.reshape(-1)
+    if mask is not None:
+        keep = _as_numpy(mask, "mask") != 0
+        if keep.shape != a.shape or not keep.any():
+            raise ValueError(f"mask must have the image's shape {a.shape} and keep a voxel")
+        values, a = a[keep], np.where(keep, a, np.nan)
+    lo, hi = _range(values, value_range)
     width = (hi - lo) / (num_bins - 1)
     centres = torch.linspace(lo, hi, num_bins)
-    soft = mi.histogram(torch.from_numpy(a).reshape(1, -1), centres, sigma * width)[0]
+    soft = mi.histogram(torch.from_numpy(values)[None], centres, sigma * width)[0]
     soft = soft.double().numpy() / width
     edges = np.linspace(lo - width / 2, hi + width / 2, num_bins + 1)
-    counts, _ = np.histogram(a, bins=edges)
+    counts, _ = np.histogram(values, bins=edges)
     hard = counts / max(counts.sum(), 1) / width
 
     fig = Figure(figsize=(11, 5), layout="constrained")

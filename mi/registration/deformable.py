@@ -35,7 +35,6 @@ from .optim import (
     _check_positive,
     _check_sampling,
     _normalized_points,
-    _pool,
     _Sampler,
     _setup,
     _step_size,
@@ -326,7 +325,7 @@ def register_deformable(
         along each axis, for each of its 7 squarings), and the samples' resampling and loss.
     """
     t_start = time.perf_counter()
-    f, gf, m, gm = read_pair(fixed, moving, device, spacing, moving_spacing)
+    f, gf, m, gm, valid = read_pair(fixed, moving, device, spacing, moving_spacing)
     d = f.ndim - 2
     lr = check_lr(lr, gf)
     gs, bending = check_grid(grid_spacing, bending, gf)
@@ -337,7 +336,9 @@ def register_deformable(
         raise ValueError(f"transform must be one of {DEFORMABLE}, got {transform!r}")
     if not isinstance(refine_grid, bool):
         raise TypeError(f"refine_grid must be a bool, got {type(refine_grid).__name__}")
-    w, wm, loss_fn, gen = _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling)
+    w, wm, loss_fn, gen, pyramid = _setup(
+        f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling, valid
+    )
     levels = _check_levels(levels, gf, gm, iterations, w)
     its = _check_iterations(iterations if iterations is not None else 100, levels)
     if constant_images(f, w, m, wm):  # nothing to register by: no steps
@@ -353,8 +354,7 @@ def register_deformable(
             grid, fine = grid.refined(coef.detach())
             coef = nn.Parameter(fine)
         ff, fm = shrink_factors(gf, level), shrink_factors(gm, level, gf)
-        fl, wl = _pool(f, ff), _pool(w, ff)
-        ml = _pool(torch.cat([m] + ([wm] if wm is not None else []), 1), fm)
+        fl, wl, ml = pyramid(ff, fm)
         # the level's normalised coordinates -> mm, and mm -> the moving level's normalised ones
         phys64 = to_fixed @ torch.linalg.inv(to_normalized(extent(fl.shape[2:], ff)))
         phys = phys64.to(f)

@@ -18,7 +18,7 @@ from ..functional import joint_histogram, mutual_information
 from ..io import MEDICAL_SUFFIXES, ImageReadError, is_dicom, is_medical, read_image
 from .deformable import DEFORMABLE, DeformableResult, DiffeomorphicResult, check_grid, register_deformable
 from .optim import SCORE, RegistrationResult, register
-from .space import as_image, geometry_of, voxel_matrix, warp
+from .space import _sitk, as_image, finite_part, geometry_of, voxel_matrix, warp
 
 
 class RegisterError(ValueError):
@@ -72,14 +72,19 @@ def registration_figure(result: RegistrationResult, fixed, moving):
     from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
 
-    f, m = as_image("fixed", fixed, "cpu")[0], as_image("moving", moving, "cpu")[0]
+    (f, vf), (m, vm) = (
+        finite_part(as_image(n, x, "cpu", nonfinite=True)[0])
+        for n, x in (("fixed", fixed), ("moving", moving))
+    )
     gf, gm = result.fixed_geometry, result.moving_geometry
     eye = torch.eye(result.dim + 1, dtype=torch.float64)
     if isinstance(result, DeformableResult):  # its warp is not a matrix: the result's own image
         after = (result.warped.reshape(f.shape).cpu(), result.overlap.reshape(f.shape).cpu())
     else:
-        after = warp(m, result.matrix, f.shape[2:])
-    before = warp(m, voxel_matrix(eye, gf, gm), f.shape[2:])
+        after = warp(m, result.matrix, f.shape[2:], vm)
+    before = warp(m, voxel_matrix(eye, gf, gm), f.shape[2:], vm)
+    if vf is not None:  # (the fixed image's NaN voxels: outside it)
+        after, before = ((w, o * vf) for w, o in (after, before))
     # each panel's NMI is that of what it draws, over its overlap (result.mi_before is at the
     # start transform, an initial= one or the affine stage's, and both scores count the masks)
     cases = [
@@ -164,8 +169,6 @@ def write_warped(path_stem: Path, result: RegistrationResult, fixed_path: Path, 
         suffix = ".nii.gz" if fixed_path.is_dir() or is_dicom(fixed_path) else _suffix(fixed_path)
         if suffix in (".nhdr", ".mhd"):  # headers with a separate data file: write the one-file form
             suffix = {".nhdr": ".nrrd", ".mhd": ".mha"}[suffix]
-        from .space import _sitk
-
         out = Path(f"{path_stem}{suffix}")
         _sitk().WriteImage(result.warped_image(), str(out))
         return out
@@ -223,6 +226,8 @@ def run_cli(
     * ``<moving>_registration.png``: the before/after picture (:func:`save_figure`).
 
     ``kwargs`` go to :func:`mi.register` (levels, iterations, lr, sampling, masks, ...).
+    NaN and Inf voxels (kept from NIfTI files: :func:`mi.io.read_medical`) are outside their
+    image, as :func:`mi.register` has them; a line says how many there are.
     Returns ``{"warped", "figure", "matrix", "transform" (or None): Path, "result"}``.
     Raises :class:`RegisterError` (a ValueError) for unreadable files.
     """
@@ -238,6 +243,11 @@ def run_cli(
     out, stem = Path(out_dir), moving_path.name.split(".")[0]
     inputs = [fixed_path, moving_path] + [kwargs.get(k) for k in ("mask", "moving_mask", "initial")]
     _check_outputs(out, stem, inputs)  # before the work
+    for path, image in ((fixed_path, fixed), (moving_path, moving)):
+        values = image if isinstance(image, np.ndarray) else _sitk().GetArrayViewFromImage(image)
+        count = int(values.size - np.isfinite(values).sum())
+        if count:
+            print(f"{path}: {count} of {values.size} voxels are NaN or Inf: outside the image")
     if transform in DEFORMABLE:  # an affine stage, then the deformation on top
         spacing, bending = kwargs.pop("grid_spacing", 20.0), kwargs.pop("bending", 1.0)
         check_grid(spacing, bending, geometry_of("fixed", fixed))  # before the affine stage
@@ -251,7 +261,8 @@ def run_cli(
         result = register(fixed, moving, transform=transform, progress=progress, **kwargs)
     print(describe(result))
     out.mkdir(parents=True, exist_ok=True)
-    moving_values = as_image("moving", moving, "cpu")[0]
+    moving_values = as_image("moving", moving, "cpu", nonfinite=True)[0]
+    moving_values = moving_values[torch.isfinite(moving_values)]  # (for the PNG's scale: min..max)
     try:  # SimpleITK's writers raise RuntimeError; numpy's and save_transform OSError
         warped_path = write_warped(out / f"{stem}_registered", result, fixed_path, moving_values)
         matrix_path = out / f"{stem}_matrix.txt"

@@ -7,6 +7,7 @@ MI of the fixed image and the moving image resampled through it. Conventions are
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import operator
@@ -31,6 +32,8 @@ from .space import (
     as_mask,
     center_of_mass,
     extent,
+    finite_part,
+    interpolable,
     matrix_to_theta,
     overlap_weight,
     sample_grid,
@@ -221,22 +224,49 @@ def _positive_int(name: str, v) -> int:
 
 
 def read_pair(fixed, moving, device, spacing, moving_spacing):
-    """(fixed tensor, its geometry, moving tensor, its geometry) of :func:`register`'s inputs,
-    both on the fixed image's device, with the same number of dimensions."""
-    f, gf = as_image("fixed", fixed, device, spacing)
-    m, gm = as_image("moving", moving, f.device, moving_spacing if moving_spacing is not None else spacing)
+    """(fixed tensor, its geometry, moving tensor, its geometry, valid) of :func:`register`'s
+    inputs, both on the fixed image's device, with the same number of dimensions, their NaN
+    and Inf voxels set to 0; ``valid``: (fixed, moving), each 1 at the image's finite voxels
+    and 0 at the others, or None when all are finite (:func:`~mi.registration.space.finite_part`)."""
+    f, gf = as_image("fixed", fixed, device, spacing, nonfinite=True)
+    m, gm = as_image(
+        "moving", moving, f.device, moving_spacing if moving_spacing is not None else spacing, nonfinite=True
+    )
     if f.ndim != m.ndim:
         raise ValueError(
             f"fixed and moving must both be 2-D or both 3-D, got spatial shapes "
             f"{tuple(f.shape[2:])} and {tuple(m.shape[2:])}"
         )
-    return f, gf, m, gm
+    (f, vf), (m, vm) = finite_part(f), finite_part(m)
+    return f, gf, m, gm, (vf, vm)
 
 
-def _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling):
-    """(fixed mask, moving mask, loss function on the images' device, the sampling generator)."""
-    w = as_mask("mask", mask, f, gf)
-    wm = as_mask("moving_mask", moving_mask, m, gm)
+def _with_valid(name: str, mask: Tensor | None, valid: Tensor | None, moving: bool = False) -> Tensor | None:
+    """``mask`` x ``valid`` (either may be None), x ``interpolable(valid)`` if ``moving``."""
+    if valid is None:
+        return mask
+    keep = interpolable(valid) if moving else valid
+    out = keep if mask is None else mask * keep
+    if not (out > 0).any():
+        what = "" if mask is None else " within its mask"
+        raise ValueError(
+            f"{name}: no voxel{what} is finite with finite neighbours ({int((valid == 0).sum())} "
+            "of its voxels are NaN or Inf, which count as outside the image)"
+        )
+    return out
+
+
+def _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling, valid=(None, None)):
+    """(fixed mask, moving mask, loss function on the images' device, the sampling
+    generator, ``pyramid(ff, fm)``: :func:`level_images` of the images at those factors).
+    The masks include ``valid`` (:func:`read_pair`): the fixed image's finite voxels; the
+    moving image's voxels whose neighbours are all finite
+    (:func:`~mi.registration.space.interpolable`: a sample whose interpolation reads a NaN
+    voxel gets weight 0)."""
+    w = _with_valid("fixed", as_mask("mask", mask, f, gf), valid[0])
+    user_wm = as_mask("moving_mask", moving_mask, m, gm)
+    wm = _with_valid("moving", user_wm, valid[1], moving=True)
+    pyramid = functools.partial(level_images, f, w, m, user_wm, valid)
     loss_fn = _make_loss(loss, loss_kwargs, lambda bins: _image_ranges(f, w, m, wm, bins))
     if isinstance(loss_fn, LocalMutualInformationLoss) and sampling is not None:
         raise ValueError(
@@ -249,7 +279,7 @@ def _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
     if not -(2**63) <= seed < 2**64:  # torch.Generator's seeds
         raise ValueError(f"seed must be an int from -2**63 to 2**64 - 1, got {seed}")
-    return w, wm, loss_fn, torch.Generator(device=f.device).manual_seed(int(seed))
+    return w, wm, loss_fn, torch.Generator(device=f.device).manual_seed(int(seed)), pyramid
 
 
 def constant_images(f, w, m, wm) -> list:
@@ -644,6 +674,32 @@ def _pool(x: Tensor | None, factors: tuple) -> Tensor | None:
     return pool(x, k, stride=k)
 
 
+def level_images(f, w, m, wm, valid, ff: tuple, fm: tuple) -> tuple:
+    """A pyramid level's ``(fixed, its weights, moving[ and its weights as a second
+    channel])``: the images and the weights pooled by ``ff`` and ``fm`` (:func:`shrink_factors`).
+    ``w``: the fixed weights (the mask x the finite voxels), ``wm``: the moving mask as
+    given (or None), ``valid``: (fixed, moving) finite voxels or None (:func:`read_pair`).
+
+    With NaN or Inf voxels, a level's voxel is the mean of the finite voxels in its block
+    (0 if there are none), weighted in the fixed image by their share of the block; in the
+    moving image a voxel's weight is 0 unless its neighbours' blocks all hold a finite voxel
+    (:func:`~mi.registration.space.interpolable`), so that no weighted sample's
+    interpolation reads a block without data. At full resolution this is ``w`` and ``wm`` x
+    ``interpolable(valid)``, as :func:`_setup` has them."""
+    fl, wl = _pool(f, ff), _pool(w, ff)
+    vf, vm = valid
+    if vf is not None:
+        share = _pool(vf, ff)
+        fl = torch.where(share > 0, fl / share, 0.0)
+    if vm is None:
+        return fl, wl, _pool(torch.cat([m] + ([wm] if wm is not None else []), 1), fm)
+    share = _pool(vm, fm)
+    weight = interpolable((share > 0).to(share))
+    if wm is not None:
+        weight = weight * _pool(wm, fm)
+    return fl, wl, torch.cat([torch.where(share > 0, _pool(m, fm) / share, 0.0), weight], 1)
+
+
 class _Sampler:
     """The fixed-image voxels of each iteration of one pyramid level (``numel`` voxels),
     among those the fixed mask keeps: a ``fraction`` of them (or a ``count``; "auto":
@@ -840,7 +896,13 @@ def register(
             scaled by ``spacing`` / ``moving_spacing`` if given: one number or one per axis
             (x, y[, z])). Any real dtype (computed in float32: values float32 would merge,
             such as a signal on an offset of 1e9, are refused); the shapes may differ, the
-            number of dimensions may not. A 3-D array is a volume, not (C, H, W).
+            number of dimensions may not. A 3-D array is a volume, not (C, H, W). NaN and
+            Inf voxels (SPM and resampling tools write NaN where there is no data; NIfTI
+            files keep them, :func:`mi.io.read_medical`) are outside the image: fixed ones
+            are never sampled, and a sample whose interpolation reads a moving one, or a
+            voxel next to one, does not count (as NaN would propagate, with a margin of up to
+            a voxel: :func:`~mi.registration.space.interpolable`); coarse levels pool the
+            finite voxels alone. They read as 0 in ``warped``.
         transform: "rigid" (rotation about the fixed image's physical centre + translation,
             rigid in mm) or "affine".
         levels: pyramid levels (1 = full resolution only); an axis is pooled only as far as
@@ -935,12 +997,14 @@ def register(
         raise TypeError(f"transform must be a string, got {type(transform).__name__}")
     if transform not in TRANSFORMS:
         raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
-    f, gf, m, gm = read_pair(fixed, moving, device, spacing, moving_spacing)
+    f, gf, m, gm, valid = read_pair(fixed, moving, device, spacing, moving_spacing)
     lr = check_lr(lr, gf)
     tolerance = _check_positive("tolerance", tolerance, allow_zero=True)
     sampling = _check_sampling(sampling, sampling_strategy)
     d = f.ndim - 2
-    w, wm, loss_fn, gen = _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling)
+    w, wm, loss_fn, gen, pyramid = _setup(
+        f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling, valid
+    )
     levels = _check_levels(levels, gf, gm, iterations, w)
     its = _check_iterations(iterations, levels)
     if constant_images(f, w, m, wm):  # nothing to register by: no steps
@@ -954,8 +1018,7 @@ def register(
     history, ran = [], []
     for level in reversed(range(levels)):  # coarse to fine
         ff, fm = shrink_factors(gf, level), shrink_factors(gm, level, gf)
-        fl, wl = _pool(f, ff), _pool(w, ff)
-        ml = _pool(torch.cat([m] + ([wm] if wm is not None else []), 1), fm)  # moving[, moving mask]
+        fl, wl, ml = pyramid(ff, fm)  # ml: moving[, moving mask]
         nf = to_normalized(extent(fl.shape[2:], ff))
         nm = to_normalized(extent(ml.shape[2:], fm))
         before_fixed, after = nm @ to_moving_inv, to_fixed @ torch.linalg.inv(nf)

@@ -201,14 +201,14 @@ def geometry_of(name: str, x) -> Geometry:
 def read_path(path):
     """A file or a DICOM series (folder or one of its files) -> a SimpleITK image (medical
     formats and DICOM, with their geometry: :func:`mi.io.read_medical`) or a float32 array
-    (PNG/JPEG/.npy: voxel space). Raises :class:`mi.io.ImageReadError` (a ValueError naming
-    the file)."""
+    (PNG/JPEG/.npy: voxel space). NaN and Inf voxels are kept (:func:`as_image` decides).
+    Raises :class:`mi.io.ImageReadError` (a ValueError naming the file)."""
     from ..io import ImageReadError, is_medical, read_image, read_medical
 
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"no such file: {path}")
-    return read_medical(path) if is_medical(path) else read_image(path)
+    return read_medical(path) if is_medical(path) else read_image(path, allow_nonfinite=True)
 
 
 def check_device(device, name: str = "device") -> torch.device:
@@ -235,14 +235,16 @@ def check_device(device, name: str = "device") -> torch.device:
     return dev
 
 
-def as_image(name: str, x, device=None, spacing=None):
+def as_image(name: str, x, device=None, spacing=None, *, nonfinite: bool = False):
     """An image argument -> ((1, 1, *shape) float32 tensor, :class:`Geometry`).
 
     ``x``: a SimpleITK image (its geometry; one of a single slice is 2-D, as files are read:
     :func:`mi.io.drop_single_axes`), a file path or a DICOM folder (:func:`read_path`:
     the geometry of medical formats; PNG/JPEG/.npy are voxel space),
     or a tensor / array (H, W), (D, H, W), (1, 1, H, W) or (1, 1, D, H, W) (voxel space,
-    with ``spacing`` if given). ``spacing`` only applies to tensors and arrays.
+    with ``spacing`` if given). ``spacing`` only applies to tensors and arrays. NaN and Inf
+    voxels: ValueError, or kept if ``nonfinite`` (:func:`finite_part` separates them), as
+    long as one voxel is finite.
     """
     if isinstance(x, (str, Path)):
         x = read_path(x)
@@ -265,18 +267,45 @@ def as_image(name: str, x, device=None, spacing=None):
         geom = identity_geometry(t.shape[2:], spacing)
     dev = check_device(device if device is not None else t.device, "device" if device is not None else name)
     given, t = t, t.detach().to(device=dev, dtype=torch.float32)
-    if not torch.isfinite(t).all():
-        if given.is_floating_point() and torch.isfinite(given).all():
-            raise ValueError(
-                f"{name} has values beyond float32's range (largest magnitude "
-                f"{given.abs().max().item():.3g}), and registration computes in float32: rescale it"
-            )
-        raise ValueError(f"{name} contains NaN or Inf")
+    finite = torch.isfinite(given) if given.is_floating_point() else None
+    if finite is not None and not finite.all():
+        if not nonfinite:
+            raise ValueError(f"{name} contains NaN or Inf")
+        if not finite.any():
+            raise ValueError(f"{name}: every voxel is NaN or Inf (they count as outside the image)")
+        given = given[finite]  # (the checks below: on its finite values)
+    if not torch.isfinite(t if finite is None else t[finite.to(dev)]).all():
+        raise ValueError(
+            f"{name} has values beyond float32's range (largest magnitude "
+            f"{given.abs().max().item():.3g}), and registration computes in float32: rescale it"
+        )
     if given.dtype.itemsize > 4 or given.dtype in (torch.int32, torch.uint32):  # wider than float32
-        reason = float32_merges(given.detach().cpu().numpy(), t.cpu().numpy())
+        reason = float32_merges(given.detach().cpu().numpy(), given.detach().cpu().float().numpy())
         if reason:
             raise ValueError(f"{name}: {reason}")
     return t, geom
+
+
+def finite_part(image: Tensor) -> tuple:
+    """``(image with its NaN and Inf voxels set to 0, valid)``: ``valid`` is 1 at the finite
+    voxels and 0 at the others (float32, ``image``'s shape), or None when all are finite.
+    Registration and ``mi score`` count the others as outside the image (SPM and resampling
+    tools write NaN where there is no data)."""
+    finite = torch.isfinite(image)
+    if bool(finite.all()):
+        return image, None
+    return torch.where(finite, image, 0.0), finite.to(image.dtype)
+
+
+def interpolable(valid: Tensor) -> Tensor:
+    """1 at the voxels of ``valid`` (1, 1, *shape) whose neighbours (3x3 or 3x3x3, the
+    image's edge aside) are all valid, else 0: weights that, resampled (bi/trilinear) with
+    the image, are 0 wherever the interpolation reads an invalid voxel with a nonzero
+    coefficient, where NaN would propagate (the corners of the cell around a point are each
+    other's neighbours), and also where it reads one next to an invalid voxel (a margin of
+    up to one voxel more)."""
+    pool = F.max_pool2d if valid.ndim == 4 else F.max_pool3d
+    return -pool(-valid, 3, stride=1, padding=1)  # (a minimum; the padding never wins)
 
 
 def _from_numpy(x):
@@ -457,7 +486,7 @@ def sample_points(moving: Tensor, points: Tensor, itk: bool = False) -> Tensor:
     return out
 
 
-def warp(moving, matrix, fixed_shape: Sequence[int]):
+def warp(moving, matrix, fixed_shape: Sequence[int], valid: Tensor | None = None):
     """Resample ``moving`` onto a grid of ``fixed_shape`` through the voxel ``matrix``
     (fixed index -> moving index).
 
@@ -465,8 +494,14 @@ def warp(moving, matrix, fixed_shape: Sequence[int]):
     moving(A p)`` (bilinear/trilinear as ITK's ``Resample``: the edge values up to half a
     voxel beyond the edge voxels' centres, 0 further out), ``overlap`` what zero-padded
     resampling of an image of ones gives (1 inside the moving image, 1/2 to 1 over that
-    half voxel), 0 where ``warped`` is (``overlap_weight(..., itk=True)``).
+    half voxel), 0 where ``warped`` is (``overlap_weight(..., itk=True)``). ``valid``: None,
+    or the moving image's finite voxels (1) and the others (0) (:func:`finite_part`), and
+    then ``overlap`` is also 0 where the interpolation reads one of the others
+    (:func:`interpolable`).
     """
     m = moving if isinstance(moving, Tensor) and moving.ndim >= 4 else _as_tensor("moving", moving).float()
     theta = matrix_to_theta(matrix, fixed_shape, m.shape[2:])
-    return sample_grid(m, theta, tuple(fixed_shape))
+    if valid is None:
+        return sample_grid(m, theta, tuple(fixed_shape))
+    out, overlap = sample_grid(torch.cat([m, interpolable(valid.to(m))], 1), theta, tuple(fixed_shape))
+    return out[:, :1], overlap * out[:, 1:]
