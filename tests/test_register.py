@@ -536,9 +536,9 @@ def _bad_cases():
         (dict(levels=2.0), TypeError, "levels"),
         (dict(levels=5), ValueError, "fewer levels"),
         (
-            dict(fixed=torch.rand(3, 32), levels=1),
+            dict(fixed=torch.rand(1, 32), levels=1),
             ValueError,
-            "fixed has 32x3 voxels: .* at least 4 along every axis",
+            "fixed has 32x1 voxels: .* at least 2 along every axis",
         ),
         (
             dict(fixed=torch.full((32, 32), 2e39, dtype=torch.float64)),

@@ -51,7 +51,10 @@ from .transforms import TRANSFORMS, Transform, angle_deg, as_matrix, rotation_pa
 DEFAULT_LOSS = dict(num_bins=32, normalize="studholme", kernel="bspline")
 #: How mi_before / mi_after are measured (independent of the loss used to register).
 SCORE = dict(num_bins=32, normalize="studholme", kernel="bspline")
-MIN_LEVEL_SIZE = 4
+#: Pyramid levels keep at least MIN_LEVEL_SIZE voxels along an axis (:func:`shrink_factors`);
+#: an image needs MIN_SIZE (interpolation between two): a slab of 2 or 3 slices (SPM
+#: resamples to such slabs) is not pooled along them.
+MIN_LEVEL_SIZE, MIN_SIZE = 4, 2
 #: ``levels=None``: at least DEFAULT_LEVELS, and enough that the fixed image's coarsest level
 #: has at most COARSEST_SIZE voxels along every axis (:func:`default_levels`).
 DEFAULT_LEVELS, COARSEST_SIZE = 3, 96
@@ -438,14 +441,15 @@ def _level_voxels(gf: Geometry, level: int, mask: Tensor | None) -> int:
 
 def _check_levels(levels, gf: Geometry, gm: Geometry, iterations=None, mask: Tensor | None = None) -> int:
     """A positive number of pyramid levels, each pooling further than the last, for images of
-    MIN_LEVEL_SIZE voxels per axis or more (``shrink_factors`` keeps that many at every level);
+    MIN_SIZE voxels per axis or more (``shrink_factors`` keeps MIN_LEVEL_SIZE, or all of
+    them, at every level);
     None: as many as ``iterations`` gives counts (one per level), else :func:`default_levels`
     (counting the voxels the fixed ``mask`` keeps)."""
     for name, g in (("fixed", gf), ("moving", gm)):
-        if any(n < MIN_LEVEL_SIZE for n in g.size):
+        if any(n < MIN_SIZE for n in g.size):
             raise ValueError(
                 f"{name} has {'x'.join(map(str, g.size))} voxels: registration needs at least "
-                f"{MIN_LEVEL_SIZE} along every axis"
+                f"{MIN_SIZE} along every axis (one slice: pass it as a 2-D image)"
             )
     given = f"levels={levels}"
     if levels is None:
@@ -906,7 +910,8 @@ def register(
         transform: "rigid" (rotation about the fixed image's physical centre + translation,
             rigid in mm) or "affine".
         levels: pyramid levels (1 = full resolution only); an axis is pooled only as far as
-            it keeps 4 voxels (a slab of 8 slices: 2 along them), and each level must pool
+            it keeps 4 voxels (a slab of 8 slices: 2 along them; one of 2 or 3 slices: none,
+            and fewer than 2 voxels along an axis are refused), and each level must pool
             further than the last. None (the default): as many as ``iterations`` gives
             counts, else :func:`default_levels`: 3, or more while the coarsest level keeps
             over 96 voxels along an axis (4 from 388 voxels, 5 from 776), fewer for images

@@ -90,7 +90,7 @@ class Nodes:
         step, shape = [], []
         for n, c in zip(reversed(voxels), cells.tolist()):
             m = max(2, math.ceil((n - 1) * c * NODES_PER_CELL) + 1)
-            m = min(m, n)  # (n >= 2 voxels: MIN_LEVEL_SIZE)
+            m = min(m, n)  # (n >= 2 voxels: MIN_SIZE)
             step.append((n - 1) / (m - 1))
             shape.append(m)
         return cls(tuple(reversed(shape)), tuple(step))
