@@ -33,6 +33,7 @@ from .space import (
     center_of_mass,
     extent,
     finite_part,
+    has_affine,
     interpolable,
     matrix_to_theta,
     overlap_weight,
@@ -895,12 +896,16 @@ def register(
 
     Args:
         fixed, moving: SimpleITK images, file paths (NIfTI, NRRD, MHA/MHD, a DICOM series
-            folder or one of its files: their geometry is used; PNG/JPEG/.npy: voxel space), or 2-D (H, W) /
-            (1, 1, H, W) or 3-D (D, H, W) / (1, 1, D, H, W) tensors or arrays (voxel space,
-            scaled by ``spacing`` / ``moving_spacing`` if given: one number or one per axis
-            (x, y[, z])). Any real dtype (computed in float32: values float32 would merge,
-            such as a signal on an offset of 1e9, are refused); the shapes may differ, the
-            number of dimensions may not. A 3-D array is a volume, not (C, H, W). NaN and
+            folder or one of its files: their geometry is used; PNG/JPEG/.npy: voxel space),
+            nibabel images or MONAI ``MetaTensor`` objects (voxels (i, j[, k]) and their
+            affine, read as SimpleITK images: :func:`~mi.registration.space.from_affine`;
+            ``warped`` is then in SimpleITK's array order ``[k, j, i]``, and
+            ``warped_image()`` places it), or 2-D (H, W) / (1, 1, H, W) or 3-D (D, H, W) /
+            (1, 1, D, H, W) tensors or arrays (voxel space, scaled by ``spacing`` /
+            ``moving_spacing`` if given: one number or one per axis (x, y[, z]): x is the
+            array's last axis). Any real dtype (computed in float32: values float32 would
+            merge, such as a signal on an offset of 1e9, are refused); the shapes may
+            differ, the number of dimensions may not. A 3-D array is a volume, not (C, H, W). NaN and
             Inf voxels (SPM and resampling tools write NaN where there is no data; NIfTI
             files keep them, :func:`mi.io.read_medical`) are outside the image: fixed ones
             are never sampled, and a sample whose interpolation reads a moving one, or a
@@ -1076,7 +1081,9 @@ def register(
             "it diverged or the start was already the optimum; try a smaller lr or more levels",
             stacklevel=2,
         )
-    out_shape = fixed.shape if isinstance(fixed, (Tensor, np.ndarray)) else f.shape[2:]
+    out_shape = (
+        fixed.shape if isinstance(fixed, (Tensor, np.ndarray)) and not has_affine(fixed) else f.shape[2:]
+    )
     return RegistrationResult(
         physical=physical,
         matrix=voxel,

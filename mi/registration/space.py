@@ -190,9 +190,63 @@ def _is_sitk_image(x) -> bool:
     return type(x).__name__ == "Image" and type(x).__module__.startswith("SimpleITK")
 
 
+def has_affine(x) -> bool:
+    """Whether ``x`` is an image that carries its own index -> world affine: a nibabel image
+    (``.affine`` and ``.dataobj``) or a MONAI ``MetaTensor`` (``.affine`` and ``.meta``)."""
+    return getattr(x, "affine", None) is not None and (hasattr(x, "dataobj") or hasattr(x, "meta"))
+
+
+def from_affine(name: str, x):
+    """A nibabel image or a MONAI ``MetaTensor`` as the SimpleITK image of the same voxels
+    and geometry. Both hold their voxels with the index axes (i, j[, k]) first and an affine
+    from those indices to world mm, RAS for nibabel and for MONAI unless its
+    ``meta["space"]`` says LPS; SimpleITK holds ``[k, j, i]`` and LPS, so the voxels are
+    transposed and x and y negated. Axes of one voxel beyond the affine's (nibabel's 4-D
+    file of one volume) and before them (MONAI's channel, a batch of one) are dropped; a
+    batch of affines must hold one. ValueError for what else would have to be guessed."""
+    affine = x.affine
+    if isinstance(affine, Tensor):
+        affine = affine.detach().cpu().as_subclass(Tensor).double().numpy()
+    affine = np.array(affine, dtype=np.float64)
+    if affine.ndim == 3 and affine.shape[0] == 1:  # (a MONAI batch of one)
+        affine = affine[0]
+    d = affine.shape[0] - 1
+    if affine.ndim != 2 or affine.shape != (d + 1, d + 1) or d not in (2, 3):
+        raise ValueError(f"{name}: expected a 3x3 or 4x4 affine, got shape {affine.shape}")
+    if isinstance(x, Tensor):  # MONAI: channel (and batch) first
+        a = x.detach().cpu().as_subclass(Tensor).numpy()
+        space = str(x.meta.get("space", "RAS")).upper()
+        extra, spatial = a.shape[: a.ndim - d], a.shape[a.ndim - d :]
+    else:  # nibabel: the data's scaling applied (scl_slope), trailing axes of one voxel
+        a = np.asanyarray(x.dataobj)
+        space = "RAS"
+        extra, spatial = a.shape[d:], a.shape[:d]
+    if a.ndim < d or any(n != 1 for n in extra):
+        raise ValueError(f"{name}: expected one {d}-D image (the affine's), got voxels of shape {a.shape}")
+    if space not in ("RAS", "LPS"):
+        raise ValueError(f"{name}: its space is {space!r}: expected RAS or LPS")
+    a = a.reshape(spatial)
+    if space == "RAS":  # -> LPS
+        affine = np.diag([-1.0, -1.0] + [1.0] * (d - 1)) @ affine
+    linear = affine[:d, :d]
+    spacing = np.linalg.norm(linear, axis=0)
+    if not (np.isfinite(affine).all() and (spacing > 0).all()):
+        raise ValueError(f"{name}: its affine has a zero or non-finite column: {affine.tolist()}")
+    if a.dtype.kind not in "iuf" or a.dtype == np.float16:  # (bool: as 0 and 1)
+        a = a.astype(np.float32)
+    a = a.astype(a.dtype.newbyteorder("="), copy=False)  # (NIfTI files may be big-endian)
+    img = _sitk().GetImageFromArray(np.ascontiguousarray(a.transpose()))
+    img.SetSpacing(tuple(spacing.tolist()))
+    img.SetOrigin(tuple(affine[:d, d].tolist()))
+    img.SetDirection(tuple((linear / spacing).reshape(-1).tolist()))
+    return img
+
+
 def geometry_of(name: str, x) -> Geometry:
     """The :class:`Geometry` of what :func:`read_path` returns (a SimpleITK image: its own;
     an array: voxel space), without converting its voxels as :func:`as_image` does."""
+    if has_affine(x):
+        x = from_affine(name, x)
     if _is_sitk_image(x):
         return Geometry.of_sitk(x, name)
     return identity_geometry(_as_tensor(name, x).shape[2:])
@@ -240,14 +294,16 @@ def as_image(name: str, x, device=None, spacing=None, *, nonfinite: bool = False
 
     ``x``: a SimpleITK image (its geometry; one of a single slice is 2-D, as files are read:
     :func:`mi.io.drop_single_axes`), a file path or a DICOM folder (:func:`read_path`:
-    the geometry of medical formats; PNG/JPEG/.npy are voxel space),
-    or a tensor / array (H, W), (D, H, W), (1, 1, H, W) or (1, 1, D, H, W) (voxel space,
-    with ``spacing`` if given). ``spacing`` only applies to tensors and arrays. NaN and Inf
-    voxels: ValueError, or kept if ``nonfinite`` (:func:`finite_part` separates them), as
-    long as one voxel is finite.
+    the geometry of medical formats; PNG/JPEG/.npy are voxel space), a nibabel image or a
+    MONAI ``MetaTensor`` (their affine: :func:`from_affine`), or a tensor / array (H, W),
+    (D, H, W), (1, 1, H, W) or (1, 1, D, H, W) (voxel space, with ``spacing`` if given).
+    ``spacing`` only applies to tensors and arrays. NaN and Inf voxels: ValueError, or kept
+    if ``nonfinite`` (:func:`finite_part` separates them), as long as one voxel is finite.
     """
     if isinstance(x, (str, Path)):
         x = read_path(x)
+    if has_affine(x):
+        x = from_affine(name, x)
     if _is_sitk_image(x):
         if spacing is not None:
             raise ValueError(f"spacing= is for tensors and arrays; {name} is an image with its own geometry")
@@ -344,7 +400,7 @@ def as_mask(name: str, mask, image: Tensor, geom: Geometry) -> Tensor | None:
     None."""
     if mask is None:
         return None
-    if isinstance(mask, (str, Path)) or _is_sitk_image(mask):
+    if isinstance(mask, (str, Path)) or _is_sitk_image(mask) or has_affine(mask):
         m, g = as_image(name, mask, image.device)
         if g.dim != geom.dim:
             raise ValueError(
