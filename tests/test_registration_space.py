@@ -977,3 +977,35 @@ def test_registering_nibabel_images_equals_registering_their_files(tmp_path, pai
     )
     torch.testing.assert_close(got.physical, want.physical, rtol=0, atol=1e-4)
     assert got.warped.shape == want.warped.shape == tuple(reversed(fixed.GetSize()))
+
+
+@pytest.mark.filterwarnings("ignore:the registration has not converged")  # (short schedules)
+def test_monai_loads_of_2d_pictures_are_2d_images(tmp_path):
+    """MONAI's LoadImage gives a PNG as (W, H) under a 4x4 affine (channel first: (1, W, H)):
+    the 2-D image of the picture's pixels (its rank from meta["spatial_shape"]), and
+    registering two of them finds the voxel transform that registering the arrays finds."""
+    pytest.importorskip("monai")
+    from monai.transforms import EnsureChannelFirst, LoadImage
+    from PIL import Image
+
+    from mi.registration import demo_pair
+    from mi.registration.space import from_affine
+
+    f, m, _ = demo_pair((72, 64))
+    paths = []
+    for name, a in (("f.png", f), ("m.png", m)):
+        paths.append(tmp_path / name)
+        Image.fromarray(np.round(a.numpy() * 255).astype(np.uint8)).save(paths[-1])
+    pixels = [np.asarray(Image.open(p)) for p in paths]
+    loaded = [LoadImage(image_only=True)(str(p)) for p in paths]
+    assert tuple(loaded[0].shape) == (64, 72) and tuple(loaded[0].affine.shape) == (4, 4)
+    for x in (loaded[0], EnsureChannelFirst()(loaded[0])):
+        img = from_affine("png", x)
+        assert img.GetDimension() == 2 and img.GetSize() == (64, 72)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(img), pixels[0])
+    kw = dict(levels=2, iterations=(30, 15), progress=False)
+    want = register(pixels[0], pixels[1], **kw)
+    got = register(*loaded, **kw)
+    print(f"largest difference of the voxel matrices: {(got.matrix - want.matrix).abs().max():.2e}")
+    torch.testing.assert_close(got.matrix, want.matrix, rtol=0, atol=1e-4)  # measured 0 (2026-12-02)
+    assert got.warped.shape == (72, 64)

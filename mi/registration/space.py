@@ -203,7 +203,10 @@ def from_affine(name: str, x):
     ``meta["space"]`` says LPS; SimpleITK holds ``[k, j, i]`` and LPS, so the voxels are
     transposed and x and y negated. Axes of one voxel beyond the affine's (nibabel's 4-D
     file of one volume) and before them (MONAI's channel, a batch of one) are dropped; a
-    batch of affines must hold one. ValueError for what else would have to be guessed."""
+    batch of affines must hold one. A MetaTensor's rank is that of its
+    ``meta["spatial_shape"]`` (a PNG's: 2, under MONAI's 4x4 affine), else its affine's; an
+    image of one slice is 2-D, as files are read (:func:`mi.io.drop_single_axes`).
+    ValueError for what else would have to be guessed."""
     affine = x.affine
     if isinstance(affine, Tensor):
         affine = affine.detach().cpu().as_subclass(Tensor).double().numpy()
@@ -216,16 +219,18 @@ def from_affine(name: str, x):
     if isinstance(x, Tensor):  # MONAI: channel (and batch) first
         a = x.detach().cpu().as_subclass(Tensor).numpy()
         space = str(x.meta.get("space", "RAS")).upper()
-        extra, spatial = a.shape[: a.ndim - d], a.shape[a.ndim - d :]
+        # (MONAI's affine is 4x4 for a 2-D image too; its readers record the image's rank)
+        rank = min(len(x.meta.get("spatial_shape", ())) or d, d)
+        extra, spatial = a.shape[: max(a.ndim - rank, 0)], a.shape[max(a.ndim - rank, 0) :]
     else:  # nibabel: the data's scaling applied (scl_slope), trailing axes of one voxel
         a = np.asanyarray(x.dataobj)
-        space = "RAS"
-        extra, spatial = a.shape[d:], a.shape[:d]
-    if a.ndim < d or any(n != 1 for n in extra):
-        raise ValueError(f"{name}: expected one {d}-D image (the affine's), got voxels of shape {a.shape}")
+        space, rank = "RAS", min(a.ndim, d)
+        extra, spatial = a.shape[rank:], a.shape[:rank]
+    if a.ndim < rank or any(n != 1 for n in extra):
+        raise ValueError(f"{name}: expected one {rank}-D image (the affine's), got voxels of shape {a.shape}")
     if space not in ("RAS", "LPS"):
         raise ValueError(f"{name}: its space is {space!r}: expected RAS or LPS")
-    a = a.reshape(spatial)
+    a = a.reshape(tuple(spatial) + (1,) * (d - rank))  # (a 2-D image: one slice of the affine's 3-D)
     if space == "RAS":  # -> LPS
         affine = np.diag([-1.0, -1.0] + [1.0] * (d - 1)) @ affine
     linear = affine[:d, :d]
@@ -239,7 +244,10 @@ def from_affine(name: str, x):
     img.SetSpacing(tuple(spacing.tolist()))
     img.SetOrigin(tuple(affine[:d, d].tolist()))
     img.SetDirection(tuple((linear / spacing).reshape(-1).tolist()))
-    return img
+    try:
+        return drop_single_axes(img)  # (one slice: 2-D, as files are read)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
 
 
 def geometry_of(name: str, x) -> Geometry:
