@@ -259,3 +259,34 @@ def test_nibabels_spm_images_register_to_the_transform_that_made_them(name, boun
     err = mean_error_mm(to_sitk(r.physical), to_sitk(torch.from_numpy(true)), fixed)
     print(f"{name}: {err:.3f} mm mean error")
     assert err < bound
+
+
+@pytest.mark.filterwarnings("ignore:the registration has not converged")  # (short schedules)
+@pytest.mark.parametrize("transform", ["bspline", "diffeomorphic"])
+def test_deformable_registration_leaves_nan_out(transform):
+    """register_deformable with NaN in both images: wherever the result weighs a voxel
+    (``overlap`` > 0, the fixed image finite there), SimpleITK's Resample of the moving image
+    with its NaN through the exported transform is finite and equals ``warped``."""
+    from mi.registration import demo_pair, register_deformable
+
+    f, m, _ = demo_pair((64, 56))
+    m = m.clone()
+    m[:, :12] = float("nan")
+    m[30:34, 30:33] = float("nan")
+    f = f.clone()
+    f[:6] = float("nan")
+    images = []
+    for a in (f, m):
+        img = sitk.GetImageFromArray(a.numpy())
+        img.SetSpacing((0.9, 1.1))
+        images.append(img)
+    r = register_deformable(*images, transform=transform, grid_spacing=12.0, iterations=8, progress=False)
+    assert np.isfinite(r.mi_before) and np.isfinite(r.mi_after)
+    theirs = sitk.GetArrayFromImage(
+        sitk.Resample(images[1], images[0], r.sitk_transform(), sitk.sitkLinear, 0.0)
+    )
+    weighed = (r.overlap > 0).numpy() & np.isfinite(f.numpy())
+    assert 0.5 < weighed.mean() < 0.95
+    assert np.isfinite(theirs[weighed]).all()
+    np.testing.assert_allclose(r.warped.numpy()[weighed], theirs[weighed], rtol=0, atol=1e-4)
+    assert torch.isfinite(r.warped).all()
