@@ -440,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="S",
             help="Gaussian kernel std in bin widths (default 0.4, as the seed)",
         )
-        p.add_argument("--out", default="out", metavar="DIR", help=f"{out_help} (default ./out/)")
+        p.add_argument("-o", "--out", default="out", metavar="DIR", help=f"{out_help} (default ./out/)")
 
     demo = sub.add_parser(
         "demo",

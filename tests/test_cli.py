@@ -102,7 +102,7 @@ def _decode(path: Path) -> np.ndarray:
 
 def test_score_two_pngs(images, tmp_path, capsys):
     out_dir = tmp_path / "pics"
-    assert main(["score", str(images["a"]), str(images["b"]), "--bins", "32", "--out", str(out_dir)]) == 0
+    assert main(["score", str(images["a"]), str(images["b"]), "--bins", "32", "-o", str(out_dir)]) == 0
     out = capsys.readouterr().out
     want = _table_against_library(out, _decode(images["a"]), _decode(images["b"]), 0, num_bins=32, sigma=0.4)
     related = _score(out)

@@ -775,15 +775,35 @@ def _step_size(lr0: float, it: int, n: int, final: float) -> float:
 
 
 def _score(fixed, moving, voxel, weights, moving_mask):
-    """(Studholme NMI over overlap x masks, warped) at full resolution, every voxel."""
+    """(Studholme NMI over overlap x masks, warped, covered) at full resolution, every voxel;
+    ``covered`` is the fraction of the fixed image (its ``weights``) that maps into the
+    moving image."""
     theta = matrix_to_theta(voxel, fixed.shape[2:], moving.shape[2:])
     stack = [moving] + ([moving_mask] if moving_mask is not None else [])
     out, w = sample_grid(torch.cat(stack, 1), theta, fixed.shape[2:])
+    total = w.numel()
     if weights is not None:
-        w = w * weights
+        w, total = w * weights, weights.sum()
+    covered = float(w.sum() / total)
     if moving_mask is not None:
         w = w * out[:, 1:2]
-    return mutual_information(fixed, out[:, :1], mask=w, **SCORE).item(), out[:, :1]
+    return mutual_information(fixed, out[:, :1], mask=w, **SCORE).item(), out[:, :1], covered
+
+
+def _warn_small_overlap(covered: float, voxel: Tensor, fixed_shape, moving_shape) -> None:
+    """Warn when the result maps less than ``MIN_INITIAL_OVERLAP`` of the fixed image into
+    the moving image, unless half the moving image lies within the fixed one (a slab): NMI
+    over a small overlap can exceed that of the true alignment (a corner of one image on a
+    corner of the other: a handful of voxels, nearly one-to-one)."""
+    theta = matrix_to_theta(voxel, fixed_shape, moving_shape)
+    if covered < MIN_INITIAL_OVERLAP and _inside_fraction(theta, fixed_shape, moving_shape) < 0.5:
+        warnings.warn(
+            f"the result maps only {100 * covered:.1f} % of the fixed image into the moving "
+            "image: MI over so small an overlap is no evidence of alignment (a start that far "
+            "off: try initial='geometry' or 'moments', or a transform; a step too large: a "
+            "smaller lr)",
+            stacklevel=3,
+        )
 
 
 def _level_step(fl, wl, ml, moving_mask: bool, loss_fn):
@@ -968,7 +988,9 @@ def register(
             images' physical positions are unrelated (other scanners, other subjects).
             ValueError when the start maps no fixed voxel into the moving image; a warning
             when less than ``MIN_INITIAL_OVERLAP`` (10 %) does, unless half the moving image
-            lies within the fixed one (a slab, a smaller field of view).
+            lies within the fixed one (a slab, a smaller field of view); the same warning
+            when the result covers that little (NMI over a corner of each image can beat the
+            true alignment's).
         mask, moving_mask: optional weights (bool or non-negative float) on the fixed and
             the moving image: tensors/arrays of that image's shape, or SimpleITK images /
             files on its grid. Fixed voxels outside ``mask`` are never sampled; samples that
@@ -1073,8 +1095,9 @@ def register(
     with torch.no_grad():
         physical = model().detach()
         voxel = voxel_matrix(physical, gf, gm)
-        mi_before, _ = _score(f, m, voxel_matrix(init, gf, gm), w, wm)
-        mi_after, warped = _score(f, m, voxel, w, wm)
+        mi_before, *_ = _score(f, m, voxel_matrix(init, gf, gm), w, wm)
+        mi_after, warped, covered = _score(f, m, voxel, w, wm)
+    _warn_small_overlap(covered, voxel, f.shape[2:], m.shape[2:])
     if mi_after < mi_before - DIVERGED:
         warnings.warn(
             f"the registration ended below its start (normalised MI {mi_after:.4f} < {mi_before:.4f}): "
