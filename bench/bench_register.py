@@ -18,6 +18,8 @@ Cases (known rigid transforms, a second "modality"):
     fine35 (capture range): the MNI T1 resampled (linear) onto a 0.5x0.5x3 mm grid of
         394x466x63 voxels centred on it (a clinical in-plane resolution) against the 1 mm
         T2-like contrast rotated 35 degrees about z and shifted (10, -8, 6) mm.
+    spikes (outliers): the brain pair with 0.01 % of each image's voxels (seeded) at 20
+        times its maximum (hot pixels, metal, spikes); errors over the clean T1's brain.
 
 Methods:
     mi: ``mi.register(fixed, moving, transform="rigid")`` with its defaults (3 levels,
@@ -27,6 +29,9 @@ Methods:
         that), on ``--device`` (on CUDA each level is replayed from a CUDA graph:
         ``graph=None``).
     mi-eager: the same with ``graph=False`` (on CUDA: every kernel launched from Python).
+    mi winsorize=None: the same with every intensity as it is (min..max bins, as ITK's
+        metrics), the default before ``winsorize`` (each image clamped to its 0.5 and 99.5
+        percentiles for the loss, as ANTs' scripts).
     mi 3 levels (photo25, fine35): the same with ``levels=3``, the default before
         ``default_levels``: its steps reach about 170 of the finest voxels.
     SimpleITK: ImageRegistrationMethod, Mattes MI (32 bins on the physical cases, 50 on the
@@ -130,6 +135,26 @@ def _fine35():
     return fixed, _moved(brain.brain_contrast2(), true, sitk), from_sitk(true, 3)
 
 
+def _spiked(image, seed, fraction=1e-4, factor=20.0):
+    """``image`` with ``fraction`` of its voxels (seeded) at ``factor`` times its maximum."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    a = sitk.GetArrayFromImage(image)
+    a.flat[np.random.default_rng(seed).choice(a.size, int(fraction * a.size), replace=False)] = (
+        factor * a.max()
+    )
+    out = sitk.GetImageFromArray(a)
+    out.CopyInformation(image)
+    return out
+
+
+def _spikes():
+    """(fixed, moving, true, the clean fixed image: where the error is measured)."""
+    fixed, moving, true = _brain()
+    return _spiked(fixed, 1), _spiked(moving, 2), true, fixed
+
+
 CASES = {
     "2d": demo_pair,
     "3d": demo_volume_pair,
@@ -137,8 +162,9 @@ CASES = {
     "brain3mm": lambda: _brain(3.0),
     "photo25": _photo25,
     "fine35": _fine35,
+    "spikes": _spikes,
 }
-PHYSICAL = {"brain", "brain3mm", "photo25", "fine35"}
+PHYSICAL = {"brain", "brain3mm", "photo25", "fine35", "spikes"}
 CAPTURE = {"photo25", "fine35"}  # (large images: 4 default levels)
 
 
@@ -225,6 +251,7 @@ def _ants(kind):
 METHODS = {
     "mi": _mi(None),
     "mi-eager": _mi(False),
+    "mi winsorize=None": _mi(None, winsorize=None),
     "mi 3 levels": _mi(None, levels=3),  # (the capture cases only: the others default to 3)
     "SimpleITK": run_sitk,
     "ANTsPy Rigid": _ants("Rigid"),
@@ -249,7 +276,8 @@ def main(argv=None):
             METHODS[method](f0, m0, False)
     rows = []
     for case in args.cases.split(","):
-        fixed, moving, true = CASES[case]()
+        fixed, moving, true, *clean = CASES[case]()
+        reference = clean[0] if clean else fixed  # (the error's brain voxels)
         physical_case = case in PHYSICAL
         f, gf = as_image("fixed", fixed)
         for method in args.methods.split(","):
@@ -272,7 +300,7 @@ def main(argv=None):
             if physical_case:
                 from mi.registration import brain
 
-                row["mean_err_mm"] = f"{brain.mean_error_mm(to_sitk(physical), to_sitk(true), fixed):.3f}"
+                row["mean_err_mm"] = f"{brain.mean_error_mm(to_sitk(physical), to_sitk(true), reference):.3f}"
             # (both on the fixed grid's indices: for the demos physical = voxel coordinates)
             ang, cen, cor = transform_error(
                 voxel_matrix(physical, gf, gf), voxel_matrix(true, gf, gf), gf.shape

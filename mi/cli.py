@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 import mi
-from mi.registration.optim import DEFAULT_SAMPLING, DEFAULT_TOLERANCE
+from mi.registration.optim import DEFAULT_SAMPLING, DEFAULT_TOLERANCE, WINSORIZE
 
 __all__ = ["main"]
 
@@ -370,6 +370,19 @@ def _fraction_or_count(text: str):
         ) from None
 
 
+def _quantiles(text: str):
+    """--winsorize: "LO,HI" (quantiles) or "none"."""
+    if text.lower() == "none":
+        return None
+    try:
+        lo, hi = (float(q) for q in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected LO,HI (quantiles, e.g. 0.005,0.995) or none, got {text!r}"
+        ) from None
+    return lo, hi
+
+
 def cmd_register(args) -> int:
     from PIL import Image
 
@@ -378,6 +391,7 @@ def cmd_register(args) -> int:
     its = args.iterations[0] if args.iterations is not None and len(args.iterations) == 1 else args.iterations
     kw = dict(levels=args.levels, iterations=its, lr=args.lr, progress=not args.quiet, num_bins=args.bins)
     kw.update(sampling=args.sampling, sampling_strategy=args.strategy, tolerance=args.tolerance)
+    kw.update(winsorize=args.winsorize)
     if args.fixed is not None:
         kw.update(mask=args.mask, moving_mask=args.moving_mask, initial=args.initial)
     if args.transform in ("bspline", "diffeomorphic"):
@@ -567,6 +581,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reg.add_argument(
         "--tolerance", type=float, default=DEFAULT_TOLERANCE, help="convergence test per level (0: off)"
+    )
+    reg.add_argument(
+        "--winsorize",
+        type=_quantiles,
+        default=WINSORIZE,
+        metavar="LO,HI|none",
+        help="the loss sees each image's intensities clamped to these quantiles (within its mask; "
+        f"default {WINSORIZE[0]},{WINSORIZE[1]}, as ANTs' scripts: a few extreme voxels no longer "
+        "squeeze the anatomy into a few bins); none: every intensity as it is (ITK's metrics)",
     )
     reg.add_argument("--mask", metavar="FILE", help="fixed-image mask (its grid)")
     reg.add_argument("--moving-mask", metavar="FILE", help="moving-image mask (its grid)")

@@ -189,6 +189,10 @@ def test_usage_errors(capsys):
     assert main([]) == 2
     assert main(["score", "a.png", "b.png", "--range", "1,0"]) == 2
     assert "lo < hi" in capsys.readouterr().err
+    assert main(["register", "--winsorize", "0.9"]) == 2
+    assert "expected LO,HI (quantiles, e.g. 0.005,0.995) or none, got '0.9'" in capsys.readouterr().err
+    assert main(["register", "--winsorize", "0.9,0.1", "--quiet", "--iterations", "1"]) == 2
+    assert "winsorize must be quantiles with 0 <= lo < hi <= 1, got (0.9, 0.1)" in capsys.readouterr().err
 
 
 def test_python_dash_m_help():
@@ -241,6 +245,24 @@ def test_register_demo_pair(tmp_path, capsys):
     assert angle < 0.5 and centre < 0.5 and corner < 0.5
     for name in ("demo_moving_registered.png", "demo_moving_registration.png", "demo_moving_matrix.txt"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_register_passes_winsorize_on(tmp_path, monkeypatch):
+    """``--winsorize`` reaches mi.register: none -> None, LO,HI -> the pair, default WINSORIZE."""
+    import mi.registration.io as io
+    from mi.registration.optim import WINSORIZE
+
+    seen, register = [], io.register
+    monkeypatch.setattr(io, "register", lambda *a, **k: seen.append(k["winsorize"]) or register(*a, **k))
+    images = [_write_png(tmp_path / n, photo((48, 40)) / 255.0) for n in ("f.png", "m.png")]
+    quick = ["register", *map(str, images), "-o", str(tmp_path / "out"), "--quiet", "--iterations", "2"]
+    for option, want in (
+        ([], WINSORIZE),
+        (["--winsorize", "none"], None),
+        (["--winsorize", "0.01,0.99"], (0.01, 0.99)),
+    ):
+        assert main(quick + option) == 0
+        assert seen[-1] == want
 
 
 def test_register_needs_both_files(tmp_path, capsys):

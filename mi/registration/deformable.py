@@ -30,6 +30,7 @@ from .optim import (
     DIVERGED,
     FINAL_STEP_DENSE,
     FINAL_STEP_SAMPLED,
+    WINSORIZE,
     _check_iterations,
     _check_levels,
     _check_positive,
@@ -269,6 +270,7 @@ def register_deformable(
     moving_spacing=None,
     sampling="auto",
     sampling_strategy: str = "random",
+    winsorize=WINSORIZE,
     seed: int = 0,
     device=None,
     progress: bool = True,
@@ -279,7 +281,7 @@ def register_deformable(
 
     Args:
         fixed, moving, mask, moving_mask, spacing, moving_spacing, sampling,
-            sampling_strategy, seed, device, progress, loss, **loss_kwargs: as in
+            sampling_strategy, winsorize, seed, device, progress, loss, **loss_kwargs: as in
             :func:`mi.registration.register` (the same pyramid, sampling and loss). Local MI
             (``loss=mi.LocalMutualInformationLoss(patch_size=...)``) needs ``sampling=None``:
             the images then keep their shape at every level and the patches are cut from it.
@@ -336,12 +338,12 @@ def register_deformable(
         raise ValueError(f"transform must be one of {DEFORMABLE}, got {transform!r}")
     if not isinstance(refine_grid, bool):
         raise TypeError(f"refine_grid must be a bool, got {type(refine_grid).__name__}")
-    w, wm, loss_fn, gen, pyramid = _setup(
-        f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling, valid
+    w, wm, loss_fn, gen, pyramid, (fs, ms) = _setup(
+        f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling, valid, winsorize
     )
     levels = _check_levels(levels, gf, gm, iterations, w)
     its = _check_iterations(iterations if iterations is not None else 100, levels)
-    if constant_images(f, w, m, wm):  # nothing to register by: no steps
+    if constant_images(fs, w, ms, wm):  # nothing to register by: no steps
         its = (0,) * levels
     affine = initial_transform(initial, "affine", f, gf, m, gm, w, wm)
     coarsest = 2 ** (levels - 1) if refine_grid else 1
@@ -419,8 +421,10 @@ def register_deformable(
     if transform == "diffeomorphic":  # level 0 is the fixed image's own grid
         result = _diffeomorphic_result(result, velocity, coef.detach())
     with torch.no_grad():
-        result.warped, result.overlap, result.mi_after = _warp_and_score(result, f, m, w, wm, deform=True)
-        *_, result.mi_before = _warp_and_score(result, f, m, w, wm, deform=False)
+        result.warped, result.overlap, result.mi_after = _warp_and_score(
+            result, fs, ms, w, wm, deform=True, output=m
+        )
+        *_, result.mi_before = _warp_and_score(result, fs, ms, w, wm, deform=False)
     if result.mi_after < result.mi_before - DIVERGED:  # (as register's)
         warnings.warn(
             f"the deformable stage ended below its start (normalised MI {result.mi_after:.4f} < "
@@ -458,11 +462,11 @@ def check_grid(grid_spacing, bending, gf: Geometry) -> tuple:
     return gs, _check_positive("bending", bending, allow_zero=True)
 
 
-def _warp_and_score(result: DeformableResult, f, m, w, wm, deform: bool):
-    """(warped moving on the fixed grid (ITK's resampling: 0 beyond the moving image), its
-    weights without the fixed mask, Studholme NMI over them x the fixed mask), full
-    resolution. The weights are the affine stage's overlap (as the loss's) x the moving mask
-    at the deformed points."""
+def _warp_and_score(result: DeformableResult, f, m, w, wm, deform: bool, output=None):
+    """(warped ``output`` (default: ``m``; the image before ``winsorized``) on the fixed grid
+    (ITK's resampling: 0 beyond the moving image), its weights without the fixed mask,
+    Studholme NMI of f and m over them x the fixed mask), full resolution. The weights are
+    the affine stage's overlap (as the loss's) x the moving mask at the deformed points."""
     from ..functional import mutual_information
     from .optim import SCORE
 
@@ -471,8 +475,9 @@ def _warp_and_score(result: DeformableResult, f, m, w, wm, deform: bool):
     to_grid = (to_normalized(extent(gm.shape)) @ torch.linalg.inv(gm.index_to_physical()) @ result.affine).to(
         f
     )
-    stack = torch.cat([m] + ([wm] if wm is not None else []), 1)
-    vals, ovl = [], []
+    extra = [] if output is None or output is m else [output]
+    stack = torch.cat([m] + extra + ([wm] if wm is not None else []), 1)
+    vals, outs, ovl = [], [], []
     u = result._fixed_field(f.dtype, f.device) if deform else None
     for lo, p in _voxel_points(gf, f.dtype, f.device):
         start = p @ to_grid[:d, :d].T + to_grid[:d, d]  # the affine stage's point
@@ -480,15 +485,16 @@ def _warp_and_score(result: DeformableResult, f, m, w, wm, deform: bool):
         out = sample_points(stack, coords, itk=True)
         o = overlap_weight(start, gm.shape, itk=True)  # (the loss's weights)
         if wm is not None:
-            o = o * out[0, 1]
+            o = o * out[0, -1]
         vals.append(out[0, 0])
+        outs.append(out[0, len(extra)])
         ovl.append(o)
-    warped = torch.cat(vals).reshape(1, 1, *gf.shape)
+    scored = torch.cat(vals).reshape(1, 1, *gf.shape)
     weight = torch.cat(ovl).reshape(1, 1, *gf.shape)
     if w is not None:
         weight = weight * w
-    score = mutual_information(f, warped, mask=weight, **SCORE).item()
-    return warped.reshape(gf.shape), torch.cat(ovl).reshape(gf.shape), score
+    score = mutual_information(f, scored, mask=weight, **SCORE).item()
+    return torch.cat(outs).reshape(gf.shape), torch.cat(ovl).reshape(gf.shape), score
 
 
 __all__ = ["register_deformable", "DeformableResult", "DiffeomorphicResult", "DEFORMABLE"]

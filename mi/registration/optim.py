@@ -112,6 +112,14 @@ INITIAL_CENTRES = ("geometry", "moments")
 #: transform (coarsest level), :func:`register` warns: MI sees only that part, and a start
 #: that far off usually ends in a wrong optimum. No overlap at all raises.
 MIN_INITIAL_OVERLAP = 0.1
+#: The default ``winsorize`` of :func:`register`: the loss sees each image clamped to these
+#: quantiles of its intensities (within its mask), as ANTs' registration scripts do
+#: (``--winsorize-image-intensities [0.005,0.995]``). A few voxels far beyond the rest (hot
+#: pixels, metal in CT, spikes) otherwise stretch the bins' range so that the anatomy falls
+#: into a few bins: 0.01 % of the 2 mm MNI pair's voxels at 20 times its maximum moved the
+#: result 5.3 mm off, against 0.08 mm winsorized; clean real scans register a little closer
+#: (nibabel's SPM pair 0.13 mm against 0.19, the 2 mm MNI pair 0.085 against 0.095).
+WINSORIZE = (0.005, 0.995)
 ImageLike = Union[Tensor, np.ndarray]
 
 
@@ -260,16 +268,59 @@ def _with_valid(name: str, mask: Tensor | None, valid: Tensor | None, moving: bo
     return out
 
 
-def _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling, valid=(None, None)):
+def check_winsorize(winsorize) -> tuple[float, float] | None:
+    """``winsorize``: None, or quantiles (lo, hi) with 0 <= lo < hi <= 1, as floats."""
+    if winsorize is None:
+        return None
+    try:
+        lo, hi = (float(q) for q in winsorize)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"winsorize must be None or a pair of quantiles (lo, hi), got {winsorize!r}"
+        ) from None
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"winsorize must be quantiles with 0 <= lo < hi <= 1, got {winsorize!r}")
+    return lo, hi
+
+
+def winsorized(img: Tensor, weights: Tensor | None, valid: Tensor | None, quantiles) -> Tensor:
+    """``img`` clamped to its ``quantiles`` (lo, hi) over the voxels of positive ``weights``
+    (None: every voxel): the order statistics numpy's ``quantile`` gives with
+    ``method="lower"`` for lo and ``"higher"`` for hi (never between two voxels' values: the
+    clamp moves only the voxels beyond them). ``img`` itself when ``quantiles`` is None or
+    the two are equal (the clamp would leave the image constant there: an object in fewer
+    than ``1 - hi`` of the voxels on a constant background keeps its intensities; on a noisy
+    one it merges with the brightest background: pass ``winsorize=None``). Voxels where
+    ``valid`` is 0 (NaN, Inf: :func:`read_pair`) stay 0."""
+    if quantiles is None:
+        return img
+    v = img.reshape(-1) if weights is None else img[weights > 0]
+    n = v.numel()
+    if n == 0:
+        return img
+    lo = torch.kthvalue(v, math.floor(quantiles[0] * (n - 1)) + 1).values
+    hi = torch.kthvalue(v, math.ceil(quantiles[1] * (n - 1)) + 1).values
+    if not bool(lo < hi):
+        return img
+    out = img.clamp(lo, hi)
+    return out if valid is None else out * valid
+
+
+def _setup(
+    f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling, valid=(None, None), winsorize=None
+):
     """(fixed mask, moving mask, loss function on the images' device, the sampling
-    generator, ``pyramid(ff, fm)``: :func:`level_images` of the images at those factors).
+    generator, ``pyramid(ff, fm)``: :func:`level_images` of the images at those factors,
+    (fixed, moving) as the loss sees them: :func:`winsorized` by ``winsorize``, checked).
     The masks include ``valid`` (:func:`read_pair`): the fixed image's finite voxels; the
     moving image's voxels whose neighbours are all finite
     (:func:`~mi.registration.space.interpolable`: a sample whose interpolation reads a NaN
     voxel gets weight 0)."""
+    winsorize = check_winsorize(winsorize)
     w = _with_valid("fixed", as_mask("mask", mask, f, gf), valid[0])
     user_wm = as_mask("moving_mask", moving_mask, m, gm)
     wm = _with_valid("moving", user_wm, valid[1], moving=True)
+    f, m = winsorized(f, w, valid[0], winsorize), winsorized(m, wm, valid[1], winsorize)
     pyramid = functools.partial(level_images, f, w, m, user_wm, valid)
     loss_fn = _make_loss(loss, loss_kwargs, lambda bins: _image_ranges(f, w, m, wm, bins))
     if isinstance(loss_fn, LocalMutualInformationLoss) and sampling is not None:
@@ -283,7 +334,7 @@ def _setup(f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling, v
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
     if not -(2**63) <= seed < 2**64:  # torch.Generator's seeds
         raise ValueError(f"seed must be an int from -2**63 to 2**64 - 1, got {seed}")
-    return w, wm, loss_fn, torch.Generator(device=f.device).manual_seed(int(seed)), pyramid
+    return w, wm, loss_fn, torch.Generator(device=f.device).manual_seed(int(seed)), pyramid, (f, m)
 
 
 def constant_images(f, w, m, wm) -> list:
@@ -774,20 +825,22 @@ def _step_size(lr0: float, it: int, n: int, final: float) -> float:
     return lr0 * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * it / n)))
 
 
-def _score(fixed, moving, voxel, weights, moving_mask):
-    """(Studholme NMI over overlap x masks, warped, covered) at full resolution, every voxel;
-    ``covered`` is the fraction of the fixed image (its ``weights``) that maps into the
-    moving image."""
+def _score(fixed, moving, voxel, weights, moving_mask, output=None):
+    """(Studholme NMI over overlap x masks, ``output`` (default: ``moving``; the image before
+    :func:`winsorized`) warped, covered) at full resolution, every voxel; ``covered`` is the
+    fraction of the fixed image (its ``weights``) that maps into the moving image."""
     theta = matrix_to_theta(voxel, fixed.shape[2:], moving.shape[2:])
-    stack = [moving] + ([moving_mask] if moving_mask is not None else [])
+    extra = [] if output is None or output is moving else [output]
+    stack = [moving] + extra + ([moving_mask] if moving_mask is not None else [])
     out, w = sample_grid(torch.cat(stack, 1), theta, fixed.shape[2:])
     total = w.numel()
     if weights is not None:
         w, total = w * weights, weights.sum()
     covered = float(w.sum() / total)
     if moving_mask is not None:
-        w = w * out[:, 1:2]
-    return mutual_information(fixed, out[:, :1], mask=w, **SCORE).item(), out[:, :1], covered
+        w = w * out[:, -1:]
+    warped = out[:, len(extra) : len(extra) + 1]
+    return mutual_information(fixed, out[:, :1], mask=w, **SCORE).item(), warped, covered
 
 
 def _warn_small_overlap(covered: float, voxel: Tensor, fixed_shape, moving_shape) -> None:
@@ -898,6 +951,7 @@ def register(
     sampling: None | str | float | int = DEFAULT_SAMPLING,
     sampling_strategy: str = "random",
     tolerance: float = DEFAULT_TOLERANCE,
+    winsorize=WINSORIZE,
     seed: int = 0,
     device=None,
     graph: bool | None = None,
@@ -1007,6 +1061,12 @@ def register(
             (a stride with a random offset).
         tolerance: stop a level early when the loss's least-squares slope over the last
             10 iterations, times 10, is below this (0: run every iteration).
+        winsorize: quantiles (lo, hi): the loss (and ``mi_before``, ``mi_after``) sees each
+            image clamped to its lo and hi quantiles over the voxels in its mask (finite
+            ones; :func:`winsorized`), as ANTs' scripts; default ``WINSORIZE`` = (0.005,
+            0.995). A few voxels far beyond the rest then no longer squeeze the anatomy into
+            a few bins (the loss bins each image's range). None: every intensity as it is,
+            as ITK's metrics. ``warped`` and the initial "moments" use the image as given.
         device: where to compute: "cpu", "cuda[:index]", a torch.device (default: the fixed
             image's device; CPU for files). Another kind, or a CUDA device this machine
             lacks: ValueError.
@@ -1034,12 +1094,12 @@ def register(
     tolerance = _check_positive("tolerance", tolerance, allow_zero=True)
     sampling = _check_sampling(sampling, sampling_strategy)
     d = f.ndim - 2
-    w, wm, loss_fn, gen, pyramid = _setup(
-        f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling, valid
+    w, wm, loss_fn, gen, pyramid, (fs, ms) = _setup(
+        f, gf, m, gm, mask, moving_mask, loss, loss_kwargs, seed, sampling, valid, winsorize
     )
     levels = _check_levels(levels, gf, gm, iterations, w)
     its = _check_iterations(iterations, levels)
-    if constant_images(f, w, m, wm):  # nothing to register by: no steps
+    if constant_images(fs, w, ms, wm):  # nothing to register by: no steps
         its = (0,) * levels
     init = initial_transform(initial, transform, f, gf, m, gm, w, wm)
     use_graph = _check_graph(graph, loss, f.device)
@@ -1095,8 +1155,8 @@ def register(
     with torch.no_grad():
         physical = model().detach()
         voxel = voxel_matrix(physical, gf, gm)
-        mi_before, *_ = _score(f, m, voxel_matrix(init, gf, gm), w, wm)
-        mi_after, warped, covered = _score(f, m, voxel, w, wm)
+        mi_before, *_ = _score(fs, ms, voxel_matrix(init, gf, gm), w, wm)
+        mi_after, warped, covered = _score(fs, ms, voxel, w, wm, output=m)
     _warn_small_overlap(covered, voxel, f.shape[2:], m.shape[2:])
     if mi_after < mi_before - DIVERGED:
         warnings.warn(
