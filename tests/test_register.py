@@ -291,6 +291,20 @@ def _bench_pyramid():
     return module
 
 
+def test_a_single_slice_and_a_thin_volume_in_five_dimensions():
+    """(1, H, W), as torchvision gives a grey picture, is the 2-D image (H, W): the same
+    result, ``warped`` in the layout given; a volume of 3 voxels along x, whose (D, H, 3)
+    array a colour picture's layout refuses, registers as (1, 1, D, H, 3)."""
+    fixed, moving, _ = demo_pair((48, 40))
+    kw = dict(progress=False, iterations=5)
+    flat, single = register(fixed, moving, **kw), register(fixed[None], moving[None], **kw)
+    assert torch.equal(single.matrix, flat.matrix) and single.warped.shape == (1, 48, 40)
+    torch.testing.assert_close(single.warped[0], flat.warped, rtol=0, atol=0)
+    vol = torch.rand(1, 1, 12, 10, 3, generator=torch.Generator().manual_seed(0))
+    r = register(vol, vol.clone(), levels=1, **kw)
+    assert r.dim == 3 and r.warped.shape == vol.shape
+
+
 def test_winsorized_is_the_clamp_to_numpys_order_statistics():
     """``winsorized`` against numpy: the image clamped to ``np.quantile(v, lo, method="lower")``
     and ``(v, hi, method="higher")`` of the voxels of positive weight (a float mask, with
@@ -649,6 +663,16 @@ def _bad_cases():
             r"moving's intensities span only \d.*e-3\d \(from .*\(32 bins over so narrow a range\).* rescale",
         ),
         (dict(num_bins=8, group=None, patch=4), TypeError, r"MutualInformationLoss got unexpected .*'patch'"),
+        (dict(winsorize=(0.9, 0.1)), ValueError, r"winsorize must be quantiles with 0 <= lo < hi <= 1"),
+        (dict(winsorize=(0.0, float("nan"))), ValueError, "winsorize must be quantiles"),
+        (dict(winsorize=0.5), TypeError, r"winsorize must be None or a pair of quantiles \(lo, hi\)"),
+        (dict(winsorize="0.1,0.9"), TypeError, "winsorize must be None or a pair"),
+        (
+            dict(fixed=np.random.default_rng(0).random((32, 32, 3))),
+            ValueError,
+            r"fixed: an array of shape \(32, 32, 3\) looks like a colour picture .* \(1, 1, D, H, W\)",
+        ),
+        (dict(moving=torch.rand(32, 32, 4)), ValueError, r"moving: .*\(32, 32, 4\) looks like a colour"),
         (dict(spacing="1"), TypeError, "spacing must be a number or one number per axis"),
         (dict(spacing=(1.0, True)), TypeError, "spacing"),
         # the fixed mask keeps only the last of 33 rows, which the pyramid's pooling drops

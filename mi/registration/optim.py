@@ -974,12 +974,13 @@ def register(
             nibabel images or MONAI ``MetaTensor`` objects (voxels (i, j[, k]) and their
             affine, read as SimpleITK images: :func:`~mi.registration.space.from_affine`;
             ``warped`` is then in SimpleITK's array order ``[k, j, i]``, and
-            ``warped_image()`` places it), or 2-D (H, W) / (1, 1, H, W) or 3-D (D, H, W) /
-            (1, 1, D, H, W) tensors or arrays (voxel space, scaled by ``spacing`` /
+            ``warped_image()`` places it), or 2-D (H, W) / (1, H, W) / (1, 1, H, W) or 3-D
+            (D, H, W) / (1, 1, D, H, W) tensors or arrays (voxel space, scaled by ``spacing`` /
             ``moving_spacing`` if given: one number or one per axis (x, y[, z]): x is the
             array's last axis). Any real dtype (computed in float32: values float32 would
             merge, such as a signal on an offset of 1e9, are refused); the shapes may
-            differ, the number of dimensions may not. A 3-D array is a volume, not (C, H, W). NaN and
+            differ, the number of dimensions may not. A 3-D array is a volume, not (C, H, W)
+            ((H, W, 3 or 4), a colour picture's layout, is refused: convert it to grey). NaN and
             Inf voxels (SPM and resampling tools write NaN where there is no data; NIfTI
             files keep them, :func:`mi.io.read_medical`) are outside the image: fixed ones
             are never sampled, and a sample whose interpolation reads a moving one, or a

@@ -304,7 +304,8 @@ def as_image(name: str, x, device=None, spacing=None, *, nonfinite: bool = False
     :func:`mi.io.drop_single_axes`), a file path or a DICOM folder (:func:`read_path`:
     the geometry of medical formats; PNG/JPEG/.npy are voxel space), a nibabel image or a
     MONAI ``MetaTensor`` (their affine: :func:`from_affine`), or a tensor / array (H, W),
-    (D, H, W), (1, 1, H, W) or (1, 1, D, H, W) (voxel space, with ``spacing`` if given).
+    (1, H, W), (D, H, W), (1, 1, H, W) or (1, 1, D, H, W) (voxel space, with ``spacing`` if
+    given; (H, W, 3 or 4) is refused as a colour picture: :func:`_as_tensor`).
     ``spacing`` only applies to tensors and arrays. NaN and Inf voxels: ValueError, or kept
     if ``nonfinite`` (:func:`finite_part` separates them), as long as one voxel is finite.
     """
@@ -377,7 +378,9 @@ def _from_numpy(x):
 
 
 def _as_tensor(name: str, x) -> Tensor:
-    """(H, W) / (D, H, W) / (1, 1, H, W) / (1, 1, D, H, W) tensor or array -> (1, 1, ...)."""
+    """(H, W) / (D, H, W) / (1, 1, H, W) / (1, 1, D, H, W) tensor or array -> (1, 1, ...); (1, H, W)
+    is 2-D (a single slice, as torchvision gives a grey picture); (H, W, 3 or 4) with H, W > 4
+    is refused as a colour picture (channels last) by name."""
     x = _from_numpy(x)
     if not isinstance(x, Tensor):
         raise TypeError(
@@ -386,6 +389,15 @@ def _as_tensor(name: str, x) -> Tensor:
         )
     if x.is_complex():  # (bool: a binary image, as 0 and 1)
         raise TypeError(f"{name} must hold real numbers, got {x.dtype}")
+    if x.ndim == 3 and x.shape[-1] in (3, 4) and min(x.shape[:2]) > 4:
+        raise ValueError(
+            f"{name}: an array of shape {tuple(x.shape)} looks like a colour picture (RGB or RGBA, "
+            "channels last, as PIL, imageio and OpenCV give them): registration takes grey images; "
+            "convert it (PIL's .convert('L'), or a weighted sum of the channels), or pass a volume "
+            f"of {x.shape[-1]} voxels along x as (1, 1, D, H, W)"
+        )
+    if x.ndim == 3 and x.shape[0] == 1:  # one slice (torchvision's grey picture, C = 1): 2-D
+        x = x[0]
     if x.ndim in (2, 3):
         return x[None, None]
     if x.ndim in (4, 5) and x.shape[:2] == (1, 1):
