@@ -475,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = sub.add_parser(
         "score",
-        help="MI of two image files (PNG/JPEG, .npy, NIfTI/NRRD/MHA)",
+        help="MI of two image files (PNG/JPEG, .npy, NIfTI/NRRD/MHA, .mgz)",
         description="Mutual information of two images: of one shape, or two medical files on "
         "any grids (b is resampled onto a's grid in mm, and scored where it covers a). "
         "PNG/JPEG are read as grey in [0, 1]; .npy and .nii/.nii.gz/.nrrd/.mha "
@@ -513,8 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rigid, affine or deformable (an affine stage, then a cubic B-spline grid, or "
         "the diffeomorphism of a velocity on one) "
         "registration of MOVING onto FIXED (2-D "
-        "PNG/JPEG/.npy, 3-D .npy, NIfTI, NRRD, MHA, or a DICOM series: its folder or one of its "
-        "files) by maximising normalised MI over a pyramid, in physical space (mm) for medical "
+        "PNG/JPEG/.npy, 3-D .npy, NIfTI, NRRD, MHA, FreeSurfer .mgz, or a DICOM series: its folder "
+        "or one of its files) by maximising normalised MI over a pyramid, in physical space (mm) for medical "
         "formats. Prints the transform "
         "(fixed physical (x, y[, z]) -> moving physical, ITK's convention) and MI before/after; "
         "writes the moving image resampled onto the fixed grid (in the fixed file's format, "

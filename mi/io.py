@@ -2,7 +2,9 @@
 
 Medical formats go through SimpleITK, which reads what these users have and is what ITK,
 ANTs and SimpleITK users compare against: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``,
-``.nhdr``) and MetaImage (``.mha``, ``.mhd``). The voxel array is SimpleITK's
+``.nhdr``) and MetaImage (``.mha``, ``.mhd``); FreeSurfer's MGH (``.mgz``, ``.mgh``), which
+SimpleITK lacks, through nibabel (when installed) into the SimpleITK image of the same voxels
+and geometry. The voxel array is SimpleITK's
 (``GetArrayFromImage``): index ``[k, j, i]`` for the file's voxel ``(i, j, k)``, the
 transpose of nibabel's ``get_fdata()[i, j, k]``; nothing is flipped or reoriented.
 :func:`read_image` gives that array; :func:`read_medical` the ``SimpleITK.Image`` itself,
@@ -50,7 +52,11 @@ _IMAGE_IO = {
     ".nii": "NiftiImageIO", ".nii.gz": "NiftiImageIO", ".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO",
     ".mha": "MetaImageIO", ".mhd": "MetaImageIO",
 }  # fmt: skip
-MEDICAL_SUFFIXES = tuple(_IMAGE_IO)
+#: FreeSurfer's MGH format, which SimpleITK cannot read: nibabel (when installed) reads it,
+#: and its voxels and vox2ras affine become the SimpleITK image of the same voxels and
+#: geometry (:func:`mi.registration.space.from_affine`, tested against SimpleITK's NIfTI)
+MGH_SUFFIXES = (".mgz", ".mgh")
+MEDICAL_SUFFIXES = tuple(_IMAGE_IO) + MGH_SUFFIXES
 DICOM_SUFFIXES = (".dcm", ".ima")
 
 
@@ -78,6 +84,8 @@ def read_medical(path):
     path = Path(path)
     if path.is_dir() or is_dicom(path):
         img = _read_dicom(path)
+    elif path.name.lower().endswith(MGH_SUFFIXES):
+        img = _read_mgh(path)
     else:
         if not path.is_file():
             raise ImageReadError(f"no such file: {path}")
@@ -111,6 +119,35 @@ def read_medical(path):
     if img.GetDimension() not in (2, 3):
         raise ImageReadError(f"{path}: expected a 2-D or 3-D image, got size {img.GetSize()}")
     return img
+
+
+def _read_mgh(path: Path):
+    """A FreeSurfer ``.mgz``/``.mgh`` file through nibabel, as the SimpleITK image of the same
+    voxels and geometry (its vox2ras affine, RAS, turned to ITK's LPS)."""
+    if not path.is_file():
+        raise ImageReadError(f"no such file: {path}")
+    try:
+        import nibabel
+    except ImportError:
+        raise ImageReadError(
+            f"{path}: reading FreeSurfer's {path.suffix} files needs nibabel (pip install nibabel)"
+        ) from None
+    from .registration.space import from_affine
+
+    try:
+        image = nibabel.load(str(path))
+        shape = image.shape
+    except Exception as e:  # (nibabel's errors for a damaged or mislabelled file)
+        raise ImageReadError(f"cannot read {path}: {e}") from None
+    if len(shape) == 4 and shape[3] > 1:
+        raise ImageReadError(
+            f"{path}: expected a 2-D or 3-D image, got a series of {shape[3]} volumes of "
+            f"{'x'.join(map(str, shape[:3]))} voxels: write the one to use to a file of its own"
+        )
+    try:
+        return from_affine(str(path), image)
+    except ValueError as e:
+        raise ImageReadError(str(e)) from None
 
 
 def drop_single_axes(img):

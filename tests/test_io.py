@@ -82,6 +82,47 @@ def test_other_medical_formats(tmp_path, suffix):
     np.testing.assert_array_equal(read_image(upper), a)
 
 
+def test_freesurfer_mgz_reads_as_the_nifti_of_its_voxels_and_affine(tmp_path, monkeypatch):
+    """An .mgz written by nibabel (int16 voxels, an oblique anisotropic vox2ras) reads as
+    SimpleITK reads a NIfTI of the same voxels and affine: the same array, spacing, origin
+    and direction; ``mi register`` with an .mgz fixed image writes NIfTI with that geometry
+    (SimpleITK writes no MGH); a series of frames, a missing nibabel and a damaged file are
+    refused by name."""
+    nib = pytest.importorskip("nibabel")
+    from nibabel.affines import from_matvec
+    from nibabel.eulerangles import euler2mat
+
+    from mi.io import read_medical
+
+    a = (_volume((6, 8, 10), seed=3) * 10).astype(np.int16)  # nibabel's (i, j, k) order
+    affine = from_matvec(euler2mat(0.3, -0.2, 0.1) @ np.diag([1.2, 0.8, 2.5]), [-30.0, 12.0, 7.5])
+    nib.MGHImage(a, affine).to_filename(tmp_path / "v.mgz")
+    nib.save(nib.Nifti1Image(a, affine), tmp_path / "v.nii.gz")
+    ours, theirs = read_medical(tmp_path / "v.mgz"), sitk.ReadImage(str(tmp_path / "v.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(theirs))
+    for got, want in ((ours.GetSpacing(), theirs.GetSpacing()), (ours.GetOrigin(), theirs.GetOrigin())):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)  # (NIfTI holds float32)
+    np.testing.assert_allclose(ours.GetDirection(), theirs.GetDirection(), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(read_image(tmp_path / "v.mgz"), a.transpose().astype(np.float32))
+
+    args = ["register", str(tmp_path / "v.mgz"), str(tmp_path / "v.nii.gz"), "-o", str(tmp_path / "out")]
+    assert main(args + ["--quiet", "--levels", "1", "--iterations", "2"]) == 0
+    written = sitk.ReadImage(str(tmp_path / "out" / "v_registered.nii.gz"))
+    assert written.GetSize() == theirs.GetSize()
+    np.testing.assert_allclose(written.GetOrigin(), theirs.GetOrigin(), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(written.GetDirection(), theirs.GetDirection(), rtol=0, atol=1e-6)
+
+    nib.MGHImage(np.stack([a, a], -1), affine).to_filename(tmp_path / "series.mgz")
+    with pytest.raises(ImageReadError, match=r"series.mgz: expected a 2-D or 3-D image, got a series of 2"):
+        read_image(tmp_path / "series.mgz")
+    (tmp_path / "junk.mgh").write_bytes(b"not an mgh file at all")
+    with pytest.raises(ImageReadError, match="cannot read .*junk.mgh"):
+        read_image(tmp_path / "junk.mgh")
+    monkeypatch.setitem(__import__("sys").modules, "nibabel", None)  # (as if not installed)
+    with pytest.raises(ImageReadError, match=r"v.mgz: reading FreeSurfer's .mgz files needs nibabel"):
+        read_image(tmp_path / "v.mgz")
+
+
 def test_integer_nifti_and_2d(tmp_path):
     a = (np.arange(24, dtype=np.int16).reshape(2, 3, 4) * 7 - 50).astype(np.int16)
     path = tmp_path / "i.nii.gz"

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..functional import joint_histogram, mutual_information
-from ..io import MEDICAL_SUFFIXES, ImageReadError, is_dicom, is_medical, read_image
+from ..io import MEDICAL_SUFFIXES, MGH_SUFFIXES, ImageReadError, is_dicom, is_medical, read_image
 from .deformable import DEFORMABLE, DeformableResult, DiffeomorphicResult, check_grid, register_deformable
 from .optim import SCORE, RegistrationResult, register
 from .space import _sitk, as_image, finite_part, geometry_of, voxel_matrix, warp
@@ -161,12 +161,14 @@ def _suffix(path: Path) -> str:
 
 
 def write_warped(path_stem: Path, result: RegistrationResult, fixed_path: Path, moving_values) -> Path:
-    """The warped image on the fixed grid, in the fixed file's format: medical formats (and a
-    DICOM series: NIfTI) with the fixed geometry; PNG/JPEG scaled to the moving image's
+    """The warped image on the fixed grid, in the fixed file's format: medical formats (a
+    DICOM series and FreeSurfer's MGH: NIfTI) with the fixed geometry; PNG/JPEG scaled to the moving image's
     min..max (8-bit); .npy with its values."""
     warped = result.warped.detach().cpu().reshape(result.fixed_shape).numpy()
     if is_medical(fixed_path):
-        suffix = ".nii.gz" if fixed_path.is_dir() or is_dicom(fixed_path) else _suffix(fixed_path)
+        suffix = _suffix(fixed_path)
+        if fixed_path.is_dir() or is_dicom(fixed_path) or suffix in MGH_SUFFIXES:  # (SimpleITK's: NIfTI)
+            suffix = ".nii.gz"
         if suffix in (".nhdr", ".mhd"):  # headers with a separate data file: write the one-file form
             suffix = {".nhdr": ".nrrd", ".mhd": ".mha"}[suffix]
         out = Path(f"{path_stem}{suffix}")
