@@ -74,6 +74,12 @@ def _check_tensor(name: str, t, floating=True) -> Tensor:
 
 
 def _check_sigma(sigma, name="sigma") -> float:
+    if isinstance(sigma, Tensor) and sigma.numel() == 1 and sigma.dtype.is_floating_point:
+        if sigma.requires_grad:  # (read as a number: autograd would silently not reach it)
+            raise TypeError(
+                f"{name} is read as a number and is not differentiated: pass it without requires_grad"
+            )
+        sigma = sigma.item()  # (a one-element float tensor, as value_range's)
     if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
         raise TypeError(
             f"{name} must be a positive real number (int, float, or a numpy scalar), "

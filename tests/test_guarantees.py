@@ -635,6 +635,14 @@ def test_tensors_that_need_a_gradient_where_numbers_are_read_are_refused():
         mi.histogram(x.flatten(1), torch.linspace(0, 1, 8).requires_grad_(), 0.1)
     plain = mi.mutual_information(x, y, value_range=(torch.tensor(0.0), torch.tensor(1.0)))
     assert plain.item() == mi.mutual_information(x, y, value_range=(0.0, 1.0)).item()
+    with pytest.raises(TypeError, match="sigma is read as a number and is not differentiated"):
+        mi.mutual_information(x, y, sigma=torch.tensor(0.5, requires_grad=True))
+    for sigma in (torch.tensor(0.5), torch.tensor([0.5], dtype=torch.float64)):  # numbers, as 0.5
+        assert (
+            mi.mutual_information(x, y, sigma=sigma).item() == mi.mutual_information(x, y, sigma=0.5).item()
+        )
+    with pytest.raises(TypeError, match="sigma must be a positive real number"):
+        mi.mutual_information(x, y, sigma=torch.tensor([0.5, 0.5]))
 
 
 def test_third_derivative_is_refused():
