@@ -82,7 +82,8 @@ def _check_sigma(sigma, name="sigma") -> float:
         sigma = sigma.item()  # (a one-element float tensor, as value_range's)
     if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
         raise TypeError(
-            f"{name} must be a positive real number (int, float, or a numpy scalar), "
+            f"{name} must be a positive real number (int, float, a numpy scalar or a one-element "
+            "float tensor), "
             f"got {type(sigma).__name__}"
         )
     sigma = float(sigma)
