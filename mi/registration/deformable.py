@@ -66,8 +66,8 @@ class DeformableResult:
     Attributes:
         affine: (d+1, d+1) float64, the affine stage (fixed physical -> moving physical).
         grid: the control grid; coef: its coefficients (d, *grid), mm, physical axes.
-        warped: the moving image resampled onto the fixed grid (bilinear, zero outside, as
-            ``SimpleITK.Resample`` with the saved transform).
+        warped: the moving image as given (not winsorized) resampled onto the fixed grid
+            (bilinear, zero outside, as ``SimpleITK.Resample`` with the saved transform).
         overlap: the fixed voxels' weights in the scores (fixed shape): the affine stage's
             overlap (1 where it maps a voxel into the moving image, fading to 1/2 over the
             half voxel beyond its edge voxels' centres, 0 further out) times the moving mask
@@ -75,7 +75,8 @@ class DeformableResult:
             comparison: one it maps out of the moving image is compared against 0, in the
             loss and the scores.
         loss_history, mi_before (affine stage only), mi_after (Studholme NMI, 32 bins,
-        B-spline window, over ``overlap`` times the fixed mask), seconds.
+        B-spline window, over ``overlap`` times the fixed mask, of the images as the loss saw
+        them: ``winsorize``), seconds.
     """
 
     affine: Tensor

@@ -139,12 +139,12 @@ class RegistrationResult:
         warped: the moving image resampled onto the fixed grid as ITK's ``Resample`` does it
             (bilinear; the edge values up to half a voxel beyond the edge voxels' centres, 0
             further out), in the layout the fixed image was given ((H, W), (1, 1, H, W),
-            ...; a tensor).
+            ...; a tensor), from the moving image as given (not winsorized).
         loss_history: the loss at every iteration, coarsest level first.
         mi_before, mi_after: Studholme's normalised MI ``(H(f) + H(w)) / H(f, w)`` in [1, 2]
             (32 bins, cubic B-spline window) of the full-resolution fixed image and the
             moving image resampled by ``initial`` (identity) / by the result, over their
-            overlap times the masks.
+            overlap times the masks; both images as the loss saw them (``winsorize``).
         transform: "rigid" or "affine". center: the fixed image's physical centre.
         iterations: iterations run per level, coarsest first (fewer than asked where the
             convergence test stopped a level). seconds: wall time.
