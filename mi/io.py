@@ -14,7 +14,10 @@ with its geometry (spacing, origin, direction), which registration and ``mi scor
 DICOM (through SimpleITK's GDCM reader): a folder holding one series, or any one file of a
 series (a ``.dcm``/``.ima`` name, or the ``DICM`` marker that DICOM files carry), which
 reads that file's whole series from its folder; a folder with several series is refused,
-naming them, rather than one of them chosen silently. A one-slice volume (a series, or a
+naming them, rather than one of them chosen silently. A colour DICOM image (ultrasound,
+secondary captures: RGB, and YBR or palette colour, which GDCM gives as RGB) is grey:
+its luma 0.299 R + 0.587 G + 0.114 B (PIL's "L", not rounded to 8 bits), in the pixels'
+units. A one-slice volume (a series, or a
 file of size (X, Y, 1)) is a 2-D image. A float NIfTI file's NaN and Inf voxels (SPM and
 resampling tools write NaN where there is no data) are kept as such, read from the file's
 own voxel data: SimpleITK's reader alone gives 0 there. :func:`read_image` refuses them
@@ -84,6 +87,8 @@ def read_medical(path):
     path = Path(path)
     if path.is_dir() or is_dicom(path):
         img = _read_dicom(path)
+        if img.GetNumberOfComponentsPerPixel() == 3 and "integer" in img.GetPixelIDTypeAsString():
+            img = _luma(img)  # (a colour DICOM: ultrasound, secondary captures)
     elif path.name.lower().endswith(MGH_SUFFIXES):
         img = _read_mgh(path)
     else:
@@ -119,6 +124,21 @@ def read_medical(path):
     if img.GetDimension() not in (2, 3):
         raise ImageReadError(f"{path}: expected a 2-D or 3-D image, got size {img.GetSize()}")
     return img
+
+
+#: ITU-R BT.601 luma weights of R, G, B (PIL's "L" conversion, there rounded to 8 bits)
+LUMA = (0.299, 0.587, 0.114)
+
+
+def _luma(img):
+    """A 3-component (RGB) SimpleITK image as its grey luma ``LUMA . (R, G, B)``, float32,
+    with its geometry (GDCM gives YBR and palette DICOM images as RGB)."""
+    import SimpleITK as sitk
+
+    grey = sitk.GetArrayFromImage(img).astype(np.float64) @ np.array(LUMA)
+    out = sitk.GetImageFromArray(grey.astype(np.float32), isVector=False)  # (a 4-D series too)
+    out.CopyInformation(img)
+    return out
 
 
 def _read_mgh(path: Path):

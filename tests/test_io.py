@@ -134,6 +134,27 @@ def test_integer_nifti_and_2d(tmp_path):
     np.testing.assert_array_equal(read_image(path), img2)
 
 
+def test_colour_dicom_is_read_as_its_luma(tmp_path, capsys):
+    """An RGB DICOM file (SimpleITK writes a secondary capture) reads as grey: 0.299 R +
+    0.587 G + 0.114 B per pixel in float32 (within 1e-4 of numpy's float64), PIL's "L" of
+    the same pixels to its 8-bit rounding, the file's spacing kept; ``mi score`` takes it."""
+    from PIL import Image
+
+    from mi.io import read_medical
+
+    rgb = np.random.default_rng(5).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    img = sitk.GetImageFromArray(rgb, isVector=True)
+    img.SetSpacing((0.5, 0.7))
+    sitk.WriteImage(img, str(tmp_path / "rgb.dcm"))
+    grey = read_image(tmp_path / "rgb.dcm")
+    assert grey.shape == (20, 30) and grey.dtype == np.float32
+    np.testing.assert_allclose(grey, rgb @ np.array([0.299, 0.587, 0.114]), rtol=0, atol=1e-4)
+    pil = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.float64)
+    assert np.abs(grey - pil).max() <= 0.5 + 1e-3
+    assert read_medical(tmp_path / "rgb.dcm").GetSpacing() == pytest.approx((0.5, 0.7))
+    assert main(["score", str(tmp_path / "rgb.dcm"), str(tmp_path / "rgb.dcm"), "--no-plots"]) == 0
+
+
 def test_bad_medical_files(tmp_path):
     junk = tmp_path / "junk.nii.gz"
     junk.write_bytes(b"\0" * 400)
