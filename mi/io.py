@@ -17,7 +17,8 @@ reads that file's whole series from its folder; a folder with several series is 
 naming them, rather than one of them chosen silently. A colour DICOM image (ultrasound,
 secondary captures: RGB, and YBR or palette colour, which GDCM gives as RGB) is grey:
 its luma 0.299 R + 0.587 G + 0.114 B (PIL's "L", not rounded to 8 bits), in the pixels'
-units. A one-slice volume (a series, or a
+units. A multi-frame file whose frames are in time (a Frame Time: an ultrasound or
+X-ray cine loop) is refused rather than stacked into a volume. A one-slice volume (a series, or a
 file of size (X, Y, 1)) is a 2-D image. A float NIfTI file's NaN and Inf voxels (SPM and
 resampling tools write NaN where there is no data) are kept as such, read from the file's
 own voxel data: SimpleITK's reader alone gives 0 there. :func:`read_image` refuses them
@@ -272,12 +273,45 @@ def _read_dicom(path: Path):
         names = reader.GetGDCMSeriesFileNames(str(folder), uid) if uid else ()
         if not any(Path(n).resolve() == path.resolve() for n in names):
             names = (str(path),)  # no series tag, or GDCM did not group it: the file alone
+    _refuse_cine(path, names[0], sitk)
     series = reader()
     series.SetFileNames(names)
     try:
         return series.Execute()
     except RuntimeError as e:
         raise ImageReadError(f"cannot read the DICOM series in {folder}: {_itk_reason(e)}") from None
+
+
+#: DICOM frames in time: a Frame Increment Pointer (0028,0009) to, or the presence of, Frame
+#: Time (0018,1063) or Frame Time Vector (0018,1065): an ultrasound or X-ray cine loop
+CINE_TAGS = ("0018|1063", "0018|1065")
+
+
+def _refuse_cine(path: Path, first: str, sitk) -> None:
+    """Refuse a multi-frame DICOM file whose frames are in time (a cine loop), which
+    SimpleITK would stack as a volume; frames in space (an RT dose grid, a multi-frame
+    secondary capture without frame times) read as a volume, as a multi-frame TIFF does."""
+    info = sitk.ImageFileReader()
+    info.SetFileName(first)
+    try:
+        info.ReadImageInformation()
+    except RuntimeError:
+        return  # (the series reader says what is wrong)
+    meta = {
+        k: info.GetMetaData(k).strip(" \0")
+        for k in ("0028|0008", "0028|0009", *CINE_TAGS)
+        if info.HasMetaDataKey(k)
+    }
+    try:
+        frames = int(meta.get("0028|0008", "1"))
+    except ValueError:
+        return
+    pointer = meta.get("0028|0009", "").upper().replace("(", "").replace(")", "").replace(",", "|")
+    if frames > 1 and (pointer in CINE_TAGS or any(k in meta for k in CINE_TAGS)):
+        raise ImageReadError(
+            f"{path}: a cine loop of {frames} frames in time (DICOM Frame Time), not a volume: "
+            "write the frame to register to a file of its own"
+        )
 
 
 def _read_npy(path: Path) -> np.ndarray:

@@ -155,6 +155,25 @@ def test_colour_dicom_is_read_as_its_luma(tmp_path, capsys):
     assert main(["score", str(tmp_path / "rgb.dcm"), str(tmp_path / "rgb.dcm"), "--no-plots"]) == 0
 
 
+def test_a_dicom_cine_loop_is_not_a_volume(tmp_path):
+    """A multi-frame DICOM file with a Frame Time (an ultrasound cine loop: SimpleITK writes
+    it as Ultrasound Multi-frame Image Storage) is refused by name, not stacked into a volume
+    whose third axis is time; the same frames without it (a multi-frame secondary capture)
+    read as a volume, one slice per frame, as a multi-frame TIFF does."""
+    a = (np.random.default_rng(1).random((5, 20, 30)) * 200).astype(np.uint8)
+    for name, cine in (("cine.dcm", True), ("frames.dcm", False)):
+        img = sitk.GetImageFromArray(a)
+        if cine:
+            img.SetMetaData("0018|1063", "33.3")  # Frame Time, ms
+            img.SetMetaData("0008|0060", "US")
+        sitk.WriteImage(img, str(tmp_path / name))
+    with pytest.raises(
+        ImageReadError, match=r"cine.dcm: a cine loop of 5 frames in time \(DICOM Frame Time\)"
+    ):
+        read_image(tmp_path / "cine.dcm")
+    np.testing.assert_array_equal(read_image(tmp_path / "frames.dcm"), a)
+
+
 def test_bad_medical_files(tmp_path):
     junk = tmp_path / "junk.nii.gz"
     junk.write_bytes(b"\0" * 400)
