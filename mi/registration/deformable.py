@@ -478,7 +478,7 @@ def _warp_and_score(result: DeformableResult, f, m, w, wm, deform: bool, output=
     )
     extra = [] if output is None or output is m else [output]
     stack = torch.cat([m] + extra + ([wm] if wm is not None else []), 1)
-    vals, outs, ovl = [], [], []
+    vals, outs, ovl = [], [], []  # (outs: ``output``'s values, when it is another image)
     u = result._fixed_field(f.dtype, f.device) if deform else None
     for lo, p in _voxel_points(gf, f.dtype, f.device):
         start = p @ to_grid[:d, :d].T + to_grid[:d, d]  # the affine stage's point
@@ -488,14 +488,16 @@ def _warp_and_score(result: DeformableResult, f, m, w, wm, deform: bool, output=
         if wm is not None:
             o = o * out[0, -1]
         vals.append(out[0, 0])
-        outs.append(out[0, len(extra)])
+        if extra:
+            outs.append(out[0, 1])
         ovl.append(o)
     scored = torch.cat(vals).reshape(1, 1, *gf.shape)
     weight = torch.cat(ovl).reshape(1, 1, *gf.shape)
     if w is not None:
         weight = weight * w
     score = mutual_information(f, scored, mask=weight, **SCORE).item()
-    return torch.cat(outs).reshape(gf.shape), torch.cat(ovl).reshape(gf.shape), score
+    warped = torch.cat(outs).reshape(gf.shape) if extra else scored.reshape(gf.shape)
+    return warped, torch.cat(ovl).reshape(gf.shape), score
 
 
 __all__ = ["register_deformable", "DeformableResult", "DiffeomorphicResult", "DEFORMABLE"]
