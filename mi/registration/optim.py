@@ -99,7 +99,8 @@ MIN_SAMPLES = 64
 #: 32 x 32 joint histogram too few samples. The 128x108 demo pair, 10 rigid trials (up to 12
 #: degrees, shifts up to 8 %): sampling=0.2, 0.1 and 0.05 (173, 86 and 43 samples at the
 #: coarsest level) ended 2, 3 and 5 of them more than a pixel off at the worst corner (up to
-#: 71 px); with this floor none (at most 0.13 px; ``python bench/bench_pyramid.py``).
+#: 71 px); with this floor none (at most 0.13 px; ``python bench/bench_pyramid.py``; with
+#: the default ``winsorize``, 2026-12-03: 2, 3 and 6, up to 70 px; none, at most 0.19 px).
 MIN_LEVEL_SAMPLES = MIN_COARSEST_VOXELS
 #: :func:`register` warns when the normalised MI (1..2) ends more than this below its start.
 DIVERGED = 1e-3
@@ -116,9 +117,10 @@ MIN_INITIAL_OVERLAP = 0.1
 #: quantiles of its intensities (within its mask), as ANTs' registration scripts do
 #: (``--winsorize-image-intensities [0.005,0.995]``). A few voxels far beyond the rest (hot
 #: pixels, metal in CT, spikes) otherwise stretch the bins' range so that the anatomy falls
-#: into a few bins: 0.01 % of the 2 mm MNI pair's voxels at 20 times its maximum moved the
-#: result 5.3 mm off, against 0.08 mm winsorized; clean real scans register a little closer
-#: (nibabel's SPM pair 0.13 mm against 0.19, the 2 mm MNI pair 0.085 against 0.095).
+#: into a few bins: 0.01 % of the 1 mm MNI pair's voxels at 20 times its maximum moved the
+#: result 5.4 mm off, against 0.037 mm winsorized (``spikes`` in bench/bench_register.py);
+#: clean real scans register a little closer (nibabel's SPM pair 0.134 mm against 0.191:
+#: tests/test_nonfinite.py; the 1 mm brain pair 0.036 against 0.038).
 WINSORIZE = (0.005, 0.995)
 ImageLike = Union[Tensor, np.ndarray]
 
@@ -460,7 +462,9 @@ def default_levels(gf: Geometry, gm: Geometry, mask: Tensor | None = None) -> in
     corner, with 1 / 2 / 3 levels: 48x40 pixels 1 / 4 / 11, 64x54 7 / 2 / 4, 80x66 4 / 0 / 1
     and 96x80 10 / 0 / 1 (this rule picks 1, 2, 2 and 2 levels; below 2 levels the steps
     reach less); affine maps (10 trials: rotations to 10 degrees, scales 0.9-1.1, shear to
-    0.05) at 64x54: 6 with 3 levels (median 21 px), none with 2. Real images, 8 trials each:
+    0.05) at 64x54: 6 with 3 levels (median 21 px), none with 2 (with the default
+    ``winsorize``, 2026-12-03: 3 / 3 / 9, 7 / 1 / 7, 6 / 0 / 3, 10 / 0 / 1; affine 4 and
+    none: the same choice). Real images, 8 trials each:
     with 3 levels 0-3 of 8 of a 64x64 DICOM MR, a T1 slice and photographs at 48x48 and
     64x64 ended more than 1 px off, in wrong optima (the MR slice rotated 8 degrees ended 20
     degrees the other way, with no warning), none of 40 at 64x64 with 2 levels. A small mask
