@@ -401,7 +401,9 @@ def sweep(x, y, measure, out):
                             time_into(row, "bwd_ms", bwd)
                     record(row)
         for d, config in saved.items():
-            if config is not None:
+            if config is None:
+                utils.TILED_CONFIGS[d].pop(kp, None)
+            else:
                 utils.TILED_CONFIGS[d][kp] = config
         if k == 32:  # mi.register's default window, the cubic B-spline: 4 bins a voxel and axis
             fwd = lambda u=u, v=v: kernels.joint_hist_forward(u, v, None, 32, SIGMA, "bspline", "bspline")

@@ -24,10 +24,22 @@ import triton
 import triton.language as tl
 
 from .utils import ensure_contiguous, on_device
+from .window import _patch_interpreter_index  # noqa: F401 (run on import: Triton 3.6's interpreter)
 
-#: The forward's tile (FWD_BLOCK x FWD_BLOCK bins, fewer for K < 64) and warps: one program
-#: per histogram, so it gets 8 warps (16 bins per thread); the backward's block and warps.
-FWD_BLOCK, FWD_WARPS, BWD_BLOCK, BWD_WARPS = 64, 8, 1024, 4
+#: The forward's tile (FWD_BLOCK x FWD_BLOCK bins, fewer for K < 64) and the backward's
+#: block and warps. One program per histogram; the forward's warps: ``fwd_warps``.
+FWD_BLOCK, BWD_BLOCK, BWD_WARPS = 64, 1024, 4
+
+
+def fwd_warps(block):
+    """The forward's warps for a (block x block) tile: block / 8 (8 at 64 bins, 4 at 32, 2 at
+    16, 1 up to 8), 16 bins per thread at 64. 8 warps at every block spilled 40 bytes at 32
+    bins (the loss default) under Triton 3.5 and 3.6 (80 registers), and at 8-16 bins for
+    sm_80 under 3.5; this rule compiles without spills under Triton 3.4, 3.5, 3.6 and 3.9 for
+    sm_80 and sm_90 (``make kernels-report``, which builds every block from 2 to 64)."""
+    return max(1, block // 8)
+
+
 #: What the kernels compute (their MODE is the index): the three entropies, or one score.
 SCORES = ("entropies", "none", "arithmetic", "studholme")
 #: A distribution's largest probability above this gets its log from the sum of the others
@@ -269,7 +281,7 @@ def entropies_forward(joint, score="entropies", scale=1.0):
         block = min(FWD_BLOCK, triton.next_power_of_2(K))
         _entropies_fwd_kernel[(B,)](
             joint, h, h64, pa, pb, s, K, float(scale), MODE=mode, BLOCK_A=block, BLOCK_C=block,
-            num_warps=FWD_WARPS,
+            num_warps=fwd_warps(block),
         )  # fmt: skip
     return h, pa, pb, s, h64
 

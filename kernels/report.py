@@ -27,7 +27,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from . import entropy, hist, joint_hist, tiled  # noqa: E402
+from . import entropy, hist, joint_hist, tiled, unavailable_reason  # noqa: E402
 from .utils import (  # noqa: E402
     KERNEL_IDS,
     MAX_REPLICAS_HIST,
@@ -143,8 +143,10 @@ def _tiled_configs():
             const.update(EXP=TILED_EXP[direction])
             for prec in dict.fromkeys([TILED_PRECISION[direction], "tf32x3", "tf32"]):
                 yield fn.__name__, fn, f"{tag}-{prec}", dict(const, PRECISION=prec), nw, "fp32"
-            if ku == "gaussian":  # the exp2 on the FMA units
-                const.update(EXP="fma", PRECISION=TILED_PRECISION[direction])
+            if ku == "gaussian":  # the exp2 on the FMA units (its own block where it needs one)
+                kp, bp, nw, _ = tiled_config(direction, k, 1, 1 << 20, torch.device("cpu"), exp="fma")
+                tag = f"{_abbrev(ku)}{w_u}x{_abbrev(kv)}{w_v}-K{k}-KP{kp}-BP{bp}-nw{nw}"
+                const.update(BLOCK_P=bp, EXP="fma", PRECISION=TILED_PRECISION[direction])
                 yield fn.__name__, fn, f"{tag}-{TILED_PRECISION[direction]}-fma", const, nw, "fp32"
     span = tiled._joint_span_fwd_kernel
     t, bp, nw = SPAN_CONFIG
@@ -203,8 +205,8 @@ def _configs():
     yield from _tiled_configs()
     fwd, bwd = entropy._entropies_fwd_kernel, entropy._entropies_bwd_kernel
     for mode, score in enumerate(entropy.SCORES):
-        nw = entropy.FWD_WARPS
-        for block in (8, entropy.FWD_BLOCK):  # K = 8 and K >= 64
+        for block in (2, 4, 8, 16, 32, entropy.FWD_BLOCK):  # K = 2, 3-4, ..., 33-64, and above
+            nw = entropy.fwd_warps(block)
             const = dict(MODE=mode, BLOCK_A=block, BLOCK_C=block)
             yield fwd.__name__, fwd, f"{score}-B{block}x{block}-nw{nw}", const, nw, "fp32"
         nw, block = entropy.BWD_WARPS, entropy.BWD_BLOCK
@@ -282,6 +284,10 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=_default_out())
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
     args = parser.parse_args(argv)
+    reason = unavailable_reason()
+    if reason is not None:
+        print(f"mi.kernels.report: {reason}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     rows = build_report(tuple(args.arch))
     args.out.parent.mkdir(parents=True, exist_ok=True)

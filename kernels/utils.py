@@ -22,10 +22,13 @@ RADIUS_KINDS = ("xu", "tgauss", "rect")
 #: The torch backend's constant: one spelling for both backends.
 GAUSSIAN_TRUNCATION = _torch.GAUSS_SUPPORT
 
-#: Widest window chunk one program holds in registers (columns of the pixel x window tile).
-#: A sigma of 4 bins gives W = ceil(2 * 5.77 * 4) = 47 -> one chunk of 64; wider
-#: windows loop over chunks of 64, so the register footprint does not grow with W.
-MAX_BLOCK_W = 64
+#: Widest window one program holds in registers whole (columns of the pixel x window tile).
+#: A sigma of 4 bins gives W = ceil(2 * 5.77 * 4) = 47 -> one block of 64; wider windows
+#: loop over chunks of CHUNK_W, so the register footprint does not grow with W. Chunks of 32
+#: rather than 64: W = 93 (sigma 8) walks 96 columns instead of 128, and the 64-column
+#: chunk's backward spilled 24 bytes for sm_90 under Triton 3.6 (torch 2.10-2.11's; none
+#: under 3.9; ``make kernels-report``).
+MAX_BLOCK_W, CHUNK_W = 64, 32
 #: Elements of the (BLOCK_N, BLOCK_W) tile per program: 8 per thread at 4 warps.
 TILE_ELEMENTS = 1024
 MIN_BLOCK_N, MAX_BLOCK_N = 16, 1024
@@ -66,9 +69,13 @@ TILED_EXP = {"forward": "mufu", "backward": "mufu"}
 #: H200 of the kernels' previous form (``bench/bench_regime.py --sweep``,
 #: results/bench_regime_sweep.csv) among the blocks that compile for sm_80 and sm_90
 #: without spills (``make kernels-report``).
+#: "<direction>-fma": where the FMA exp2 (``TILED_EXP``) needs a smaller block: its
+#: polynomial holds more registers, and the 64-bin backward's 32-pixel block spilled 72 bytes
+#: for sm_80 under Triton 3.6 (none under 3.9).
 TILED_CONFIGS = {
     "forward": {16: (32, 4), 32: (32, 4), 64: (32, 4), 128: (16, 8)},
     "backward": {16: (64, 4), 32: (64, 4), 64: (32, 4)},
+    "backward-fma": {64: (16, 4)},
 }
 #: The auto rule: the tiled path up to this many bins, the scatter path above (both
 #: directions). Measured on an H200 (Triton 3.6), R1 (160x192x224, sigma 1), with the tiled
@@ -129,14 +136,18 @@ def _multiprocessors(index):
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def tiled_config(direction, num_bins, batch, n, device):
+def tiled_config(direction, num_bins, batch, n, device, exp=None):
     """(KP, BLOCK_P, num_warps, programs per row) of the ``direction`` tiled kernel.
 
     KP: K padded to a power of two, at least 16 (``tl.dot``'s smallest tile); BLOCK_P and
-    num_warps from ``TILED_CONFIGS``; programs: ``persistent_programs``.
+    num_warps from ``TILED_CONFIGS`` (its "<direction>-fma" entry first where the exp2 is
+    ``exp``, default ``TILED_EXP[direction]``, "fma"); programs: ``persistent_programs``.
     """
     kp = max(16, triton_next_power_of_2(num_bins))
-    block_p, num_warps = TILED_CONFIGS[direction][kp]
+    configs = TILED_CONFIGS[direction]
+    if (TILED_EXP[direction] if exp is None else exp) == "fma":
+        configs = {**configs, **TILED_CONFIGS.get(f"{direction}-fma", {})}
+    block_p, num_warps = configs[kp]
     return kp, block_p, num_warps, persistent_programs(num_bins, batch, n, block_p, device)
 
 
@@ -190,11 +201,13 @@ def window_param(sigma, *kernels):
 def block_sizes(w_cols):
     """(BLOCK_N, BLOCK_W, num_warps) for a window of ``w_cols`` bins along the tile's columns.
 
-    BLOCK_W covers the window (padded to a power of two, masked) up to MAX_BLOCK_W;
+    BLOCK_W covers the window (padded to a power of two, masked) up to MAX_BLOCK_W, a
+    wider one is walked in chunks of CHUNK_W;
     BLOCK_N pixels fill a tile of about TILE_ELEMENTS, so registers per thread stay flat
     whatever W is (the spill-free condition the AOT report checks).
     """
-    block_w = min(triton_next_power_of_2(w_cols), MAX_BLOCK_W)
+    block_w = triton_next_power_of_2(w_cols)
+    block_w = block_w if block_w <= MAX_BLOCK_W else CHUNK_W
     block_n = max(MIN_BLOCK_N, min(MAX_BLOCK_N, TILE_ELEMENTS // block_w))
     return block_n, block_w, NUM_WARPS
 

@@ -12,6 +12,45 @@ import triton.language as tl
 
 from .utils import GAUSSIAN_TRUNCATION
 
+
+def _patch_interpreter_index():
+    """Let Triton 3.6's interpreter (``TRITON_INTERPRET=1``; torch 2.10-2.11 pin it) run these
+    kernels under NumPy >= 2.4: it reads a scalar such as ``tl.program_id(0)`` in a Python
+    ``range`` as ``int(array of shape (1,))``, which NumPy 2.4 refuses ("only 0-dimensional
+    arrays can be converted to Python scalars"; every persistent kernel's loop failed). Its
+    per-launch patch of ``tl.tensor.__index__`` is followed by the ``squeeze`` that Triton
+    3.9's interpreter has. A no-op where the interpreter already squeezes or is laid out
+    differently; compiled kernels never see it."""
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    patch = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch is None or getattr(patch, "_squeezes", False):
+        return
+    try:
+        import inspect
+
+        if "squeeze" in inspect.getsource(patch):
+            return
+    except (OSError, TypeError):
+        return
+
+    def patched(tensor, *args, **kwargs):
+        patch(tensor, *args, **kwargs)
+        index = lambda self: int(self.handle.data.squeeze())
+        scope = args[0] if args else kwargs.get("scope")
+        if hasattr(scope, "set_attr"):  # 3.6: undone after the launch, with the rest
+            scope.set_attr(tensor, "__index__", index)
+        else:  # earlier: set for good
+            tensor.__index__ = index
+
+    patched._squeezes = True
+    interpreter._patch_lang_tensor = patched
+
+
+_patch_interpreter_index()
+
 #: r^2 c_k at the Gaussian's support radius r = GAUSSIAN_TRUNCATION sigma (c_k = 1 / (2 sigma^2)):
 #: 24 ln 2, the exponent where the window is 2**-24 of its peak.
 _GAUSS_R2_CK = tl.constexpr(GAUSSIAN_TRUNCATION**2 / 2.0)

@@ -33,6 +33,7 @@ from .information import (
     check_base,
     check_normalize,
     check_triton_here,
+    host_values,
     joint_pdf,
     tails_only_peak,
 )
@@ -79,7 +80,7 @@ def _check_sigma(sigma, name="sigma") -> float:
             raise TypeError(
                 f"{name} is read as a number and is not differentiated: pass it without requires_grad"
             )
-        sigma = sigma.item()  # (a one-element float tensor, as value_range's)
+        sigma = host_values(sigma.reshape(()))  # (a one-element float tensor, as value_range's)
     if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
         raise TypeError(
             f"{name} must be a positive real number (int, float, a numpy scalar or a one-element "
@@ -190,7 +191,7 @@ def _check_weights(name: str, w, like: Tensor) -> Optional[Tensor]:
         if lost.numel():  # (one host read)
             raise ValueError(
                 f"{name} is float64 with values that float32, the images' dtype, cannot hold (largest "
-                f"{lost[0].item():.3g} in some image): rescale {name} (the result does not depend on "
+                f"{host_values(lost[0]):.3g} in some image): rescale {name} (the result does not depend on "
                 "its scale) or pass float64 images"
             )
     return w.to(acc)
@@ -359,7 +360,7 @@ def _queue_checks(backend: str, extremes: dict, weights=None, wname="weights", b
         parts.append(torch.stack(torch.aminmax(weights)) if weights.numel() else weights.new_zeros(2))
     stats = torch.cat(parts)  # in the widest of their dtypes: float64 samples stay finite
     if not (stats.is_cuda and backend == "triton"):
-        _run_checks(stats.tolist(), extremes, weights is not None, wname, binned, grads)
+        _run_checks(host_values(stats), extremes, weights is not None, wname, binned, grads)
         return _no_checks
     host = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
     host.copy_(stats, non_blocking=True)
@@ -404,11 +405,11 @@ def _run_checks(stats, extremes, has_weights, wname, binned, grads):
             below, above = b.lo + (-1.0 - b.first) * unit, b.lo + (b.num_bins - b.first) * unit
             miss = (b.samples < below) | (b.samples > above)
             if b.weights is None:
-                outside = miss.double().mean().item()
+                outside = host_values(miss.double().mean())
             else:  # the mass that misses: samples a mask leaves out do not count
                 w = b.weights.detach().reshape(miss.shape).double()
-                total = w.sum().item()
-                outside = (w * miss).sum().item() / total if total > 0 else 0.0
+                total = host_values(w.sum())
+                outside = host_values((w * miss).sum()) / total if total > 0 else 0.0
         _warn_binning(b.num_bins, b.name, b.data_units, outside, u_lo, u_hi, b.weights is not None)
 
 
@@ -452,7 +453,7 @@ def _bin_layout(bins) -> tuple[float, float, int]:
             raise ValueError(f"bins must be 1-D (the bin centres), got shape {tuple(bins.shape)}")
         if bins.is_floating_point():
             rel = max(rel, torch.finfo(bins.dtype).eps)  # (float16: 1e-3)
-        b = bins.detach().double().cpu().tolist()
+        b = host_values(bins.detach().double())
     else:
         try:
             if isinstance(bins, (list, tuple)) and all(isinstance(v, numbers.Real) for v in bins):

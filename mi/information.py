@@ -272,8 +272,9 @@ def _use_triton(joint: Tensor, backend: str) -> bool:
 
 def check_triton_here(t: Tensor) -> None:
     """``backend="triton"`` needs the package, and CUDA tensors (or the interpreter)."""
-    if not kernels.is_available():
-        raise ValueError("backend='triton' needs the triton package (pip install triton)")
+    reason = kernels.unavailable_reason()
+    if reason is not None:
+        raise ValueError(f"backend='triton': {reason}")
     if not t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(
             f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1), got device {t.device}"
@@ -303,12 +304,26 @@ def _entropies(joint: Tensor, backend: str):
 MIN_PEAK = {torch.float32: 2.0**-102, torch.float64: 2.0**-998}
 
 
+def host_values(t: Tensor):
+    """``t.tolist()`` (a Python number for a 0-d t), also inside ``torch.func``'s gradient
+    transforms: torch 2.8 and earlier cannot read the data of the ``GradTrackingTensor`` that
+    ``torch.func.grad``/``jacrev`` wrap values in ("Cannot access data pointer of Tensor that
+    doesn't have storage"), so the wrappers are taken off and the read is made with
+    functorch's dispatch off; the values are the same. (Under ``vmap``, whose batched values
+    are not one tensor's, the data checks that read values are off.)"""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(t):
+        t = functorch.get_unwrapped(t)
+    with torch._C._DisableFuncTorch():
+        return t.tolist()
+
+
 def tails_only_peak(joint: Tensor) -> Optional[float]:
     """The largest entry of the histogram (..., K, K) with the smallest non-zero one, when it
     is below ``MIN_PEAK`` for joint's dtype; else None (all-zero histograms do not count).
     One host read."""
     peaks = joint.detach().flatten(-2).amax(-1)
-    low = torch.where(peaks > 0, peaks, math.inf).amin().item()
+    low = host_values(torch.where(peaks > 0, peaks, math.inf).amin())
     return low if low < MIN_PEAK.get(joint.dtype, 0.0) else None
 
 
@@ -332,7 +347,7 @@ def check_joint(joint) -> Tensor:
     if not joint.is_floating_point():
         joint = joint.to(torch.float64)
     if _checks_on() and joint.numel():
-        if not bool(((joint >= 0) & (joint < math.inf)).all()):
+        if not host_values(((joint >= 0) & (joint < math.inf)).all()):
             raise ValueError("joint must be non-negative and finite (no NaN or Inf)")
         low = tails_only_peak(joint) if joint.requires_grad and torch.is_grad_enabled() else None
         if low is not None:
@@ -392,7 +407,7 @@ def check_base(base) -> Optional[float]:
     if base is None:
         return None
     if isinstance(base, Tensor) and base.numel() == 1 and not base.is_complex():
-        base = base.item()
+        base = host_values(base.reshape(()))
     if isinstance(base, bool) or not isinstance(base, numbers.Real):
         raise TypeError(f"base must be a real number > 1 (or None for nats), got {type(base).__name__}")
     if not 1 < float(base) < math.inf:

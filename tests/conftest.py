@@ -17,10 +17,18 @@ def nan_filled_empty(monkeypatch):
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: _nan_filled(_empty_like(*a, **k)))
 
 
+def _uses_triton(item) -> bool:
+    """A test of the Triton backend: "triton" in its name or among its parameters."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return "triton" in item.name.lower() or any(v == "triton" for v in params.values() if isinstance(v, str))
+
+
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    from mi.kernels import unavailable_reason
+
+    reason = unavailable_reason()  # Triton missing or too old: its tests are skipped, with why
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if reason is not None and _uses_triton(item):
+            item.add_marker(pytest.mark.skip(reason=reason))
+        if not torch.cuda.is_available() and "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))

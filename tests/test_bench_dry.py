@@ -6,9 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from mi.kernels import unavailable_reason
+
 ROOT = Path(__file__).resolve().parents[1]
+#: The dry runs of the GPU benchmarks run the Triton kernels (in the interpreter).
+needs_kernels = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
 
 
+@needs_kernels
 def test_bench_gpu_dry_run(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--dry-run", "--out", str(tmp_path)]
@@ -19,6 +25,7 @@ def test_bench_gpu_dry_run(tmp_path):
     assert mine and all(float(r["fwd_bwd_ms_median"]) > 0 for r in mine), rows
 
 
+@needs_kernels
 def test_bench_regime_dry_run(tmp_path):
     """The registration-regime benchmark's dry run: every case and the library's providers, with
     the float64 oracle's errors (the interpreter's tl.dot is fp32: both paths within 1e-5)."""
@@ -46,6 +53,7 @@ def test_bench_regime_plot(tmp_path):
     assert (tmp_path / "bench_regime.png").stat().st_size > 10_000
 
 
+@needs_kernels
 def test_host_overhead_counts(tmp_path):
     """bench/host_overhead.py runs, and its counts pin the Triton path's host work: four Triton
     launches per forward+backward (joint histogram and entropies, each way), one host read

@@ -28,7 +28,7 @@ from mi import kernels as mk  # noqa: E402
 
 utils = importlib.import_module("mi.kernels.utils")  # the launch heuristics
 
-pytestmark = pytest.mark.skipif(not mk.is_available(), reason="triton is not importable")
+pytestmark = pytest.mark.skipif(not mk.is_available(), reason=str(mk.unavailable_reason()))
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 RTOL = 1e-5
@@ -258,6 +258,8 @@ def _hist_cases():
             for sigma in sigmas:
                 N = NS[len(cases) % len(NS)]
                 cases.append(pytest.param(kernel, K, sigma, N, id=f"{kernel}-K{K}-s{sigma}-N{N}"))
+    # W = 80 > MAX_BLOCK_W: the window is walked in chunks (of 32), as the joint's
+    cases.append(pytest.param("gaussian", 80, 8.0, 50, id="gaussian-K80-s8.0-N50"))
     return cases
 
 
@@ -299,7 +301,7 @@ def test_hist_backward(kernel, K, sigma, N, with_m, nan_empty):
         pytest.param("tgauss", "tgauss", 16, 1.5, 100, id="tgauss-tgauss-K16-R1.5-N100"),
         pytest.param("rect", "rect", 16, 1.0, 100, id="rect-rect-K16-R1-N100"),
         pytest.param("bspline", "nearest", 16, 0.7, 100, id="bspline-nearest-K16-N100"),
-        # W = min(2 * 47 + 1, 80) = 80 > MAX_BLOCK_W: the window is walked in chunks
+        # W = min(2 * 47 + 1, 80) = 80 > MAX_BLOCK_W: the window is walked in chunks (of 32)
         pytest.param("gaussian", "gaussian", 80, 8.0, 50, id="gaussian-gaussian-K80-s8.0-N50"),
         # the tiled path's largest forward (K padded to 128; its backward is the scatter gather),
         # and a K padded to the next power of two (23 -> 32)
@@ -360,6 +362,70 @@ def test_far_outside_only(method):
     du, dv, _ = mk.joint_hist_backward(torch.ones(1, K, K, device=DEVICE), u, v, None, K, 1.0)
     assert torch.isfinite(du).all() and torch.isfinite(dv).all()
     assert du.abs().max().item() == 0.0
+
+
+def test_a_triton_older_than_the_kernels_need_is_refused_by_name(monkeypatch):
+    """Triton 3.3's compiler refuses the kernels and 3.1's interpreter gave wrong histograms:
+    below ``MIN_TRITON`` the kernels are unavailable, ``backend="triton"`` says why, and the
+    public functions' other backend still works."""
+    import triton
+
+    assert mk.MIN_TRITON == (3, 4)
+    assert [mk._version(t) for t in ("3.1.0", "3.2.0+git4a1f", "3.10.1", "junk")] == [
+        (3, 1), (3, 2), (3, 10), (0, 0)
+    ]  # fmt: skip
+    x, y = torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8)
+    monkeypatch.setattr(triton, "__version__", "3.3.1")
+    mk.unavailable_reason.cache_clear()
+    try:
+        assert not mk.is_available()
+        assert "Triton >= 3.4, found 3.3.1" in mk.unavailable_reason()
+        with pytest.raises(ValueError, match=r"backend='triton': .*Triton >= 3\.4, found 3\.3\.1"):
+            mi.mutual_information(x, y, backend="triton")
+        with pytest.raises(RuntimeError, match=r"found 3\.3\.1"):
+            mk.joint_hist_forward(x.reshape(1, -1), y.reshape(1, -1), None, 8, 1.0)
+        assert torch.isfinite(mi.mutual_information(x, y, backend="torch")).all()
+    finally:
+        monkeypatch.undo()
+        mk.unavailable_reason.cache_clear()
+    assert mk.is_available()
+
+
+def test_interpreter_scalars_index_as_triton_3_9s(monkeypatch):
+    """Triton 3.6's interpreter makes ``tl.tensor.__index__`` read a scalar's one-element
+    array as it is, which NumPy 2.4 refuses (the persistent kernels' ``range(program_id,
+    ...)``): ``window._patch_interpreter_index`` follows that patch with a squeeze. Here the
+    old patch is one that refuses a one-element array whatever the NumPy (``operator.index``)."""
+    import operator
+
+    import numpy as np
+    from mi.kernels import window
+    from triton.runtime import interpreter
+
+    def old_patch(tensor, scope):
+        scope.set_attr(tensor, "__index__", lambda self: operator.index(self.handle.data))
+
+    class Scope:  # as the interpreter's: records what it sets, to undo it after the launch
+        def __init__(self):
+            self.changes = []
+
+        def set_attr(self, obj, name, value):
+            self.changes.append((obj, name, obj.__dict__.get(name)))
+            setattr(obj, name, value)
+
+    class Tensor:
+        def __init__(self, value):
+            self.handle = type("Handle", (), {"data": np.array([value], dtype=np.int32)})()
+
+    monkeypatch.setattr(interpreter, "_patch_lang_tensor", old_patch)
+    interpreter._patch_lang_tensor(Tensor, Scope())
+    with pytest.raises(TypeError):
+        range(Tensor(3), 5)
+    window._patch_interpreter_index()
+    scope = Scope()
+    interpreter._patch_lang_tensor(Tensor, scope)
+    assert list(range(Tensor(3), 6, Tensor(2))) == [3, 5]
+    assert [name for _, name, _ in scope.changes] == ["__index__", "__index__"]  # undone in order
 
 
 def test_torch_deterministic_mode_is_honoured(method):
@@ -608,7 +674,9 @@ def test_window_sizes():
         utils.window_size("triangle", 64, 1.0)
     for w in (1, 4, 5, 47, 93, 256):
         bn, bw, _ = utils.block_sizes(w)
-        assert bw >= min(w, utils.MAX_BLOCK_W) and bn * bw <= 4 * utils.TILE_ELEMENTS
+        # the whole window in one block up to MAX_BLOCK_W, else chunks of CHUNK_W
+        assert bw >= w if w <= utils.MAX_BLOCK_W else bw == utils.CHUNK_W
+        assert bn * bw <= 4 * utils.TILE_ELEMENTS
 
 
 # ---------------------------------------------------------------- the span forward (any K)

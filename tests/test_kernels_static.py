@@ -38,6 +38,10 @@ def _cuobjdump():
 def report(tmp_path_factory):
     if _cuobjdump() is None:
         pytest.skip("triton with its NVIDIA backend (ptxas, cuobjdump) is not installed")
+    from mi.kernels import unavailable_reason
+
+    if unavailable_reason() is not None:
+        pytest.skip(unavailable_reason())
     out = tmp_path_factory.mktemp("static") / "kernels_static.csv"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
