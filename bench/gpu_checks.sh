@@ -5,7 +5,9 @@
 # with and without its CUDA-graph replay (2-D and 3-D demo pairs), then the general GPU
 # benchmark (compat providers included). Outputs land in $OUT (default bench/results/gpu_run):
 # 8 files, the device tool's limit (bench_gpu.png is not kept: bench_gpu.csv has its numbers).
-#   bash bench/gpu_checks.sh            (wheels for monai/kornia in .whl/, if carried)
+#   bash bench/gpu_checks.sh            (device call: carry .whl, timeout_s 600)
+# Before it, here: `bash bench/gpu_wheels.sh` puts the wheels of what the device lacks
+# (SimpleITK, MONAI, kornia and kornia_rs for its Python 3.12) in .whl/.
 # Back here: copy what to keep into bench/results, then `python bench/bench_regime.py --plot`.
 # Time limits per part (s): TEST_S (150), BENCH_S (200), NCU_S (60), REG_S (50), GPUBENCH_S
 # (120), under the device call's 600 s together. BENCH_ARGS and GPUBENCH_ARGS replace the two
