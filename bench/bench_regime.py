@@ -29,6 +29,8 @@ the inputs. R4's kernel time is the sum of the CUDA kernels a profiler sees in o
 ``SWEEP_BINS``: scatter, and tiled over block sizes, warps and precisions (the data for
 ``utils.TILED_CONFIGS`` and ``utils.AUTO_TILED_BINS``); the span forward over
 ``SPAN_SWEEP`` at each of ``SPAN_SWEEP_BINS`` (precision "span-<T>", ``utils.SPAN_CONFIG``);
+the tiled ones at their default blocks over ``PROGRAMS_SWEEP`` persistent programs per
+multiprocessor (precision "tf32x3-programs<n>", ``utils.TILED_PROGRAMS_PER_SM``);
 and at 32 bins the three paths with the cubic B-spline window ("bspline-<path>"), whose 4
 bins per axis may move the crossover (16 atomics a voxel where sigma 1 needs about 100).
 """
@@ -74,6 +76,10 @@ SWEEP_BINS = (16, 32, 64)
 #: (T, BLOCK_P, num_warps) configurations
 SPAN_SWEEP_BINS = (32, 64, 128, 256)
 SPAN_SWEEP = ((16, 32, 4), (32, 32, 4), (32, 64, 4), (32, 64, 8), (64, 32, 4))
+#: Persistent programs per multiprocessor of the tiled kernels' sweep at their default
+#: configuration (``utils.TILED_PROGRAMS_PER_SM``; 4 programs of 4 warps keep 16 warps on a
+#: multiprocessor, a quarter of what it holds: the H200 run never varied it)
+PROGRAMS_SWEEP = (1, 2, 4, 8, 16)
 MINE = ("auto", "tiled", "scatter", "span")  # the library, by joint-histogram path
 MODES = ["fwd", "bwd", "fwd_bwd"]
 BYTES_PER_VOXEL = {"fwd": 8, "bwd": 12, "fwd_bwd": 20}
@@ -405,6 +411,16 @@ def sweep(x, y, measure, out):
                 utils.TILED_CONFIGS[d].pop(kp, None)
             else:
                 utils.TILED_CONFIGS[d][kp] = config
+        saved_programs = utils.TILED_PROGRAMS_PER_SM
+        for programs in PROGRAMS_SWEEP:
+            utils.TILED_PROGRAMS_PER_SM = programs
+            row = {"bins": k, "precision": f"tf32x3-programs{programs}"}
+            with path("tiled-tf32x3"):
+                time_into(row, "fwd_ms", fwd)
+                if k <= utils.MAX_TILED_BINS["backward"]:
+                    time_into(row, "bwd_ms", bwd)
+            record(row)
+        utils.TILED_PROGRAMS_PER_SM = saved_programs
         if k == 32:  # mi.register's default window, the cubic B-spline: 4 bins a voxel and axis
             fwd = lambda u=u, v=v: kernels.joint_hist_forward(u, v, None, 32, SIGMA, "bspline", "bspline")
             bwd = lambda u=u, v=v, g=g: kernels.joint_hist_backward(
