@@ -43,6 +43,39 @@ def test_bench_regime_dry_run(tmp_path):
             assert float(r["grad_rel_err"]) < 1e-5, r
 
 
+@needs_kernels
+def test_bench_regime_sweep_writes_every_row_timed(tmp_path, monkeypatch):
+    """``bench_regime.py --sweep`` (the GPU run's data for the tiled blocks, the programs per
+    multiprocessor and the auto rule) writes a row per configuration, each timed: a
+    configuration that raises records the exception's name instead, which a GPU run would
+    show only once it is back. Trimmed to 16 bins, one span configuration and two program
+    counts, on R1's dry-run volume (the GPU sweeps 16-256 bins)."""
+    monkeypatch.setattr(sys, "path", [str(ROOT / "bench"), *sys.path])  # (bench_regime adds two more)
+    import bench_regime
+    import data
+
+    monkeypatch.setattr(bench_regime, "SWEEP_BINS", (16,))
+    monkeypatch.setattr(bench_regime, "SPAN_SWEEP_BINS", (16,))
+    monkeypatch.setattr(bench_regime, "SPAN_SWEEP", ((16, 32, 4),))
+    monkeypatch.setattr(bench_regime, "PROGRAMS_SWEEP", (1, 16))
+    from mi import kernels
+
+    utils = kernels._module("utils")
+    state = lambda: repr((utils.TILED_CONFIGS, utils.TILED_PROGRAMS_PER_SM, utils.SPAN_CONFIG,
+                          utils.TILED_PRECISION, utils.TILED_EXP))  # fmt: skip
+    before = state()
+    x, y = data.make_pair(bench_regime.DRY_CASES["R1"][0])
+    bench_regime.sweep(x, y, bench_regime.timer(False), str(tmp_path))
+    assert state() == before  # the sweep puts back every configuration it patched
+    rows = list(csv.DictReader(open(tmp_path / "bench_regime_sweep.csv")))
+    tiled = [f"tf32{x3}" for x3 in ("", "x3", "x3-fma")]
+    want = ["scatter", "span-16", *tiled * 6, "tf32x3-programs1", "tf32x3-programs16"]
+    assert [r["precision"] for r in rows] == want, rows
+    for r in rows:
+        times = [r["fwd_ms"]] if r["precision"].startswith("span") else [r["fwd_ms"], r["bwd_ms"]]
+        assert all(float(t) > 0 for t in times), r  # (float() of an exception's name raises)
+
+
 def test_bench_regime_plot(tmp_path):
     """--plot draws bench_regime.png from a run's CSV (the committed H200 one), named by its card."""
     for name in ("bench_regime.csv", "bench_regime.md"):
