@@ -368,6 +368,14 @@ def sweep(x, y, measure, out):
         except Exception as e:  # out of resources: a configuration that cannot launch
             row[name] = f"{type(e).__name__}"
 
+    def time_row(row, context, fwd, bwd=None):
+        """Times fwd (and bwd) under ``context`` (a path forced) into ``row``, and records it."""
+        with context:
+            time_into(row, "fwd_ms", fwd)
+            if bwd is not None:
+                time_into(row, "bwd_ms", bwd)
+        record(row)
+
     wanted = sorted(set(SWEEP_BINS) | set(SPAN_SWEEP_BINS), key=lambda k: (k not in (32, 64), k))
     for k in wanted:
         u = (x.reshape(b, -1) * (k - 1)).contiguous()
@@ -375,11 +383,7 @@ def sweep(x, y, measure, out):
         g = torch.randn(b, k, k, device=x.device)
         fwd = lambda u=u, v=v, k=k: kernels.joint_hist_forward(u, v, None, k, SIGMA)
         bwd = lambda u=u, v=v, k=k, g=g: kernels.joint_hist_backward(g, u, v, None, k, SIGMA, needs_u=False)
-        row = {"bins": k, "precision": "scatter"}
-        with kernels.forced_method("scatter"):
-            time_into(row, "fwd_ms", fwd)
-            time_into(row, "bwd_ms", bwd)
-        record(row)
+        time_row({"bins": k, "precision": "scatter"}, kernels.forced_method("scatter"), fwd, bwd)
         if k in SPAN_SWEEP_BINS:
             saved_span = utils.SPAN_CONFIG
             for (tile, block_p, warps), method in [(c, "span") for c in SPAN_SWEEP] + [
@@ -387,13 +391,12 @@ def sweep(x, y, measure, out):
             ]:
                 utils.SPAN_CONFIG = (tile, block_p, warps)
                 row = {"bins": k, "block_p": block_p, "warps": warps, "precision": f"{method}-{tile}"}
-                with kernels.forced_method(method):
-                    time_into(row, "fwd_ms", fwd)
-                record(row)
+                time_row(row, kernels.forced_method(method), fwd)
             utils.SPAN_CONFIG = saved_span
         if k not in SWEEP_BINS:
             continue
         kp = max(16, k)
+        tiled_bwd = bwd if k <= utils.MAX_TILED_BINS["backward"] else None
         saved = {d: utils.TILED_CONFIGS[d].get(kp) for d in utils.TILED_CONFIGS}
         for block_p in (32, 64, 128):
             for warps in (4, 8):
@@ -401,11 +404,7 @@ def sweep(x, y, measure, out):
                     utils.TILED_CONFIGS[d][kp] = (block_p, warps)
                 for prec in ("tf32", "tf32x3", "tf32x3-fma"):
                     row = {"bins": k, "block_p": block_p, "warps": warps, "precision": prec}
-                    with path(f"tiled-{prec}"):
-                        time_into(row, "fwd_ms", fwd)
-                        if k <= utils.MAX_TILED_BINS["backward"]:
-                            time_into(row, "bwd_ms", bwd)
-                    record(row)
+                    time_row(row, path(f"tiled-{prec}"), fwd, tiled_bwd)
         for d, config in saved.items():
             if config is None:
                 utils.TILED_CONFIGS[d].pop(kp, None)
@@ -414,12 +413,9 @@ def sweep(x, y, measure, out):
         saved_programs = utils.TILED_PROGRAMS_PER_SM
         for programs in PROGRAMS_SWEEP:
             utils.TILED_PROGRAMS_PER_SM = programs
-            row = {"bins": k, "precision": f"tf32x3-programs{programs}"}
-            with path("tiled-tf32x3"):
-                time_into(row, "fwd_ms", fwd)
-                if k <= utils.MAX_TILED_BINS["backward"]:
-                    time_into(row, "bwd_ms", bwd)
-            record(row)
+            time_row(
+                {"bins": k, "precision": f"tf32x3-programs{programs}"}, path("tiled-tf32x3"), fwd, tiled_bwd
+            )
         utils.TILED_PROGRAMS_PER_SM = saved_programs
         if k == 32:  # mi.register's default window, the cubic B-spline: 4 bins a voxel and axis
             fwd = lambda u=u, v=v: kernels.joint_hist_forward(u, v, None, 32, SIGMA, "bspline", "bspline")
@@ -427,18 +423,14 @@ def sweep(x, y, measure, out):
                 g, u, v, None, 32, SIGMA, "bspline", "bspline", needs_u=False
             )
             for method in ("scatter", "tiled"):
-                row = {"bins": k, "precision": f"bspline-{method}"}
-                with kernels.forced_method(method):
-                    time_into(row, "fwd_ms", fwd)
-                    time_into(row, "bwd_ms", bwd)
-                record(row)
+                time_row(
+                    {"bins": k, "precision": f"bspline-{method}"}, kernels.forced_method(method), fwd, bwd
+                )
             saved_span = utils.SPAN_CONFIG
             for tile, block_p, warps in ((16, 32, 4), (16, 64, 4), (32, 32, 4)):
                 utils.SPAN_CONFIG = (tile, block_p, warps)
                 row = {"bins": k, "block_p": block_p, "warps": warps, "precision": f"bspline-span-{tile}"}
-                with kernels.forced_method("span"):
-                    time_into(row, "fwd_ms", fwd)
-                record(row)
+                time_row(row, kernels.forced_method("span"), fwd)
             utils.SPAN_CONFIG = saved_span
     f.close()
 
