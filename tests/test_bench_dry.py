@@ -68,8 +68,8 @@ def test_bench_regime_sweep_writes_every_row_timed(tmp_path, monkeypatch):
     bench_regime.sweep(x, y, bench_regime.timer(False), str(tmp_path))
     assert state() == before  # the sweep puts back every configuration it patched
     rows = list(csv.DictReader(open(tmp_path / "bench_regime_sweep.csv")))
-    tiled = [f"tf32{x3}" for x3 in ("", "x3", "x3-fma")]
-    want = ["scatter", "span-16", *tiled * 6, "tf32x3-programs1", "tf32x3-programs16"]
+    tiled = ["tf32", "tf32x3", "tf32x3-fma"] * 6  # per (block, warps): 3 blocks x 2 warp counts
+    want = ["scatter", "span-16", *tiled, "tf32x3-programs1", "tf32x3-programs16"]
     assert [r["precision"] for r in rows] == want, rows
     for r in rows:
         times = [r["fwd_ms"]] if r["precision"].startswith("span") else [r["fwd_ms"], r["bwd_ms"]]
