@@ -113,7 +113,9 @@ def _window_start(b_x, K, c_k, W: tl.constexpr, KIND: tl.constexpr):
     backend's ``window_start``.
     """
     if KIND == 0:
-        r = tl.sqrt(_GAUSS_R2_CK / c_k)  # 24 ln 2 / c_k = 48 ln 2 sigma^2
+        # 24 ln 2 / c_k = 48 ln 2 sigma^2; capped (a window wider than every bin starts at 0
+        # either way) so that b_c - r stays finite where c_k underflows (sigma near 2**64)
+        r = tl.minimum(tl.sqrt(_GAUSS_R2_CK / c_k), K + 2.0 * W + 2.0)
     elif KIND == 1:
         r = 2.0
     elif KIND == 3 or KIND == 4 or KIND == 5:

@@ -376,7 +376,8 @@ def _queue_checks(backend: str, extremes: dict, weights=None, wname="weights", b
 
 def _to_bins_host(value: float, lo: float, hi: float, first: float, length: float) -> float:
     """A value's bin coordinate on the host (float64), scaled so that nothing overflows."""
-    s = math.ldexp(1.0, -max(math.frexp(abs(lo))[1], math.frexp(abs(hi))[1]))
+    e = max(math.frexp(abs(lo))[1], math.frexp(abs(hi))[1])
+    s = math.ldexp(1.0, max(-1022, min(1022, -e)))  # a normal float64 (1e-310: e < -1022)
     return (value * s - lo * s) * (length / (hi * s - lo * s)) + first
 
 
@@ -472,6 +473,11 @@ def _bin_layout(bins) -> tuple[float, float, int]:
     if not all(-math.inf < v < math.inf for v in b):  # (math.isfinite fails on compile's symbolic floats)
         raise ValueError("bins contains NaN or Inf")
     k = len(b)
+    if not abs(b[-1] - b[0]) < math.inf:
+        raise ValueError(
+            f"bins span {b[0]:.6g}..{b[-1]:.6g}, wider than float64 can hold "
+            f"({torch.finfo(torch.float64).max:.3g}); rescale the samples and the bins"
+        )
     step = (b[-1] - b[0]) / (k - 1)
     if not step > 0:
         raise ValueError("bins must be increasing")
@@ -1050,21 +1056,30 @@ def _image_joint(
     )  # fmt: skip
     u, v, m, binning, op_ranges, check = _binning(a, group, deterministic)
     j = all_reduce_sum(_autograd.joint_hist(u, v, m, binning, *op_ranges), group)
-    _check_peaks(j, a.backend)
+    _check_peaks(j, a.backend, occupied=None if group is not None else _occupied(m, u))
     return j, a.lead, a.dtype, a.backend, check
 
 
-def _check_peaks(j: Tensor, backend: str, what="joint histogram", cause=None) -> None:
+def _occupied(m: Optional[Tensor], u: Tensor):
+    """Which rows (R, N) of samples have some weight: ``tails_only_peak``'s ``occupied``."""
+    if m is None:
+        return u.shape[-1] > 0
+    return m.detach().amax(-1) > 0 if m.shape[-1] else False
+
+
+def _check_peaks(j: Tensor, backend: str, what="joint histogram", cause=None, occupied=None) -> None:
     """Refuse joint histograms (R, K, K) (or (R, K, 1): a histogram's) that hold only window
     tails below the float's normal range: every sample far outside a fixed value_range (or
     far from every bin centre at a tiny sigma). Their value lost most of its bits (0.6336 for
     0.6365) and their gradient overflowed to Inf/NaN (the normalisation's too: NaN). With the
     value checks on, on the torch backend (one more host read; not on the Triton path, whose
     checks never wait for its kernels on a GPU). An all-zero histogram (an empty mask) stays
-    allowed: it scores as independent variables. ``cause``: what the message says to do."""
+    allowed: it scores as independent variables; but not one whose samples had weight
+    (``occupied``, see ``tails_only_peak``; MI's calls pass it): its windows underflowed to
+    0 (MI of 0 for a pair that is not independent). ``cause``: what the message says to do."""
     if not _checks_on() or backend == "triton" or j.numel() == 0:
         return
-    low = tails_only_peak(j)
+    low = tails_only_peak(j, occupied)
     if low is not None:
         cause = cause or (
             "Every sample lies far outside value_range (or far from every bin centre at this small "
@@ -1124,8 +1139,12 @@ def _binning(a: _Images, group=None, deterministic=False):
     if mattes:
         # ITK: the fixed image's bin is floor(term) clamped to [2, K-3] (a box window, at that
         # bin's centre here, so rounding cannot move it); the moving one a cubic B-spline at term.
+        # A fixed sample beyond a given value_range is dropped (bin -2), as value_range says,
+        # not clamped into an edge bin (ITK's clamp only ever moves the maximum, term K-2).
         op_acc = _acc_dtype(a.dtype)
-        u = _mattes_terms(x_rows, r_x, k).floor().clamp(2.0, k - 3.0).to(op_acc)
+        xd = x_rows.detach().double()
+        inside = (xd >= r_x[:, :1]) & (xd <= r_x[:, 1:])
+        u = torch.where(inside, _mattes_terms(x_rows, r_x, k).floor().clamp(2.0, k - 3.0), -2.0).to(op_acc)
         v = _mattes_terms(y_rows, r_y, k).to(op_acc)
         kernels, op_ranges = ("box", "bspline"), (None, None)
     else:
@@ -1262,7 +1281,8 @@ def mutual_information(
             or maximum shares its part among its pixels, as ``amin``/``amax`` do); or a pair of those,
             one for x and one for y, e.g. ``((0, 1), "auto")``. With ``kernel="bspline"``
             lo..hi map onto 1..K-2 and with ``"mattes"`` onto 2..K-2 (padding bins that keep
-            each pixel's whole unit of mass inside the histogram).
+            each pixel's whole unit of mass inside the histogram; x's samples beyond lo..hi,
+            whose box window has no bin there, are dropped).
         mask: optional per-pixel weights broadcastable to x: bool, or non-negative floats
             (differentiable), e.g. the overlap region in registration.
         per_channel: False: one histogram per sample over all channels -> (B,); True: one

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from . import kernels
 from ._autograd import fast_apply
+from ._torch import pow2_scale
 
 NORMALIZATIONS = ("none", "arithmetic", "studholme")
 BACKENDS = ("auto", "torch", "triton")
@@ -318,12 +319,15 @@ def host_values(t: Tensor):
         return t.tolist()
 
 
-def tails_only_peak(joint: Tensor) -> Optional[float]:
+def tails_only_peak(joint: Tensor, occupied=None) -> Optional[float]:
     """The largest entry of the histogram (..., K, K) with the smallest non-zero one, when it
-    is below ``MIN_PEAK`` for joint's dtype; else None (all-zero histograms do not count).
+    is below ``MIN_PEAK`` for joint's dtype; else None. All-zero histograms do not count,
+    but for those that ``occupied`` ((...,) bool, or True for all) marks as having had
+    samples of non-zero weight: their windows underflowed, and their largest entry is 0.
     One host read."""
     peaks = joint.detach().flatten(-2).amax(-1)
-    low = host_values(torch.where(peaks > 0, peaks, math.inf).amin())
+    counted = peaks > 0 if occupied is None else (peaks > 0) | occupied
+    low = host_values(torch.where(counted, peaks, math.inf).amin())
     return low if low < MIN_PEAK.get(joint.dtype, 0.0) else None
 
 
@@ -361,6 +365,11 @@ def check_joint(joint) -> Tensor:
 
             why = "the gradient is about 1 / the histogram's total; rescale joint or pass it as float32"
             joint = _FiniteGrad.call(joint, "joint", why)
+    if joint.dtype == torch.float64 and joint.shape[-1]:
+        # Each histogram times the power of two that brings its largest entry near 1 (exact; a
+        # constant to autograd, the result being scale-free): finite entries of 1e308 summed
+        # to Inf, which scored as an all-zero histogram (MI 0).
+        joint = joint * pow2_scale(joint.detach().flatten(-2).amax(-1))[..., None, None]
     return joint
 
 
@@ -402,10 +411,16 @@ def check_normalize(normalize: Normalize) -> str:
 
 def check_base(base) -> Optional[float]:
     """``base`` of the logarithms: None (nats), or a real number > 1 (2: bits; 10: bans), also
-    a numpy scalar or a one-element tensor. (Below 1 every information would come out
+    a numpy scalar or a one-element tensor (read as a number: one that requires grad is
+    refused). (Below 1 every information would come out
     negative.)"""
     if base is None:
         return None
+    if isinstance(base, Tensor) and base.requires_grad:
+        raise TypeError(
+            "base is read as a number and is not differentiated: pass it without requires_grad "
+            "(detached); the information in log base b is the one in nats divided by log(b)"
+        )
     if isinstance(base, Tensor) and base.numel() == 1 and not base.is_complex():
         base = host_values(base.reshape(()))
     if isinstance(base, bool) or not isinstance(base, numbers.Real):

@@ -19,7 +19,15 @@ from torch import Tensor
 
 from . import _autograd
 from ._torch import _acc_dtype
-from .functional import ValueRange, _binning, _check_histogram_size, _check_images, _check_peaks, _unit_rows
+from .functional import (
+    ValueRange,
+    _binning,
+    _check_histogram_size,
+    _check_images,
+    _check_peaks,
+    _occupied,
+    _unit_rows,
+)
 from .information import _score, check_base, check_normalize
 from .modules import MI_KWARGS, MutualInformationLoss
 
@@ -181,7 +189,7 @@ def local_mutual_information(
         m = _unit_rows(m, "mask")  # per patch: one patch's weights may be tiny beside another's
     ranges = [r if r is None or r.shape[0] == 1 else r.repeat_interleave(count, 0) for r in op_ranges]
     joint = _autograd.joint_hist(u, v, m, binning, *ranges)
-    _check_peaks(joint, a.backend)
+    _check_peaks(joint, a.backend, occupied=_occupied(m, u))
     score = _score(joint.reshape(*a.lead, *grid, *joint.shape[-2:]), normalize, base, a.backend)
     out = score.to(a.dtype)
     check()

@@ -4,8 +4,8 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from .functional import mutual_information
-from .information import check_normalize
+from .functional import _check_num_bins, _check_range, _check_sigma, mutual_information
+from .information import check_base, check_normalize
 
 
 class MutualInformation(nn.Module):
@@ -48,6 +48,7 @@ class MutualInformation(nn.Module):
         **kwargs,
     ):
         super().__init__()
+        check_args(num_bins, sigma, value_range, base)
         self.num_bins, self.sigma = num_bins, sigma
         self.normalize = check_normalize(normalize)
         self.value_range, self.base = value_range, base
@@ -65,6 +66,16 @@ class MutualInformation(nn.Module):
 
 #: The keyword arguments of :func:`mi.mutual_information` that the modules pass through.
 MI_KWARGS = ("base", "per_channel", "kernel", "backend", "deterministic", "group")
+
+
+def check_args(num_bins, sigma, value_range, base) -> None:
+    """Refuse, when a module is built rather than on its first call, a bad ``num_bins``,
+    ``sigma``, ``value_range`` or ``base`` (as :func:`mi.mutual_information` would; the
+    module keeps them as given)."""
+    _check_num_bins(num_bins)
+    _check_sigma(sigma)
+    _check_range(value_range)
+    check_base(base)
 
 
 def check_kwargs(owner: str, kwargs: dict, allowed=MI_KWARGS) -> dict:
@@ -130,6 +141,7 @@ class MutualInformationLoss(nn.Module):
         super().__init__()
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        check_args(num_bins, sigma, value_range, kwargs.get("base"))
         self.num_bins, self.sigma = num_bins, sigma
         self.normalize = check_normalize(normalize)
         self.value_range, self.reduction = value_range, reduction

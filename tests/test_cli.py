@@ -265,6 +265,38 @@ def test_register_passes_winsorize_on(tmp_path, monkeypatch):
         assert seen[-1] == want
 
 
+def test_register_names_its_outputs_after_the_moving_name_without_its_suffix(tmp_path, capsys):
+    """case1.t2.npy and case1.flair.npy beside it: both once wrote case1_*, the second run
+    overwriting the first; now case1.t2_* and case1.flair_*."""
+    from mi.registration.io import _stem
+
+    assert [_stem(Path(n)) for n in ("case1.t2.nii.gz", "brain.nii", "a.b.png", "x.mha", "noext")] == [
+        "case1.t2", "brain", "a.b", "x", "noext"
+    ]  # fmt: skip
+    (tmp_path / "series.1").mkdir()
+    assert _stem(tmp_path / "series.1") == "series.1"  # a DICOM folder: its whole name
+    a = photo((48, 40)) / 255.0
+    for name in ("f.npy", "case1.t2.npy", "case1.flair.npy"):
+        np.save(tmp_path / name, a)
+    out = tmp_path / "out"
+    for name in ("case1.t2.npy", "case1.flair.npy"):
+        argv = ["register", str(tmp_path / "f.npy"), str(tmp_path / name), "-o", str(out), "--quiet"]
+        assert main(argv + ["--iterations", "2"]) == 0
+    names = {p.name for p in out.iterdir()}
+    for stem in ("case1.t2", "case1.flair"):
+        assert {f"{stem}_matrix.txt", f"{stem}_registered.npy", f"{stem}_registration.png"} <= names
+
+
+def test_register_refuses_an_output_folder_it_cannot_create_before_the_work(tmp_path, capsys):
+    f = _write_png(tmp_path / "f.png", photo((48, 40)) / 255.0)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    assert main(["register", str(f), str(f), "-o", str(blocker / "sub"), "--quiet"]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("mi: error: cannot create the output folder") and "Traceback" not in err
+    assert "normalised MI" not in out  # (the registration's summary: it did not run)
+
+
 def test_register_needs_both_files(tmp_path, capsys):
     assert main(["register", str(tmp_path / "a.png")]) == 2
     assert "give both FIXED and MOVING" in capsys.readouterr().err

@@ -330,13 +330,16 @@ def test_float_mask_weights_and_gradient():
 
 @pytest.mark.parametrize("normalize", ["none", "arithmetic", "studholme"])
 def test_degenerate_inputs_are_finite(normalize):
-    """Constant images, an all-zero mask, tiny sigma: finite values and gradients, never NaN."""
+    """Constant images, an all-zero mask, tiny sigma: finite values and gradients, never NaN
+    (or a ValueError: at sigma 1e-3 bins, samples half-way between two centres weigh 0)."""
     x = torch.full((2, 1, 8, 8), 0.3, requires_grad=True)
     y = torch.full((2, 1, 8, 8), 0.7, requires_grad=True)
     mask = torch.zeros(2, 1, 8, 8)
     mask[1] = 1.0
     mask.requires_grad_()
-    for kw in [dict(value_range="auto"), dict(value_range=(0, 1), sigma=1e-3), dict(mask=mask)]:
+    with pytest.raises(ValueError, match="holds only kernel tails: its largest cell is 0 "):
+        mi.mutual_information(x, y, num_bins=16, normalize=normalize, value_range=(0, 1), sigma=1e-3)
+    for kw in [dict(value_range="auto"), dict(value_range=(0, 1.5), sigma=1e-3), dict(mask=mask)]:
         out = mi.mutual_information(x, y, num_bins=16, normalize=normalize, **kw)
         out.sum().backward()
         for t in (out, x.grad, y.grad) + ((mask.grad,) if "mask" in kw else ()):

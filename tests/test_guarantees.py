@@ -151,6 +151,10 @@ def test_float64_near_its_limits():
             got = mi.mutual_information((x - 0.5) * a, y * a, num_bins=16, kernel=kernel)
             ref = mi.mutual_information(x - 0.5, y, num_bins=16, kernel=kernel)
             torch.testing.assert_close(got, ref, rtol=2e-13, atol=1e-14)  # measured 2.2e-14
+            # a fixed range of subnormals: the value checks' host arithmetic raised OverflowError
+            got = mi.mutual_information((x - 0.5) * a, y * a, num_bins=16, kernel=kernel, value_range=(-a, a))
+            ref = mi.mutual_information(x - 0.5, y, num_bins=16, kernel=kernel, value_range=(-1.0, 1.0))
+            torch.testing.assert_close(got, ref, rtol=2e-13, atol=1e-14)
     assert torch.isfinite(want).all()
 
 
@@ -279,7 +283,8 @@ def test_histograms_of_kernel_tails_alone_are_refused(backend):
             num_bins=8, sigma=0.05, value_range=(0.0, 7.0), backend=backend,
         ),
     ):  # fmt: skip
-        with pytest.raises(ValueError, match="holds only kernel tails: its largest cell is .*e-4"):
+        # (0 for local MI: some patch's windows all underflowed)
+        with pytest.raises(ValueError, match="holds only kernel tails: its largest cell is (0 |.*e-4)"):
             with warnings.catch_warnings():  # (the samples that miss the bins are warned about too)
                 warnings.simplefilter("ignore")
                 call()
@@ -302,6 +307,28 @@ def test_histograms_of_kernel_tails_alone_are_refused(backend):
     ):
         with pytest.raises(ValueError, match=f"the {what} holds only kernel tails: .* raise sigma"):
             call()
+    # Windows that underflow to exactly 0 for every sample that has weight: an all-zero histogram,
+    # which scored as independent variables (Studholme 1 where the float64 images give 2).
+    between = torch.floor(x * 7) + 0.5  # half-way between centres: 2e-61 at sigma 0.03
+    for call in (
+        lambda: mi.mutual_information(between, between, num_bins=8, sigma=0.03, value_range=(0.0, 7.0),
+                                      normalize="studholme", backend=backend),
+        lambda: mi.mutual_information(100 + x, 100 + y, **far),  # 700 bins beyond the range
+        lambda: mi.local_mutual_information(100 + x, 100 + y, patch_size=5, **far),
+        lambda: mi.mutual_information(x, y, mask=torch.ones_like(x), kernel="mattes",
+                                      value_range=((2.0, 3.0), "auto"), backend=backend),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match="holds only kernel tails: its largest cell is 0 "):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                call()
+    b64 = between.double()
+    kw = dict(num_bins=8, sigma=0.03, value_range=(0.0, 7.0), normalize="studholme")
+    assert mi.mutual_information(b64, b64, **kw).tolist() == [2.0, 2.0]
+    half_empty = torch.ones_like(x)
+    half_empty[0] = 0  # a histogram emptied by its mask, beside one that is not: allowed
+    s = mi.mutual_information(x, y, mask=half_empty, num_bins=8, backend=backend)
+    assert s[0] == 0 and s[1] > 0.1
     h = mi.histogram(half, bins, sigma=0.02, backend=backend)  # 6.25 sigma: 3.3e-9 per bin, normal
     (h * torch.arange(5.0)).sum().backward()
     assert torch.isfinite(half.grad).all()
@@ -760,6 +787,31 @@ def test_torch_compile_under_autocast_and_its_double_backward():
     (g,) = torch.autograd.grad(compiled(x, yy), yy, create_graph=True)
     with pytest.raises(RuntimeError):
         torch.autograd.grad(g.sum(), yy)
+
+
+def test_a_float64_joint_whose_total_overflows_is_scored_at_its_scale():
+    """Finite float64 entries of 1e307 sum to Inf: the total was taken as that of an empty
+    histogram (MI 0, Studholme 1, zero entropies and gradient). Each histogram is now brought
+    near 1 by a power of two first (exact): the oracle's values, and the gradient of the
+    unit-scale joint divided by the scale (subnormal here: to the subnormals' spacing)."""
+    x, y = _pair()
+    u, v = to_bins(x.flatten(1), 0.0, 1.0, 8), to_bins(y.flatten(1), 0.0, 1.0, 8)
+    j = dense_joint(u, v, None, 8, 0.5)
+    j = j / j.amax((-2, -1), keepdim=True)  # largest 1, total above 2
+    big = (j * 2.0**1022).requires_grad_()
+    assert torch.isinf(big.sum((-2, -1))).all() and torch.isfinite(big).all()
+    got = mi.mutual_information_from_joint(big)
+    torch.testing.assert_close(got, oracle_mi(j), rtol=1e-12, atol=0)
+    for h, want in zip(mi.entropies_from_joint(big), entropies(j)):
+        torch.testing.assert_close(h, want, rtol=1e-12, atol=0)
+    studholme = mi.mutual_information_from_joint(big, normalize="studholme")
+    torch.testing.assert_close(studholme, oracle_mi(j, "studholme"), rtol=1e-12, atol=0)
+    got.sum().backward()
+    jj = j.clone().requires_grad_()
+    oracle_mi(jj).sum().backward()
+    torch.testing.assert_close(
+        big.grad * 2.0**1022, jj.grad, rtol=0, atol=1e-14 * jj.grad.abs().max().item() + 1e-15
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

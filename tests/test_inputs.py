@@ -51,6 +51,12 @@ BAD_MI = [
     ("base-half", mi_call(base=0.5), ValueError, "base must be a finite number > 1"),  # negative MI
     ("base-inf", mi_call(base=float("inf")), ValueError, "base must be a finite number > 1"),
     ("base-str", mi_call(base="2"), TypeError, "base must be a real number > 1"),
+    (  # read as a number: autograd would silently not reach it
+        "base-requires-grad",
+        mi_call(base=torch.tensor(2.0, requires_grad=True)),
+        TypeError,
+        "base is read as a number and is not differentiated",
+    ),
     (
         "bspline-3-bins",
         mi_call(kernel="bspline", num_bins=3),
@@ -128,6 +134,12 @@ BAD_JOINT = [
 ]
 
 BAD_HIST = [
+    (  # (their step, (last - first) / (K - 1), overflowed; the message blamed sigma)
+        "hist-bins-span",
+        lambda: mi.histogram(torch.zeros(1, 3, dtype=torch.float64), [-1.5e308, 0.0, 1.5e308], 1e307),
+        ValueError,
+        "bins span -1.5e[+]308..1.5e[+]308, wider than float64 can hold",
+    ),
     (
         "hist-x-int",
         lambda: mi.histogram(torch.ones(2, 5, dtype=torch.int32), BINS, 0.1),
@@ -207,6 +219,21 @@ def test_modules_check_their_arguments():
         mi.MutualInformation(normalize="geometric")
     with pytest.raises(ValueError, match="reduction must be"):
         mi.MutualInformationLoss(reduction="avg")
+    # when built, not on the first call (these constructed and failed only when called)
+    for build, error, match in (
+        (lambda: mi.MutualInformation(num_bins=1), ValueError, "num_bins must be at least 2"),
+        (lambda: mi.MutualInformationLoss(sigma=-1), ValueError, "sigma must be a positive"),
+        (
+            lambda: mi.MutualInformationLoss(value_range=(1, 0)),
+            ValueError,
+            "value_range must be finite with lo < hi",
+        ),
+        (lambda: mi.MutualInformationLoss(base=0.5), ValueError, "base must be a finite number > 1"),
+        (lambda: mi.MutualInformation(base="2"), TypeError, "base must be a real number"),
+        (lambda: mi.LocalMutualInformationLoss(4, num_bins=2.5), TypeError, "num_bins must be an integer"),
+    ):
+        with pytest.raises(error, match=match):
+            build()
 
 
 def test_mean_of_an_empty_batch_is_refused():

@@ -107,6 +107,30 @@ def test_parzen_mi_and_gradient_match_dense(kernel):
     torch.testing.assert_close(y.grad.double(), yd.grad, rtol=0, atol=5e-6 * yd.grad.abs().max().item())
 
 
+@pytest.mark.filterwarnings("ignore:.* of the samples of x lie more than one bin beyond")
+def test_mattes_drops_fixed_samples_beyond_value_range():
+    """value_range: mass beyond the bins is dropped. With kernel="mattes" the fixed image's
+    samples beyond lo..hi were clamped into the edge bins 2 and K-3 instead (ITK's clamp of
+    the bin index, which with ITK's own ranges only ever moves the maximum): here 4/5 of the
+    fixed marginal in those two bins, for a window holding 2/5 of the samples."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(2, 1, 12, 10, generator=gen, dtype=torch.float64)
+    y = (remap(x) + 0.2 * torch.rand(2, 1, 12, 10, generator=gen, dtype=torch.float64)).requires_grad_()
+    k, lo, hi = 12, 0.3, 0.7
+    got = mi.mutual_information(x, y, num_bins=k, kernel="mattes", value_range=((lo, hi), (0, 1.2)))
+    yd = y.detach().clone().requires_grad_()
+    u = ((x - lo) * ((k - 4) / (hi - lo)) + 2).floor().clamp(2, k - 3)
+    inside = ((x >= lo) & (x <= hi)).double()
+    j = dense_joint(
+        u.flatten(1), (yd * ((k - 4) / 1.2) + 2).flatten(1), inside.flatten(1), k, 1.0, "box", "bspline"
+    )
+    ref = oracle_mi(j)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-14)
+    got.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(y.grad, yd.grad, rtol=1e-10, atol=1e-12)
+
+
 def test_mattes_needs_five_bins():
     x = torch.rand(1, 1, 8, 8)
     with pytest.raises(ValueError, match="kernel='mattes' needs num_bins >= 5"):

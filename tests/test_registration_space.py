@@ -183,6 +183,19 @@ def test_tensor_inputs_with_spacing():
     assert g == g2 and g.center().tolist() == [3.25, 5.5, 13.5]
 
 
+def test_spacing_of_a_fixed_array_leaves_a_moving_image_its_own():
+    """``spacing=`` is a moving array's too (unless ``moving_spacing``), but a moving image
+    with its own geometry keeps it: with a SimpleITK moving image, spacing= for the fixed
+    array was refused, naming the moving image."""
+    a = torch.rand(40, 48, generator=torch.Generator().manual_seed(3)).numpy()
+    img = sitk.GetImageFromArray(a)
+    img.SetSpacing((0.7, 0.6))
+    r = register(a, img, spacing=(0.5, 0.4), iterations=1, levels=1, progress=False)
+    assert r.fixed_geometry.spacing == (0.5, 0.4) and r.moving_geometry.spacing == (0.7, 0.6)
+    r = register(a, a, spacing=(0.5, 0.4), iterations=1, levels=1, progress=False)
+    assert r.moving_geometry.spacing == (0.5, 0.4)
+
+
 def _blocks():
     """A 3-D volume of distinct constant regions: which region a sample came from is its value."""
     x = torch.zeros(24, 24, 24)

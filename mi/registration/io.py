@@ -160,6 +160,16 @@ def _suffix(path: Path) -> str:
     return next((s for s in MEDICAL_SUFFIXES if name.endswith(s)), path.suffix.lower())
 
 
+def _stem(path: Path) -> str:
+    """The outputs' prefix: the moving file's name without its format's suffix
+    (``case1.t2.nii.gz``: ``case1.t2``, so that ``case1.flair.mha`` beside it gets other
+    names); a DICOM folder's whole name."""
+    if path.is_dir():
+        return path.name
+    suffix = _suffix(path)
+    return path.name[: len(path.name) - len(suffix)] if suffix and len(suffix) < len(path.name) else path.name
+
+
 def write_warped(path_stem: Path, result: RegistrationResult, fixed_path: Path, moving_values) -> Path:
     """The warped image on the fixed grid, in the fixed file's format: medical formats (a
     DICOM series and FreeSurfer's MGH: NIfTI) with the fixed geometry; PNG/JPEG scaled to the moving image's
@@ -242,9 +252,13 @@ def run_cli(
         raise RegisterError(str(e)) from None
     except ImportError as e:
         raise RegisterError(str(e)) from None
-    out, stem = Path(out_dir), moving_path.name.split(".")[0]
+    out, stem = Path(out_dir), _stem(moving_path)
     inputs = [fixed_path, moving_path] + [kwargs.get(k) for k in ("mask", "moving_mask", "initial")]
     _check_outputs(out, stem, inputs)  # before the work
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RegisterError(f"cannot create the output folder {out}: {e.strerror or e}") from None
     for path, image in ((fixed_path, fixed), (moving_path, moving)):
         values = image if isinstance(image, np.ndarray) else _sitk().GetArrayViewFromImage(image)
         count = int(values.size - np.isfinite(values).sum())
@@ -262,7 +276,6 @@ def run_cli(
     else:
         result = register(fixed, moving, transform=transform, progress=progress, **kwargs)
     print(describe(result))
-    out.mkdir(parents=True, exist_ok=True)
     moving_values = as_image("moving", moving, "cpu", nonfinite=True)[0]
     moving_values = moving_values[torch.isfinite(moving_values)]  # (for the PNG's scale: min..max)
     try:  # SimpleITK's writers raise RuntimeError; numpy's and save_transform OSError

@@ -196,6 +196,12 @@ def has_affine(x) -> bool:
     return getattr(x, "affine", None) is not None and (hasattr(x, "dataobj") or hasattr(x, "meta"))
 
 
+def has_geometry(x) -> bool:
+    """A SimpleITK image, a nibabel image or a MONAI ``MetaTensor``: an image with its own
+    geometry (not a plain array or tensor, whose geometry ``spacing=`` gives)."""
+    return _is_sitk_image(x) or has_affine(x)
+
+
 def from_affine(name: str, x):
     """A nibabel image or a MONAI ``MetaTensor`` as the SimpleITK image of the same voxels
     and geometry. Both hold their voxels with the index axes (i, j[, k]) first and an affine
@@ -237,6 +243,8 @@ def from_affine(name: str, x):
     spacing = np.linalg.norm(linear, axis=0)
     if not (np.isfinite(affine).all() and (spacing > 0).all()):
         raise ValueError(f"{name}: its affine has a zero or non-finite column: {affine.tolist()}")
+    if a.dtype.kind == "c":
+        raise TypeError(f"{name} must hold real numbers, got {a.dtype}")
     if a.dtype.kind not in "iuf" or a.dtype == np.float16:  # (bool: as 0 and 1)
         a = a.astype(np.float32)
     a = a.astype(a.dtype.newbyteorder("="), copy=False)  # (NIfTI files may be big-endian)
@@ -317,6 +325,8 @@ def as_image(name: str, x, device=None, spacing=None, *, nonfinite: bool = False
         if spacing is not None:
             raise ValueError(f"spacing= is for tensors and arrays; {name} is an image with its own geometry")
         sitk = _sitk()
+        if "complex" in x.GetPixelIDTypeAsString():
+            raise TypeError(f"{name} must hold real numbers, got a {x.GetPixelIDTypeAsString()} image")
         if x.GetNumberOfComponentsPerPixel() != 1:
             raise ValueError(
                 f"{name} must be a grey image, got {x.GetNumberOfComponentsPerPixel()} components"

@@ -161,7 +161,10 @@ def read_transform(path, d: int) -> Tensor:
     """An ITK transform file (anything ``SimpleITK.ReadTransform`` reads) -> its matrix."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"no such transform file: {path}")
+        raise ValueError(
+            f"no such transform file: {path} (initial= takes a transform file, a matrix, a "
+            "SimpleITK transform, a registration result, or 'geometry' or 'moments', in lower case)"
+        )
     sitk = _sitk()
     try:
         t = sitk.ReadTransform(str(path))
