@@ -33,9 +33,14 @@ from .modules import MI_KWARGS, MutualInformationLoss
 
 
 def _per_axis(name: str, value, d=None) -> tuple:
-    """An int, or one int per spatial dimension, as d positive ints (d None: any number)."""
+    """An int, or one int per spatial dimension (a sequence, array or tensor), as d positive
+    ints (d None: any number)."""
+    if hasattr(value, "tolist"):  # a tensor or numpy array (or numpy integer): its numbers
+        value = value.tolist()
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         sizes = (int(value),) * (d or 1)
+    elif isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be an int or one int per spatial dimension, got {value!r}")
     else:
         try:
             sizes = tuple(value)

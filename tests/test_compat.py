@@ -290,6 +290,18 @@ def test_monai_bad_arguments():
     assert loss.__class__(reduction="none")(x[:0], y[:0]).shape == (0,)
 
 
+def test_monai_smooth_terms_as_numpy_scalars_and_tensors():
+    """MONAI takes smooth_nr / smooth_dr through float(): a numpy float32 or a one-element
+    tensor too (both were refused as not real numbers)."""
+    x, y = _pair_2d(1, (16, 16))
+    for v in (np.float32(1e-5), torch.tensor(1e-5, dtype=torch.float64)):
+        got = mm.GlobalMutualInformationLoss(smooth_nr=v, smooth_dr=v)(x, y)
+        want = ml.GlobalMutualInformationLoss(smooth_nr=v, smooth_dr=v)(x, y)
+        assert _rel(got, want) < TOL
+    with pytest.raises(TypeError, match="smooth_nr is read as a number and is not differentiated"):
+        mm.GlobalMutualInformationLoss(smooth_nr=torch.tensor(1e-7, requires_grad=True))
+
+
 def test_monai_half_and_module_behaviour():
     """float16 is computed in float32 (MONAI: in half) and returned in half; the module
     leaves the inputs untouched and has MONAI's reduction names (its LossReduction too)."""

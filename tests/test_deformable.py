@@ -393,6 +393,29 @@ def test_bad_input(kwargs, exc, words):
         register_deformable(args.pop("fixed"), args.pop("moving"), **args)
 
 
+@pytest.mark.filterwarnings("ignore:the deformable stage ended below its start")
+def test_small_images_and_patches_beyond_the_coarsest_level():
+    """register_deformable warns about a fixed image of under 768 voxels as register does
+    (it did not); local MI patches larger than the coarsest pyramid level are refused naming
+    that level, by both (the message named a 48x40 image the caller never passed)."""
+    import mi
+    from mi.registration import register
+
+    small = torch.rand(20, 20)
+    with pytest.warns(UserWarning, match="the fixed image has 400 voxels in all, fewer than 768"):
+        register_deformable(small, small, iterations=1, progress=False)
+    big = torch.rand(96, 80)
+    kw = dict(loss=mi.LocalMutualInformationLoss(48), sampling=None, levels=2, iterations=1, progress=False)
+    words = (
+        r"patch_size \(48, 48\) is larger than the coarsest pyramid level's fixed image \(48, 40\) \(level 2"
+    )
+    for fn in (register, register_deformable):
+        with pytest.raises(ValueError, match=words):
+            fn(big, big, **kw)
+    kw["loss"] = mi.LocalMutualInformationLoss((40, 40))  # fits the coarsest level: runs
+    assert len(register_deformable(big, big, **kw).loss_history) == 2
+
+
 @pytest.mark.filterwarnings("ignore:the deformable stage ended below its start")  # (noise, at its optimum)
 def test_grid_spacing_of_any_number_type():
     """grid_spacing as a numpy scalar or a 0-d tensor (once "not iterable") is that number."""

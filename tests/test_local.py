@@ -4,6 +4,7 @@ Python loop over patches in the test; the library makes one op call), on real im
 import functools
 import math
 
+import numpy as np
 import pytest
 import torch
 from images import mri, photo, remap, to_tensor01
@@ -144,9 +145,14 @@ def test_loss_module_and_bad_input():
         (dict(patch_size=8, stride=9), ValueError, "at most patch_size"),
         (dict(patch_size=8, stride=0), ValueError, "positive"),
         (dict(patch_size=8, stride=(4,)), ValueError, "2 ints"),
+        (dict(patch_size="8"), TypeError, "patch_size must be an int or one int per spatial dimension"),
     ]:
         with pytest.raises(exc, match=words):
             mi.local_mutual_information(x, y, **kw)
+    # a tensor or array of ints is its numbers (a tensor was refused as not giving 2 ints)
+    for given in (torch.tensor([12, 8]), np.array([12, 8])):
+        assert torch.equal(mi.local_mutual_information(x, y, patch_size=given),
+                           mi.local_mutual_information(x, y, patch_size=(12, 8)))  # fmt: skip
     with pytest.raises(ValueError, match="reduction"):
         mi.LocalMutualInformationLoss(8, reduction="max")
     # refused when built, not at the first call

@@ -7,6 +7,7 @@ computes the same numbers from the fused joint histogram, in O(B K^2 + N) memory
 """
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -35,6 +36,21 @@ REDUCTIONS = ("none", "mean", "sum")
 #: MONAI divides each pixel's weights by their sum; above 0.2 bin widths what is dropped is
 #: below 3e-6 of that sum for every pixel (below 6e-8 at MONAI's default 0.5).
 MIN_SIGMA_RATIO = 0.2
+
+
+def _smooth(name: str, value) -> float:
+    """``smooth_nr`` / ``smooth_dr``: a finite real number, as MONAI takes it (``float()``):
+    also a numpy scalar or a one-element tensor (read as a number: one that requires grad
+    is refused)."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex():
+        if value.requires_grad:
+            raise TypeError(
+                f"{name} is read as a number and is not differentiated: pass it without requires_grad"
+            )
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite real number, got {value!r}")
+    return float(value)
 
 
 def _reduction(reduction) -> str:
@@ -126,7 +142,11 @@ class GlobalMutualInformationLoss(_Loss):
     inputs (and Inf in "b-spline" mode; "gaussian" clamps them) raise a ValueError when
     value checks are on (``mi.value_checks``); a constant image in "b-spline" mode gives 0
     instead of NaN; values near the float limit work; half precision is computed in float32
-    (MONAI: in half); ``num_bins < 2`` is refused. And in "b-spline" mode a ``pred`` that
+    (MONAI: in half); ``num_bins < 2`` is refused; so is ``smooth_dr=0`` (MONAI's Gaussian
+    weights never reach exactly 0, so its empty cells never meet 0 / 0; this op drops the
+    weights below 2**-24 of the peak, and some cells are empty); integer images are refused
+    (in "gaussian" mode MONAI casts its bin centres and width to the image's dtype: in
+    int64 all bin centres but the last are 0). And in "b-spline" mode a ``pred`` that
     needs a gradient and spans less than ``(num_bins - 4) / 2**100`` (1.5e-29 at 23 bins)
     is refused, as by :func:`mi.mutual_information`, where MONAI's gradient reaches 1e30.
     Extra keyword: ``backend`` (``"auto"``: Triton for CUDA tensors, as
@@ -164,9 +184,7 @@ class GlobalMutualInformationLoss(_Loss):
                 f"sigma_ratio must be at least {MIN_SIGMA_RATIO} bin widths here, got {sigma_ratio}: "
                 f"narrower Gaussians lose weights that MONAI's per-pixel normalisation would amplify"
             )
-        for name, value in (("smooth_nr", smooth_nr), ("smooth_dr", smooth_dr)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise TypeError(f"{name} must be a finite real number, got {value!r}")
+        smooth_nr, smooth_dr = _smooth("smooth_nr", smooth_nr), _smooth("smooth_dr", smooth_dr)
         if not (smooth_nr >= 0 and smooth_dr > 0):
             raise ValueError(
                 f"smooth_nr must be >= 0 and smooth_dr > 0, got {smooth_nr} and {smooth_dr}: the empty "

@@ -40,6 +40,7 @@ from .optim import (
     _setup,
     _step_size,
     check_finite_step,
+    check_level_sizes,
     check_loss_value,
     check_lr,
     check_overlap,
@@ -344,6 +345,7 @@ def register_deformable(
     )
     levels = _check_levels(levels, gf, gm, iterations, w)
     its = _check_iterations(iterations if iterations is not None else 100, levels)
+    check_level_sizes(gf, w, mask is not None, loss_fn, levels)
     if constant_images(fs, w, ms, wm):  # nothing to register by: no steps
         its = (0,) * levels
     affine = initial_transform(initial, "affine", f, gf, m, gm, w, wm)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional import _MAX_SLOPE, mutual_information, value_checks
-from ..local import LocalMutualInformationLoss
+from ..local import LocalMutualInformationLoss, _per_axis
 from ..modules import MutualInformationLoss
 from .space import (
     Geometry,
@@ -1111,7 +1111,7 @@ def register(
     )
     levels = _check_levels(levels, gf, gm, iterations, w)
     its = _check_iterations(iterations, levels)
-    _warn_if_few_voxels(gf, w, mask is not None)
+    check_level_sizes(gf, w, mask is not None, loss_fn, levels)
     if constant_images(fs, w, ms, wm):  # nothing to register by: no steps
         its = (0,) * levels
     init = initial_transform(initial, transform, f, gf, m, gm, w, wm)
@@ -1195,6 +1195,25 @@ def register(
         fixed_geometry=gf,
         moving_geometry=gm,
     )
+
+
+def check_level_sizes(gf: Geometry, w: Tensor | None, masked: bool, loss_fn, levels: int) -> None:
+    """Before the work: warn about a fixed image of few voxels (``_warn_if_few_voxels``), and
+    refuse, naming the level, local MI patches larger than the coarsest pyramid level's
+    fixed image (cut from each level's grid: the message named an image the caller never
+    gave)."""
+    _warn_if_few_voxels(gf, w, masked)
+    if not isinstance(loss_fn, LocalMutualInformationLoss):
+        return
+    factors = shrink_factors(gf, levels - 1)
+    shape = tuple(n // f for n, f in zip(gf.size, factors))[::-1]  # (the tensor's axes: z, y, x)
+    sizes = _per_axis("patch_size", loss_fn.patch_size, len(shape))
+    if any(p > n for p, n in zip(sizes, shape)):
+        raise ValueError(
+            f"the loss's patch_size {sizes} is larger than the coarsest pyramid level's fixed image "
+            f"{shape} (level {levels} of {levels}: the image pooled by {factors[::-1]}), whose grid "
+            "local MI cuts its patches from: pass fewer levels or a smaller patch_size"
+        )
 
 
 def _warn_if_few_voxels(gf: Geometry, w: Tensor | None, masked: bool) -> None:
