@@ -111,8 +111,8 @@ def test_parzen_mi_and_gradient_match_dense(kernel):
 def test_mattes_drops_fixed_samples_beyond_value_range():
     """value_range: mass beyond the bins is dropped. With kernel="mattes" the fixed image's
     samples beyond lo..hi were clamped into the edge bins 2 and K-3 instead (ITK's clamp of
-    the bin index, which with ITK's own ranges only ever moves the maximum): here 4/5 of the
-    fixed marginal in those two bins, for a window holding 2/5 of the samples."""
+    the bin index, which with ITK's own ranges only ever moves the maximum): here the 54 %
+    of the samples outside 0.3..0.7 went into those two bins."""
     gen = torch.Generator().manual_seed(2)
     x = torch.rand(2, 1, 12, 10, generator=gen, dtype=torch.float64)
     y = (remap(x) + 0.2 * torch.rand(2, 1, 12, 10, generator=gen, dtype=torch.float64)).requires_grad_()

@@ -586,7 +586,8 @@ def test_progress_bar(small, capsys):
 
 def _complex_image():
     """A complex SimpleITK image (its imaginary part was dropped without a word)."""
-    sitk = pytest.importorskip("SimpleITK")
+    import SimpleITK as sitk  # (a dependency of mi.registration)
+
     re = sitk.GetImageFromArray(np.random.default_rng(0).random((32, 32)))
     return sitk.RealAndImaginaryToComplex(re, re)
 
