@@ -27,6 +27,7 @@ from ._torch import _acc_dtype, pow2_scale
 from .distributed import all_reduce_minmax, all_reduce_sum, check_group, check_same
 from .information import (
     BACKENDS,
+    NORMALIZATIONS,
     _safe_div,
     _scaled_entropies,
     _score,
@@ -164,8 +165,10 @@ def _resolve_backend(backend, t: Tensor) -> str:
     return backend
 
 
-def _check_weights(name: str, w, like: Tensor) -> Optional[Tensor]:
-    """A per-sample weight/mask: bool or floating, broadcastable to ``like``; -> float, expanded."""
+def _check_weights(name: str, w, like: Tensor, group=None) -> Optional[Tensor]:
+    """A per-sample weight/mask: bool or floating, broadcastable to ``like``; -> float, expanded.
+    With ``group`` (a shard of the pixels), a float64 mask's largest values are those of the
+    whole images (one all-reduce), so every rank decides alike."""
     if w is None:
         return None
     if not isinstance(w, Tensor):
@@ -184,8 +187,11 @@ def _check_weights(name: str, w, like: Tensor) -> Optional[Tensor]:
     if w.dtype in (torch.float16, torch.bfloat16) and _grad_needed(w) and _checks_on():
         # its gradient is computed in acc and cast back to w's dtype, where it may overflow
         w = _FiniteGrad.call(w, name, f"{name} is tiny for {w.dtype}; pass it as float32")
-    if w.dtype == torch.float64 and acc == torch.float32 and w.numel() and _checks_on():
-        peaks = w.detach().reshape(w.shape[0], -1).amax(1)
+    if w.dtype == torch.float64 and acc == torch.float32 and (w.numel() or group) and _checks_on():
+        flat = w.detach().flatten(1)
+        peaks = flat.amax(1) if flat.shape[1] else flat.new_full(flat.shape[:1], -math.inf)
+        if group is not None:  # (a rank's tiny slab of an image whose largest weight is 1 is fine)
+            peaks = all_reduce_minmax(group, [torch.stack([peaks, peaks], 1)])[0][:, 1]
         f32 = torch.finfo(torch.float32)
         lost = peaks[(peaks > f32.max) | ((peaks > 0) & (peaks < f32.tiny))]
         if lost.numel():  # (one host read)
@@ -456,6 +462,8 @@ def _bin_layout(bins) -> tuple[float, float, int]:
             rel = max(rel, torch.finfo(bins.dtype).eps)  # (float16: 1e-3)
         b = host_values(bins.detach().double())
     else:
+        if getattr(getattr(bins, "dtype", None), "kind", None) == "c":  # (numpy dropped the imaginary part)
+            raise TypeError(f"bins must be real, got {bins.dtype}")
         try:
             if isinstance(bins, (list, tuple)) and all(isinstance(v, numbers.Real) for v in bins):
                 b = [float(v) for v in bins]  # (no tensor: nothing for a compiler to trace)
@@ -874,7 +882,7 @@ def _masked_extremes(x: Tensor, m: Tensor) -> Tensor:
 _DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 
 
-def _shard_stats(group, a, rng, ext, checks):
+def _shard_stats(group, a, rng, ext, checks, same=None):
     """The rows' statistics of the whole (sharded) images, from one all-reduce over ``group``:
     (extremes of x and y (for the checks and "auto" ranges), masked "auto" ranges of x and y
     (None where not needed), the smallest and largest weight, (2,) (for the mask check), each
@@ -890,7 +898,7 @@ def _shard_stats(group, a, rng, ext, checks):
             "value_range (hi of x)": ranges[1], "value_range (lo of y)": ranges[2],
             "value_range (hi of y)": ranges[3], "dtype": _DTYPE_CODES.get(a.dtype, -1),
             "mask (given or not)": a.mask is not None, "x's requires_grad": _grad_needed(a.x),
-            "y's requires_grad": _grad_needed(a.y),
+            "y's requires_grad": _grad_needed(a.y), **(same or {}),
         }, a.x.device)  # fmt: skip
 
     def local_extremes(t, e):
@@ -908,7 +916,7 @@ def _shard_stats(group, a, rng, ext, checks):
         peaks = torch.stack([pk, pk], 1)
     if checks and w is not None:
         wext = (
-            torch.stack(torch.aminmax(w))
+            torch.stack(torch.aminmax(w.detach()))  # (detached: no autograd through the collective)
             if w.numel()
             else torch.tensor([inf, -inf], dtype=w.dtype, device=w.device)
         )
@@ -996,7 +1004,7 @@ class _Images(NamedTuple):
 
 
 def _check_images(
-    x, y, *, num_bins, sigma, value_range, mask, per_channel, kernel, backend, unit_mask=True
+    x, y, *, num_bins, sigma, value_range, mask, per_channel, kernel, backend, unit_mask=True, group=None
 ) -> _Images:
     """Argument checks (no data read) and the images as rows; the mask's rows scaled by
     ``_unit_rows`` unless ``unit_mask`` is False (a shard of an image: its scale would not be
@@ -1029,7 +1037,7 @@ def _check_images(
         _guard_grad(n, t, None if r == "auto" else r, length)
         for n, t, r in (("x", x, rng[0]), ("y", y, rng[1]))
     )
-    m = _check_weights("mask", mask, x)
+    m = _check_weights("mask", mask, x, group)
     b, c = x.shape[:2]
     rows, lead = (b * c, (b, c)) if per_channel else (b, (b,))
     n = x.numel() // rows if rows else 0  # explicit: reshape(0, -1) is ambiguous
@@ -1043,20 +1051,26 @@ def _check_images(
 
 
 def _image_joint(
-    x, y, *, num_bins, sigma, value_range, mask, per_channel, kernel, backend, deterministic, group=None
-):
+    x, y, *, num_bins, sigma, value_range, mask, per_channel, kernel, backend, deterministic, group=None,
+    same=None,
+):  # fmt: skip
     """(soft joint histogram (R, K, K), leading shape of the result, result dtype, resolved
     backend, ``finish()`` of the data checks: the caller calls it after queuing the rest of
     its work). With ``group``, x, y and mask are this rank's shard of the pixels and the
-    histogram is that of the whole images (``mi.distributed``)."""
+    histogram is that of the whole images (``mi.distributed``); ``same``: more arguments (name
+    -> number) that every rank must pass alike (the score's normalisation and base)."""
     group = check_group(group)
     a = _check_images(
         x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
-        per_channel=per_channel, kernel=kernel, backend=backend, unit_mask=group is None,
+        per_channel=per_channel, kernel=kernel, backend=backend, unit_mask=group is None, group=group,
     )  # fmt: skip
-    u, v, m, binning, op_ranges, check = _binning(a, group, deterministic)
+    u, v, m, binning, op_ranges, check = _binning(a, group, deterministic, same)
     j = all_reduce_sum(_autograd.joint_hist(u, v, m, binning, *op_ranges), group)
-    _check_peaks(j, a.backend, occupied=None if group is not None else _occupied(m, u))
+    occupied = _occupied(m, u)
+    if group is not None and _checks_on() and a.backend != "triton":  # (as _check_peaks reads it)
+        flag = torch.as_tensor(occupied, dtype=torch.float64, device=u.device).expand(j.shape[0])
+        occupied = all_reduce_minmax(group, [torch.stack([flag, flag], 1)])[0][:, 1] > 0  # on any rank
+    _check_peaks(j, a.backend, occupied=occupied)
     return j, a.lead, a.dtype, a.backend, check
 
 
@@ -1099,7 +1113,7 @@ _FAR_FROM_BINS = (
 )
 
 
-def _binning(a: _Images, group=None, deterministic=False):
+def _binning(a: _Images, group=None, deterministic=False, same=None):
     """What the op needs besides the rows: (u, v: the rows as the op takes them, the mask's
     rows, the op's ``Binning``, the two ranges (R or 1, 2) or None, ``finish()`` of the data
     checks). u and v are the samples themselves with their rows' ranges, or for
@@ -1117,7 +1131,7 @@ def _binning(a: _Images, group=None, deterministic=False):
     ]
     masked, weights, mask = [None, None], a.weights, a.mask
     if group is not None:  # the whole images' extremes and ranges, from one all-reduce
-        ext, masked, weights, peak = _shard_stats(group, a, rng, ext, checks)
+        ext, masked, weights, peak = _shard_stats(group, a, rng, ext, checks, same)
         mask = _unit_rows(a.mask, "mask", peak)  # one scale per row on every rank
     r_x = masked[0].to(acc) if masked[0] is not None else _range_rows(a.x, rng[0], a.mask, ext[0], acc)
     same = rng[0] != "auto" and rng[1] == rng[0]  # one fixed range: one tensor for both
@@ -1211,6 +1225,7 @@ def entropies(
     j, lead, dtype, be, check = _image_joint(
         x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
         per_channel=per_channel, kernel=kernel, backend=backend, deterministic=deterministic, group=group,
+        same={"base": base or 0.0},
     )  # fmt: skip
     h = tuple(t.reshape(lead).to(dtype) for t in _scaled_entropies(j, base, be))
     check()
@@ -1325,9 +1340,11 @@ def mutual_information(
     """
     normalize = check_normalize(normalize)
     base = check_base(base)
+    same = {"normalize": NORMALIZATIONS.index(normalize), "base": base or 0.0}
     j, lead, dtype, be, check = _image_joint(
         x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
         per_channel=per_channel, kernel=kernel, backend=backend, deterministic=deterministic, group=group,
+        same=same,
     )  # fmt: skip
     score = _score(j, normalize, base, be).reshape(lead).to(dtype)
     check()

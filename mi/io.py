@@ -36,6 +36,7 @@ merge (label IDs near 3e9, an offset of 1e9) are refused rather than turned into
 zeros or a constant.
 """
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -192,53 +193,74 @@ def drop_single_axes(img):
 
 
 def _nifti_nonfinite(path: Path, img):
-    """``img`` (what SimpleITK read from the float NIfTI-1 file ``path``) with the file's NaN
-    and Inf voxels put back: SimpleITK's reader turns them into 0 without a word (statistical
-    maps and resampled images often have NaN where there is no data), which would be scored
-    as background. Read from the file's own voxel data; only when ``img`` has zeros (where
-    NaN would have gone)."""
-    sitk = _simpleitk(path)
-    if img.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64) or sitk.GetArrayViewFromImage(img).all():
-        return img
+    """``img`` (what SimpleITK read from the NIfTI-1 file ``path``) checked against the file's
+    own voxel data, read once in chunks:
+
+    * a file that ends inside its voxel data is refused (SimpleITK reads the missing voxels
+      as 0 without a word; nibabel refuses it: an interrupted copy or download);
+    * a float file's NaN and Inf voxels are put back, scaled as the others (``scl_slope``,
+      ``scl_inter``: a stored +Inf under slope -1 is -Inf, as nibabel reads it): SimpleITK's
+      reader turns them into 0 (then scl_inter) without a word (statistical maps and
+      resampled images often have NaN where there is no data), which would be scored as
+      background."""
     import gzip
     import struct
 
     where, values = [], []
     with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
-        head = f.read(348)
-        order = next(
-            (e for e in "<>" if len(head) == 348 and struct.unpack(e + "i", head[:4])[0] == 348), None
+        try:
+            head = f.read(348)
+            order = next(
+                (e for e in "<>" if len(head) == 348 and struct.unpack(e + "i", head[:4])[0] == 348), None
+            )
+            if order is None:  # not NIfTI-1: SimpleITK read it, as it reads it
+                return img
+            dim = struct.unpack(order + "8h", head[40:56])
+            code, bitpix = struct.unpack(order + "2h", head[70:74])
+            offset, slope, inter = struct.unpack(order + "3f", head[108:120])
+            total = int(np.prod([max(0, n) for n in dim[1 : 1 + max(0, min(dim[0], 7))]], dtype=np.int64))
+            need = (total * max(0, bitpix) + 7) // 8
+            dtype = np.dtype(order + {16: "f4", 64: "f8"}.get(code, f"V{max(1, bitpix // 8)}"))
+            f.seek(int(offset))
+            got, left = 0, need
+            while left > 0:  # in chunks of 2**22 voxels
+                data = f.read(min(left, dtype.itemsize << 22))
+                if not data:
+                    break
+                if dtype.kind == "f":
+                    chunk = np.frombuffer(data[: len(data) - len(data) % dtype.itemsize], dtype)
+                    bad = np.flatnonzero(~np.isfinite(chunk))
+                    where.append(bad + got // dtype.itemsize)
+                    values.append(chunk[bad])
+                got += len(data)
+                left -= len(data)
+        except (OSError, EOFError, struct.error) as e:  # (a gzip stream cut short, say)
+            raise ImageReadError(f"cannot read {path}: {e}") from None
+    if got < need:
+        raise ImageReadError(
+            f"{path}: the file ends inside its voxel data ({got} of {need} bytes): it is truncated "
+            "(an interrupted copy or download?)"
         )
-        if order is None:  # not NIfTI-1: SimpleITK read it, as it reads it
-            return img
-        dim = struct.unpack(order + "8h", head[40:56])
-        dtype = {16: "f4", 64: "f8"}.get(struct.unpack(order + "h", head[70:72])[0])
-        if dtype is None:
-            return img
-        f.seek(int(struct.unpack(order + "f", head[108:112])[0]))
-        total = left = int(np.prod(dim[1 : 1 + max(0, min(dim[0], 7))], dtype=np.int64))
-        dtype = np.dtype(order + dtype)
-        while left > 0:  # in chunks of 2**22 voxels
-            chunk = np.frombuffer(f.read(dtype.itemsize * min(left, 1 << 22)), dtype)
-            if chunk.size == 0:
-                break
-            bad = np.flatnonzero(~np.isfinite(chunk))
-            where.append(bad + (total - left))
-            values.append(chunk[bad])
-            left -= chunk.size
     if not any(w.size for w in where):
         return img
-    a = sitk.GetArrayFromImage(img)
-    if a.size != total:  # (a layout this reading does not know: refuse rather than guess)
+    a = _simpleitk(path).GetArrayFromImage(img)
+    if a.size != total or a.dtype.kind != "f":  # (a layout this reading does not know: refuse, not guess)
         raise ImageReadError(f"{path}: contains NaN or Inf values (SimpleITK would read them as 0)")
-    a.reshape(-1)[np.concatenate(where)] = np.concatenate(values)
-    out = sitk.GetImageFromArray(a, isVector=False)
+    found = np.concatenate(values).astype(np.float64)
+    if slope != 0 and math.isfinite(slope) and math.isfinite(inter) and (slope, inter) != (1.0, 0.0):
+        found = found * slope + inter  # (NIfTI: slope 0 means unscaled)
+    a.reshape(-1)[np.concatenate(where)] = found
+    out = _simpleitk(path).GetImageFromArray(a, isVector=False)
     out.CopyInformation(img)
     return out
 
 
 def _itk_reason(e: RuntimeError) -> str:
-    reason = str(e).strip().splitlines()
+    """ITK's reason, its last line; the one before when that says nothing ("Reason: Success",
+    as its MetaImage reader ends an empty or truncated file's message)."""
+    reason = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    while len(reason) > 1 and reason[-1].lower().endswith(("success", "success.")):
+        reason.pop()
     return reason[-1] if reason else "SimpleITK failed"
 
 
@@ -263,7 +285,7 @@ def _read_dicom(path: Path):
             )
         names = reader.GetGDCMSeriesFileNames(str(path), ids[0])
     else:
-        folder, info = path.parent, sitk.ImageFileReader()
+        folder, info = path.resolve().parent, sitk.ImageFileReader()  # (a symlink: its target's series)
         info.SetFileName(str(path))
         try:
             info.ReadImageInformation()

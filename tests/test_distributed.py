@@ -5,6 +5,7 @@ its own slab's gradient: 1e-9 in float64 and 1e-5 in float32 (relative to the la
 import os
 import socket
 import tempfile
+import warnings
 
 import pytest
 import torch
@@ -80,8 +81,41 @@ def _worker(rank, world, init, out_dir):
         results["mismatch"] = "no error"
     except ValueError as e:
         results["mismatch"] = str(e)
+    # a float64 mask on float32 images, rank 0's slab 1e-50 (below float32) and the rest 1: the
+    # whole images' largest weight is 1, as one process sees it (rank 0 alone refused it, and the
+    # others waited in the next collective)
+    xf, yf, _ = _volumes(torch.float32)
+    tiny = torch.ones(xf.shape, dtype=torch.float64)
+    tiny[:, :, :6] = 1e-50
+    results["tiny-slab"] = _refusal(
+        lambda: mi.mutual_information(xf[:, :, lo:hi], yf[:, :, lo:hi], mask=tiny[:, :, lo:hi], group=group)
+    )
+    # every window underflows (a range far from the images): refused on every rank, as by one
+    # process (it scored 0)
+    far = dict(value_range=(100.0, 101.0), group=group)
+    results["underflow"] = _refusal(lambda: mi.mutual_information(xf[:, :, lo:hi], yf[:, :, lo:hi], **far))
+    norm = "none" if rank == 0 else "studholme"  # (each rank scored its own way)
+    results["normalize"] = _refusal(
+        lambda: mi.mutual_information(xf[:, :, lo:hi], yf[:, :, lo:hi], normalize=norm, group=group)
+    )
+    # the backward with a float mask that needs a gradient: nothing went through the collective's
+    # missing autograd kernel (torch warned "c10d::allreduce_: an autograd kernel was not registered")
+    xm = xf[:, :, lo:hi].clone().requires_grad_()
+    mm = _volumes(torch.float32)[2][:, :, lo:hi].clone().requires_grad_()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        mi.mutual_information(xm, yf[:, :, lo:hi], mask=mm, group=group).sum().backward()
+    results["warnings"] = [str(w.message) for w in seen]
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
+
+
+def _refusal(call):
+    """The ValueError's message, or the value when there was none."""
+    try:
+        return call().tolist()
+    except ValueError as e:
+        return str(e)
 
 
 def _free_port():
@@ -110,6 +144,16 @@ def test_sharded_equals_single_process(world):
     assert all(abs(res["loss"]) < 1e-12 for res in ranks), [res["loss"] for res in ranks]
     want = f"group: the ranks passed different rows (batch x channels) (2 to {world + 1})"
     assert all(res["mismatch"].startswith(want) for res in ranks), [res["mismatch"] for res in ranks]
+    xf, yf, _ = _volumes(torch.float32)
+    tiny = torch.ones(xf.shape, dtype=torch.float64)
+    tiny[:, :, :6] = 1e-50
+    want = mi.mutual_information(xf, yf, mask=tiny).tolist()
+    assert all(res["tiny-slab"] == want for res in ranks), [res["tiny-slab"] for res in ranks]
+    want = "the joint histogram holds only kernel tails: its largest cell is 0 "
+    assert all(str(res["underflow"]).startswith(want) for res in ranks), [res["underflow"] for res in ranks]
+    want = "group: the ranks passed different normalize (0 to 2)"
+    assert all(str(res["normalize"]).startswith(want) for res in ranks), [res["normalize"] for res in ranks]
+    assert not [w for res in ranks for w in res["warnings"] if "autograd kernel" in w]
 
 
 def test_group_needs_an_initialised_process_group():

@@ -2,6 +2,7 @@
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,6 +135,12 @@ BAD_JOINT = [
 ]
 
 BAD_HIST = [
+    (  # numpy dropped the imaginary part, with only its ComplexWarning
+        "hist-bins-complex-numpy",
+        lambda: mi.histogram(torch.rand(1, 5), np.linspace(0, 1, 5) + 1j, 0.3),
+        TypeError,
+        "bins must be real, got complex128",
+    ),
     (  # (their step, (last - first) / (K - 1), overflowed; the message blamed sigma)
         "hist-bins-span",
         lambda: mi.histogram(torch.zeros(1, 3, dtype=torch.float64), [-1.5e308, 0.0, 1.5e308], 1e307),

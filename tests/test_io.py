@@ -211,6 +211,9 @@ def test_bad_medical_files(tmp_path):
         read_image(_write(nan, tmp_path / "nan.mha"))  # (ITK turns NaN into 0 in NIfTI)
     with pytest.raises(ImageReadError, match="no such file"):
         read_image(tmp_path / "missing.nii.gz")
+    (tmp_path / "empty.mha").write_bytes(b"")  # ITK's last line, "Reason: Success", said nothing
+    with pytest.raises(ImageReadError, match="cannot read .*empty.mha: ITK ERROR: .*File cannot be read"):
+        read_image(tmp_path / "empty.mha")
     series = sitk.JoinSeries([sitk.GetImageFromArray(_volume())] * 3)  # 4-D: an fMRI-like series
     sitk.WriteImage(series, str(tmp_path / "bold.nii.gz"))
     with pytest.raises(ImageReadError, match=r"a series of 3 volumes of 9x7x5 voxels: .*\[:, :, :, 0\]"):
@@ -289,6 +292,41 @@ def test_nifti_with_nan_or_inf_is_refused(tmp_path, suffix):
     a[1] = 0.0
     path = _write(a, tmp_path / f"z{suffix}")
     np.testing.assert_array_equal(read_image(path), _raw_nifti(path))
+
+
+def test_nifti_nan_under_scl_inter_and_a_negative_slope(tmp_path):
+    """SimpleITK reads a NaN voxel as 0 and then scales it: scl_inter, not 0, so the check for
+    NaN (which looked only where the image had zeros) missed it, and a stored +Inf under
+    slope -2 came back unscaled (+Inf). The voxels against the file's own bytes, scaled."""
+    a = _volume()
+    a[0, 0, :2], a[2, 3, 4] = np.nan, np.inf
+    path = tmp_path / "m.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(a), str(path))
+    data = bytearray(path.read_bytes())
+    data[112:120] = struct.pack("<2f", -2.0, 1.0)  # scl_slope, scl_inter (SimpleITK writes little-endian)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageReadError, match="NaN or Inf"):
+        read_image(path)
+    got = read_image(path, allow_nonfinite=True)
+    want = _raw_nifti(path)
+    assert np.isnan(want[0, 0, :2]).all() and want[2, 3, 4] == -np.inf
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_a_truncated_nifti_is_refused(tmp_path, dtype):
+    """A file cut inside its voxel data (an interrupted copy): SimpleITK read the missing
+    voxels as 0 without a word; nibabel refuses it, and so does this, compressed or not."""
+    full = _write(_volume().astype(dtype) + 1, tmp_path / "full.nii")
+    cut = full.read_bytes()[:600]
+    (tmp_path / "cut.nii").write_bytes(cut)
+    (tmp_path / "cut.nii.gz").write_bytes(gzip.compress(cut))
+    for name in ("cut.nii", "cut.nii.gz"):
+        with pytest.raises(
+            ImageReadError, match=r"ends inside its voxel data \(248 of \d+ bytes\): it is truncated"
+        ):
+            read_image(tmp_path / name)
+    np.testing.assert_array_equal(read_image(full), _raw_nifti(full))
 
 
 def test_one_slice_volumes_are_2d(tmp_path):

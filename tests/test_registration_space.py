@@ -513,6 +513,9 @@ def test_dicom_folders_with_several_series_and_single_files(tmp_path, capsys):
         f.rename(f.with_suffix(""))
     assert is_dicom(bare / "IM0003") and not is_dicom(both.parent)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(read_path(bare / "IM0003")), b)
+    (tmp_path / "elsewhere").mkdir()  # a link to one file of it, from another folder: its series
+    (tmp_path / "elsewhere" / "pick.dcm").symlink_to(bare / "IM0003")  # (once that one slice, 2-D)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_path(tmp_path / "elsewhere" / "pick.dcm")), b)
     one = tmp_path / "one"
     _write_dicom_series(b[:1], one, (1.0, 1.0, 3.0), (0.0, 0.0, 0.0))
     img = read_path(one)
