@@ -187,7 +187,12 @@ def _check_weights(name: str, w, like: Tensor, group=None) -> Optional[Tensor]:
     if w.dtype in (torch.float16, torch.bfloat16) and _grad_needed(w) and _checks_on():
         # its gradient is computed in acc and cast back to w's dtype, where it may overflow
         w = _FiniteGrad.call(w, name, f"{name} is tiny for {w.dtype}; pass it as float32")
-    if w.dtype == torch.float64 and acc == torch.float32 and (w.numel() or group) and _checks_on():
+    if (
+        w.dtype == torch.float64
+        and acc == torch.float32
+        and (w.numel() or group is not None)
+        and _checks_on()
+    ):
         flat = w.detach().flatten(1)
         peaks = flat.amax(1) if flat.shape[1] else flat.new_full(flat.shape[:1], -math.inf)
         if group is not None:  # (a rank's tiny slab of an image whose largest weight is 1 is fine)
