@@ -11,10 +11,10 @@ collectives per call:
 * with the value checks on, first one all-reduce of a few numbers that must agree across
   the ranks (batch rows, bins, kernel, ranges, normalisation and base, which images need a
   gradient, ...: ``check_same``), so that a mismatched call raises on every rank instead of
-  pairing collectives of different sizes; and, on the torch backend, one all-reduce of
-  which rows have pixels of non-zero weight (a histogram whose windows all underflowed is
-  refused, as in one process) and, for a float64 mask on float32 images, one of its
-  largest weights. The value checks (:func:`mi.value_checks`) must be on or off on every
+  pairing collectives of different sizes; and, for a float64 mask on float32 images, one
+  all-reduce of its largest weights. (Which rows have pixels of non-zero weight on some
+  rank, for the refusal of a histogram whose windows all underflowed, comes from the
+  extremes' all-reduce.) The value checks (:func:`mi.value_checks`) must be on or off on every
   rank alike: they decide which collectives a call makes.
 
 Every rank then computes the same entropies and score. The histogram's backward needs no

@@ -36,6 +36,7 @@ from .information import (
     check_triton_here,
     host_values,
     joint_pdf,
+    read_number,
     tails_only_peak,
 )
 
@@ -76,19 +77,8 @@ def _check_tensor(name: str, t, floating=True) -> Tensor:
 
 
 def _check_sigma(sigma, name="sigma") -> float:
-    if isinstance(sigma, Tensor) and sigma.numel() == 1 and sigma.dtype.is_floating_point:
-        if sigma.requires_grad:  # (read as a number: autograd would silently not reach it)
-            raise TypeError(
-                f"{name} is read as a number and is not differentiated: pass it without requires_grad"
-            )
-        sigma = host_values(sigma.reshape(()))  # (a one-element float tensor, as value_range's)
-    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
-        raise TypeError(
-            f"{name} must be a positive real number (int, float, a numpy scalar or a one-element "
-            "float tensor), "
-            f"got {type(sigma).__name__}"
-        )
-    sigma = float(sigma)
+    expected = "a positive real number (int, float, a numpy scalar or a one-element tensor)"
+    sigma = read_number(name, sigma, expected)
     if not 0 < sigma < math.inf:  # (not math.isfinite: torch.compile(dynamic=True) makes sigma symbolic)
         raise ValueError(f"{name} must be a positive finite number, got {sigma!r}")
     return sigma
@@ -891,7 +881,8 @@ def _shard_stats(group, a, rng, ext, checks, same=None):
     """The rows' statistics of the whole (sharded) images, from one all-reduce over ``group``:
     (extremes of x and y (for the checks and "auto" ranges), masked "auto" ranges of x and y
     (None where not needed), the smallest and largest weight, (2,) (for the mask check), each
-    row's largest weight (R, 1) (for ``_unit_rows``; None without a mask)).
+    row's largest weight (R, 1) (for ``_unit_rows``; None without a mask), which rows (R,) have
+    a pixel of non-zero weight on some rank (None without the extremes: the checks off)).
     A rank's empty shard contributes nothing; rows with no pixel on any rank come back as the
     single-process call would make them."""
     inf = math.inf
@@ -935,7 +926,9 @@ def _shard_stats(group, a, rng, ext, checks, same=None):
               for p, n in zip(out[2:4], nothing[2:4])]  # fmt: skip
     weights = None if out[4] is None else torch.where(nothing[4], 0.0, out[4])[0]  # [min, max]
     peak = None if out[5] is None else out[5][:, 1:].clamp(min=0.0)  # (R, 1); 0: no pixel anywhere
-    return ext, masked, weights if checks else a.weights, peak
+    # which rows have pixels of non-zero weight on some rank (``_check_peaks``' ``occupied``)
+    occupied = peak[:, 0] > 0 if peak is not None else None if nothing[0] is None else ~nothing[0][:, 0]
+    return ext, masked, weights if checks else a.weights, peak, occupied
 
 
 def _fixed_range(name: str, pair, acc) -> tuple[float, float]:
@@ -1069,13 +1062,9 @@ def _image_joint(
         x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
         per_channel=per_channel, kernel=kernel, backend=backend, unit_mask=group is None, group=group,
     )  # fmt: skip
-    u, v, m, binning, op_ranges, check = _binning(a, group, deterministic, same)
+    u, v, m, binning, op_ranges, check, occupied = _binning(a, group, deterministic, same)
     j = all_reduce_sum(_autograd.joint_hist(u, v, m, binning, *op_ranges), group)
-    occupied = _occupied(m, u)
-    if group is not None and _checks_on() and a.backend != "triton":  # (as _check_peaks reads it)
-        flag = torch.as_tensor(occupied, dtype=torch.float64, device=u.device).expand(j.shape[0])
-        occupied = all_reduce_minmax(group, [torch.stack([flag, flag], 1)])[0][:, 1] > 0  # on any rank
-    _check_peaks(j, a.backend, occupied=occupied)
+    _check_peaks(j, a.backend, occupied=_occupied(m, u) if group is None else occupied)
     return j, a.lead, a.dtype, a.backend, check
 
 
@@ -1121,9 +1110,10 @@ _FAR_FROM_BINS = (
 def _binning(a: _Images, group=None, deterministic=False, same=None):
     """What the op needs besides the rows: (u, v: the rows as the op takes them, the mask's
     rows, the op's ``Binning``, the two ranges (R or 1, 2) or None, ``finish()`` of the data
-    checks). u and v are the samples themselves with their rows' ranges, or for
-    ``kernel="mattes"`` ITK's bin coordinates (ranges None). With ``group``, the ranges are
-    those of the whole images, and the mask is scaled by each whole image's largest weight."""
+    checks, with ``group`` which rows have weight on some rank (``_shard_stats``; else None)).
+    u and v are the samples themselves with their rows' ranges, or for ``kernel="mattes"``
+    ITK's bin coordinates (ranges None). With ``group``, the ranges are those of the whole
+    images, and the mask is scaled by each whole image's largest weight."""
     k, rng, first, length = a.num_bins, a.ranges, a.first, a.length
     mattes = a.kernel == "mattes"
     acc = torch.float64 if mattes else _acc_dtype(a.dtype)  # of the ranges
@@ -1134,9 +1124,9 @@ def _binning(a: _Images, group=None, deterministic=False, same=None):
         _extremes(t) if (checks or (r == "auto" and a.mask is None)) else None
         for t, r in zip((a.x, a.y), rng)
     ]
-    masked, weights, mask = [None, None], a.weights, a.mask
+    masked, weights, mask, occupied = [None, None], a.weights, a.mask, None
     if group is not None:  # the whole images' extremes and ranges, from one all-reduce
-        ext, masked, weights, peak = _shard_stats(group, a, rng, ext, checks, same)
+        ext, masked, weights, peak, occupied = _shard_stats(group, a, rng, ext, checks, same)
         mask = _unit_rows(a.mask, "mask", peak)  # one scale per row on every rank
     r_x = masked[0].to(acc) if masked[0] is not None else _range_rows(a.x, rng[0], a.mask, ext[0], acc)
     same = rng[0] != "auto" and rng[1] == rng[0]  # one fixed range: one tensor for both
@@ -1176,7 +1166,7 @@ def _binning(a: _Images, group=None, deterministic=False, same=None):
     binning = Binning(
         k, a.sigma, kernels, a.backend, _check_flag("deterministic", deterministic), a.first, a.length
     )
-    return u, v, mask, binning, op_ranges, check
+    return u, v, mask, binning, op_ranges, check, occupied
 
 
 def joint_histogram(

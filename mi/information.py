@@ -409,6 +409,22 @@ def check_normalize(normalize: Normalize) -> str:
     )
 
 
+def read_number(name: str, value, expected: str) -> float:
+    """A number argument read on the host (sigma, base, MONAI's smooth terms): a real Python
+    or numpy number, or a one-element real tensor -> float. A tensor that requires grad is
+    refused (autograd would silently not reach it); anything else is a TypeError saying
+    ``{name} must be {expected}``."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex():
+        if value.requires_grad:
+            raise TypeError(
+                f"{name} is read as a number and is not differentiated: pass it without requires_grad"
+            )
+        value = host_values(value.reshape(()))
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
+    return float(value)
+
+
 def check_base(base) -> Optional[float]:
     """``base`` of the logarithms: None (nats), or a real number > 1 (2: bits; 10: bans), also
     a numpy scalar or a one-element tensor (read as a number: one that requires grad is
@@ -416,18 +432,10 @@ def check_base(base) -> Optional[float]:
     negative.)"""
     if base is None:
         return None
-    if isinstance(base, Tensor) and base.requires_grad:
-        raise TypeError(
-            "base is read as a number and is not differentiated: pass it without requires_grad "
-            "(detached); the information in log base b is the one in nats divided by log(b)"
-        )
-    if isinstance(base, Tensor) and base.numel() == 1 and not base.is_complex():
-        base = host_values(base.reshape(()))
-    if isinstance(base, bool) or not isinstance(base, numbers.Real):
-        raise TypeError(f"base must be a real number > 1 (or None for nats), got {type(base).__name__}")
-    if not 1 < float(base) < math.inf:
+    value = read_number("base", base, "a real number > 1 (or None for nats)")
+    if not 1 < value < math.inf:
         raise ValueError(f"base must be a finite number > 1 (or None for nats), got {base!r}")
-    return float(base)
+    return value
 
 
 def mutual_information_from_joint(

@@ -107,7 +107,7 @@ def read_medical(path):
         except RuntimeError as e:  # ITK's exceptions: keep the first line of the reason
             raise ImageReadError(f"cannot read {path}: {_itk_reason(e)}") from None
         if path.name.lower().endswith((".nii", ".nii.gz")):
-            img = _nifti_nonfinite(path, img)
+            img = _checked_nifti(path, img)
     if img.GetNumberOfComponentsPerPixel() != 1 or "complex" in img.GetPixelIDTypeAsString():
         raise ImageReadError(
             f"{path}: expected a grey image of real values, got {img.GetPixelIDTypeAsString()} with "
@@ -192,7 +192,7 @@ def drop_single_axes(img):
     return img
 
 
-def _nifti_nonfinite(path: Path, img):
+def _checked_nifti(path: Path, img):
     """``img`` (what SimpleITK read from the NIfTI-1 file ``path``) checked against the file's
     own voxel data, read once in chunks:
 

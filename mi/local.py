@@ -184,7 +184,7 @@ def local_mutual_information(
     rows, chans = a.x.shape[0], 1 if per_channel else x.shape[1]
     count = math.prod(grid)
     _check_histogram_size(rows * count, a.num_bins, 2, x.device)
-    u, v, keep, binning, op_ranges, check = _binning(a, deterministic=deterministic)
+    u, v, keep, binning, op_ranges, check, _ = _binning(a, deterministic=deterministic)
     if keep is None:  # the padding still has to be masked out
         keep = torch.ones((), dtype=_acc_dtype(a.dtype), device=u.device).expand(a.x.shape)
     u, v, m = (_patches(t, rows, chans, spatial, sizes, strides) for t in (u, v, keep))

@@ -7,7 +7,6 @@ computes the same numbers from the fused joint histogram, in O(B K^2 + N) memory
 """
 
 import math
-import numbers
 
 import torch
 from torch import Tensor
@@ -28,6 +27,7 @@ from ..functional import (
     _queue_checks,
     _resolve_backend,
 )
+from ..information import read_number
 from ..modules import reduce_loss
 
 KERNEL_TYPES = ("gaussian", "b-spline")
@@ -36,21 +36,6 @@ REDUCTIONS = ("none", "mean", "sum")
 #: MONAI divides each pixel's weights by their sum; above 0.2 bin widths what is dropped is
 #: below 3e-6 of that sum for every pixel (below 6e-8 at MONAI's default 0.5).
 MIN_SIGMA_RATIO = 0.2
-
-
-def _smooth(name: str, value) -> float:
-    """``smooth_nr`` / ``smooth_dr``: a finite real number, as MONAI takes it (``float()``):
-    also a numpy scalar or a one-element tensor (read as a number: one that requires grad
-    is refused)."""
-    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex():
-        if value.requires_grad:
-            raise TypeError(
-                f"{name} is read as a number and is not differentiated: pass it without requires_grad"
-            )
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite real number, got {value!r}")
-    return float(value)
 
 
 def _reduction(reduction) -> str:
@@ -184,7 +169,11 @@ class GlobalMutualInformationLoss(_Loss):
                 f"sigma_ratio must be at least {MIN_SIGMA_RATIO} bin widths here, got {sigma_ratio}: "
                 f"narrower Gaussians lose weights that MONAI's per-pixel normalisation would amplify"
             )
-        smooth_nr, smooth_dr = _smooth("smooth_nr", smooth_nr), _smooth("smooth_dr", smooth_dr)
+        # (as MONAI's float(): also a numpy scalar or a one-element tensor)
+        smooth_nr, smooth_dr = (read_number(n, v, "a finite real number") for n, v in
+                                (("smooth_nr", smooth_nr), ("smooth_dr", smooth_dr)))  # fmt: skip
+        if not (math.isfinite(smooth_nr) and math.isfinite(smooth_dr)):
+            raise ValueError(f"smooth_nr and smooth_dr must be finite, got {smooth_nr} and {smooth_dr}")
         if not (smooth_nr >= 0 and smooth_dr > 0):
             raise ValueError(
                 f"smooth_nr must be >= 0 and smooth_dr > 0, got {smooth_nr} and {smooth_dr}: the empty "
