@@ -1064,7 +1064,7 @@ def _image_joint(
     )  # fmt: skip
     u, v, m, binning, op_ranges, check, occupied = _binning(a, group, deterministic, same)
     j = all_reduce_sum(_autograd.joint_hist(u, v, m, binning, *op_ranges), group)
-    _check_peaks(j, a.backend, occupied=_occupied(m, u) if group is None else occupied)
+    _check_peaks(j, a.backend, occupied=(lambda: _occupied(m, u)) if group is None else occupied)
     return j, a.lead, a.dtype, a.backend, check
 
 
@@ -1083,11 +1083,12 @@ def _check_peaks(j: Tensor, backend: str, what="joint histogram", cause=None, oc
     value checks on, on the torch backend (one more host read; not on the Triton path, whose
     checks never wait for its kernels on a GPU). An all-zero histogram (an empty mask) stays
     allowed: it scores as independent variables; but not one whose samples had weight
-    (``occupied``, see ``tails_only_peak``; MI's calls pass it): its windows underflowed to
-    0 (MI of 0 for a pair that is not independent). ``cause``: what the message says to do."""
+    (``occupied``, see ``tails_only_peak``, or a function that gives it, called only when
+    the check runs; MI's calls pass it): its windows underflowed to 0 (MI of 0 for a pair
+    that is not independent). ``cause``: what the message says to do."""
     if not _checks_on() or backend == "triton" or j.numel() == 0:
         return
-    low = tails_only_peak(j, occupied)
+    low = tails_only_peak(j, occupied() if callable(occupied) else occupied)
     if low is not None:
         cause = cause or (
             "Every sample lies far outside value_range (or far from every bin centre at this small "
@@ -1149,11 +1150,14 @@ def _binning(a: _Images, group=None, deterministic=False, same=None):
         # ITK: the fixed image's bin is floor(term) clamped to [2, K-3] (a box window, at that
         # bin's centre here, so rounding cannot move it); the moving one a cubic B-spline at term.
         # A fixed sample beyond a given value_range is dropped (bin -2), as value_range says,
-        # not clamped into an edge bin (ITK's clamp only ever moves the maximum, term K-2).
+        # not clamped into an edge bin (ITK's clamp only ever moves the maximum, term K-2; an
+        # "auto" range holds every sample of non-zero weight, so nothing to drop there).
         op_acc = _acc_dtype(a.dtype)
-        xd = x_rows.detach().double()
-        inside = (xd >= r_x[:, :1]) & (xd <= r_x[:, 1:])
-        u = torch.where(inside, _mattes_terms(x_rows, r_x, k).floor().clamp(2.0, k - 3.0), -2.0).to(op_acc)
+        u = _mattes_terms(x_rows, r_x, k).floor().clamp(2.0, k - 3.0)
+        if rng[0] != "auto":
+            xd = x_rows.detach().double()
+            u = torch.where((xd >= r_x[:, :1]) & (xd <= r_x[:, 1:]), u, -2.0)
+        u = u.to(op_acc)
         v = _mattes_terms(y_rows, r_y, k).to(op_acc)
         kernels, op_ranges = ("box", "bspline"), (None, None)
     else:

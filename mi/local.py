@@ -194,7 +194,7 @@ def local_mutual_information(
         m = _unit_rows(m, "mask")  # per patch: one patch's weights may be tiny beside another's
     ranges = [r if r is None or r.shape[0] == 1 else r.repeat_interleave(count, 0) for r in op_ranges]
     joint = _autograd.joint_hist(u, v, m, binning, *ranges)
-    _check_peaks(joint, a.backend, occupied=_occupied(m, u))
+    _check_peaks(joint, a.backend, occupied=lambda: _occupied(m, u))
     score = _score(joint.reshape(*a.lead, *grid, *joint.shape[-2:]), normalize, base, a.backend)
     out = score.to(a.dtype)
     check()
