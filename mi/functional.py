@@ -14,7 +14,6 @@ import numbers
 import operator
 import os
 import struct
-import warnings
 from collections.abc import Sequence
 from typing import NamedTuple, Optional, Union
 
@@ -24,6 +23,7 @@ from torch import Tensor
 from . import _autograd
 from ._autograd import Binning
 from ._torch import _acc_dtype, pow2_scale
+from ._warn import warn
 from .distributed import all_reduce_minmax, all_reduce_sum, check_group, check_same
 from .information import (
     BACKENDS,
@@ -419,22 +419,20 @@ def _warn_binning(num_bins, name, data_units, outside, lo, hi, weighted=False):
     """Warn when the bins cannot be what the caller meant (u in bin coordinates; ``outside``:
     the fraction of the samples, or of their weight, more than one bin beyond them)."""
     hint = (
-        " Are x and bins in the same units? (Unlike the seed repository, histogram() does not "
-        "scale x by 255: for images in [0, 1] use bins = torch.linspace(0, 1, K).)"
+        " Are x and bins in the same units? (Unlike the seed repository, histogram() and "
+        "histogram2d() do not scale x by 255: for images in [0, 1] use bins = torch.linspace(0, 1, K).)"
         if data_units
         else " Is value_range right for these images? (value_range='auto' uses each image's own range.)"
     )
-    if outside > 0.5:
-        warnings.warn(
-            f"{100 * outside:.0f}% of the samples of {name}{' (by weight)' if weighted else ''} "
-            f"lie more than one bin beyond the first or last bin; their mass is lost.{hint}",
-            stacklevel=4,
+    if outside > 0.5:  # (no number in the text: the default filter then says it once per line)
+        warn(
+            f"more than half of the samples of {name}{' (by weight)' if weighted else ''} "
+            f"lie more than one bin beyond the first or last bin; their mass is lost.{hint}"
         )
     elif data_units and num_bins >= 16 and hi - lo <= 1.0 and hi > lo:
-        warnings.warn(
+        warn(
             f"the samples of {name} all fall within one bin width of the {num_bins} bins' span: "
-            f"the histogram will have 1-2 occupied bins.{hint}",
-            stacklevel=4,
+            f"the histogram will have 1-2 occupied bins.{hint}"
         )
 
 
@@ -550,7 +548,7 @@ def histogram(x: Tensor, bins, sigma: float, *, weights: Optional[Tensor] = None
     wf = None if w is None else _unit_rows(w.reshape(xf.shape), "weights")
     r = _pair_row(*span, acc, x.device)
     h = _autograd.hist(xf, wf, Binning(k, sig, ("gaussian",), be, length=k - 1.0), r)
-    _check_peaks(h[..., None], be, "histogram", _FAR_FROM_BINS)
+    _check_peaks(h[..., None], be, "histogram", _FAR_FROM_BINS, occupied=lambda: _occupied(wf, xf))
     h = _safe_normalize(h, -1).reshape(*lead, k).to(x.dtype)
     check()
     return h
@@ -687,7 +685,7 @@ def histogram2d(
     wf = None if w is None else _unit_rows(w.reshape(xf1.shape), "weights")
     r = _pair_row(*span, acc, x1.device)
     j = _autograd.joint_hist(xf1, xf2, wf, Binning(k, sig, ("gaussian",) * 2, be, length=k - 1.0), r, r)
-    _check_peaks(j, be, cause=_FAR_FROM_BINS)
+    _check_peaks(j, be, cause=_FAR_FROM_BINS, occupied=lambda: _occupied(wf, xf1))
     j = _safe_normalize(j, (-2, -1)).reshape(*lead, k, k).to(dtype)
     check()
     return j
@@ -981,6 +979,20 @@ def _mattes_terms(x: Tensor, r: Tensor, num_bins: int) -> Tensor:
     return (x.double() * s) / width - (lo / width - 2.0)
 
 
+def check_pair(x, y, names=("x", "y")) -> None:
+    """Two images of one call: tensors of a floating dtype, (B, C, *spatial), of one shape, on
+    one device (errors name them by ``names``: a module's own argument names)."""
+    a, b = names
+    _check_tensor(a, x)
+    _check_tensor(b, y)
+    if x.ndim < 3:
+        raise ValueError(f"{a} must be a batch of images (B, C, *spatial), got shape {tuple(x.shape)}")
+    if x.shape != y.shape:
+        raise ValueError(f"{a} and {b} must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.device != y.device:
+        raise ValueError(f"{a} and {b} must be on the same device, got {x.device} and {y.device}")
+
+
 class _Images(NamedTuple):
     """The checked arguments of an image call: rows (R, N) of x and y in the promoted dtype, the
     mask's rows, and what the result's shape and dtype will be."""
@@ -1007,14 +1019,7 @@ def _check_images(
     """Argument checks (no data read) and the images as rows; the mask's rows scaled by
     ``_unit_rows`` unless ``unit_mask`` is False (a shard of an image: its scale would not be
     the other shards')."""
-    _check_tensor("x", x)
-    _check_tensor("y", y)
-    if x.ndim < 3:
-        raise ValueError(f"x must be a batch of images (B, C, *spatial), got shape {tuple(x.shape)}")
-    if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if x.device != y.device:
-        raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
+    check_pair(x, y)
     k = _check_num_bins(num_bins)
     sig = _sigma_in_bins(_check_sigma(sigma))
     kernel = _check_kernel(kernel)

@@ -237,7 +237,7 @@ class LocalMutualInformationLoss(MutualInformationLoss):
         )  # fmt: skip
 
     def extra_repr(self) -> str:
-        return f"patch_size={self.patch_size}, stride={self.stride}, {super().extra_repr()}"
+        return f"patch_size={self.patch_size!r}, stride={self.stride!r}, {super().extra_repr()}"
 
 
 __all__ = ["local_mutual_information", "LocalMutualInformationLoss"]

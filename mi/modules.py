@@ -4,7 +4,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from .functional import _check_num_bins, _check_range, _check_sigma, mutual_information
+from .functional import _check_num_bins, _check_range, _check_sigma, check_pair, mutual_information
 from .information import check_base, check_normalize
 
 
@@ -55,13 +55,14 @@ class MutualInformation(nn.Module):
         self.kwargs = check_kwargs("MutualInformation", kwargs, [k for k in MI_KWARGS if k != "base"])
 
     def forward(self, input1: Tensor, input2: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        check_pair(input1, input2, ("input1", "input2"))
         return mutual_information(
             input1, input2, num_bins=self.num_bins, sigma=self.sigma, value_range=self.value_range,
             normalize=self.normalize, mask=mask, base=self.base, **self.kwargs,
         )  # fmt: skip
 
     def extra_repr(self) -> str:
-        return f"num_bins={self.num_bins}, sigma={self.sigma}, normalize={self.normalize!r}"
+        return settings(self, "num_bins", "sigma", "normalize", "value_range", "base")
 
 
 #: The keyword arguments of :func:`mi.mutual_information` that the modules pass through.
@@ -85,6 +86,13 @@ def check_kwargs(owner: str, kwargs: dict, allowed=MI_KWARGS) -> dict:
     if unknown:
         raise TypeError(f"{owner} got unexpected keyword argument(s) {unknown}; it takes {list(allowed)}")
     return kwargs
+
+
+def settings(module: nn.Module, *names: str) -> str:
+    """``extra_repr`` of a loss module: ``names`` (its attributes) and the keywords it passes on
+    (kernel, per_channel, ...), everything that changes its value."""
+    items = [(n, getattr(module, n)) for n in names] + list(module.kwargs.items())
+    return ", ".join(f"{n}={v!r}" for n, v in items)
 
 
 def reduce_loss(loss: Tensor, reduction: str) -> Tensor:
@@ -150,6 +158,7 @@ class MutualInformationLoss(nn.Module):
     _KWARGS = MI_KWARGS
 
     def forward(self, fixed: Tensor, moving: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        check_pair(fixed, moving, ("fixed", "moving"))
         return reduce_loss(-self._score(fixed, moving, mask), self.reduction)
 
     def _score(self, fixed: Tensor, moving: Tensor, mask: Optional[Tensor]) -> Tensor:
@@ -159,10 +168,7 @@ class MutualInformationLoss(nn.Module):
         )  # fmt: skip
 
     def extra_repr(self) -> str:
-        return (
-            f"num_bins={self.num_bins}, sigma={self.sigma}, normalize={self.normalize!r}, "
-            f"reduction={self.reduction!r}"
-        )
+        return settings(self, "num_bins", "sigma", "normalize", "value_range", "reduction")
 
 
 __all__ = ["MutualInformation", "MutualInformationLoss"]

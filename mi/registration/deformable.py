@@ -19,12 +19,12 @@ import dataclasses
 import math
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from .._warn import warn
 from .bspline import ControlGrid
 from .optim import (
     DIVERGED,
@@ -429,11 +429,10 @@ def register_deformable(
         )
         *_, result.mi_before = _warp_and_score(result, fs, ms, w, wm, deform=False)
     if result.mi_after < result.mi_before - DIVERGED:  # (as register's)
-        warnings.warn(
+        warn(
             f"the deformable stage ended below its start (normalised MI {result.mi_after:.4f} < "
             f"{result.mi_before:.4f}, the affine stage's): it diverged or the start was already "
-            "the optimum; try a smaller lr or a larger bending weight",
-            stacklevel=2,
+            "the optimum; try a smaller lr or a larger bending weight"
         )
     result.seconds = time.perf_counter() - t_start
     return result

@@ -13,7 +13,6 @@ import numbers
 import operator
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._warn import warn
 from ..functional import _MAX_SLOPE, mutual_information, value_checks
 from ..local import LocalMutualInformationLoss, _per_axis
 from ..modules import MutualInformationLoss
@@ -354,10 +354,9 @@ def constant_images(f, w, m, wm) -> list:
         v = img if wt is None else img[wt > 0]
         if v.numel() and bool(v.min() == v.max()):
             names.append(name)
-            warnings.warn(
+            warn(
                 f"the {name} image is constant ({v.flatten()[0].item():.6g}) within its mask: it carries "
-                "no information to register by, and the result is the start transform",
-                stacklevel=3,
+                "no information to register by, and the result is the start transform"
             )
     return names
 
@@ -417,10 +416,9 @@ def check_overlap(theta: Tensor, fixed_level: Tensor, weights: Tensor | None, mo
             f"initial: at the initial transform the moving image covers none of the fixed image; {hint}"
         )
     if fraction < MIN_INITIAL_OVERLAP:
-        warnings.warn(
+        warn(
             f"at the initial transform the moving image covers only {100 * fraction:.1f} % of the "
-            f"fixed image: MI sees only that part; {hint}",
-            stacklevel=3,
+            f"fixed image: MI sees only that part; {hint}"
         )
 
 
@@ -859,12 +857,11 @@ def _warn_small_overlap(covered: float, voxel: Tensor, fixed_shape, moving_shape
     corner of the other: a handful of voxels, nearly one-to-one)."""
     theta = matrix_to_theta(voxel, fixed_shape, moving_shape)
     if covered < MIN_INITIAL_OVERLAP and _inside_fraction(theta, fixed_shape, moving_shape) < 0.5:
-        warnings.warn(
+        warn(
             f"the result maps only {100 * covered:.1f} % of the fixed image into the moving "
             "image: MI over so small an overlap is no evidence of alignment (a start that far "
             "off: try initial='geometry' or 'moments', or a transform; a step too large: a "
-            "smaller lr)",
-            stacklevel=3,
+            "smaller lr)"
         )
 
 
@@ -927,9 +924,7 @@ class _Replay:
         except RuntimeError as e:
             if strict:
                 raise
-            warnings.warn(
-                f"mi.register: the step did not capture in a CUDA graph ({e}); running eagerly", stacklevel=3
-            )
+            warn(f"mi.register: the step did not capture in a CUDA graph ({e}); running eagerly")
             return value, grad, None
 
     def __call__(self, theta: Tensor, idx: Tensor | None):
@@ -1172,10 +1167,9 @@ def register(
         mi_after, warped, covered = _score(fs, ms, voxel, w, wm, output=m)
     _warn_small_overlap(covered, voxel, f.shape[2:], m.shape[2:])
     if mi_after < mi_before - DIVERGED:
-        warnings.warn(
+        warn(
             f"the registration ended below its start (normalised MI {mi_after:.4f} < {mi_before:.4f}): "
-            "it diverged or the start was already the optimum; try a smaller lr or more levels",
-            stacklevel=2,
+            "it diverged or the start was already the optimum; try a smaller lr or more levels"
         )
     out_shape = (
         fixed.shape if isinstance(fixed, (Tensor, np.ndarray)) and not has_affine(fixed) else f.shape[2:]
@@ -1226,11 +1220,10 @@ def _warn_if_few_voxels(gf: Geometry, w: Tensor | None, masked: bool) -> None:
     n = _level_voxels(gf, 0, w)
     if n < MIN_COARSEST_VOXELS:
         where = "in its mask" if masked else "that are finite" if w is not None else "in all"
-        warnings.warn(
+        warn(
             f"the fixed image has {n} voxels {where}, fewer than {MIN_COARSEST_VOXELS}: MI of so "
             "few voxels rewards wrong overlaps, and the result may be far off; check it, or "
-            "register larger images",
-            stacklevel=3,
+            "register larger images"
         )
 
 
@@ -1248,12 +1241,11 @@ def _warn_if_moving(model: Transform, start: Tensor, reach: float, n: int) -> No
         return
     moved = float((_parameters(model) - start).abs().max()) / reach
     if moved > STILL_MOVING:
-        warnings.warn(
+        warn(
             f"the registration has not converged: over the finest level a parameter still moved "
             f"{moved:.0%} of the way its steps allow (the full step, one way): the "
             "misalignment may lie beyond the steps' reach: use more levels or coarse iterations, "
-            "or start closer (initial=)",
-            stacklevel=3,
+            "or start closer (initial=)"
         )
 
 
