@@ -62,7 +62,7 @@ def test_seed_readme_usage_and_the_x255_warning():
     by 255 inside. Here that call warns (the mass misses the bins); x * 255 is the port."""
     x = to_tensor01(photo((64, 64))).view(1, -1)
     bins = torch.linspace(0, 255, 256)
-    with pytest.warns(UserWarning, match="does not scale x by 255"):
+    with pytest.warns(UserWarning, match="do not scale x by 255"):
         mi.histogram(x, bins, 0.4)
     h = mi.histogram(x * 255, bins, 0.4)
     ref = dense_hist(x.double() * 255, None, 256, 0.4)

@@ -318,6 +318,10 @@ def test_histograms_of_kernel_tails_alone_are_refused(backend):
         lambda: mi.local_mutual_information(100 + x, 100 + y, patch_size=5, **far),
         lambda: mi.mutual_information(x, y, mask=torch.ones_like(x), kernel="mattes",
                                       value_range=((2.0, 3.0), "auto"), backend=backend),
+        # histogram() and histogram2d() of samples 1000 bin widths beyond their bins: all zeros
+        # (their documented sum, 1, only when some sample has weight)
+        lambda: mi.histogram(1000 + x.flatten(1), bins, sigma=0.1, backend=backend),
+        lambda: mi.histogram2d(1000 + x.flatten(1), y.flatten(1), bins, sigma=0.1, backend=backend),
     ):  # fmt: skip
         with pytest.raises(ValueError, match="holds only kernel tails: its largest cell is 0 "):
             with warnings.catch_warnings():
@@ -330,6 +334,12 @@ def test_histograms_of_kernel_tails_alone_are_refused(backend):
     half_empty[0] = 0  # a histogram emptied by its mask, beside one that is not: allowed
     s = mi.mutual_information(x, y, mask=half_empty, num_bins=8, backend=backend)
     assert s[0] == 0 and s[1] > 0.1
+    far_first = x.flatten(1) + torch.tensor([[1000.0], [0.0]])  # weightless and beyond the bins
+    for h in (  # the same for the histograms of weightless samples (far beyond their bins or not)
+        mi.histogram(far_first, bins, 0.1, weights=half_empty.flatten(1), backend=backend),
+        mi.histogram2d(x.flatten(1), y.flatten(1), bins, 0.1, weights=half_empty.flatten(1), backend=backend),
+    ):
+        assert h[0].sum() == 0 and torch.isclose(h[1].sum(), torch.tensor(1.0))
     h = mi.histogram(half, bins, sigma=0.02, backend=backend)  # 6.25 sigma: 3.3e-9 per bin, normal
     (h * torch.arange(5.0)).sum().backward()
     assert torch.isfinite(half.grad).all()
