@@ -317,8 +317,14 @@ class _GradRange(NamedTuple):
 _MAX_SLOPE = {torch.float32: 2.0**100, torch.float64: 2.0**1000}
 
 
+def _slope_text(limit: float) -> str:
+    return f"2**{math.frexp(limit)[1] - 1} bins per unit"
+
+
 def _check_slope(name: str, lo, hi, length: float, dtype, given=None):
-    """Refuse a range so narrow that the gradient with respect to the samples would overflow.
+    """Refuse a range so narrow that the gradient with respect to the samples could overflow
+    (a slope beyond ``_MAX_SLOPE``; the refusal is conservative: the gradient of a given pair
+    may still have fitted).
     lo, hi: floats or lists of floats (per row): the samples' own ("auto"), or the range the
     caller ``given`` ("bins", "value_range")."""
     limit = _MAX_SLOPE[_acc_dtype(dtype)]
@@ -333,8 +339,9 @@ def _check_slope(name: str, lo, hi, length: float, dtype, given=None):
             )
             raise ValueError(
                 f"{given or name} spans only {span:.3g} (from {a:.6g} to {b:.6g}): the gradient "
-                f"with respect to {name} scales with {length:.3g} / {span:.3g} bins per unit and "
-                f"would overflow {_acc_dtype(dtype)}. {fix}, or pass float64"
+                f"with respect to {name} scales with {length:.3g} / {span:.3g} bins per unit, beyond "
+                f"the {_slope_text(limit)} that leave {_acc_dtype(dtype)} room for the rest of its "
+                f"chain: it could overflow. {fix}, or pass float64"
             )
 
 

@@ -265,7 +265,7 @@ def _refusal_is_genuine(err: ValueError, x, y, m, case, rng):
     name = re.search(r"with respect to (\w+)", msg).group(1)
     t = x if name == "x" else y
     limit = 2.0**1000 if t.dtype == torch.float64 else 2.0**100
-    return "would overflow" in msg and _min_span(t, m, case, rng, name) * limit < case["num_bins"]
+    return "could overflow" in msg and _min_span(t, m, case, rng, name) * limit < case["num_bins"]
 
 
 def _tails_only(x, y, m, case, rng, margin=2.0):

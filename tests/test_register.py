@@ -723,7 +723,7 @@ def test_bad_input(kwargs, exc, words):
 
 def test_a_narrow_intensity_span_is_refused_by_the_bins_it_would_need():
     """The built-in loss's bin map over an image's span has a slope of about num_bins / span
-    bins per unit, which the op refuses beyond 2**100 (its gradient would overflow float32):
+    bins per unit, which the op refuses beyond 2**100 (its gradient could overflow float32):
     register refuses such an image by name (the op's message named a value_range the caller
     never gave), at the op's limit: a span of 1e-28 registers with 32 bins (3.2e29 < 2**100
     = 1.27e30), to the known transform, and is refused with 256 (2.6e30)."""
