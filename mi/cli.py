@@ -383,11 +383,31 @@ def _quantiles(text: str):
     return lo, hi
 
 
+def busy_cores_note() -> str | None:
+    """A note for ``mi register`` when other work keeps this machine's cores busy (its 1-minute
+    load average at least its core count) and torch runs several threads that spin-wait
+    (``OMP_WAIT_POLICY`` unset): the README's advice, measured there (53 s against 12 s on 2
+    shared cores). The command only says it: the setting must come before Python starts."""
+    if "OMP_WAIT_POLICY" in os.environ or not hasattr(os, "getloadavg") or torch.get_num_threads() < 2:
+        return None
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load < cores:
+        return None
+    return (
+        f"mi: note: this machine is busy (load average {load:.1f} on {cores} cores): torch's threads "
+        "spin-wait while they share the cores, which can make a registration several times slower; "
+        "run with OMP_WAIT_POLICY=PASSIVE (or OMP_NUM_THREADS=1) set in the environment"
+    )
+
+
 def cmd_register(args) -> int:
     from PIL import Image
 
     from . import register as reg
 
+    note = busy_cores_note()
+    if note and not args.quiet:
+        print(note, file=sys.stderr)
     its = args.iterations[0] if args.iterations is not None and len(args.iterations) == 1 else args.iterations
     kw = dict(levels=args.levels, iterations=its, lr=args.lr, progress=not args.quiet, num_bins=args.bins)
     kw.update(sampling=args.sampling, sampling_strategy=args.strategy, tolerance=args.tolerance)

@@ -314,6 +314,31 @@ def test_score_of_independent_images_prints_no_negative_zero(tmp_path, capsys):
     assert "-0.0" not in out and _score(out) == 0.0
 
 
+def test_register_notes_busy_cores(tmp_path, capsys, monkeypatch):
+    """``mi register`` on a machine whose load average reaches its core count, with torch's
+    threads left to spin-wait, says how to stop them (the README's OMP_WAIT_POLICY advice);
+    not on an idle machine, with the setting made, with one thread, or with --quiet."""
+    import mi.cli as cli
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cli.torch, "get_num_threads", lambda: 2)
+    missing = str(tmp_path / "a.png")  # (a usage error after the note: no registration runs)
+    for load, quiet, noted in ((2.3, False, True), (1.6, False, False), (2.3, True, False)):
+        monkeypatch.setattr(cli.os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
+        assert main(["register", missing] + ["--quiet"] * quiet) == 2
+        err = capsys.readouterr().err
+        assert ("OMP_WAIT_POLICY=PASSIVE" in err) == noted, (load, quiet, err)
+        assert (f"load average {load:.1f} on 2 cores" in err) == noted
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (2.3, 0.0, 0.0))
+    assert cli.busy_cores_note() is not None
+    monkeypatch.setattr(cli.torch, "get_num_threads", lambda: 1)
+    assert cli.busy_cores_note() is None
+    monkeypatch.setattr(cli.torch, "get_num_threads", lambda: 2)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert cli.busy_cores_note() is None
+
+
 _FAULTS = """
 import resource, sys, torch
 from mi.cli import keep_freed_memory
