@@ -78,7 +78,9 @@ def _joint_hist_fwd_kernel(
     and for two Gaussian windows so are the cells below 2**-24 of the pixel's largest cell
     (for a pixel inside the range, the corners of the square outside a disk): on average
     pi r^2 of the (2 r)^2 cells remain, 26 atomics per pixel instead of 36 at sigma 0.5
-    (bench/atomic_counts.py). The atomics are what bound this kernel on a GPU. Memory per
+    (bench/atomic_counts.py). The cost: a pixel's window is no longer an outer product, which
+    MI's gradient sees in histograms of a handful of pixels (one pixel: 2.8e-4 per unit where
+    the exact gradient is 0; README, "Precision"). The atomics are what bound this kernel on a GPU. Memory per
     pixel: reads u, v, m (12 bytes); registers hold a (BLOCK_N, BLOCK_W) tile of v-window
     weights. Windows wider than BLOCK_W loop over column chunks, so registers do not grow
     with W.
