@@ -455,6 +455,24 @@ def test_several_scores_in_one_graph_with_symbolic_ranges(pairs):
     torch.testing.assert_close(g, torch.autograd.grad(want, y)[0])
 
 
+def test_importing_mi_leaves_dynamo_alone_and_marks_top_as_the_decorator_would():
+    """``import mi`` does not import torch._dynamo (0.8 s, and it sets TORCHINDUCTOR_CACHE_DIR
+    and a warnings filter in the importer's process); ``_top`` carries the mark that
+    torch.compiler.assume_constant_result sets, which the test above needs."""
+    import subprocess
+    import sys
+
+    code = "import sys, mi; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+    def constant():
+        return 0.75
+
+    marked = torch.compiler.assume_constant_result(constant)
+    assert vars(marked) == vars(mi.information._top) == {"_dynamo_marked_constant": True}
+
+
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_histograms_compile_without_graph_breaks_given_bins_as_numbers(dynamic):
     """histogram / histogram2d read their bins' layout on the host: from a list of numbers
