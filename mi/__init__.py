@@ -5,6 +5,7 @@ One op (the soft joint histogram, in O(K^2) memory) with two backends: plain tor
 modules and a CLI on top of that. See the README for conventions and units.
 """
 
+from . import _checkout  # noqa: F401  (first: mi.kernels in a source checkout)
 from .functional import (
     entropies,
     histogram,

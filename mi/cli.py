@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -639,8 +640,9 @@ def _attach_range(argv) -> list:
 def main(argv=None) -> int:
     """Run the ``mi`` command with argv (default sys.argv[1:]); returns the exit status.
 
-    User errors (missing or unreadable file, mismatched shapes, bad values) print one
-    line ``mi: error: ...`` to stderr and give 2; argparse's own errors also give 2.
+    User errors (missing or unreadable file, mismatched shapes, bad values, a missing
+    optional package) print one line ``mi: error: ...`` to stderr and give 2; argparse's
+    own errors also give 2.
     """
     parser = build_parser()
     try:
@@ -649,15 +651,23 @@ def main(argv=None) -> int:
         return int(e.code or 0)
     try:
         return args.func(args)
-    except (CLIError, ValueError, OSError) as e:
+    except (CLIError, ValueError, OSError, ImportError) as e:  # (ImportError: "pip install ...")
         print(f"mi: error: {e}", file=sys.stderr)
         return 2
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """The ``mi`` command's warnings: ``mi: warning: ...``, as its errors (not Python's
+    ``file:line: UserWarning:`` and a line of the command's own code)."""
+    return f"mi: warning: {message}\n"
+
+
 def command() -> int:
     """The ``mi`` executable and ``python -m mi``: ``main()`` in a process of its own, whose
-    allocator keeps freed memory (``keep_freed_memory``)."""
+    allocator keeps freed memory (``keep_freed_memory``) and whose warnings are one line
+    (``_warning_line``)."""
     keep_freed_memory()
+    warnings.formatwarning = _warning_line
     return main()
 
 

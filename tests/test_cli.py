@@ -203,6 +203,48 @@ def test_python_dash_m_help():
     assert "usage: mi" in r.stdout and "demo" in r.stdout and "score" in r.stdout
 
 
+def test_the_command_prints_warnings_and_missing_packages_as_one_line(tmp_path, monkeypatch, capsys):
+    """``mi``'s warnings read ``mi: warning: ...`` (not Python's file:line form, which named a
+    line of the command's own code), and a missing optional package is an error line naming
+    what to install (it was a traceback for --initial FILE without SimpleITK)."""
+    img = (np.add.outer(np.arange(24), np.arange(24)) % 7 / 7.0 * 255).astype(np.uint8)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(img).save(tmp_path / name)
+    cmd = [sys.executable, "-m", "mi", "register", "a.png", "b.png", "-o", "out", "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "mi: warning: the fixed image has 576 voxels in all, fewer than 768" in r.stderr, r.stderr
+    assert "UserWarning" not in r.stderr
+    (tmp_path / "t.tfm").write_text("#Insight Transform File V1.0\n")
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)  # import SimpleITK raises ImportError
+    args = [str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "o2"), "--quiet"]
+    assert main(["register", *args, "--initial", str(tmp_path / "t.tfm")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mi: error: ") and "pip install SimpleITK" in err and err.count("\n") == 1, err
+
+
+_CHECKOUT = """
+import sys
+# as after a plain (not editable) install: no finder maps mi.kernels onto ../kernels
+sys.meta_path = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+sys.path.insert(0, sys.argv[1])
+import mi, mi.kernels.utils
+print(mi.__file__, mi.kernels.__file__, mi.kernels.utils.AUTO_TILED_BINS)
+"""
+
+
+def test_a_checkout_imports_from_its_root():
+    """python run from the repository's root finds its mi/ first (before an installed copy),
+    whose kernels live in ../kernels: mi.kernels comes from there (it was an ImportError,
+    "partially initialized module", for ``pip install .`` then ``python`` in the checkout)."""
+    r = subprocess.run(
+        [sys.executable, "-c", _CHECKOUT, str(ROOT)], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    init, kernels, _ = r.stdout.split()
+    assert Path(init) == ROOT / "mi" / "__init__.py" and Path(kernels) == ROOT / "kernels" / "__init__.py"
+
+
 def test_plots_return_figures():
     import torch
     from matplotlib.figure import Figure
