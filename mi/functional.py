@@ -431,6 +431,8 @@ def _warn_binning(num_bins, name, data_units, outside, lo, hi, weighted=False):
         if data_units
         else " Is value_range right for these images? (value_range='auto' uses each image's own range.)"
     )
+    if not data_units:  # an image call: a module's caller knows them as fixed/moving, input1/input2
+        name = {"x": "x (the first image)", "y": "y (the second image)"}.get(name, name)
     if outside > 0.5:  # (no number in the text: the default filter then says it once per line)
         warn(
             f"more than half of the samples of {name}{' (by weight)' if weighted else ''} "

@@ -307,8 +307,8 @@ def test_the_missed_bins_warning_weighs_the_samples_by_the_mask():
     keep = (~out).float()
     cases = [
         (keep, None),
-        (None, "more than half of the samples of x lie"),
-        (torch.ones_like(keep), "more than half of the samples of x (by weight)"),
+        (None, "more than half of the samples of x (the first image) lie"),
+        (torch.ones_like(keep), "more than half of the samples of x (the first image) (by weight)"),
         (keep + 0.1 * out, None),
     ]
     for mask, warns in cases:
