@@ -713,6 +713,23 @@ def test_a_fixed_image_of_few_voxels_is_warned_about():
     assert not [w for w in seen if "voxels" in str(w.message)]
 
 
+def test_a_result_where_the_images_share_no_information_is_warned_about():
+    """A registration that ends where the images look independent (normalised MI under 1.05)
+    says so: in an audit of 120 real 2-D cases 21 of 26 gross failures ended there (textures,
+    text: 1.0003-1.029) and warned about nothing; the successes ended at 1.12 or more. Here two
+    independent noise images, and a real pair that registers (no such warning)."""
+    gen = np.random.default_rng(0)
+    a, b = gen.random((64, 64)), gen.random((64, 64))
+    with pytest.warns(UserWarning, match=r"share almost no information at the result \(normalised MI 1\.0"):
+        r = register(a, b, progress=False)
+    assert r.mi_after < 1.05
+    f, m, _ = demo_pair((96, 80), angle_deg=7.0, shift=(3.0, -2.0))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        r = register(f, m, progress=False)
+    assert r.mi_after > 1.2 and not [w for w in seen if "share almost no information" in str(w.message)]
+
+
 @pytest.mark.parametrize("kwargs, exc, words", _bad_cases())
 def test_bad_input(kwargs, exc, words):
     args = dict(fixed=torch.rand(32, 32), moving=torch.rand(32, 32), iterations=1, progress=False)
