@@ -1097,6 +1097,10 @@ def register(
 
     Returns:
         :class:`RegistrationResult` (physical, matrix, theta, warped, mi_before, mi_after, ...).
+        Warnings (besides those above): the result's ``mi_after`` more than ``DIVERGED``
+        below ``mi_before`` (it diverged), or under ``LOW_SCORE`` = 1.05, where the images
+        look independent (a failed registration, most often: a start beyond the reach, or
+        content such as a periodic texture).
     """
     t_start = time.perf_counter()
     if not isinstance(transform, str):
