@@ -7,8 +7,8 @@ machine may have no GPU). The shapes and sums the comments state are then checke
 """
 
 import math
-import os
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -122,7 +122,9 @@ def test_distributed_block(monkeypatch, brain6):
 
     fixed, moving = _volume_pair(brain6)
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    with socket.socket() as sock:  # a free port
+        sock.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("MASTER_PORT", str(sock.getsockname()[1]))
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")
     code = _block("dist.init_process_group").replace(
