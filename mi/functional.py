@@ -988,14 +988,15 @@ def _mattes_terms(x: Tensor, r: Tensor, num_bins: int) -> Tensor:
     return (x.double() * s) / width - (lo / width - 2.0)
 
 
-def check_pair(x, y, names=("x", "y")) -> None:
-    """Two images of one call: tensors of a floating dtype, (B, C, *spatial), of one shape, on
-    one device (errors name them by ``names``: a module's own argument names)."""
+def check_pair(x, y, names=("x", "y"), min_ndim=3, layout="a batch of images (B, C, *spatial)") -> None:
+    """Two images (or signals) of one call: tensors of a floating dtype, of at least
+    ``min_ndim`` dimensions (``layout`` says which), of one shape, on one device (errors name
+    them by ``names``: a module's or a drop-in's own argument names)."""
     a, b = names
     _check_tensor(a, x)
     _check_tensor(b, y)
-    if x.ndim < 3:
-        raise ValueError(f"{a} must be a batch of images (B, C, *spatial), got shape {tuple(x.shape)}")
+    if x.ndim < min_ndim:
+        raise ValueError(f"{a} must be {layout}, got shape {tuple(x.shape)}")
     if x.shape != y.shape:
         raise ValueError(f"{a} and {b} must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     if x.device != y.device:

@@ -19,12 +19,12 @@ from ..functional import (
     _check_histogram_size,
     _check_num_bins,
     _check_sigma,
-    _check_tensor,
     _checks_on,
     _guard_grad,
     _no_checks,
     _queue_checks,
     _resolve_backend,
+    check_pair,
 )
 
 
@@ -98,18 +98,7 @@ def _entropies(
 ):
     """(H(input), H(target), H(input, target)) and the reference dtype, kornia's way, for
     signals whose last ``space`` dims are one sample."""
-    _check_tensor("input", input)
-    _check_tensor("target", target)
-    if input.shape != target.shape:
-        raise ValueError(
-            f"input and target must have the same shape, got {tuple(input.shape)} and {tuple(target.shape)}"
-        )
-    if input.ndim < space:
-        raise ValueError(f"input must have at least {space} dimension(s), got shape {tuple(input.shape)}")
-    if input.device != target.device:
-        raise ValueError(
-            f"input and target must be on the same device, got {input.device} and {target.device}"
-        )
+    check_pair(input, target, ("input", "target"), space, f"a tensor of at least {space} dimension(s)")
     kind = _kernel_kind(kernel_function)
     k = _check_num_bins(num_bins)
     radius = _check_sigma(window_radius, "window_radius")
