@@ -136,10 +136,12 @@ def test_distributed_block(monkeypatch, brain6):
         exec(code, ns)
     finally:
         dist.destroy_process_group()
-    # one process holds every slice: the loss and its gradient are those of the whole volume
+    # one process holds every slice: the gradient is the whole volume's, bit for bit (one
+    # rank's all-reduces are the identity; measured equal). tests/test_distributed.py checks
+    # several ranks against one process.
     ref = moving.detach().requires_grad_()
     mi.MutualInformationLoss()(fixed, ref).backward()
-    torch.testing.assert_close(moving.grad, ref.grad, rtol=1e-5, atol=1e-7)
+    assert torch.equal(moving.grad, ref.grad)
 
 
 def test_compat_block():
