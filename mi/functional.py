@@ -541,7 +541,7 @@ def histogram(x: Tensor, bins, sigma: float, *, weights: Optional[Tensor] = None
     """
     _check_tensor("x", x)
     lo, step, k = _bin_layout(bins)
-    sig = _sigma_in_bins(_check_sigma(sigma) / step)
+    sig = _sigma_in_bins(_check_sigma(sigma), step)
     xf, lead = _flatten_samples(x)
     w = _check_weights("weights", weights, x)
     be = _resolve_backend(backend, x)
@@ -563,12 +563,21 @@ def histogram(x: Tensor, bins, sigma: float, *, weights: Optional[Tensor] = None
     return h
 
 
-def _sigma_in_bins(sig: float) -> float:
-    """A kernel width in bin widths for the op: refused below 2**-40 (a spike finer than float32
-    can place a sample, and 1 / sigma^2 would overflow), capped at 2**64 (flat over any
-    number of bins; exact to float64 rounding)."""
+def _sigma_in_bins(sigma: float, step: Optional[float] = None) -> float:
+    """A kernel width in bin widths for the op (``sigma / step`` when ``step``, the bin width in
+    data units, is given): refused below 2**-40 bin widths (a spike finer than float32 can
+    place a sample, and 1 / sigma^2 would overflow), capped at 2**64 (flat over any number of
+    bins; exact to float64 rounding)."""
+    sig = sigma if step is None else sigma / step
     if sig < 2.0**-40:
-        raise ValueError(f"sigma is {sig:.3g} bin widths; it must be at least 2**-40 (9.1e-13) bin widths")
+        if step is None:
+            raise ValueError(
+                f"sigma is {sig:.3g} bin widths; it must be at least 2**-40 (9.1e-13) bin widths"
+            )
+        raise ValueError(
+            f"sigma is {sigma:.3g} in data units, {sig:.3g} bin widths (bins {step:.3g} apart); it must"
+            f" be at least 2**-40 (9.1e-13) bin widths: {step * 2.0**-40:.3g} here"
+        )
     return min(sig, 2.0**64)
 
 
@@ -673,7 +682,7 @@ def histogram2d(
     if x1.device != x2.device:
         raise ValueError(f"x1 and x2 must be on the same device, got {x1.device} and {x2.device}")
     lo, step, k = _bin_layout(bins)
-    sig = _sigma_in_bins(_check_sigma(sigma) / step)
+    sig = _sigma_in_bins(_check_sigma(sigma), step)
     xf1, lead = _flatten_samples(x1)
     xf2 = x2.reshape(xf1.shape)
     w = _check_weights("weights", weights, x1)
@@ -1204,7 +1213,8 @@ def joint_histogram(
 ) -> Tensor:
     """Soft joint histogram of two images, normalised to sum to 1: (B, K, K) or (B, C, K, K).
 
-    Rows index x's bins, columns y's bins. Arguments as in :func:`mutual_information`.
+    Rows index x's bins, columns y's bins. Arguments as in :func:`mutual_information`. A
+    sample with no weight (an all-zero mask, or no pixels) gives all zeros.
     """
     j, lead, dtype, be, check = _image_joint(
         x, y, num_bins=num_bins, sigma=sigma, value_range=value_range, mask=mask,
@@ -1302,16 +1312,17 @@ def mutual_information(
             weighs 2 exp(-1 / (8 sigma^2)) against about 1 at a centre (1.21 against 1.27 at
             sigma 0.5, 0.27 against 1 at 0.25, under 2**-24 below 0.085), so at small sigma
             the histogram counts mostly the samples near bin centres. Ignored by
-            ``kernel="bspline"``.
+            ``kernel="bspline"`` and ``"mattes"``.
         value_range: ``(lo, hi)``: intensities lo..hi map onto the bin centres 0..K-1 (the
             same for x and y; mass falling beyond the first/last bin is dropped); or
-            ``"auto"``: each sample's (and image's) own min..max, over the pixels the mask
-            keeps; it moves with the image, and the gradient includes that (a tied minimum
-            or maximum shares its part among its pixels, as ``amin``/``amax`` do); or a pair of those,
-            one for x and one for y, e.g. ``((0, 1), "auto")``. With ``kernel="bspline"``
-            lo..hi map onto 1..K-2 and with ``"mattes"`` onto 2..K-2 (padding bins that keep
-            each pixel's whole unit of mass inside the histogram; x's samples beyond lo..hi,
-            whose box window has no bin there, are dropped).
+            ``"auto"``: each sample's (and image's; with ``per_channel``, each channel's)
+            own min..max, over the pixels the mask keeps; it moves with the image, and the
+            gradient includes that (a tied minimum or maximum shares its part among its
+            pixels, as ``amin``/``amax`` do); or a pair of those, one for x and one for y,
+            e.g. ``((0, 1), "auto")``. With ``kernel="bspline"`` lo..hi map onto 1..K-2 and
+            with ``"mattes"`` onto 2..K-2 (padding bins that keep each pixel's whole unit of
+            mass inside the histogram; x's samples beyond lo..hi, whose box window has no bin
+            there, are dropped).
         mask: optional per-pixel weights broadcastable to x: bool, or non-negative floats
             (differentiable), e.g. the overlap region in registration.
         per_channel: False: one histogram per sample over all channels -> (B,); True: one

@@ -338,8 +338,8 @@ def tails_only_peak(joint: Tensor, occupied=None) -> Optional[float]:
 
 def check_joint(joint) -> Tensor:
     """The ``joint`` argument of the public ``*_from_joint`` functions: a real square (..., K,
-    K) tensor (integer counts, say from ``numpy.histogram2d``, are taken in float64), whose
-    entries are non-negative and finite (a value check: one host read; see
+    K) tensor (integer counts, say from ``numpy.histogram2d``, and bool occupancy are taken
+    in float64), whose entries are non-negative and finite (a value check: one host read; see
     :func:`mi.set_value_checks`), and, when it needs a gradient, whose histograms' largest
     entries are not so small that the gradient would overflow (``MIN_PEAK``)."""
     from .functional import _checks_on  # (functional imports this module)
@@ -389,8 +389,8 @@ def _scaled_entropies(joint: Tensor, base: Optional[float], backend: str):
 
 def entropies_from_joint(joint: Tensor, base: Optional[float] = None, backend: str = "auto"):
     """(H(a), H(b), H(a, b)) of a joint histogram ``joint`` (..., K, K); each of shape (...,),
-    in ``joint``'s dtype (float64 for integer counts; computed in float64 where the device
-    has it). ``joint`` need not be normalised (its sum is divided out); it must be
+    in ``joint``'s dtype (float64 for integer counts and bool; computed in float64 where the
+    device has it). ``joint`` need not be normalised (its sum is divided out); it must be
     non-negative and finite (:func:`check_joint`).
 
     Rows of ``joint`` index a's bins, columns b's. Units: nats, or log ``base`` (> 1).

@@ -389,6 +389,13 @@ def test_integral_and_real_numbers_of_other_types():
         mi.mutual_information(x, y, sigma="0.5")
     with pytest.raises(ValueError, match="sigma is .* bin widths; it must be at least 2\\*\\*-40"):
         mi.mutual_information(x, y, sigma=1e-20)
+    # histogram()/histogram2d() take sigma in data units: the message names what was passed
+    bins = torch.linspace(0, 1000, 3)
+    for call in (lambda: mi.histogram(x, bins, 1e-10), lambda: mi.histogram2d(x, y, bins, 1e-10)):
+        with pytest.raises(
+            ValueError, match=r"sigma is 1e-10 in data units, 2e-13 bin widths .* 4.55e-10 here"
+        ):
+            call()
 
 
 # ---------------------------------------------------------------- torch.func

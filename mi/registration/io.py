@@ -27,7 +27,9 @@ class RegisterError(ValueError):
 
 def load_image(path) -> np.ndarray:
     """A grey image or volume as float32 (H, W) or (D, H, W): :func:`mi.io.read_image` (the
-    array only; :func:`mi.register` reads the geometry too). Raises :class:`RegisterError`."""
+    array only; :func:`mi.register` reads the geometry too). PNG/JPEG/TIFF come as grey, 8-bit
+    scaled to [0, 1] and 16-bit by 65535; .npy, 32-bit and float images and the medical
+    formats keep their values (:mod:`mi.io`). Raises :class:`RegisterError`."""
     try:
         return read_image(path)
     except ImageReadError as e:

@@ -715,7 +715,8 @@ def _make_loss(loss, loss_kwargs: dict, ranges: Callable) -> Callable:
 def shrink_factors(geom: Geometry, level: int, like: Geometry | None = None) -> tuple:
     """Per index axis (x, y[, z]), the voxels pooled into one at pyramid ``level``: 2**level
     along the finest axis, fewer along coarser ones, so that the level's voxels approach
-    isotropy (a 3 mm slice axis of a 1 mm image is not pooled until level 2 of 4 mm), and
+    isotropy (a 3 mm slice axis of a 1 mm image is left alone at level 2, of 4 mm in-plane,
+    and first pooled at level 3: 3 slices of 9 mm beside 8 mm in-plane), and
     never below ``MIN_LEVEL_SIZE`` voxels along an axis (a slab of 8 slices is pooled at
     most 2 along them, as ITK's and ANTs' per-axis shrink factors allow).
 
