@@ -1056,3 +1056,38 @@ def test_monai_loads_of_2d_pictures_are_2d_images(tmp_path):
     print(f"largest difference of the voxel matrices: {(got.matrix - want.matrix).abs().max():.2e}")
     torch.testing.assert_close(got.matrix, want.matrix, rtol=0, atol=1e-4)  # measured 0 (2026-12-02)
     assert got.warped.shape == (72, 64)
+
+
+@pytest.mark.filterwarnings("ignore:the registration has not converged")  # (short schedules)
+def test_array_masks_of_nibabel_images_and_metatensors_are_indexed_as_their_voxels(tmp_path, pair):
+    """A plain array mask for a nibabel image (or a MetaTensor) is indexed as that image's own
+    voxels, (i, j, k): on a cube, where the shape cannot tell (i, j, k) from SimpleITK's
+    [k, j, i], it registers as the same mask given as a nibabel image (it was taken as its
+    transpose, which kept 41 % of an asymmetric box); another shape is refused by name."""
+    nib = pytest.importorskip("nibabel")
+    fixed, moving = pair
+    cube = sitk.Resample(fixed, [40, 40, 40], sitk.Transform(), sitk.sitkLinear, fixed.GetOrigin(),
+                         (1.4, 1.4, 1.4), fixed.GetDirection())  # fmt: skip
+    paths = [tmp_path / "f.nii.gz", tmp_path / "m.nii.gz"]
+    for img, p in zip((cube, moving), paths):
+        sitk.WriteImage(img, str(p))
+    f, m = nib.load(paths[0]), nib.load(paths[1])
+    box = np.zeros(f.shape, np.uint8)
+    box[4:22, 6:36, 10:38] = 1  # (i, j, k): not symmetric under i <-> k
+    kw = dict(levels=1, iterations=(6,), progress=False)
+    want = register(f, m, mask=nib.Nifti1Image(box, f.affine), **kw)
+    for mask in (box, torch.from_numpy(box).bool(), box[..., None]):
+        got = register(f, m, mask=mask, **kw)
+        assert torch.equal(got.physical, want.physical)
+    transposed = register(f, m, mask=box.T.copy(), **kw)  # (a different mask: a different result)
+    assert not torch.equal(transposed.physical, want.physical)
+    with pytest.raises(
+        ValueError, match=r"moving_mask: an array for a nibabel image is indexed as that image's voxels"
+    ):
+        register(f, m, moving_mask=np.ones(tuple(reversed(m.shape))), **kw)
+    monai = pytest.importorskip("monai")
+    mt = monai.data.MetaTensor(
+        torch.from_numpy(np.asarray(f.dataobj, np.float32))[None], affine=torch.from_numpy(f.affine)
+    )
+    got = register(mt, m, mask=box, **kw)
+    torch.testing.assert_close(got.physical, want.physical, rtol=0, atol=1e-4)

@@ -49,7 +49,16 @@ from .optim import (
     read_pair,
     shrink_factors,
 )
-from .space import Geometry, _sitk, extent, overlap_weight, per_axis, sample_points, to_normalized
+from .space import (
+    Geometry,
+    _sitk,
+    extent,
+    mask_for,
+    overlap_weight,
+    per_axis,
+    sample_points,
+    to_normalized,
+)
 from .transforms import save_sitk_transform, to_sitk
 from .velocity import VelocityLevel
 
@@ -329,6 +338,7 @@ def register_deformable(
         along each axis, for each of its 7 squarings), and the samples' resampling and loss.
     """
     t_start = time.perf_counter()
+    mask, moving_mask = mask_for("mask", mask, fixed), mask_for("moving_mask", moving_mask, moving)
     f, gf, m, gm, valid = read_pair(fixed, moving, device, spacing, moving_spacing)
     d = f.ndim - 2
     lr = check_lr(lr, gf)

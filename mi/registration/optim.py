@@ -37,6 +37,7 @@ from .space import (
     has_affine,
     has_geometry,
     interpolable,
+    mask_for,
     matrix_to_theta,
     overlap_weight,
     read_path,
@@ -1061,8 +1062,10 @@ def register(
             when the result covers that little (NMI over a corner of each image can beat the
             true alignment's).
         mask, moving_mask: optional weights (bool or non-negative float) on the fixed and
-            the moving image: tensors/arrays of that image's shape, or SimpleITK images /
-            files on its grid. Fixed voxels outside ``mask`` are never sampled; samples that
+            the moving image: tensors/arrays of that image's shape (indexed as the image's
+            own array: SimpleITK's [k, j, i], a nibabel image's or a MetaTensor's (i, j, k):
+            :func:`~mi.registration.space.mask_for`), or SimpleITK / nibabel images or files
+            on its grid. Fixed voxels outside ``mask`` are never sampled; samples that
             map outside ``moving_mask`` (bilinear) do not count.
         sampling: fixed voxels per iteration, drawn afresh each iteration (``seed``); only
             those are resampled: a fraction in (0, 1] of each level's voxels (in the mask),
@@ -1108,6 +1111,7 @@ def register(
         raise TypeError(f"transform must be a string, got {type(transform).__name__}")
     if transform not in TRANSFORMS:
         raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+    mask, moving_mask = mask_for("mask", mask, fixed), mask_for("moving_mask", moving_mask, moving)
     f, gf, m, gm, valid = read_pair(fixed, moving, device, spacing, moving_spacing)
     lr = check_lr(lr, gf)
     tolerance = _check_positive("tolerance", tolerance, allow_zero=True)

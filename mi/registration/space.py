@@ -258,6 +258,39 @@ def from_affine(name: str, x):
         raise ValueError(f"{name}: {e}") from None
 
 
+class _OnAffine:
+    """A plain array with a nibabel image's affine: what :func:`from_affine` reads of one."""
+
+    def __init__(self, dataobj: np.ndarray, affine):
+        self.dataobj, self.affine = dataobj, affine
+
+
+def mask_for(name: str, mask, image):
+    """``mask`` as :func:`as_mask` takes it for the caller's ``image``: as given, except a plain
+    array or tensor for a nibabel image or a MONAI ``MetaTensor``, which is indexed as that
+    image's own voxels ((i, j[, k]), after a MetaTensor's channel axes; ``image.shape``, axes
+    of one voxel aside) and is read with its affine, as :func:`from_affine` reads the image
+    (transposed to SimpleITK's [k, j, i]). For a SimpleITK image or a file, arrays are in
+    the SimpleITK array's order [k, j, i], as :func:`as_image` gives the image. ValueError
+    for another shape (a cube cannot tell the two orders apart: the image's decides)."""
+    if mask is None or not has_affine(image) or isinstance(mask, (str, Path)) or has_geometry(mask):
+        return mask
+    if isinstance(mask, Tensor):
+        mask = mask.detach().cpu()
+    a = np.asarray(mask)
+    want = tuple(image.shape)
+    if [n for n in a.shape if n != 1] != [n for n in want if n != 1]:
+        kind = "MONAI MetaTensor" if isinstance(image, Tensor) else "nibabel image"
+        raise ValueError(
+            f"{name}: an array for a {kind} is indexed as that image's voxels (i, j[, k], its "
+            f"shape {want}), got shape {a.shape}"
+        )
+    a = a.reshape(want)
+    if isinstance(image, Tensor):  # a MetaTensor: the same type and meta (its affine)
+        return type(image)(torch.as_tensor(a), meta=dict(image.meta))
+    return _OnAffine(a, image.affine)
+
+
 def geometry_of(name: str, x) -> Geometry:
     """The :class:`Geometry` of what :func:`read_path` returns (a SimpleITK image: its own;
     an array: voxel space), without converting its voxels as :func:`as_image` does."""
