@@ -98,7 +98,13 @@ DEFAULT_SMS = 4
 SPAN_CONFIG = (32, 32, 4)
 
 METHODS = ("auto", "tiled", "scatter", "span", "span-sorted")
-_forced = ["auto"]
+#: The active ``forced_method`` blocks, [(token, method)], the most recently entered last.
+_forced = []
+
+
+def _forced_now():
+    """The method of the most recently entered active ``forced_method`` block, else "auto"."""
+    return _forced[-1][1] if _forced else "auto"
 
 
 @contextlib.contextmanager
@@ -107,14 +113,20 @@ def forced_method(method):
     "auto": the rule of ``joint_method``) wherever it can serve (tiled: K up to
     ``MAX_TILED_BINS``). "span": the span forward (any K; an experiment, not yet timed on a
     GPU) and the scatter path's backward; "span-sorted": the same on the pixels sorted by
-    bin tile first. For tests and benchmarks; not thread-local."""
+    bin tile first. For tests and benchmarks.
+
+    Process-wide, not thread-local (a CUDA backward runs in autograd's own thread and must
+    see it); each launch looks it up, so a backward run after the block takes the rule.
+    Blocks that overlap without nesting (threads, asyncio tasks) each end their own part:
+    the most recently entered of those still open applies, and "auto" once all have ended."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    previous, _forced[0] = _forced[0], method
+    entry = (object(), method)
+    _forced.append(entry)  # (list appends and deletions are atomic under the GIL)
     try:
         yield
     finally:
-        _forced[0] = previous
+        del _forced[next(i for i, e in enumerate(_forced) if e is entry)]
 
 
 def joint_method(direction, num_bins):
@@ -122,12 +134,13 @@ def joint_method(direction, num_bins):
     histogram of K = ``num_bins``: ``forced_method`` if set (and possible; "span" and
     "span-sorted" for the forward, "scatter" for their backward), else the measured rule
     (``AUTO_TILED_BINS``; README, "GPU, the registration regime")."""
-    if _forced[0].startswith("span"):
-        return _forced[0] if direction == "forward" else "scatter"
+    forced = _forced_now()
+    if forced.startswith("span"):
+        return forced if direction == "forward" else "scatter"
     if int(num_bins) > MAX_TILED_BINS[direction]:
         return "scatter"
-    if _forced[0] != "auto":
-        return _forced[0]
+    if forced != "auto":
+        return forced
     return "tiled" if int(num_bins) <= AUTO_TILED_BINS else "scatter"
 
 

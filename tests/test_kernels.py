@@ -99,6 +99,28 @@ def method(request):
         yield request.param
 
 
+def test_forced_method_blocks_that_overlap_end_their_own_parts():
+    """forced_method is process-wide: two blocks that overlap without nesting (two threads,
+    two asyncio tasks) each end their own part, and once both have ended the rule applies
+    again (each used to restore what it found: the first entered's setting outlived both)."""
+    rule = utils.joint_method("forward", 32)
+    other = "scatter" if rule == "tiled" else "tiled"
+    first, second = mk.forced_method(other), mk.forced_method("span")
+    first.__enter__()
+    second.__enter__()
+    assert utils.joint_method("forward", 32) == "span"  # (the most recently entered)
+    first.__exit__(None, None, None)
+    assert utils.joint_method("forward", 32) == "span"
+    second.__exit__(None, None, None)
+    assert utils.joint_method("forward", 32) == rule
+    with mk.forced_method(other):
+        with pytest.raises(ValueError, match="method must be one of"):
+            with mk.forced_method("fast"):
+                pass
+        assert utils.joint_method("forward", 32) == other
+    assert utils.joint_method("forward", 32) == rule
+
+
 @pytest.fixture
 def nan_empty(monkeypatch):
     """Fresh outputs start as NaN, so a kernel that forgets to write a pixel fails loudly."""
