@@ -730,6 +730,27 @@ def test_a_result_where_the_images_share_no_information_is_warned_about():
     assert r.mi_after > 1.2 and not [w for w in seen if "share almost no information" in str(w.message)]
 
 
+@pytest.mark.filterwarnings("ignore:the registration has not converged")  # (short schedules)
+@pytest.mark.filterwarnings("ignore:the images share almost no information")  # (8 steps)
+def test_register_runs_under_no_grad_and_inference_mode():
+    """A model's validation or predict step runs under torch.no_grad or inference_mode: the
+    registrations inside it take their own gradients (they refused with "loss returned a
+    value with no gradient"), equal to a plain call, also for inputs made in inference mode."""
+    from mi.registration import register_deformable
+
+    f, m, _ = demo_pair((48, 40))
+    kw = dict(levels=1, iterations=8, progress=False, winsorize=None)  # (no clamped copy)
+    want = register(f, m, **kw)
+    want_d = register_deformable(f, m, **kw)
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            fi, mi_ = f.clone(), m.clone()  # (inference tensors under inference_mode)
+            got, got_d = register(fi, mi_, **kw), register_deformable(fi, mi_, **kw)
+        assert torch.equal(got.matrix, want.matrix) and torch.equal(got.warped, want.warped)
+        assert torch.equal(got_d.warped, want_d.warped)
+        assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+
+
 @pytest.mark.parametrize("kwargs, exc, words", _bad_cases())
 def test_bad_input(kwargs, exc, words):
     args = dict(fixed=torch.rand(32, 32), moving=torch.rand(32, 32), iterations=1, progress=False)

@@ -262,6 +262,8 @@ def _on_grid(grid: ControlGrid, coef: Tensor, g: Geometry) -> Tensor:
     return grid.field(coef, grid.physical_to_index() @ g.index_to_physical(), g.shape)
 
 
+@torch.inference_mode(False)  # (a model's predict or validation step may call it)
+@torch.enable_grad()
 def register_deformable(
     fixed,
     moving,

@@ -947,6 +947,8 @@ class _Replay:
 # ---------------------------------------------------------------- registration
 
 
+@torch.inference_mode(False)  # (a model's predict or validation step may call it)
+@torch.enable_grad()
 def register(
     fixed,
     moving,
@@ -979,7 +981,8 @@ def register(
     voxels (all of them, or a fresh sample: ``sampling``) through the physical transform
     (grid_sample, bilinear/trilinear, zero padding) and evaluates the loss with weights =
     overlap (samples from outside the moving image do not count) x the fixed ``mask`` x the
-    ``moving_mask`` at the mapped point.
+    ``moving_mask`` at the mapped point. It takes its own gradients, also when called under
+    ``torch.no_grad()`` or ``torch.inference_mode()`` (a model's validation step).
 
     Args:
         fixed, moving: SimpleITK images, file paths (NIfTI, NRRD, MHA/MHD, a DICOM series

@@ -375,6 +375,8 @@ def as_image(name: str, x, device=None, spacing=None, *, nonfinite: bool = False
         geom = identity_geometry(t.shape[2:], spacing)
     dev = check_device(device if device is not None else t.device, "device" if device is not None else name)
     given, t = t, t.detach().to(device=dev, dtype=torch.float32)
+    if t.is_inference():  # (made under torch.inference_mode: autograd could not save it)
+        t = t.clone()
     finite = torch.isfinite(given) if given.is_floating_point() else None
     if finite is not None and not finite.all():
         if not nonfinite:
