@@ -1341,7 +1341,9 @@ def mutual_information(
             ``"torch"`` or ``"triton"``.
         deterministic: bitwise-identical results run to run on the GPU (Triton backend;
             also on when ``torch.use_deterministic_algorithms(True)``). The torch backend
-            on CPU is always deterministic.
+            on CPU is always bitwise reproducible run to run at one thread count (values
+            whatever the count; an "auto" range's gradient can differ in the last bit
+            between thread counts, as torch's own sums do).
         normalize: see above.
         base: logarithm base of the unnormalised MI (None: nats; 2: bits).
         group: None, or a ``torch.distributed`` process group whose ranks each pass their own
