@@ -730,6 +730,31 @@ def test_a_result_where_the_images_share_no_information_is_warned_about():
     assert r.mi_after > 1.2 and not [w for w in seen if "share almost no information" in str(w.message)]
 
 
+def test_a_small_object_on_a_zero_canvas_registers():
+    """A disc of the photo covering 2 % of a 512x512 zero canvas, against its moved and
+    remapped copy (8 deg, (5, -4) px): fixed samples that a pose maps outside the moving
+    image are its background (its faces are all 0), not dropped. Dropped, a pose pushing
+    background out of the overlap raised NMI, and the result was 9.8 px off (28.8 deg against
+    8), with no warning; now 0.050 px (measured)."""
+    f, m, true = demo_pair((512, 512), angle_deg=8.0, shift=(5.0, -4.0))
+    ys, xs = torch.meshgrid(
+        torch.arange(512.0, dtype=torch.float64), torch.arange(512.0, dtype=torch.float64), indexing="ij"
+    )
+    radius2 = 0.02 * 512 * 512 / math.pi
+    disc = (ys - 240.0) ** 2 + (xs - 271.0) ** 2 <= radius2
+    back = torch.linalg.inv(true)  # the moving disc: the moving pixels whose source is in the disc
+    bx, by = (
+        (back[0, 0] * xs + back[0, 1] * ys + back[0, 2]),
+        (back[1, 0] * xs + back[1, 1] * ys + back[1, 2]),
+    )
+    moved_disc = (by - 240.0) ** 2 + (bx - 271.0) ** 2 <= radius2
+    r = register(f * disc, m * moved_disc, progress=False)
+    p = torch.stack([xs[disc], ys[disc], torch.ones(int(disc.sum()), dtype=torch.float64)])
+    error = ((r.physical - true)[:2] @ p).norm(dim=0).mean().item()
+    print(f"mean error over the disc: {error:.3f} px, angle {r.angle_deg:.2f} deg")
+    assert error < 0.5
+
+
 @pytest.mark.filterwarnings("ignore:the registration has not converged")  # (short schedules)
 @pytest.mark.filterwarnings("ignore:the images share almost no information")  # (8 steps)
 def test_register_runs_under_no_grad_and_inference_mode():
